@@ -1,0 +1,78 @@
+"""``kdkit plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl``.
+
+One figure with a row per metric family (loss, top-1, ...) and a line per stage.  Needs
+matplotlib (``pip install kdkit[plot]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kdkit.errors import KdkitError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'kdkit train'")
+    parser.add_argument("--out", metavar="FILE", default=None, help="PNG file (default: RUN_DIR/curves.png)")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise KdkitError(f"{run_dir}: no metrics.jsonl (is it a kdkit run directory?)")
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise KdkitError(f"{path}: line {i} is not JSON") from None
+    return records
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    records = [r for r in read_metrics(run_dir) if r.get("split") != "test"]
+    if not records:
+        raise KdkitError(f"{run_dir}/metrics.jsonl has no per-epoch evaluations to plot")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise KdkitError("kdkit plot needs matplotlib: pip install kdkit[plot]") from None
+    keys = sorted({k for r in records for k, v in r.items()
+                   if "." in k and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    families: dict[str, list[str]] = {}
+    for k in keys:  # "train.loss", "val.loss" -> family "loss"
+        families.setdefault(k.split(".", 1)[1], []).append(k)
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    fig, axes = plt.subplots(len(families), 1, figsize=(7, 2.6 * len(families)), squeeze=False)
+    for ax, (family, fkeys) in zip(axes[:, 0], families.items()):
+        for stage in stages:
+            rows = [r for r in records if r["stage"] == stage]
+            for k in fkeys:
+                xs = [r["epoch"] + 1 for r in rows if k in r]
+                ys = [r[k] for r in rows if k in r]
+                if xs:
+                    ax.plot(xs, ys, marker="o", markersize=3, label=f"{stage} {k.split('.', 1)[0]}")
+        ax.set_ylabel(family)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out_path = Path(out) if out is not None else run_dir / "curves.png"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def run(args: argparse.Namespace) -> int:
+    path = plot_run(args.run_dir, args.out)
+    print(path)
+    return 0

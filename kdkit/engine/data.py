@@ -1,0 +1,162 @@
+"""Dataset helpers: held-out validation split, sample indices, loaders, teacher-output cache."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from kdkit.engine.checkpoint import derive_seed
+
+__all__ = ["WithIndex", "split_train_val", "make_train_loader", "make_eval_loader", "TeacherCache",
+           "dataset_classes", "to_device"]
+
+
+class WithIndex(Dataset):
+    """Wrap a dataset so every item is ``(*item, index)`` — the position of the sample in ``dataset``.
+
+    Items that are tuples are extended (``(x, y)`` -> ``(x, y, i)``); dict items get key ``"index"``.
+    The index is what keys a :class:`TeacherCache`.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if isinstance(item, dict):
+            return {**item, "index": index}
+        if isinstance(item, (tuple, list)):
+            return (*item, index)
+        return (item, index)
+
+    def __getattr__(self, name):  # forward ``classes`` etc.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def dataset_classes(dataset) -> list[str] | None:
+    seen = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        classes = getattr(dataset, "classes", None)
+        if classes is not None:
+            return list(classes)
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def split_train_val(dataset: Dataset, fraction: float, seed: int, eval_dataset: Dataset | None = None,
+                    ) -> tuple[Dataset, Dataset | None]:
+    """Hold out ``fraction`` of ``dataset`` (seeded permutation) as the validation split.
+
+    Returns ``(train_subset, val_subset)``; ``val_subset`` is drawn from ``eval_dataset`` (the same
+    samples without training augmentation) when given.  Both keep their original order.
+    ``fraction == 0`` returns ``(dataset, None)``.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if fraction <= 0:
+        return dataset, None
+    if not 0 < fraction < 1:
+        from kdkit.errors import ConfigError
+
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    n_val = max(1, int(round(n * fraction)))
+    g = torch.Generator().manual_seed(derive_seed(seed, "val-split") % (2**63))
+    perm = torch.randperm(n, generator=g)
+    val_idx = sorted(perm[:n_val].tolist())
+    train_idx = sorted(perm[n_val:].tolist())
+    source = eval_dataset if eval_dataset is not None else dataset
+    train, val = Subset(dataset, train_idx), Subset(source, val_idx)
+    for part in (train, val):
+        classes = dataset_classes(dataset)
+        if classes is not None:
+            part.classes = classes  # type: ignore[attr-defined]
+    return train, val
+
+
+def make_train_loader(dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                      num_workers: int = 0, collate_fn: Callable | None = None, drop_last: bool = False,
+                      ) -> tuple[DataLoader, DistributedSampler]:
+    """A shuffling loader whose order depends only on ``(seed, epoch)``: call ``sampler.set_epoch``.
+
+    The same :class:`DistributedSampler` is used with one process (``num_replicas=1``), so with a
+    global batch ``B`` the union of the per-rank batches of size ``B / world_size`` under torchrun
+    equals the single-process batch.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed % (2**31), drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        collate_fn=collate_fn, drop_last=drop_last, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(seed % (2**31)))
+    return loader, sampler
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
+                     collate_fn: Callable | None = None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_fn)
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch) if not hasattr(batch, "_fields") else \
+            type(batch)(*(to_device(v, device) for v in batch))
+    return batch
+
+
+class TeacherCache:
+    """Teacher outputs computed once per sample index and reused every epoch.
+
+    Valid only when the teacher's input for a sample is deterministic (no random augmentation on
+    the teacher's view): ``dataset`` is that view, index-aligned with the training data (wrap the
+    training data in :class:`WithIndex` and look up ``cache[indices]``).  ``forward(model, batch)``
+    maps a batch of ``dataset`` to the teacher output (default: ``model(batch[0])``).
+    """
+
+    def __init__(self, model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
+                 forward: Callable | None = None, num_workers: int = 0):
+        self.model = model
+        self.dataset = dataset
+        self.device = device
+        self.batch_size = batch_size
+        self.forward = forward or (lambda m, batch: m(batch[0]))
+        self.num_workers = num_workers
+        self._table: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def build(self) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        for batch in make_eval_loader(self.dataset, self.batch_size, self.num_workers):
+            batch = to_device(batch, self.device)
+            outs.append(self.forward(self.model, batch).float())
+        self.model.train(was_training)
+        self._table = torch.cat(outs) if outs else torch.empty(0)
+        return self._table
+
+    @property
+    def table(self) -> torch.Tensor:
+        if self._table is None:
+            self.build()
+        assert self._table is not None
+        return self._table
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        table = self.table
+        if isinstance(indices, torch.Tensor):
+            indices = indices.to(table.device)
+        return table[indices]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""torch.distributed helpers: torchrun environment, rank-0 helpers, small collectives.
+
+``torchrun --nproc_per_node=N -m kdkit train ...`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
+:func:`init_distributed` then starts a process group with ``nccl`` on CUDA and ``gloo`` on CPU.
+Every helper here is a no-op (or the identity) in a single process.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "env_world_size",
+    "init_distributed",
+    "shutdown_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "broadcast_object",
+    "all_reduce_mean",
+    "all_reduce_grads",
+]
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def init_distributed(device_type: str) -> bool:
+    """Start the process group when launched by torchrun with WORLD_SIZE > 1.  Returns whether it did."""
+    if env_world_size() <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return True
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (pickled; small objects only)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over ranks (a detached copy)."""
+    value = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def all_reduce_grads(params) -> None:
+    """Average the gradients of parameters that DDP does not manage (e.g. a stage's extra modules)."""
+    if not is_distributed():
+        return
+    n = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= n

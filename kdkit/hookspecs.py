@@ -1,0 +1,146 @@
+"""Every hook a kdkit plugin can implement — the one place they are specified.
+
+Plugins mark implementations with :data:`kdkit.hookimpl` and implement any subset of these
+functions (argument names must match; a plugin may accept fewer arguments than listed).
+
+Two families:
+
+* **Registration hooks** ``kdkit_register_<kind>(register)``: called once when the plugin
+  manager builds its registries.  Call ``register(name, factory, description="...",
+  **metadata)`` once per component.  The host records which plugin registered what, rejects
+  duplicate names (naming both plugins) and lists valid choices for an unknown name.
+* **Lifecycle hooks**: called by the trainer while a run proceeds.  They receive live objects
+  and may change them (for example the learning rate of ``trainer.optimizer``); their return
+  values are ignored.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "kdkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --- registration hooks -------------------------------------------------------------------
+
+@hookspec
+def kdkit_register_teachers(register):
+    """Register teacher model factories.
+
+    :param register: ``register(name, factory, description="")``.  ``factory(num_classes: int,
+        **options) -> torch.nn.Module`` builds the model; ``options`` come from the config
+        section of the teacher (for example ``pretrained``: a local weights file).
+    """
+
+
+@hookspec
+def kdkit_register_students(register):
+    """Register student model factories.
+
+    :param register: ``register(name, factory, description="")``, with the same factory
+        signature as for teachers: ``factory(num_classes: int, **options) -> torch.nn.Module``.
+    """
+
+
+@hookspec
+def kdkit_register_text_relaxers(register):
+    """Register text relaxers: components that turn class names into relaxed text embeddings.
+
+    :param register: ``register(name, factory, description="")``.  ``factory(**options)``
+        returns an object the method that uses it documents (``wordnet_relax`` documents its
+        own interface).
+    """
+
+
+@hookspec
+def kdkit_register_losses(register):
+    """Register distillation losses.
+
+    :param register: ``register(name, factory, description="")``.  ``factory(**options)``
+        returns a callable ``loss(student_logits, teacher_logits, temperature) -> Tensor``
+        (a scalar, already multiplied by whatever scale the loss defines, e.g. ``T**2``).
+    """
+
+
+@hookspec
+def kdkit_register_datasets(register):
+    """Register datasets.
+
+    :param register: ``register(name, factory, description="")``.  ``factory(split: str,
+        root: str | None, **options)`` returns a ``torch.utils.data.Dataset`` for ``split`` in
+        ``{"train", "test"}``; classification datasets expose ``classes: list[str]`` and
+        yield ``(image_tensor, label)``.
+    """
+
+
+@hookspec
+def kdkit_register_methods(register):
+    """Register distillation methods — what ``kdkit train --plugin NAME`` selects.
+
+    :param register: ``register(name, method_class, description="")``.  ``method_class`` has a
+        ``default_config() -> dict`` classmethod (the full config tree with defaults) and
+        ``run(self, ctx) -> dict`` returning the run summary (see :mod:`kdkit.engine`).
+    """
+
+
+# --- lifecycle hooks ----------------------------------------------------------------------
+
+@hookspec
+def kdkit_configure(config, run_dir):
+    """Called once per run after the config is resolved and before any training.
+
+    :param config: the resolved config (a nested ``dict``; changes here take effect).
+    :param run_dir: ``pathlib.Path`` of the run directory (``None`` on non-zero ranks).
+    """
+
+
+@hookspec
+def kdkit_before_epoch(trainer, epoch):
+    """Called at the start of every training epoch of every stage.
+
+    :param trainer: the :class:`kdkit.engine.Trainer` running the stage (``trainer.stage``
+        names it; ``trainer.model``, ``trainer.optimizer``, ``trainer.scheduler`` are live).
+    :param epoch: the 0-based epoch about to run.
+    """
+
+
+@hookspec
+def kdkit_after_step(trainer, step, loss, logs):
+    """Called after every optimisation step.
+
+    :param trainer: the running :class:`kdkit.engine.Trainer`.
+    :param step: the global 0-based step just finished within the stage.
+    :param loss: the loss of the step as a Python ``float``.
+    :param logs: ``dict[str, float]`` of extra per-step values the method reported.
+    """
+
+
+@hookspec
+def kdkit_after_evaluation(trainer, epoch, metrics):
+    """Called after every evaluation on the validation split.
+
+    :param trainer: the running :class:`kdkit.engine.Trainer`.
+    :param epoch: the 0-based epoch that was evaluated.
+    :param metrics: ``dict[str, float]`` as written to ``metrics.jsonl`` (e.g. ``val.top1``).
+    """
+
+
+@hookspec
+def kdkit_after_epoch(trainer, epoch, metrics):
+    """Called at the end of every training epoch, after evaluation and checkpointing.
+
+    :param trainer: the running :class:`kdkit.engine.Trainer`.
+    :param epoch: the 0-based epoch just finished.
+    :param metrics: ``dict[str, float]`` of the epoch (train loss, validation metrics).
+    """
+
+
+@hookspec
+def kdkit_run_finished(run_dir, summary):
+    """Called once when a run ends successfully, after ``summary.json`` is written.
+
+    :param run_dir: ``pathlib.Path`` of the run directory (``None`` on non-zero ranks).
+    :param summary: the run summary ``dict`` as written to ``summary.json``.
+    """

@@ -1,0 +1,1 @@
+"""kdkit's built-in methods.  ``kd`` (:mod:`kdkit.methods.kd`) is registered as an internal plugin."""

@@ -1,0 +1,313 @@
+"""Internal default plugin: the built-in ``kd`` method (Hinton et al., 2015), one or more teachers.
+
+Stages: ``teacher.<name>`` for every teacher with ``train: true`` (a teacher with
+``train: false`` must have ``pretrained`` weights), optionally ``baseline`` (the student trained
+without distillation, ``baseline.enabled``), then ``student``::
+
+    loss = alpha * CE(s, y) + (1 - alpha) * L_kd
+
+``L_kd`` comes from the losses registry (``distill.loss``, default ``kl`` =
+``T^2 * KL_batchmean(log_softmax(s/T) || softmax(t/T))``) and several teachers are combined by
+``distill.combine`` (see :class:`TeacherCombiner`).
+
+It is the engine's reference method: paper plugins can subclass :class:`KDMethod` and override
+``build_teachers`` / ``distill_step`` or reuse :class:`TeacherCombiner`.
+"""
+from __future__ import annotations
+
+import copy
+
+import kdkit
+from kdkit.config import base_config, train_section
+from kdkit.errors import ConfigError
+
+COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def make_combiner(rule: str, num_teachers: int, momentum: float = 0.9):
+    """A :class:`TeacherCombiner` (built lazily so importing this plugin does not import torch)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class TeacherCombiner(nn.Module):
+        """Combines per-teacher logits into one distillation loss.
+
+        * ``avg_logits`` — the KD loss towards the average of the teachers' logits (default);
+        * ``mean_loss`` — the mean of the per-teacher KD losses;
+        * ``inv_val_loss`` — per-teacher losses weighted by ``w_i ∝ 1 / L_i`` where ``L_i`` is the
+          teacher's cross-entropy on the held-out validation split, recomputed every epoch
+          (:meth:`set_weights_from_losses`);
+        * ``ema_inv_loss`` — weights ``∝ EMA(1 / CE_i(batch))`` with momentum ``momentum``
+          (0.9): after every training batch the EMA of each teacher's inverse cross-entropy on
+          that batch is updated; the weights used for a batch are those before its update.
+
+        Weights and the EMA are buffers, so they are checkpointed with the stage (exact resume).
+        """
+
+        def __init__(self):
+            super().__init__()
+            if rule not in COMBINE_RULES:
+                raise ConfigError(f"config key distill.combine: unknown rule {rule!r}; valid: {', '.join(COMBINE_RULES)}")
+            self.rule = rule
+            self.momentum = float(momentum)
+            self.register_buffer("weights", torch.full((num_teachers,), 1.0 / num_teachers))
+            self.register_buffer("ema", torch.zeros(num_teachers))
+            self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+        def set_weights_from_losses(self, losses) -> None:
+            inv = 1.0 / torch.as_tensor(losses, dtype=torch.float32).clamp_min(1e-8)
+            self.weights.copy_((inv / inv.sum()).to(self.weights.device))
+
+        def forward(self, student_logits, teacher_logits: list, targets, loss_fn, temperature: float):
+            if self.rule == "avg_logits" or len(teacher_logits) == 1:
+                mean = torch.stack([t.float() for t in teacher_logits]).mean(0)
+                return loss_fn(student_logits, mean, temperature)
+            losses = torch.stack([loss_fn(student_logits, t, temperature) for t in teacher_logits])
+            if self.rule == "mean_loss":
+                return losses.mean()
+            if self.rule == "ema_inv_loss":
+                with torch.no_grad():
+                    ce = torch.stack([F.cross_entropy(t.float(), targets) for t in teacher_logits])
+                    from kdkit.engine.distributed import all_reduce_mean
+
+                    ce = all_reduce_mean(ce)  # every rank keeps the same EMA under DDP
+                    inv = 1.0 / ce.clamp_min(1e-8)
+                    if self.ema_steps.item() == 0:
+                        new_ema = inv
+                    else:
+                        new_ema = self.momentum * self.ema + (1.0 - self.momentum) * inv
+                    weights = (new_ema / new_ema.sum()) if self.ema_steps.item() == 0 else self.ema / self.ema.sum()
+                    if self.training:
+                        self.ema.copy_(new_ema)
+                        self.ema_steps += 1
+                        self.weights.copy_(new_ema / new_ema.sum())
+                return (weights.to(losses.dtype) * losses).sum()
+            # inv_val_loss
+            return (self.weights.to(losses.dtype) * losses).sum()
+
+    return TeacherCombiner()
+
+
+def _plain_view(dataset):
+    """The same samples as ``dataset`` without augmentation (index-aligned)."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        return Subset(_plain_view(dataset.dataset), dataset.indices)
+    if hasattr(dataset, "with_augment"):
+        return dataset.with_augment("none")
+    return dataset
+
+
+def _is_deterministic(dataset) -> bool:
+    from torch.utils.data import Subset
+
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    aug = getattr(dataset, "augment", None)
+    return aug in (None, "none", False)
+
+
+class KDMethod:
+    """Hinton knowledge distillation from one or more teachers to a student."""
+
+    component_sections: dict = {}
+
+    @classmethod
+    def default_config(cls) -> dict:
+        cfg = base_config()
+        cfg["data"].update({"train_per_class": 200, "test_per_class": 50, "augment": "weak"})
+        cfg["train"] = train_section(epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4)
+        cfg["teachers"] = [{"name": "resnet14", "train": True}]
+        cfg["teacher_train"] = train_section(epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4)
+        cfg["student"] = {"name": "convnet"}
+        cfg["distill"] = {
+            "alpha": 0.5,  # weight of the cross-entropy term
+            "temperature": 4.0,
+            "loss": "kl",  # any registered loss
+            "loss_options": {},  # passed to the loss factory
+            "combine": "avg_logits",  # avg_logits | mean_loss | inv_val_loss | ema_inv_loss
+            "ema_momentum": 0.9,  # for ema_inv_loss
+            "teacher_cache": None,  # null: cache teacher logits when the training data is un-augmented
+        }
+        cfg["baseline"] = {"enabled": False}  # also train the student without KD (stage "baseline")
+        return cfg
+
+    # --- pieces subclasses may override ---------------------------------------------------
+
+    @staticmethod
+    def teacher_stage_names(teachers: list[dict]) -> list[str]:
+        names = [t["name"] for t in teachers]
+        return [f"teacher.{n}" if names.count(n) == 1 else f"teacher.{n}.{i}" for i, n in enumerate(names)]
+
+    def build_teachers(self, ctx, train, val, test, num_classes) -> tuple[list, dict]:
+        """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
+        from kdkit.engine import Stage, classification_eval, freeze
+        from kdkit.engine.data import make_eval_loader
+
+        cfg = ctx.config
+        models, summary = [], {}
+        for i, (tcfg, sname) in enumerate(zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))):
+            model = ctx.build_model("teachers", tcfg, num_classes, seed_tag=sname)
+            if tcfg.get("train", True):
+                res = ctx.fit(Stage(name=sname, model=model, train_data=train, val_data=val, test_data=test,
+                                    optimizer=cfg["teacher_train"]))
+                summary[sname] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                                  "best_epoch": res.best_epoch}
+            else:
+                if not tcfg.get("pretrained"):
+                    raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
+                                      f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
+                model.to(ctx.device)
+                freeze(model)
+                loader = make_eval_loader(test, int(cfg["train"]["eval_batch_size"]))
+                summary[sname] = {"top1": classification_eval(model, loader)["top1"], "pretrained": tcfg["pretrained"]}
+            models.append(freeze(model.to(ctx.device)))
+        return models, summary
+
+    def run(self, ctx) -> dict:
+        torch = _torch()
+        import torch.nn.functional as F
+
+        from kdkit.engine import Stage, TeacherCache, WithIndex, freeze
+        from kdkit.engine.data import make_eval_loader, to_device
+
+        cfg = ctx.config
+        dcfg = cfg["distill"]
+        alpha, temperature = float(dcfg["alpha"]), float(dcfg["temperature"])
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
+        if temperature <= 0:
+            raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
+        if not cfg["teachers"]:
+            raise ConfigError("config key teachers: at least one teacher is needed")
+        loss_fn = ctx.registry("losses").build(dcfg["loss"], **(dcfg.get("loss_options") or {}))
+        if dcfg["teacher_cache"] not in (None, True, False):
+            raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
+                              f"got {dcfg['teacher_cache']!r}")
+
+        train, val, test, classes = ctx.classification_data()
+        num_classes = len(classes)
+        ctx.log(f"kd: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
+                f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
+        teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes)
+
+        summary: dict = {"method": "kd", "teachers": teacher_summary}
+        if cfg["baseline"]["enabled"]:
+            base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test))
+            summary["baseline"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                                   "best_epoch": res.best_epoch}
+
+        # teacher outputs: cached once per sample index when the teacher's input is deterministic
+        use_cache = dcfg["teacher_cache"]
+        if use_cache is None:
+            use_cache = _is_deterministic(train)
+        caches = None
+        if use_cache:
+            view = _plain_view(train)
+            bs = int(cfg["train"]["eval_batch_size"])
+            caches = [TeacherCache(t, view, ctx.device, bs) for t in teachers]
+            for c in caches:
+                c.build()
+            if not _is_deterministic(train):
+                ctx.log("kd: teacher_cache=true with augmented training data: teachers see un-augmented images")
+
+        combiner = make_combiner(dcfg["combine"], len(teachers), float(dcfg["ema_momentum"]))
+        student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+
+        def step_fn(model, batch):
+            x, y, idx = batch[0], batch[1], batch[-1]
+            s_logits = model(x)
+            with torch.no_grad():
+                if caches is not None:
+                    t_logits = [c[idx] for c in caches]
+                else:
+                    t_logits = [t(x) for t in teachers]
+            ce = F.cross_entropy(s_logits, y)
+            kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
+            loss = alpha * ce + (1.0 - alpha) * kd
+            return loss, {"ce": ce.detach(), "kd": kd.detach()}
+
+        val_losses_cache: dict = {}
+
+        def before_epoch(trainer, epoch):
+            if combiner.rule != "inv_val_loss" or len(teachers) == 1:
+                return
+            if val is None:
+                raise ConfigError("distill.combine=inv_val_loss needs a validation split (data.val_fraction > 0)")
+            losses = []
+            loader = make_eval_loader(val, int(cfg["train"]["eval_batch_size"]))
+            for t in teachers:
+                freeze(t)
+                total, n = 0.0, 0
+                with torch.no_grad():
+                    for b in loader:
+                        b = to_device(b, ctx.device)
+                        total += F.cross_entropy(t(b[0]).float(), b[1], reduction="sum").item()
+                        n += b[1].numel()
+                losses.append(total / max(n, 1))
+            combiner.set_weights_from_losses(losses)
+            val_losses_cache["last"] = losses
+
+        res = ctx.fit(Stage(name="student", model=student, train_data=WithIndex(train), val_data=val,
+                            test_data=test, step_fn=step_fn, extra_modules={"combiner": combiner},
+                            before_epoch_fn=before_epoch))
+        summary["student"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                              "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
+        summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": alpha,
+                              "temperature": temperature, "teacher_cache": bool(caches is not None),
+                              "teacher_weights": [float(w) for w in combiner.weights.tolist()]}
+        summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
+        if ctx.is_main:
+            print(self.results_table(summary), flush=True)
+        return summary
+
+    @staticmethod
+    def results_table(summary: dict) -> str:
+        rows = [(name, s.get("top1")) for name, s in summary.get("teachers", {}).items()]
+        if "baseline" in summary:
+            rows.append(("baseline (no KD)", summary["baseline"].get("top1")))
+        rows.append((f"student (kd, {summary['distill']['combine']})", summary["student"].get("top1")))
+        width = max(len(r[0]) for r in rows)
+        lines = ["", "results: test top-1 % (best epoch chosen on the " +
+                 f"{summary['selection']['select_on']} split)", f"  {'model'.ljust(width)}  top-1"]
+        for name, top1 in rows:
+            lines.append(f"  {name.ljust(width)}  {top1:6.2f}" if top1 is not None else f"  {name.ljust(width)}     -")
+        return "\n".join(lines)
+
+    def evaluate(self, ctx) -> dict:
+        """``kdkit eval``: the best checkpoint of every trained stage on the test split."""
+        from kdkit.engine import classification_eval
+        from kdkit.engine.data import make_eval_loader
+
+        cfg = ctx.config
+        test = ctx.build_dataset(None, "test")
+        num_classes = len(test.classes)
+        loader = make_eval_loader(test, int(cfg["train"]["eval_batch_size"]))
+        out: dict = {"teachers": {}}
+        for tcfg, sname in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"])):
+            if (ctx.run_dir / "checkpoints" / sname / "best.pt").exists():
+                model = ctx.build_model("teachers", {**tcfg, "pretrained": None} if "pretrained" in tcfg else tcfg,
+                                        num_classes, seed_tag=sname)
+                ctx.load_best(sname, model)
+                out["teachers"][sname] = classification_eval(model.eval(), loader)
+        names = ["student"] + (["baseline"] if cfg["baseline"]["enabled"] else [])
+        for sname in names:
+            model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            ctx.load_best(sname, model)
+            out[sname] = classification_eval(model.eval(), loader)
+        return out
+
+
+@kdkit.hookimpl
+def kdkit_register_methods(register):
+    register("kd", KDMethod, description="Hinton knowledge distillation (alpha*CE + (1-alpha)*T^2*KL), "
+                                         "one or more teachers, four combination rules")

@@ -1,0 +1,80 @@
+"""Where the plugin keeps cached files, and small helpers for keyed, atomic cache files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    """kdkit's cache directory: ``$KDKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdkit``, else ``~/.cache/kdkit``."""
+    env = os.environ.get("KDKIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "kdkit"
+    return Path.home() / ".cache" / "kdkit"
+
+
+def digest(obj: Any, length: int = 20) -> str:
+    """A stable hex digest of a JSON-serialisable object (keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def tensor_digest(tensor) -> str:
+    """A hex digest of a tensor's shape, dtype and bytes."""
+    import numpy as np
+
+    array = tensor.detach().cpu().contiguous().numpy()
+    h = hashlib.sha256()
+    h.update(repr((tuple(array.shape), str(array.dtype))).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:20]
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (first 20 hex digits) of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_keyed(path: Path, key: dict) -> Any | None:
+    """The payload stored by :func:`save_keyed` at ``path`` when its recorded key equals ``key``."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a truncated or foreign file is recomputed
+        return None
+    if not isinstance(blob, dict) or blob.get("key") != json.loads(json.dumps(key, default=str)):
+        return None
+    return blob.get("payload")
+
+
+def save_keyed(path: Path, key: dict, payload: Any) -> None:
+    """Store ``payload`` with its full key (checked again on load, so digest collisions are harmless)."""
+    try:
+        atomic_torch_save({"key": json.loads(json.dumps(key, default=str)), "payload": payload}, path)
+    except OSError:  # a read-only cache only costs recomputation
+        pass
