@@ -32,13 +32,6 @@ def _find_cuda_home():
         if os.environ.get(var):
             candidates.append(os.environ[var])
     candidates.append("/usr/local/cuda")
-    try:
-        from torch.utils import cpp_extension
-
-        if cpp_extension.CUDA_HOME:
-            candidates.append(cpp_extension.CUDA_HOME)
-    except Exception:  # pragma: no cover - torch import problems surface elsewhere
-        pass
     problems = []
     for home in candidates:
         nvcc = os.path.join(home, "bin", "nvcc")
@@ -48,6 +41,16 @@ def _find_cuda_home():
         if os.path.isfile(nvcc) and libs:
             return os.path.realpath(home), problems
         problems.append(f"{home}: " + ("no libcudart" if os.path.isfile(nvcc) else "no bin/nvcc"))
+    # Last resort: torch's own guess (which may be /usr/local when nvcc is a wrapper there).
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home and home not in candidates:
+        nvcc = os.path.join(home, "bin", "nvcc")
+        libs = glob.glob(os.path.join(home, "lib64", "libcudart.so*"))
+        if os.path.isfile(nvcc) and libs:
+            return os.path.realpath(home), problems
+        problems.append(f"{home}: no bin/nvcc or libcudart")
     return None, problems
 
 
@@ -93,7 +96,9 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"]  # torch.utils.cpp_extension adds the C++ standard torch needs
+    # No FMA contraction: the penalty sums must be bit-identical on every ISA path.
+    # torch.utils.cpp_extension adds the C++ standard torch needs (C++20 for torch 2.14).
+    cxx = ["-O3", "-ffp-contract=off"]
     define_macros = []
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -414,6 +414,10 @@ def _machine(device: str, threads: int) -> dict[str, Any]:
         "kdkit": kdkit.__version__,
         "extension": ext,
     }
+    try:
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        info["loadavg_1m"] = None
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["torch_cuda"] = torch.version.cuda
@@ -496,10 +500,16 @@ def run(args: argparse.Namespace) -> int:
     log(f"kdkit bench -- kdkit {machine['kdkit']}, torch {machine['torch']}, "
         f"faiss {machine['faiss'] or 'not installed'}")
     log(f"machine: {machine['cpu']} ({machine['cpu_count']} logical CPUs); "
-        f"threads: {threads} (torch and faiss)")
+        f"threads: {threads} (torch and faiss); load average {machine.get('loadavg_1m')}")
     log(f"extension: {'loaded' if ext.get('loaded') else 'NOT LOADED'}; "
         f"cpu isa path: {ext.get('cpu_isa') or '-'}; "
         f"cuda kernels compiled: {'yes' if ext.get('cuda_compiled') else 'no'}")
+    bench = _Bench(args, log)
+    load = machine.get("loadavg_1m")
+    if load is not None and load > 0.5 * (machine["cpu_count"] or 1) + 0.5:
+        bench.warn(f"the machine is busy (1-minute load average {load} on "
+                   f"{machine['cpu_count']} CPUs): timings, above all multi-threaded ones, "
+                   "are unreliable")
     if args.device == "cuda":
         log(f"device: cuda ({machine['gpu']}, torch CUDA {machine['torch_cuda']})")
         if ext.get("loaded") and not ext.get("cuda_compiled"):
@@ -514,7 +524,6 @@ def run(args: argparse.Namespace) -> int:
         f"median of {args.repeat} runs")
     log()
 
-    bench = _Bench(args, log)
     for case in args.cases:
         if case == "penalty":
             bench.penalty()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -231,6 +232,8 @@ def merge(defaults: Any, override: Any, path: str = "") -> Any:
     return copy.deepcopy(override)
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
 
 
@@ -250,7 +253,7 @@ def validate(value: Any, default: Any, path: str = "",
     where = path or "<root>"
     if isinstance(default, dict):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {where}: expected a mapping, got {_tname(value)} ({value!r})")
+            raise ConfigError(f"config key {where}: expected mapping, got {_tname(value)} ({value!r})")
         if not default:
             return value  # open mapping
         schema = dict(default)
@@ -287,6 +290,8 @@ def validate(value: Any, default: Any, path: str = "",
             raise ConfigError(f"config key {where}: expected int, got {_tname(value)} ({value!r})")
         return value
     if isinstance(default, float):
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {where}: expected float, got {_tname(value)} ({value!r})")
         return float(value)
@@ -368,13 +373,14 @@ def _component_extra(sections: Mapping[str, str], registry_lookup=None):
 
 def resolve_config(defaults: Mapping, config_file: str | Path | None = None, sets: Iterable[str] = (),
                    component_sections: Mapping[str, str] | None = None, registry_lookup=None) -> dict:
-    """defaults <- YAML file <- ``--set`` items, validated against ``defaults``."""
+    """defaults <- YAML file <- ``--set`` items, validated against ``defaults``.
+
+    ``component_sections`` (default :data:`COMPONENT_SECTIONS`) names the sections checked
+    against a component factory's options; ``registry_lookup(kind)`` returns the registry.
+    """
     user: dict = load_yaml(config_file) if config_file else {}
-    user = apply_sets(user, sets)
-    merged = merge(dict(defaults), user)
-    sections = dict(COMPONENT_SECTIONS)
-    if component_sections:
-        sections.update(component_sections)
+    merged = apply_sets(merge(dict(defaults), user), sets)
+    sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
     return validate(merged, dict(defaults), "", _component_extra(sections, registry_lookup))
 
 

@@ -52,8 +52,19 @@ static inline __m256i popcnt_bytes(__m256i v) {
   const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
   return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
-// Sum of each 8-byte group of per-byte counts -> 4 x u64.
-static inline __m256i sad0(__m256i c) { return _mm256_sad_epu8(c, _mm256_setzero_si256()); }
+// Popcount of each 8-byte group of v -> 4 x u64, one step fewer than vpsadbw(popcnt_bytes(v)):
+// the low-nibble table holds popcount + 4, the high-nibble table 4 - popcount, so
+// |lo - hi| = popcount(lo) + popcount(hi) and vpsadbw does the add and the sum together.
+static inline __m256i popcnt_sad(__m256i v) {
+  const __m256i lut_lo = _mm256_setr_epi8(4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8,  //
+                                          4, 5, 5, 6, 5, 6, 6, 7, 5, 6, 6, 7, 6, 7, 7, 8);
+  const __m256i lut_hi = _mm256_setr_epi8(4, 3, 3, 2, 3, 2, 2, 1, 3, 2, 2, 1, 2, 1, 1, 0,  //
+                                          4, 3, 3, 2, 3, 2, 2, 1, 3, 2, 2, 1, 2, 1, 1, 0);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_sad_epu8(_mm256_shuffle_epi8(lut_lo, lo), _mm256_shuffle_epi8(lut_hi, hi));
+}
 static inline __m256i ld256(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
@@ -90,8 +101,8 @@ static void scan8(const uint8_t* q, const uint8_t* db, int64_t begin, int64_t en
   const __m256i qv = _mm256_set1_epi64x((long long)ld64(q));
   auto dist = [&](int64_t i) { return dist_fixed<8>(q, db + 8 * i); };
   auto d8 = [&](const uint8_t* p) {
-    const __m256i a = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p), qv)));
-    const __m256i b = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p + 32), qv)));
+    const __m256i a = popcnt_sad(_mm256_xor_si256(ld256(p), qv));
+    const __m256i b = popcnt_sad(_mm256_xor_si256(ld256(p + 32), qv));
     return _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
   };
   __m256i Tv = _mm256_set1_epi32(st->T);
@@ -116,10 +127,10 @@ static void scan16(const uint8_t* q, const uint8_t* db, int64_t begin, int64_t e
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   auto dist = [&](int64_t i) { return dist_fixed<16>(q, db + 16 * i); };
   auto d8 = [&](const uint8_t* p) {
-    const __m256i a = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p), qv)));
-    const __m256i b = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p + 32), qv)));
-    const __m256i c = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p + 64), qv)));
-    const __m256i d = sad0(popcnt_bytes(_mm256_xor_si256(ld256(p + 96), qv)));
+    const __m256i a = popcnt_sad(_mm256_xor_si256(ld256(p), qv));
+    const __m256i b = popcnt_sad(_mm256_xor_si256(ld256(p + 32), qv));
+    const __m256i c = popcnt_sad(_mm256_xor_si256(ld256(p + 64), qv));
+    const __m256i d = popcnt_sad(_mm256_xor_si256(ld256(p + 96), qv));
     const __m256i x = _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
     const __m256i y = _mm256_or_si256(c, _mm256_slli_epi64(d, 32));
     return _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
@@ -159,9 +170,9 @@ static void scan32x(const uint8_t* q, const uint8_t* db, int64_t begin, int64_t 
   const __m256i q1 = B == 64 ? ld256(q + 32) : q0;
   auto dist = [&](int64_t i) { return dist_fixed<B>(q, db + B * i); };
   auto one = [&](const uint8_t* p) {
-    __m256i c = popcnt_bytes(_mm256_xor_si256(ld256(p), q0));
-    if (B == 64) c = _mm256_add_epi8(c, popcnt_bytes(_mm256_xor_si256(ld256(p + 32), q1)));
-    return sad0(c);
+    __m256i c = popcnt_sad(_mm256_xor_si256(ld256(p), q0));
+    if (B == 64) c = _mm256_add_epi64(c, popcnt_sad(_mm256_xor_si256(ld256(p + 32), q1)));
+    return c;
   };
   __m128i Tv = _mm_set1_epi32(st->T);
   int64_t i = begin;
@@ -179,6 +190,57 @@ static void scan32x(const uint8_t* q, const uint8_t* db, int64_t begin, int64_t 
   scan_scalar_fixed<B>(q, db, i, end, st);
 }
 
+// ---- Fused penalty, float32. Same arithmetic and summation order as penalty_f32_t (the
+// scalar reference copy), so every ISA gives bit-identical results; the gradient goes out
+// with non-temporal stores (it is far larger than the caches and not read back here, and
+// streaming avoids the read-for-ownership of every destination line).
+static double penalty_f32_avx2(const float* h, float* g, float* loss, int64_t n, float gscale) {
+  if (loss != nullptr) return penalty_f32(h, g, loss, n, gscale);
+  const bool stream = (reinterpret_cast<uintptr_t>(g) & 31) == 0;
+  const __m256 one = _mm256_set1_ps(1.f), minus = _mm256_set1_ps(-1.f);
+  const __m256 zero = _mm256_setzero_ps(), gs = _mm256_set1_ps(gscale);
+  double total = 0.0;
+  int64_t i = 0;
+  for (; i + 256 <= n; i += 256) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int b = 0; b < 256; b += 16) {
+      const __m256 x0 = _mm256_loadu_ps(h + i + b), x1 = _mm256_loadu_ps(h + i + b + 8);
+      const __m256 r0 = _mm256_sub_ps(x0, _mm256_blendv_ps(minus, one, _mm256_cmp_ps(x0, zero, _CMP_GE_OQ)));
+      const __m256 r1 = _mm256_sub_ps(x1, _mm256_blendv_ps(minus, one, _mm256_cmp_ps(x1, zero, _CMP_GE_OQ)));
+      if (stream) {
+        _mm256_stream_ps(g + i + b, _mm256_mul_ps(r0, gs));
+        _mm256_stream_ps(g + i + b + 8, _mm256_mul_ps(r1, gs));
+      } else {
+        _mm256_storeu_ps(g + i + b, _mm256_mul_ps(r0, gs));
+        _mm256_storeu_ps(g + i + b + 8, _mm256_mul_ps(r1, gs));
+      }
+      a0 = _mm256_add_ps(a0, _mm256_mul_ps(r0, r0));
+      a1 = _mm256_add_ps(a1, _mm256_mul_ps(r1, r1));
+    }
+    float s8[8];
+    _mm256_storeu_ps(s8, _mm256_add_ps(a0, a1));
+    double sub = 0.0;
+    for (int j = 0; j < 8; ++j) sub += (double)s8[j];
+    total += sub;
+  }
+  if (stream) _mm_sfence();
+  return total + penalty_f32(h + i, g + i, nullptr, n - i, gscale);
+}
+
+static void scale_f32_avx2(const float* x, float* out, int64_t n, float s) {
+  const bool stream = (reinterpret_cast<uintptr_t>(out) & 31) == 0;
+  const __m256 sv = _mm256_set1_ps(s);
+  int64_t i = 0;
+  if (stream) {
+    for (; i + 16 <= n; i += 16) {
+      _mm256_stream_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
+      _mm256_stream_ps(out + i + 8, _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), sv));
+    }
+    _mm_sfence();
+  }
+  for (; i < n; ++i) out[i] = x[i] * s;
+}
+
 static void scan_topk(const uint8_t* q, const uint8_t* db, int64_t B, int64_t begin, int64_t end,
                       TopkState* st) {
   if (st->T == 0) return;
@@ -194,7 +256,8 @@ static void scan_topk(const uint8_t* q, const uint8_t* db, int64_t B, int64_t be
 
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", scan_topk, distances_dispatch, penalty_f32};
+const IsaKernels kAvx2Kernels = {"avx2", scan_topk, distances_dispatch, penalty_f32_avx2,
+                                 scale_f32_avx2};
 const bool kAvx2Compiled = true;
 
 }  // namespace cpu

@@ -195,8 +195,10 @@ static void scan_topk(const uint8_t* q, const uint8_t* db, int64_t B, int64_t be
 
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512_vpopcntdq", scan_topk, distances_dispatch,
-                                   penalty_f32};
+// penalty / scale: nullptr -> ops_cpu.cpp uses the AVX2 copies (memory-bound; streaming
+// stores; keeps results bit-identical across ISAs).
+const IsaKernels kAvx512Kernels = {"avx512_vpopcntdq", scan_topk, distances_dispatch, nullptr,
+                                   nullptr};
 const bool kAvx512Compiled = true;
 
 }  // namespace cpu

@@ -57,6 +57,8 @@ struct IsaKernels {
   // g[i] = (h[i] - sgn h[i]) * gscale; if loss != nullptr loss[i] = (h - sgn h)^2.
   // Returns sum over i of (h - sgn h)^2 (accumulated in a fixed order).
   double (*penalty_f32)(const float* h, float* g, float* loss, int64_t n, float gscale);
+  // out[i] = x[i] * s.
+  void (*scale_f32)(const float* x, float* out, int64_t n, float s);
 };
 
 extern const IsaKernels kScalarKernels;

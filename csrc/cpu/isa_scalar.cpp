@@ -31,7 +31,8 @@ static void scan_topk(const uint8_t* q, const uint8_t* db, int64_t B, int64_t be
 
 }  // namespace
 
-const IsaKernels kScalarKernels = {"scalar", scan_topk, distances_dispatch, penalty_f32};
+const IsaKernels kScalarKernels = {"scalar", scan_topk, distances_dispatch, penalty_f32,
+                                   scale_f32};
 
 }  // namespace cpu
 }  // namespace kdkit

@@ -149,7 +149,13 @@ static Isa active_isa() {
 
 static const IsaKernels& kernels() {
   switch (active_isa()) {
-    case Isa::avx512: return kAvx512Kernels;
+    case Isa::avx512: {
+      // The AVX-512 table leaves the memory-bound penalty kernels to the AVX2 copies.
+      static const IsaKernels merged = {kAvx512Kernels.name, kAvx512Kernels.scan_topk,
+                                        kAvx512Kernels.distances, kAvx2Kernels.penalty_f32,
+                                        kAvx2Kernels.scale_f32};
+      return merged;
+    }
     case Isa::avx2: return kAvx2Kernels;
     default: return kScalarKernels;
   }
@@ -537,7 +543,21 @@ static at::Tensor binarization_penalty_backward_cpu(const at::Tensor& grad_outpu
                 "binarization_penalty_backward: grad_output must be a scalar for mean/sum");
   }
   at::Tensor out = cached_empty(grad_factor.sizes(), grad_factor.scalar_type());
-  at::mul_out(out, grad_factor, reduction == 0 ? grad_output : grad_output.reshape({}));
+  if (reduction != 0 && grad_factor.scalar_type() == at::kFloat && grad_factor.is_contiguous()) {
+    // Scalar grad_output: one streaming pass (same arithmetic as at::mul: x * float(go)).
+    const float s = (float)grad_output.item().toDouble();
+    const float* x = grad_factor.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    const int64_t n = grad_factor.numel();
+    const IsaKernels& K = kernels();
+    const int64_t nb = (n + kPenaltyBlock - 1) / kPenaltyBlock;
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t s0 = b0 * kPenaltyBlock, s1 = std::min(n, b1 * kPenaltyBlock);
+      K.scale_f32(x + s0, o + s0, s1 - s0, s);
+    });
+  } else {
+    at::mul_out(out, grad_factor, reduction == 0 ? grad_output : grad_output.reshape({}));
+  }
   return out;
 }
 

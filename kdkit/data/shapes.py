@@ -42,6 +42,10 @@ GENERATOR_VERSION = 1
 SHAPES_MEAN = (0.495, 0.497, 0.495)
 SHAPES_STD = (0.229, 0.228, 0.229)
 
+#: Difficulty knobs of the renderer (part of the generator version).
+RENDER_PARAMS = dict(scale_min=0.3, scale_max=0.48, noise_min=0.01, noise_max=0.06, line_p=0.3, dot_p=0.3,
+                     bg_max=0.5, fg_min=0.6, invert_p=0.25)
+
 _SPLIT_CODE = {"train": 1, "test": 2}
 _MEMORY_CACHE: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
 
@@ -159,10 +163,11 @@ def _composite(img, alpha, colour):
 def render(labels: np.ndarray, class_names, image_size: int, rng: np.random.RandomState) -> np.ndarray:
     """Render ``len(labels)`` images as ``uint8`` ``N x 3 x S x S``; draws from ``rng`` in a fixed order."""
     n, s = len(labels), int(image_size)
+    P = RENDER_PARAMS
     u = rng.random_sample  # only uniform [0, 1) draws: exact and stable across platforms
 
     # Per-image parameters (all drawn before any pixel work, in a fixed order).
-    scale = s * (0.2 + 0.25 * u(n))                     # figure radius in pixels
+    scale = s * (P['scale_min'] + (P['scale_max'] - P['scale_min']) * u(n))   # figure radius in pixels
     margin = scale * 0.8
     cx = margin + (s - 2 * margin) * u(n)
     cy = margin + (s - 2 * margin) * u(n)
@@ -173,25 +178,24 @@ def render(labels: np.ndarray, class_names, image_size: int, rng: np.random.Rand
     grad_angle = 2 * np.pi * u(n)
     grad_strength = u(n)
     fg = u((n, 3))
-    fg_retry = u((4, n, 3))
-    noise_level = 0.02 + 0.1 * u(n)
-    line_on = u(n) < 0.6
+    invert_draw = u(n)
+    noise_level = P['noise_min'] + (P['noise_max'] - P['noise_min']) * u(n)
+    line_on = u(n) < P['line_p']
     line_pts = u((n, 4)) * s
     line_width = 0.5 + 0.8 * u(n)
     line_colour = u((n, 3))
-    dot_on = u(n) < 0.4
+    dot_on = u(n) < P['dot_p']
     dot_xy = u((n, 2)) * s
     dot_r = 1.0 + 0.06 * s * u(n)
     dot_colour = u((n, 3))
     noise = u((n, 3, s, s))
 
-    # Foreground colours far enough from the background's mean colour.
-    bg_mean = (bg0 + bg1) / 2
-    for k in range(fg_retry.shape[0]):
-        low = np.sqrt(((fg - bg_mean) ** 2).sum(1)) < 0.45
-        fg[low] = fg_retry[k][low]
-    low = np.sqrt(((fg - bg_mean) ** 2).sum(1)) < 0.45
-    fg[low] = np.where(bg_mean[low] > 0.5, 0.0, 1.0)
+    # Polarity: a light figure on a darker background, inverted in a share of the images.
+    bg0 *= P["bg_max"]
+    bg1 *= P["bg_max"]
+    fg = P["fg_min"] + (1.0 - P["fg_min"]) * fg
+    invert = (invert_draw < P["invert_p"])[:, None]
+    bg0, bg1, fg = np.where(invert, 1.0 - bg0, bg0), np.where(invert, 1.0 - bg1, bg1), np.where(invert, 1.0 - fg, fg)
 
     coords = np.arange(s, dtype=np.float64) + 0.5
     py = coords[None, :, None]

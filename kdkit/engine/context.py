@@ -264,7 +264,9 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
     if not isinstance(defaults, dict):
         raise KdkitError(f"method {method_name!r}: default_config() must return a dict")
     defaults = {**defaults, "method": method_name}
-    sections = getattr(cls, "component_sections", None) or {}
+    from kdkit.config import COMPONENT_SECTIONS
+
+    sections = {**COMPONENT_SECTIONS, **(getattr(cls, "component_sections", None) or {})}
     config = resolve_config(defaults, config_file, sets, component_sections=sections,
                             registry_lookup=manager.registry)
     config["method"] = method_name

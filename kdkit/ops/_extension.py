@@ -48,6 +48,10 @@ def _register() -> None:
         _loss, grad_factor = output
         ctx.reduction = reduction
         ctx.save_for_backward(grad_factor)
+        # grad_factor is not differentiable; without this autograd would materialise a
+        # zeros tensor the size of h as its incoming gradient on every backward.
+        ctx.mark_non_differentiable(grad_factor)
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_loss, _grad_grad_factor):
         # grad_factor is an implementation detail (never returned to users), so its incoming

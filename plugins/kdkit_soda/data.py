@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from kdkit.errors import ConfigError, DataError
 
@@ -74,8 +72,9 @@ class CrossModalData:
         return h.hexdigest()[:16]
 
 
-class CrossModalDataset(Dataset):
-    """``torch`` view of a :class:`CrossModalData` (what the registered factories return).
+class CrossModalDataset:
+    """Map-style dataset view of a :class:`CrossModalData` (what the registered factories return;
+    usable with ``torch.utils.data.DataLoader``).
 
     Items are dicts ``{"index", "image" (uint8 H x W x 3 tensor or path), "text", "label"}``.
     ``.data`` is the underlying :class:`CrossModalData`; ``.classes`` the category names.
@@ -90,6 +89,8 @@ class CrossModalDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
+        import torch
+
         j = int(self.indices[i])
         img = self.data.images[j]
         return {
@@ -545,12 +546,13 @@ def _shape_mask(kind: str, size: int, yy: np.ndarray, xx: np.ndarray, cy: float,
 
 
 def make_scenes(n: int = 3000, image_size: int = 64, seed: int = 0, max_objects: int = 3,
-                caption_drop: float = 0.15, caption_noise: float = 0.1) -> CrossModalData:
+                caption_drop: float = 0.15, caption_noise: float = 0.1, colour_bias: float = 0.6) -> CrossModalData:
     """Seeded procedural multi-label scenes: 1..``max_objects`` coloured shapes on a noisy background,
     multi-hot labels over :data:`SCENE_CLASSES` and a caption naming the shapes with synonyms,
     colours and filler words.  Captions are noisier than labels on purpose: with probability
     ``caption_drop`` an object is not mentioned, with probability ``caption_noise`` a wrong shape is
-    (what makes a label teacher useful).  Deterministic for a given ``seed``; ~1 s for 3,000 images."""
+    (what makes a label teacher useful).  Each category has a preferred colour (probability
+    ``colour_bias``).  Deterministic for a given ``seed``; ~1 s for 3,000 images."""
     rng = np.random.RandomState(seed)
     k = len(SCENE_CLASSES)
     images = np.empty((n, image_size, image_size, 3), np.uint8)
@@ -568,9 +570,14 @@ def make_scenes(n: int = 3000, image_size: int = 64, seed: int = 0, max_objects:
             kind = SCENE_CLASSES[c]
             r = rng.uniform(0.12, 0.24) * image_size
             cy, cx = rng.uniform(r, image_size - r, size=2)
-            colour = colour_names[rng.randint(len(colour_names))]
-            mask = _shape_mask(kind, image_size, yy, xx, cy, cx, r, rng.uniform(0, math.pi))
-            img[mask] = np.asarray(_COLOURS[colour]) * rng.uniform(0.8, 1.0)
+            # each category has a preferred colour (p = colour_bias), so even random-init
+            # features carry some of the label; the shape carries the rest
+            colour = colour_names[c] if rng.rand() < colour_bias else colour_names[rng.randint(len(colour_names))]
+            y0, y1 = max(0, int(cy - r) - 1), min(image_size, int(cy + r) + 2)
+            x0, x1 = max(0, int(cx - r) - 1), min(image_size, int(cx + r) + 2)
+            mask = _shape_mask(kind, image_size, yy[y0:y1, x0:x1], xx[y0:y1, x0:x1], cy, cx, r,
+                               rng.uniform(0, math.pi))
+            img[y0:y1, x0:x1][mask] = np.asarray(_COLOURS[colour]) * rng.uniform(0.8, 1.0)
             labels[i, c] = 1
             if rng.rand() >= caption_drop or len(words) == 0 and c == kinds[-1]:
                 syn = _SYNONYMS[kind][rng.randint(len(_SYNONYMS[kind]))]
@@ -604,7 +611,7 @@ def _view(data: CrossModalData, split: str, family: str, split_preset: str, quer
     return ds
 
 
-def scenes_factory(split: str = "all", root: str | None = None, size: int = 3000, image_size: int = 64,
+def scenes_factory(split: str, root: str | None, size: int = 3000, image_size: int = 64,
                    generator_seed: int = 0, split_preset: str = "auto", query_size: int | None = None,
                    train_size: int | None = None, split_seed: int | None = None,
                    val_fraction: float = 0.1) -> CrossModalDataset:
@@ -616,7 +623,7 @@ def scenes_factory(split: str = "all", root: str | None = None, size: int = 3000
 
 
 def _file_factory(family: str, display: str):
-    def factory(split: str = "all", root: str | None = None, layout: str = "auto", file: str | None = None,
+    def factory(split: str, root: str | None, layout: str = "auto", file: str | None = None,
                 split_preset: str = "mith", query_size: int | None = None, train_size: int | None = None,
                 split_seed: int | None = None, on_no_label: str = "drop", on_empty_caption: str = "placeholder",
                 empty_placeholder: str = "123456", classes_file: str | None = None,
@@ -648,7 +655,7 @@ mirflickr_factory = _file_factory("mirflickr", "mirflickr25k")
 nuswide_factory = _file_factory("nuswide", "nuswide")
 
 
-def jsonl_factory(split: str = "all", root: str | None = None, manifest: str = "manifest.jsonl",
+def jsonl_factory(split: str, root: str | None, manifest: str = "manifest.jsonl",
                   classes_file: str | None = None, split_preset: str = "auto", query_size: int | None = None,
                   train_size: int | None = None, split_seed: int | None = None, on_no_label: str = "drop",
                   on_empty_caption: str = "placeholder", empty_placeholder: str = "",
@@ -671,7 +678,7 @@ def jsonl_factory(split: str = "all", root: str | None = None, manifest: str = "
 
 def load_image_rgb(item, size: int | None = None) -> np.ndarray:
     """A path or an HxWx3 uint8 array/tensor -> HxWx3 uint8 array."""
-    if isinstance(item, torch.Tensor):
+    if hasattr(item, "numpy") and not isinstance(item, np.ndarray):
         return item.numpy()
     if isinstance(item, np.ndarray):
         return item

@@ -1,7 +1,7 @@
 """CLIP features (open_clip) for images, captions and label prompts — computed once, cached on disk.
 
 ``clip.model`` is any open_clip model name (``ViT-B-32`` is the method family's backbone) or
-``tiny`` — a small CLIP architecture (2-layer ViT on 64 px, 2-layer text transformer) that keeps
+``tiny`` — a small CLIP architecture (2-layer ViT-192 with 8 px patches on 64 px images, 2-layer text transformer of width 192, 24 tokens) that keeps
 the embedded default run fast on a CPU.  ``clip.pretrained`` is an open_clip tag (``openai``,
 ``laion2b_s34b_b79k``; it must already be in the local open_clip/Hugging Face cache — nothing is
 downloaded unless open_clip itself can) or a local checkpoint file.  Without weights the encoders
@@ -28,8 +28,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _WARNED: set = set()
 
 #: The small architecture used by ``clip.model: tiny``.
-TINY = {"embed_dim": 256, "vision": {"layers": 2, "width": 256, "head_width": 64, "patch_size": 8, "image_size": 64},
-        "text": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 2}}
+TINY = {"embed_dim": 256, "vision": {"layers": 2, "width": 192, "head_width": 64, "patch_size": 8, "image_size": 64},
+        "text": {"context_length": 24, "vocab_size": 49408, "width": 192, "heads": 3, "layers": 2}}
 
 
 def join_labels(names: Sequence[str], sep: str = ", ", last_sep: str = " and ") -> str:

@@ -171,7 +171,7 @@ class ClipEncoder:
         import torch.nn.functional as F
 
         out = []
-        with torch.inference_mode():
+        with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
                 tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
                 out.append(F.normalize(self.encode_tokens(tokens).float(), dim=-1).cpu())
@@ -199,16 +199,17 @@ class ClipEncoder:
         return F.normalize(emb, dim=-1).contiguous()
 
     # --- images -------------------------------------------------------------------------
-    def preprocess(self, uint8_batch):
-        """``uint8`` ``[B, 3, H, W]`` -> CLIP's input: resized to the model's size, normalised
-        with CLIP's own mean and std."""
+    def preprocess(self, images):
+        """Images -> CLIP's input: resized to the model's size (short side + centre crop),
+        normalised with CLIP's own mean and std.  ``images``: ``uint8`` ``[B, 3, H, W]`` or
+        float in ``[0, 1]``."""
         import torch
         import torch.nn.functional as F
 
-        x = uint8_batch.to(self.device, torch.float32) / 255.0
+        x = images.to(self.device)
+        x = x.float() / 255.0 if not x.is_floating_point() else x.float()
         size = self.info.image_size
         if x.shape[-2:] != (size, size):
-            # CLIP's transform: resize the short side, centre crop (square images: plain resize).
             h, w = x.shape[-2:]
             scale = size / min(h, w)
             nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -220,13 +221,22 @@ class ClipEncoder:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def encode_images(self, uint8_batch):
-        """L2-normalised image embeddings ``[B, d]`` (float32, on the encoder's device)."""
+    def encode_images(self, images):
+        """L2-normalised image embeddings ``[B, d]`` (float32, on the encoder's device) of
+        ``uint8`` images or float images in ``[0, 1]``."""
         import torch
         import torch.nn.functional as F
 
-        with torch.inference_mode():
-            return F.normalize(self.model.encode_image(self.preprocess(uint8_batch)).float(), dim=-1)
+        with torch.no_grad():
+            return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+
+    def encode_normalized(self, x, mean, std):
+        """Embeddings of a batch normalised with a dataset's ``mean``/``std`` (undone first)."""
+        import torch
+
+        m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return self.encode_images((x.float() * s + m).clamp(0, 1))
 
 
 def _tokenizer_for(name: str, context_length: int):

@@ -1,0 +1,481 @@
+"""The ``soda`` method: semantic-cohesive two-stage knowledge distillation for cross-modal hashing.
+
+Stage 1 (``teacher.<bits>``): an image hash head and a label-prompt hash head, trained together so
+that images and the prompts of their labels share an L-bit Hamming space.  Stage 2
+(``student.<bits>``): the teacher's image codes are frozen (``sign`` of the image head on the
+training images) and a text hash head is fitted to them.  The comparison ``baseline.<bits>``
+trains an image head and a text head jointly, without label prompts and without frozen codes.
+
+SODA's code and hyper-parameters are not public (arXiv 2510.09664): every default below is a
+documented choice from the method family (DCMH, DCHMT, MITH), not the paper's value.  See
+``docs/soda.md`` for the loss terms.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from kdkit.config import base_config, train_section
+from kdkit.engine import Method, Stage, freeze
+from kdkit.errors import ConfigError, KdkitError
+
+from .data import make_splits
+from .features import compute_features
+
+SUPPORTED_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+class HashHead(nn.Module):
+    """``Linear(in -> L) -> Dropout -> tanh`` (the method family's head); with ``hidden > 0``
+    ``Linear(in -> hidden) -> ReLU -> Dropout -> Linear(hidden -> L) -> tanh``."""
+
+    def __init__(self, in_dim: int, bits: int, hidden: int = 0, dropout: float = 0.2):
+        super().__init__()
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                     nn.Linear(hidden, bits))
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, bits), nn.Dropout(dropout))
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(x))
+
+
+class PairHashModel(nn.Module):
+    """Two hash heads: ``a`` (images) and ``b`` (label prompts in the teacher, captions in the baseline)."""
+
+    def __init__(self, dim_a: int, dim_b: int, bits: int, hidden: int, dropout: float):
+        super().__init__()
+        self.a = HashHead(dim_a, bits, hidden, dropout)
+        self.b = HashHead(dim_b, bits, hidden, dropout)
+
+
+class FeatureDataset(Dataset):
+    """``(position, image feature, text feature, label-prompt feature, multi-hot label)`` for a subset."""
+
+    def __init__(self, feats: dict, labels: torch.Tensor, indices: np.ndarray):
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.image = feats["image"][idx]
+        self.text = feats["text"][idx]
+        self.label_feat = feats["label"][idx]
+        self.labels = labels[idx]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, i: int):
+        return i, self.image[i], self.text[i], self.label_feat[i], self.labels[i]
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+def similarity(la: torch.Tensor, lb: torch.Tensor, kind: str = "hard") -> torch.Tensor:
+    """``S_ij = 1`` when samples share a label (``hard``), or the cosine of the label vectors (``cosine``)."""
+    if kind == "hard":
+        return (la @ lb.T > 0).float()
+    if kind == "cosine":
+        return F.normalize(la, dim=1) @ F.normalize(lb, dim=1).T
+    raise ConfigError(f"config key soda.similarity: expected hard|cosine, got {kind!r}")
+
+
+def pairwise_nll(ha: torch.Tensor, hb: torch.Tensor, s: torch.Tensor, scale: float) -> torch.Tensor:
+    """DCMH's negative log-likelihood of the similarities, averaged over pairs:
+    ``theta = scale * ha @ hb.T``; ``mean(softplus(theta) - S * theta)``."""
+    theta = scale * (ha @ hb.T)
+    return (F.softplus(theta) - s * theta).mean()
+
+
+def _penalty(h: torch.Tensor) -> torch.Tensor:
+    from kdkit import ops  # lazy: loads the compiled extension on first use
+
+    return ops.binarization_penalty(h, reduction="mean")
+
+
+def mean_average_precision(*args, **kwargs) -> float:
+    from kdkit.metrics import mean_average_precision as _map
+
+    return _map(*args, **kwargs)
+
+
+def _balance(h: torch.Tensor) -> torch.Tensor:
+    return (h.mean(0) ** 2).mean()
+
+
+def pack(h: torch.Tensor) -> torch.Tensor:
+    """Real codes -> packed uint8 (faiss layout): bit set where ``h >= 0``."""
+    from kdkit import ops
+
+    return ops.pack_bits(h.detach().float().cpu().contiguous())
+
+
+@torch.no_grad()
+def encode_features(head: nn.Module, x: torch.Tensor, device, batch_size: int = 4096) -> torch.Tensor:
+    """Real-valued head outputs (N, L) in eval mode."""
+    was = head.training
+    head.eval()
+    out = [head(x[s:s + batch_size].to(device)).float().cpu() for s in range(0, x.shape[0], batch_size)]
+    head.train(was)
+    return torch.cat(out)
+
+
+def sign_codes(h: torch.Tensor) -> torch.Tensor:
+    """``sign`` with ``sign(0) = +1`` (as ``pack_bits``)."""
+    return torch.where(h >= 0, 1.0, -1.0)
+
+
+# --- the method ------------------------------------------------------------------------------
+
+class SodaMethod(Method):
+    """Two-stage SODA; ``run`` returns ``{"map": {bits: {"i2t", "t2i"}}, "baseline": ..., ...}``."""
+
+    @classmethod
+    def default_config(cls) -> dict:
+        cfg = base_config()
+        cfg["seed"] = 0
+        cfg["data"] = {"name": "soda_scenes", "root": None, "val_fraction": 0.1, "num_workers": 0}
+        cfg["train"] = train_section(epochs=20, batch_size=128, eval_batch_size=4096, optimizer="adam", lr=1e-3,
+                                     momentum=0.9, weight_decay=1e-5, scheduler="cosine", amp=False)
+        cfg["checkpoint"]["select_on"] = "val"
+        cfg["soda"] = {
+            "bits": [16, 32, 64, 128],
+            "alpha": 0.1,  # stage 1: weight of the binarisation penalty
+            "beta": 0.1,  # stage 2: weight of the binarisation penalty
+            "intra_weight": 1.0,  # stage 1 / baseline: weight of the intra-modal image<->image term
+            "fit_weight": 1.0,  # stage 2: weight of || h_text - b_image ||^2 / L (paired sample)
+            "balance_weight": 0.0,  # optional bit-balance term ||mean(h)||^2
+            "theta_scale": 0.5,  # theta = scale * <h_a, h_b>  (DCMH: 0.5)
+            "similarity": "hard",  # hard: share >= 1 label | cosine: cosine of label vectors
+            "head_hidden": 512,  # 0: Linear->Dropout->tanh (the family's head); >0: one hidden layer
+            "dropout": 0.2,
+            "teacher_epochs": None,  # None: train.epochs
+            "student_epochs": None,
+            "baseline": True,  # also train the no-distillation baseline
+            "baseline_epochs": None,  # None: teacher_epochs + student_epochs (same training budget)
+            "eval_k": None,  # None: mAP@all; int: mAP@k in eval_variant
+            "eval_variant": "truncated",  # truncated (DCMH top-k) | dchmt (first min(k, R) relevant)
+        }
+        cfg["clip"] = {"model": "tiny", "pretrained": None, "context_length": None, "batch_size": 128,
+                       "cache_dir": None}
+        cfg["prompt"] = {"template": "An image of {}.", "sep": ", ", "last_sep": " and ", "mode": "joined"}
+        return cfg
+
+    # --- data -----------------------------------------------------------------------------
+
+    def _prepare(self, ctx):
+        cfg = ctx.config
+        t0 = time.perf_counter()
+        ds = ctx.build_dataset(None, "all")
+        data = getattr(ds, "data", None)
+        if data is None:
+            raise ConfigError(f"dataset {cfg['data']['name']!r} is not a cross-modal dataset (images, texts, "
+                              "multi-hot labels); use soda_scenes, mirflickr25k, nuswide or crossmodal_jsonl")
+        family = getattr(ds, "family", "scenes")
+        d = cfg["data"]
+        splits = make_splits(len(data), family, d.get("split_preset", "auto"), d.get("query_size"),
+                             d.get("train_size"), d.get("split_seed"), float(d.get("val_fraction", 0.1)),
+                             val_seed=int(cfg.get("seed", 0)))
+        ctx.log(f"[soda] dataset {data.name}: {len(data)} samples, {len(data.classes)} labels "
+                f"({data.source}); loaded in {time.perf_counter() - t0:.1f}s")
+        for problem, count in sorted(data.notes.items()):
+            ctx.log(f"[soda] data handling: {problem} = {count}")
+        sizes = splits.sizes()
+        ctx.log(f"[soda] split preset {splits.preset!r}, seed {splits.seed}: query {sizes['query']}, train "
+                f"{sizes['train']} (fit {sizes['fit']} + validation {sizes['val']}, val seed {cfg.get('seed', 0)}), "
+                f"retrieval database {sizes['retrieval']}")
+        cache = Path(cfg["clip"].get("cache_dir") or ctx.cache_dir)
+        feats = compute_features(data, cfg["clip"], cfg["prompt"], cache, ctx.device, log=ctx.log,
+                                 seed=int(cfg.get("seed", 0)))
+        labels = torch.from_numpy(np.asarray(data.labels, np.float32))
+        return data, splits, feats, labels
+
+    # --- run ------------------------------------------------------------------------------
+
+    def run(self, ctx) -> dict:
+        cfg = ctx.config
+        s = cfg["soda"]
+        bits_list = [int(b) for b in s["bits"]]
+        for b in bits_list:
+            if b <= 0 or b % 8:
+                raise ConfigError(f"config key soda.bits: {b} is not a positive multiple of 8")
+        select_on = cfg["checkpoint"].get("select_on", "val")
+        data, splits, feats, labels = self._prepare(ctx)
+        fit_ds = FeatureDataset(feats, labels, splits.fit if select_on == "val" else splits.train)
+        if select_on == "val":
+            val_q = FeatureDataset(feats, labels, splits.val)
+        elif select_on == "test":
+            ctx.log("[soda] checkpoint.select_on=test: the best epoch is chosen ON THE QUERY (TEST) SET, as "
+                    "DCMH/DCHMT/MITH do — numbers are optimistic")
+            val_q = FeatureDataset(feats, labels, splits.query)
+        else:
+            val_q = None
+        query = FeatureDataset(feats, labels, splits.query)
+        retrieval = FeatureDataset(feats, labels, splits.retrieval)
+        k, variant = s.get("eval_k"), s.get("eval_variant", "truncated")
+        summary = {"map": {}, "baseline": {}, "teacher": {}, "stages": {},
+                   "protocol": {"metric": "mAP@all" if k is None else f"mAP@{k}", "variant": variant,
+                                "ranking": "(hamming distance, database index)", "relevance": "share >= 1 label",
+                                "query": "query split", "database": "retrieval split (all but query)",
+                                "model_selection": select_on},
+                   "data": {"name": data.name, "samples": len(data), "labels": len(data.classes),
+                            "split": splits.preset, "split_seed": splits.seed, "sizes": splits.sizes(),
+                            "handling": dict(data.notes)},
+                   "clip": {"model": cfg["clip"]["model"], "pretrained": cfg["clip"]["pretrained"]}}
+        t_all = time.perf_counter()
+        for bits in bits_list:
+            teacher = self.train_teacher(ctx, bits, fit_ds, val_q)
+            student = self.train_student(ctx, bits, teacher, fit_ds, val_q)
+            img_q = pack(encode_features(teacher.a, query.image, ctx.device))
+            img_db = pack(encode_features(teacher.a, retrieval.image, ctx.device))
+            txt_q = pack(encode_features(student, query.text, ctx.device))
+            txt_db = pack(encode_features(student, retrieval.text, ctx.device))
+            lab_db = pack(encode_features(teacher.b, retrieval.label_feat, ctx.device))
+            summary["map"][str(bits)] = {
+                "i2t": mean_average_precision(img_q, txt_db, query.labels, retrieval.labels, k, variant),
+                "t2i": mean_average_precision(txt_q, img_db, query.labels, retrieval.labels, k, variant),
+            }
+            summary["teacher"][str(bits)] = {
+                "i2label": mean_average_precision(img_q, lab_db, query.labels, retrieval.labels, k, variant)}
+            if s.get("baseline", True):
+                base = self.train_baseline(ctx, bits, fit_ds, val_q)
+                bq_i = pack(encode_features(base.a, query.image, ctx.device))
+                bd_i = pack(encode_features(base.a, retrieval.image, ctx.device))
+                bq_t = pack(encode_features(base.b, query.text, ctx.device))
+                bd_t = pack(encode_features(base.b, retrieval.text, ctx.device))
+                summary["baseline"][str(bits)] = {
+                    "i2t": mean_average_precision(bq_i, bd_t, query.labels, retrieval.labels, k, variant),
+                    "t2i": mean_average_precision(bq_t, bd_i, query.labels, retrieval.labels, k, variant),
+                }
+            line = (f"[soda] {bits} bits: SODA i2t {summary['map'][str(bits)]['i2t']:.4f} "
+                    f"t2i {summary['map'][str(bits)]['t2i']:.4f}")
+            if str(bits) in summary["baseline"]:
+                line += (f" | baseline i2t {summary['baseline'][str(bits)]['i2t']:.4f} "
+                         f"t2i {summary['baseline'][str(bits)]['t2i']:.4f}")
+            ctx.log(line)
+        summary["seconds"] = round(time.perf_counter() - t_all, 1)
+        if ctx.is_main:
+            print(format_table(summary))
+            self._write_codes_meta(ctx, splits)
+        return summary
+
+    def _write_codes_meta(self, ctx, splits) -> None:
+        meta = {"query": splits.query.tolist(), "retrieval": splits.retrieval.tolist(),
+                "train": splits.train.tolist(), "val": splits.val.tolist(), "seed": splits.seed,
+                "preset": splits.preset}
+        (Path(ctx.run_dir) / "splits.json").write_text(json.dumps(meta))
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def _opt(self, ctx) -> dict:
+        return dict(ctx.config["train"])
+
+    def _epochs(self, key: str, ctx) -> int:
+        v = ctx.config["soda"].get(key)
+        return int(v) if v is not None else int(ctx.config["train"]["epochs"])
+
+    def train_teacher(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
+        s = ctx.config["soda"]
+        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits)
+        model = PairHashModel(fit_ds.image.shape[1], fit_ds.label_feat.shape[1], bits, int(s["head_hidden"]),
+                              float(s["dropout"]))
+        scale, alpha, intra = float(s["theta_scale"]), float(s["alpha"]), float(s["intra_weight"])
+        bal, kind = float(s["balance_weight"]), s["similarity"]
+
+        def step(m, batch):
+            _, fi, _, fl, y = batch
+            m = m.module if hasattr(m, "module") else m
+            hi, hl = m.a(fi), m.b(fl)
+            sim = similarity(y, y, kind)
+            inter = pairwise_nll(hi, hl, sim, scale)
+            intra_l = pairwise_nll(hi, hi, sim, scale)
+            pen = _penalty(hi) + _penalty(hl)
+            loss = inter + intra * intra_l + alpha * pen
+            if bal:
+                loss = loss + bal * (_balance(hi) + _balance(hl))
+            return loss, {"inter": inter.detach(), "intra": intra_l.detach(), "penalty": pen.detach()}
+
+        def evaluate(m, val):
+            val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
+            fit_lab = pack(encode_features(m.b, fit_ds.label_feat, ctx.device))
+            fit_img = pack(encode_features(m.a, fit_ds.image, ctx.device))
+            q_img = pack(encode_features(m.a, val.image, ctx.device))
+            q_lab = pack(encode_features(m.b, val.label_feat, ctx.device))
+            i2l = mean_average_precision(q_img, fit_lab, val.labels, fit_ds.labels)
+            l2i = mean_average_precision(q_lab, fit_img, val.labels, fit_ds.labels)
+            return {"map": (i2l + l2i) / 2, "i2label": i2l, "label2i": l2i}
+
+        ctx.fit(Stage(name=f"teacher.{bits}", model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
+                      eval_fn=evaluate, epochs=self._epochs("teacher_epochs", ctx), optimizer=self._opt(ctx),
+                      select_metric="map", select_mode="max"))
+        return freeze(model)
+
+    def train_student(self, ctx, bits: int, teacher: PairHashModel, fit_ds, val_q) -> HashHead:
+        s = ctx.config["soda"]
+        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + 1)
+        student = HashHead(fit_ds.text.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+        # the frozen stage-1 image codes of the training set: the student's targets
+        frozen = nn.Module()
+        frozen.register_buffer("codes", sign_codes(encode_features(teacher.a, fit_ds.image, ctx.device)))
+        frozen.register_buffer("labels", fit_ds.labels.clone())
+        frozen = frozen.to(ctx.device)
+        scale, beta, fit_w = float(s["theta_scale"]), float(s["beta"]), float(s["fit_weight"])
+        bal, kind = float(s["balance_weight"]), s["similarity"]
+
+        def step(m, batch):
+            pos, _, ft, _, y = batch
+            ht = m(ft)
+            sim = similarity(y, frozen.labels, kind)
+            inter = pairwise_nll(ht, frozen.codes, sim, scale)
+            fit = ((ht - frozen.codes[pos]) ** 2).mean()
+            pen = _penalty(ht)
+            loss = inter + fit_w * fit + beta * pen
+            if bal:
+                loss = loss + bal * _balance(ht)
+            return loss, {"inter": inter.detach(), "fit": fit.detach(), "penalty": pen.detach()}
+
+        def evaluate(m, val):
+            val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
+            db_txt = pack(encode_features(m, fit_ds.text, ctx.device))
+            db_img = pack(frozen.codes.cpu())
+            q_img = pack(encode_features(teacher.a, val.image, ctx.device))
+            q_txt = pack(encode_features(m, val.text, ctx.device))
+            i2t = mean_average_precision(q_img, db_txt, val.labels, fit_ds.labels)
+            t2i = mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
+            return {"map": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
+
+        ctx.fit(Stage(name=f"student.{bits}", model=student, train_data=fit_ds, val_data=val_q, step_fn=step,
+                      eval_fn=evaluate, epochs=self._epochs("student_epochs", ctx), optimizer=self._opt(ctx),
+                      select_metric="map", select_mode="max"))
+        return freeze(student)
+
+    def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
+        s = ctx.config["soda"]
+        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + 2)
+        model = PairHashModel(fit_ds.image.shape[1], fit_ds.text.shape[1], bits, int(s["head_hidden"]),
+                              float(s["dropout"]))
+        scale, alpha, intra = float(s["theta_scale"]), float(s["alpha"]), float(s["intra_weight"])
+        bal, kind = float(s["balance_weight"]), s["similarity"]
+
+        def step(m, batch):
+            _, fi, ft, _, y = batch
+            m = m.module if hasattr(m, "module") else m
+            hi, ht = m.a(fi), m.b(ft)
+            sim = similarity(y, y, kind)
+            inter = pairwise_nll(hi, ht, sim, scale)
+            intra_l = pairwise_nll(hi, hi, sim, scale) + pairwise_nll(ht, ht, sim, scale)
+            pen = _penalty(hi) + _penalty(ht)
+            loss = inter + intra * intra_l + alpha * pen
+            if bal:
+                loss = loss + bal * (_balance(hi) + _balance(ht))
+            return loss, {"inter": inter.detach(), "intra": intra_l.detach(), "penalty": pen.detach()}
+
+        def evaluate(m, val):
+            val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
+            db_txt = pack(encode_features(m.b, fit_ds.text, ctx.device))
+            db_img = pack(encode_features(m.a, fit_ds.image, ctx.device))
+            q_img = pack(encode_features(m.a, val.image, ctx.device))
+            q_txt = pack(encode_features(m.b, val.text, ctx.device))
+            i2t = mean_average_precision(q_img, db_txt, val.labels, fit_ds.labels)
+            t2i = mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
+            return {"map": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
+
+        epochs = s.get("baseline_epochs")
+        if epochs is None:
+            epochs = self._epochs("teacher_epochs", ctx) + self._epochs("student_epochs", ctx)
+        ctx.fit(Stage(name=f"baseline.{bits}", model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
+                      eval_fn=evaluate, epochs=int(epochs), optimizer=self._opt(ctx),
+                      select_metric="map", select_mode="max"))
+        return freeze(model)
+
+    # --- kdkit encode ---------------------------------------------------------------------
+
+    def encode(self, ctx, modality: str, bits: int, split: str = "retrieval", texts=None) -> tuple:
+        """Codes of a finished run: ``(uint8 (N, L/8) codes, dataset indices or None, metadata)``.
+
+        ``modality``: ``image`` (teacher image head) or ``text`` (student text head); ``split``:
+        ``query``, ``retrieval``, ``train``, ``all``.  ``texts``: encode these strings instead.
+        """
+        cfg = ctx.config
+        if int(bits) not in [int(b) for b in cfg["soda"]["bits"]]:
+            raise KdkitError(f"--bits {bits}: the run trained {', '.join(map(str, cfg['soda']['bits']))} bits")
+        data, splits, feats, labels = None, None, None, None
+        s = cfg["soda"]
+        if texts is not None:
+            if modality != "text":
+                raise KdkitError("--text-file encodes texts: use --modality text")
+            from .features import ClipEncoder
+
+            enc = ClipEncoder(cfg["clip"]["model"], cfg["clip"].get("pretrained") or None, ctx.device,
+                              cfg["clip"].get("context_length"), seed=int(cfg.get("seed", 0)))
+            x = enc.encode_texts(texts)
+            indices = None
+        else:
+            data, splits, feats, labels = self._prepare(ctx)
+            idx = {"query": splits.query, "retrieval": splits.retrieval, "train": splits.train,
+                   "all": np.arange(len(data))}.get(split)
+            if idx is None:
+                raise KdkitError(f"--split {split!r}: expected query, retrieval, train or all")
+            indices = np.asarray(idx)
+            x = feats["image" if modality == "image" else "text"][torch.as_tensor(indices)]
+        if modality == "image":
+            model = PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
+                                  float(s["dropout"]))
+            ctx.load_best(f"teacher.{bits}", model)
+            head = model.a
+        elif modality == "text":
+            head = HashHead(x.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+            ctx.load_best(f"student.{bits}", head)
+        else:
+            raise KdkitError(f"--modality {modality!r}: expected image or text")
+        codes = pack(encode_features(head, x, ctx.device)).numpy()
+        meta = {"modality": modality, "bits": int(bits), "split": None if texts is not None else split,
+                "dataset": cfg["data"]["name"]}
+        if labels is not None:
+            meta["labels"] = labels[torch.as_tensor(indices)].numpy().astype(np.uint8)
+        return codes, indices, meta
+
+    def evaluate(self, ctx) -> dict:
+        """``kdkit eval --run DIR``: recompute mAP of the saved best heads on the query/retrieval split."""
+        s = ctx.config["soda"]
+        data, splits, feats, labels = self._prepare(ctx)
+        query = FeatureDataset(feats, labels, splits.query)
+        retrieval = FeatureDataset(feats, labels, splits.retrieval)
+        out = {"map": {}}
+        for bits in [int(b) for b in s["bits"]]:
+            t = PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
+                              float(s["dropout"]))
+            ctx.load_best(f"teacher.{bits}", t)
+            st = HashHead(feats["text"].shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+            ctx.load_best(f"student.{bits}", st)
+            iq, idb = pack(encode_features(t.a, query.image, ctx.device)), pack(encode_features(t.a, retrieval.image, ctx.device))
+            tq, tdb = pack(encode_features(st, query.text, ctx.device)), pack(encode_features(st, retrieval.text, ctx.device))
+            out["map"][str(bits)] = {
+                "i2t": mean_average_precision(iq, tdb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
+                "t2i": mean_average_precision(tq, idb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
+            }
+        return out
+
+
+def format_table(summary: dict) -> str:
+    """The printed result table: SODA vs the no-distillation baseline per bit length."""
+    proto = summary.get("protocol", {})
+    lines = [f"SODA on {summary['data']['name']} ({proto.get('metric')}, variant {proto.get('variant')}, "
+             f"ranking by {proto.get('ranking')}; CLIP {summary['clip']['model']} "
+             f"{summary['clip']['pretrained'] or '(random init)'})",
+             f"{'bits':>5} | {'SODA I->T':>9} {'SODA T->I':>9} | {'base I->T':>9} {'base T->I':>9} | "
+             f"{'teacher I->Label':>16}"]
+    for bits, m in summary["map"].items():
+        b = summary["baseline"].get(bits, {})
+        lines.append(f"{bits:>5} | {m['i2t']:9.4f} {m['t2i']:9.4f} | "
+                     f"{b.get('i2t', float('nan')):9.4f} {b.get('t2i', float('nan')):9.4f} | "
+                     f"{summary['teacher'][bits]['i2label']:16.4f}")
+    return "\n".join(lines)

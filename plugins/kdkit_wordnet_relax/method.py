@@ -1,0 +1,727 @@
+"""The ``wordnet_relax`` method: crossmodal KD with WordNet-relaxed CLIP text (arXiv 2503.24017).
+
+Stages (each checkpointed and resumable by the engine):
+
+* ``teacher.<augment>`` — the unimodal teachers T_m (default: a strong- and a weak-augmentation
+  image classifier);
+* ``baseline`` — the student trained without distillation (``baseline.enabled``);
+* ``multimodal`` — T_x on ``[CLIP image embedding || text embedding]``, the text being the soft
+  retrieval over the relaxed WordNet nouns for a share ``relax.ratio`` of the training samples
+  and the exact class name for the others (label leakage);
+* ``student`` — image-only, ``alpha * CE + (1 - alpha) * KD`` towards the teachers combined by
+  ``distill.combine`` (default: the average of the teachers' logits).
+
+With ``relax.sweep: [r1, r2, ...]`` the T_m teachers and the baseline are trained once and
+``multimodal.r<r>`` / ``student.r<r>`` once per ratio; ``sweep.csv``, ``sweep.md`` and
+``sweep.png`` (the paper's Figure 2) are written to the run directory.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from kdkit.config import base_config, train_section
+from kdkit.errors import ConfigError, DataError, KdkitError
+
+LAMBDA_PRESETS = {"seed": (0.1, 0.01), "authors": (0.2, 0.005)}
+TX_TEXT = ("retrieved", "protocol")
+TX_CLIP = ("cached", "online")
+RELAXER_KEYS_METHOD = ("relaxer", "ratio", "tau", "sweep", "cache", "cache_dir")
+
+
+def packaged_defaults() -> dict:
+    """The packaged ``default.yaml`` as a dict."""
+    text = resources.files("kdkit_wordnet_relax").joinpath("default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+def _unwrap(dataset):
+    """``(base dataset, indices into it or None)`` through nested ``Subset`` wrappers."""
+    indices = None
+    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
+        idx = list(dataset.indices)
+        indices = idx if indices is None else [idx[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def _targets(dataset):
+    import torch
+
+    base, idx = _unwrap(dataset)
+    targets = getattr(base, "targets", None)
+    if targets is None:
+        targets = [int(base[i][1]) for i in range(len(base))]
+    t = torch.as_tensor(list(targets), dtype=torch.long)
+    return t if idx is None else t[torch.as_tensor(idx, dtype=torch.long)]
+
+
+def relax_mask(n: int, ratio: float, seed: int, tag: str):
+    """Boolean mask of the ``round(ratio * n)`` samples that get relaxed text (seeded choice).
+
+    The permutation depends only on ``(seed, tag, n)``, so the relaxed sets of increasing
+    ratios are nested.
+    """
+    import torch
+    from kdkit.engine import derive_seed
+
+    k = int(round(float(ratio) * n))
+    g = torch.Generator().manual_seed(derive_seed(seed, "relax-mask", tag, n) % (2 ** 63))
+    perm = torch.randperm(n, generator=g)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[perm[:k]] = True
+    return mask
+
+
+def entropy(logits):
+    """Mean entropy (nats) of ``softmax(logits)``."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean().item()) if logits.numel() else float("nan")
+
+
+def image_eval(model, loader) -> dict:
+    """``{"top1", "loss", "entropy"}`` of an image classifier over ``loader``."""
+    import torch
+    import torch.nn.functional as F
+    from kdkit.engine import to_device
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    correct = total = 0
+    loss_sum = ent_sum = 0.0
+    for batch in loader:
+        batch = to_device(batch, device)
+        x, y = batch[0], batch[1]
+        logits = model(x).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        loss_sum += F.nll_loss(logp, y, reduction="sum").item()
+        ent_sum += float(-(logp.exp() * logp).sum().item())
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    total = max(total, 1)
+    return {"top1": 100.0 * correct / total, "loss": loss_sum / total, "entropy": ent_sum / total}
+
+
+def _content_key(dataset) -> dict:
+    """What identifies a dataset's images cheaply (a digest of in-memory images or file paths)."""
+    from kdkit_wordnet_relax.paths import digest, tensor_digest
+
+    import torch
+
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return {"images": tensor_digest(images)}
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if samples:
+        return {"samples": digest([str(s[0]) if isinstance(s, (tuple, list)) else str(s) for s in samples])}
+    return {}
+
+
+def clip_image_embeddings(encoder, dataset, data_key: dict, cache_dir: Path | None, log) -> "object":
+    """L2-normalised CLIP embeddings of every image of ``dataset`` (a base dataset, no Subset),
+    un-augmented, cached on disk under a key of the CLIP identity and the data."""
+    import torch
+    from kdkit_wordnet_relax.paths import digest, load_keyed, save_keyed
+
+    n = len(dataset)
+    key = {"kind": "image-embeddings", "v": 1, "clip": encoder.identity, "data": data_key, "n": n,
+           "content": _content_key(dataset)}
+    path = Path(cache_dir) / f"images-{digest(key)}.pt" if cache_dir is not None else None
+    if path is not None:
+        cached = load_keyed(path, key)
+        if cached is not None:
+            log(f"wordnet_relax: CLIP image embeddings of {n} {data_key.get('split')} images from cache")
+            return cached
+    if hasattr(dataset, "uint8_images"):
+        all_images = dataset.uint8_images()
+        fetch = lambda a, b: all_images[a:b]  # noqa: E731
+    elif hasattr(dataset, "get_uint8"):
+        fetch = lambda a, b: torch.stack([dataset.get_uint8(i) for i in range(a, b)])  # noqa: E731
+    else:
+        raise DataError(f"dataset {type(dataset).__name__} has no get_uint8(i): wordnet_relax needs the "
+                        f"un-normalised images for CLIP (kdkit's datasets provide it)")
+    log(f"wordnet_relax: encoding {n} {data_key.get('split')} images with CLIP {encoder.info.model} "
+        f"at {encoder.info.image_size} px")
+    bs = max(1, encoder.batch_size)
+    out = []
+    report = max(bs, (n // 10) // bs * bs)
+    for start in range(0, n, bs):
+        out.append(encoder.encode_images(fetch(start, min(n, start + bs))).cpu())
+        if n > 20000 and (start + bs) % report < bs:
+            log(f"wordnet_relax:   {min(n, start + bs)}/{n} images")
+    emb = torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
+    if path is not None:
+        save_keyed(path, key, emb)
+    return emb
+
+
+class _Embeddings:
+    """CLIP embeddings of the train and test splits, looked up for any (Subset of a) split."""
+
+    def __init__(self, train, test):
+        self.tables = {"train": train, "test": test}
+
+    def of(self, dataset):
+        import torch
+
+        base, idx = _unwrap(dataset)
+        split = getattr(base, "split", None)
+        if split not in self.tables:
+            raise KdkitError(f"cannot tell which split {type(base).__name__} is (no 'split' attribute)")
+        table = self.tables[split]
+        return table if idx is None else table[torch.as_tensor(idx, dtype=torch.long)]
+
+
+# --- the method ---------------------------------------------------------------------------------
+
+class WordNetRelaxMethod:
+    """Crossmodal KD with WordNet-relaxed text embeddings (see the module docstring)."""
+
+    component_sections: dict = {}
+
+    @classmethod
+    def default_config(cls) -> dict:
+        y = packaged_defaults()
+        cfg = base_config()
+        for key in ("seed", "device"):
+            cfg[key] = y[key]
+        cfg["data"].update(y["data"])
+        cfg["clip"] = dict(y["clip"])
+        relax = dict(y["relax"])
+        cfg["relax"] = relax
+        tx = dict(y["tx"])
+        tx["train"] = train_section(**tx["train"])
+        cfg["tx"] = tx
+        cfg["teachers"] = [dict(t, train=True, pretrained=None) for t in y["teachers"]]
+        cfg["teacher_train"] = train_section(**y["teacher_train"])
+        cfg["student"] = dict(y["student"])
+        cfg["train"] = train_section(**y["train"])
+        cfg["distill"] = dict(y["distill"])
+        cfg["baseline"] = dict(y["baseline"])
+        return cfg
+
+    # --- checks -----------------------------------------------------------------------------
+    @staticmethod
+    def _check(cfg: dict) -> list[float]:
+        relax, tx, dist = cfg["relax"], cfg["tx"], cfg["distill"]
+        sweep = [float(r) for r in (relax.get("sweep") or [])]
+        for r in sweep + [float(relax["ratio"])]:
+            if not 0.0 <= r <= 1.0:
+                raise ConfigError(f"config key relax.ratio / relax.sweep: ratios must be in [0, 1], got {r}")
+        if len(set(sweep)) != len(sweep):
+            raise ConfigError(f"config key relax.sweep: duplicate ratios in {sweep}")
+        if float(relax["tau"]) <= 0:
+            raise ConfigError(f"config key relax.tau: must be > 0, got {relax['tau']}")
+        if tx["preset"] not in LAMBDA_PRESETS:
+            raise ConfigError(f"config key tx.preset: expected one of {', '.join(LAMBDA_PRESETS)}, got {tx['preset']!r}")
+        if dist["tx_text"] not in TX_TEXT:
+            raise ConfigError(f"config key distill.tx_text: expected one of {', '.join(TX_TEXT)}, got {dist['tx_text']!r}")
+        if dist["tx_clip"] not in TX_CLIP:
+            raise ConfigError(f"config key distill.tx_clip: expected one of {', '.join(TX_CLIP)}, got {dist['tx_clip']!r}")
+        alpha, temperature = float(dist["alpha"]), float(dist["temperature"])
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
+        if temperature <= 0:
+            raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
+        if not cfg["teachers"] and not dist["use_multimodal"]:
+            raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
+        return sweep or [float(relax["ratio"])]
+
+    @staticmethod
+    def lambdas(tx: dict) -> tuple[float, float]:
+        lh, lc = LAMBDA_PRESETS[tx["preset"]]
+        if tx.get("lambda_hier") is not None:
+            lh = float(tx["lambda_hier"])
+        if tx.get("lambda_cosreg") is not None:
+            lc = float(tx["lambda_cosreg"])
+        return lh, lc
+
+    @staticmethod
+    def cache_dir(cfg: dict) -> Path | None:
+        from kdkit_wordnet_relax.paths import cache_root
+
+        relax = cfg["relax"]
+        if not relax.get("cache", True):
+            return None
+        return Path(relax["cache_dir"]).expanduser() if relax.get("cache_dir") else cache_root() / "wordnet_relax"
+
+    # --- data -------------------------------------------------------------------------------
+    def _splits(self, ctx, augment: str | None, test):
+        """``(train, val)`` of the training split with ``augment``, split like the engine does."""
+        from kdkit.config import get_path
+
+        overrides = {} if augment is None else {"augment": augment}
+        full = ctx.build_dataset(None, "train", **overrides)
+        select_on = get_path(ctx.config, "checkpoint.select_on", "val")
+        if select_on == "val":
+            return ctx.split_train_val(full)
+        if select_on == "test":
+            return full, test
+        if select_on == "last":
+            return full, None
+        raise ConfigError(f"config key checkpoint.select_on: expected 'val', 'test' or 'last', got {select_on!r}")
+
+    # --- stages -----------------------------------------------------------------------------
+    @staticmethod
+    def teacher_stage_names(teachers: list[dict]) -> list[str]:
+        tags = [str(t.get("augment") or "none") for t in teachers]
+        names = []
+        for i, (t, tag) in enumerate(zip(teachers, tags)):
+            names.append(f"teacher.{tag}" if tags.count(tag) == 1 else f"teacher.{tag}.{i}")
+        return names
+
+    def train_unimodal_teachers(self, ctx, test, num_classes):
+        from kdkit.engine import Stage, freeze
+        from torch.utils.data import DataLoader
+
+        cfg = ctx.config
+        models, summary = [], {}
+        for i, (tcfg, sname) in enumerate(zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))):
+            build_cfg = {k: v for k, v in tcfg.items() if k not in ("augment",) and not (k == "pretrained" and v is None)}
+            model = ctx.build_model("teachers", build_cfg, num_classes, seed_tag=sname)
+            key = "unimodal_" + sname.split(".", 1)[1].replace(".", "_")
+            if tcfg.get("train", True):
+                train, val = self._splits(ctx, tcfg.get("augment"), test)
+                res = ctx.fit(Stage(name=sname, model=model, train_data=train, val_data=val, test_data=test,
+                                    eval_fn=image_eval, optimizer=cfg["teacher_train"]))
+                summary[key] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                                "entropy": res.test_metrics.get("entropy"), "best_epoch": res.best_epoch,
+                                "name": tcfg["name"], "augment": tcfg.get("augment"), "stage": sname}
+            else:
+                if not tcfg.get("pretrained"):
+                    raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
+                                      f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
+                model.to(ctx.device)
+                freeze(model)
+                loader = DataLoader(test, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
+                m = image_eval(model, loader)
+                summary[key] = {"top1": m["top1"], "entropy": m["entropy"], "name": tcfg["name"],
+                                "pretrained": tcfg["pretrained"], "stage": None}
+            models.append(freeze(model.to(ctx.device)))
+        return models, summary
+
+    def build_tx_model(self, ctx, embed_dim: int, num_classes: int, stage_name: str):
+        from kdkit.engine import derive_seed, seed_everything
+
+        from kdkit_wordnet_relax.models import MLPHead, MultimodalTeacher
+
+        tx = ctx.config["tx"]
+        if tx["backbone"] == "mlp":
+            seed_everything(derive_seed(ctx.seed, "init", "multimodal", stage_name))
+            return MultimodalTeacher(MLPHead(2 * embed_dim, num_classes, int(tx["hidden"]), float(tx["dropout"])),
+                                     spatial=False)
+        section = {**(tx.get("backbone_options") or {}), "name": tx["backbone"], "in_channels": 2 * embed_dim}
+        backbone = ctx.build_model("teachers", section, num_classes, seed_tag=stage_name)
+        return MultimodalTeacher(backbone, spatial=True)
+
+    def train_multimodal(self, ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes):
+        """Train T_x at ``ratio``; returns ``(model, bank, summary)`` (both frozen)."""
+        import torch
+        import torch.nn.functional as F
+        from kdkit.engine import Stage, freeze, to_device
+        from torch.utils.data import TensorDataset
+
+        from kdkit_wordnet_relax.models import NounBank
+
+        cfg = ctx.config
+        tx, relax = cfg["tx"], cfg["relax"]
+        tau = float(relax["tau"])
+        lh, lc = self.lambdas(tx)
+        train, val, test = data
+        seed = ctx.seed
+
+        def tensors(ds, tag):
+            if ds is None:
+                return None
+            v = emb.of(ds)
+            y = _targets(ds)
+            return TensorDataset(v, y, relax_mask(len(y), ratio, seed, tag))
+
+        train_t, val_t, test_t = tensors(train, "train"), tensors(val, "val"), tensors(test, "test")
+        model = self.build_tx_model(ctx, class_emb.shape[1], num_classes, stage_name)
+        bank = NounBank(vocab.embeddings, class_emb, mode=tx["embedding"], seed=seed)
+
+        def step_fn(m, batch):
+            v, y, mask = batch
+            t = bank.text_for(v, y, mask, tau)
+            logits = m(v, t)
+            ce = F.cross_entropy(logits, y)
+            hier = (1.0 - F.cosine_similarity(bank.class_emb[y], t, dim=-1)).mean()
+            logs = {"ce": ce.detach(), "hier": hier.detach()}
+            loss = ce
+            if bank.learnable:
+                reg = bank.cosreg()
+                loss = ce + lh * hier + lc * reg
+                logs["cosreg"] = reg.detach()
+            return loss, logs
+
+        def eval_fn(m, loader):
+            device = bank.class_emb.device
+            n = correct = correct_rel = correct_exact = 0
+            loss_sum = ent = ent_rel = 0.0
+            for batch in loader:
+                v, y, mask = to_device(batch, device)
+                proto = m(v, bank.text_for(v, y, mask, tau)).float()
+                rel = m(v, bank.retrieve(v, tau)).float()
+                exact = m(v, bank.class_emb[y]).float()
+                loss_sum += F.cross_entropy(proto, y, reduction="sum").item()
+                lp, lr_ = torch.log_softmax(proto, -1), torch.log_softmax(rel, -1)
+                ent += float(-(lp.exp() * lp).sum().item())
+                ent_rel += float(-(lr_.exp() * lr_).sum().item())
+                correct += (proto.argmax(1) == y).sum().item()
+                correct_rel += (rel.argmax(1) == y).sum().item()
+                correct_exact += (exact.argmax(1) == y).sum().item()
+                n += y.numel()
+            n = max(n, 1)
+            return {"top1": 100.0 * correct / n, "top1_relaxed": 100.0 * correct_rel / n,
+                    "top1_exact": 100.0 * correct_exact / n, "loss": loss_sum / n, "entropy": ent / n,
+                    "entropy_relaxed": ent_rel / n}
+
+        def param_groups(m, extra):
+            groups = [{"params": [p for p in m.parameters() if p.requires_grad]}]
+            if bank.learnable:
+                g = {"params": [bank.nouns], "weight_decay": float(tx["noun_weight_decay"])}
+                if tx.get("noun_lr") is not None:
+                    g["lr"] = float(tx["noun_lr"])
+                groups.append(g)
+            return groups
+
+        ctx.log(f"wordnet_relax: T_x ({tx['backbone']}, embedding {tx['embedding']}) at relax.ratio={ratio:g}: "
+                f"{int(train_t.tensors[2].sum())}/{len(train_t)} training samples get relaxed text; "
+                f"lambda_hier={lh:g}, lambda_cosreg={lc:g}")
+        res = ctx.fit(Stage(name=stage_name, model=model, train_data=train_t, val_data=val_t, test_data=test_t,
+                            step_fn=step_fn, eval_fn=eval_fn, optimizer=tx["train"],
+                            extra_modules={"nouns": bank}, param_groups=param_groups,
+                            after_step_fn=lambda trainer, step: bank.renormalize()))
+        freeze(model)
+        freeze(bank)
+        tm = res.test_metrics
+        summary = {"top1": tm.get("top1"), "top1_relaxed": tm.get("top1_relaxed"), "top1_exact": tm.get("top1_exact"),
+                   "entropy_test": tm.get("entropy"), "val_top1": res.best_metrics.get("top1"),
+                   "best_epoch": res.best_epoch, "backbone": tx["backbone"], "embedding": tx["embedding"],
+                   "lambda_hier": lh, "lambda_cosreg": lc, "ratio": ratio, "stage": stage_name,
+                   "relaxed_train_samples": int(train_t.tensors[2].sum()), "train_samples": len(train_t)}
+        if bank.learnable:
+            with torch.no_grad():
+                drift = (1.0 - F.cosine_similarity(bank.nouns.float(), bank.anchor, dim=-1)).mean().item()
+            summary["noun_drift"] = drift
+        return model, bank, summary
+
+    def tx_table(self, ctx, model, bank, v_train, y_train, mask_train):
+        """T_x logits for every training sample, with the text used at distillation."""
+        import torch
+
+        tau = float(ctx.config["relax"]["tau"])
+        protocol = ctx.config["distill"]["tx_text"] == "protocol"
+        out = []
+        device = bank.class_emb.device
+        with torch.no_grad():
+            for s in range(0, len(v_train), 1024):
+                v = v_train[s:s + 1024].to(device)
+                y = y_train[s:s + 1024].to(device)
+                m = mask_train[s:s + 1024].to(device)
+                t = bank.text_for(v, y, m, tau) if protocol else bank.retrieve(v, tau)
+                out.append(model(v, t).float())
+        return torch.cat(out)
+
+    def train_student(self, ctx, stage_name, train, val, test, tm_models, tx_parts, num_classes, encoder,
+                      data_stats):
+        import torch
+        import torch.nn.functional as F
+        from kdkit.engine import Stage, WithIndex, to_device
+        from kdkit.methods.kd import make_combiner
+        from torch.utils.data import DataLoader
+
+        cfg = ctx.config
+        dist = cfg["distill"]
+        alpha, temperature = float(dist["alpha"]), float(dist["temperature"])
+        loss_fn = ctx.registry("losses").build(dist["loss"], **(dist.get("loss_options") or {}))
+        use_tx = tx_parts is not None
+        n_teachers = len(tm_models) + (1 if use_tx else 0)
+        combiner = make_combiner(dist["combine"], n_teachers, float(dist["ema_momentum"]))
+        tau = float(cfg["relax"]["tau"])
+        online = dist["tx_clip"] == "online"
+        protocol = dist["tx_text"] == "protocol"
+        if use_tx:
+            tx_model, bank, table, mask_train, v_val = tx_parts
+            table = table.to(ctx.device)
+            mask_train = mask_train.to(ctx.device)
+        student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+
+        def tx_logits(x, y, idx):
+            if not online:
+                return table[idx]
+            v = encoder.encode_normalized(x, *data_stats).to(bank.class_emb.device)
+            t = bank.text_for(v, y, mask_train[idx], tau) if protocol else bank.retrieve(v, tau)
+            return tx_model(v, t).float()
+
+        def step_fn(model, batch):
+            x, y, idx = batch[0], batch[1], batch[-1]
+            s_logits = model(x)
+            with torch.no_grad():
+                t_logits = [t(x) for t in tm_models]
+                if use_tx:
+                    t_logits.append(tx_logits(x, y, idx))
+            ce = F.cross_entropy(s_logits, y)
+            kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
+            return alpha * ce + (1.0 - alpha) * kd, {"ce": ce.detach(), "kd": kd.detach()}
+
+        def before_epoch(trainer, epoch):
+            if combiner.rule != "inv_val_loss" or n_teachers == 1:
+                return
+            if val is None:
+                raise ConfigError("distill.combine=inv_val_loss needs a validation split (data.val_fraction > 0)")
+            losses = []
+            loader = DataLoader(val, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
+            with torch.no_grad():
+                for t in tm_models:
+                    total, n = 0.0, 0
+                    for b in loader:
+                        b = to_device(b, ctx.device)
+                        total += F.cross_entropy(t(b[0]).float(), b[1], reduction="sum").item()
+                        n += b[1].numel()
+                    losses.append(total / max(n, 1))
+                if use_tx:
+                    v = v_val.to(ctx.device)
+                    yv = _targets(val).to(ctx.device)
+                    losses.append(F.cross_entropy(tx_model(v, bank.retrieve(v, tau)).float(), yv).item())
+            combiner.set_weights_from_losses(losses)
+
+        res = ctx.fit(Stage(name=stage_name, model=student, train_data=WithIndex(train), val_data=val,
+                            test_data=test, step_fn=step_fn, eval_fn=image_eval,
+                            extra_modules={"combiner": combiner}, before_epoch_fn=before_epoch))
+        return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                "best_epoch": res.best_epoch, "name": cfg["student"]["name"], "stage": stage_name,
+                "teacher_weights": [float(w) for w in combiner.weights.tolist()]}
+
+    # --- run --------------------------------------------------------------------------------
+    def run(self, ctx) -> dict:
+        import torch
+        from kdkit.engine import Stage
+
+        from kdkit_wordnet_relax.clip_backend import TEMPLATES, build_clip
+
+        cfg = ctx.config
+        ratios = self._check(cfg)
+        sweep = bool(cfg["relax"].get("sweep"))
+        relax = cfg["relax"]
+        templates = list(relax.get("templates") or TEMPLATES)
+
+        # data: the student's view defines the splits and the class names
+        train, val, test, classes = ctx.classification_data()
+        if not classes:
+            raise DataError(f"dataset {cfg['data']['name']!r} exposes no class names ('classes'); "
+                            f"wordnet_relax needs them for the text side")
+        classes = [str(c).replace("_", " ") for c in classes]
+        num_classes = len(classes)
+        ctx.log(f"wordnet_relax: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
+                f"val {len(val) if val is not None else 0}, test {len(test)}; ratio(s) "
+                f"{', '.join(f'{r:g}' for r in ratios)}")
+
+        # CLIP: image embeddings (cached), exact class-name embeddings
+        cache_dir = self.cache_dir(cfg)
+        clip_device = cfg["clip"].get("device") or str(ctx.device)
+        encoder = build_clip(cfg["clip"], device=clip_device, log_fn=ctx.log)
+        data_key = {k: v for k, v in cfg["data"].items() if k not in ("augment", "num_workers", "val_fraction")}
+        train_base, _ = _unwrap(train)
+        test_base, _ = _unwrap(test)
+        v_train_full = clip_image_embeddings(encoder, train_base, {**data_key, "split": "train"}, cache_dir, ctx.log)
+        v_test = clip_image_embeddings(encoder, test_base, {**data_key, "split": "test"}, cache_dir, ctx.log)
+        emb = _Embeddings(v_train_full, v_test)
+        class_emb = encoder.encode_words(classes, templates)
+
+        # the relaxed vocabulary from the training images only
+        relaxer_options = {k: v for k, v in relax.items() if k not in RELAXER_KEYS_METHOD}
+        relaxer_options["templates"] = templates
+        relaxer_options.setdefault("seed", ctx.seed)
+        relaxer = ctx.registry("text_relaxers").build(relax["relaxer"], **relaxer_options)
+        v_train = emb.of(train)
+        vocab = relaxer.build(classes, v_train, encoder, cache_dir=cache_dir, log=ctx.log)
+        if ctx.is_main:
+            (ctx.run_dir / "relaxed_nouns.txt").write_text("\n".join(vocab.words) + "\n", encoding="utf-8")
+
+        # unimodal teachers and the no-KD baseline (independent of the ratio)
+        tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes)
+        summary: dict = {"method": "wordnet_relax", "teachers": dict(teacher_summary)}
+        if cfg["baseline"]["enabled"]:
+            base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test,
+                                eval_fn=image_eval))
+            summary["baseline"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
+                                   "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
+
+        y_train = _targets(train)
+        base_stats = (getattr(train_base, "mean", (0.5,) * 3), getattr(train_base, "std", (0.25,) * 3))
+        use_tx = bool(cfg["distill"]["use_multimodal"])
+        rows = []
+        for ratio in ratios:
+            suffix = f".r{ratio:g}" if sweep else ""
+            tx_parts, tx_summary = None, None
+            if use_tx:
+                tx_model, bank, tx_summary = self.train_multimodal(
+                    ctx, ratio, "multimodal" + suffix, vocab, class_emb, emb, (train, val, test), num_classes)
+                mask_train = relax_mask(len(y_train), ratio, ctx.seed, "train")
+                table = self.tx_table(ctx, tx_model, bank, v_train, y_train, mask_train)
+                tx_summary["entropy"] = entropy(table)
+                tx_summary["train_top1_distill"] = 100.0 * float((table.argmax(1).cpu() == y_train).float().mean())
+                v_val = emb.of(val) if val is not None else None
+                tx_parts = (tx_model, bank, table, mask_train, v_val)
+            st = self.train_student(ctx, "student" + suffix, train, val, test, tm_models, tx_parts, num_classes,
+                                    encoder, base_stats)
+            rows.append({"ratio": ratio, "teacher_top1": tx_summary["top1"] if tx_summary else None,
+                         "teacher_top1_relaxed": tx_summary["top1_relaxed"] if tx_summary else None,
+                         "teacher_entropy": tx_summary["entropy"] if tx_summary else None,
+                         "student_top1": st["top1"], "tx": tx_summary, "student": st})
+
+        main_row = next((r for r in rows if r["ratio"] == float(relax["ratio"])), rows[-1])
+        if main_row["tx"] is not None:
+            summary["teachers"]["multimodal"] = main_row["tx"]
+        summary["student"] = main_row["student"]
+        summary["ratio"] = main_row["ratio"]
+        summary["relax"] = {"ratio": main_row["ratio"], "tau": float(relax["tau"]), "relaxer": relax["relaxer"],
+                            "nouns": len(vocab.words), "examples": vocab.words[:20], **vocab.info}
+        summary["clip_pretrained"] = bool(encoder.info.pretrained)
+        summary["clip"] = {"model": encoder.info.model, "weights": encoder.info.weights,
+                           "pretrained": bool(encoder.info.pretrained), "image_size": encoder.info.image_size,
+                           "embed_dim": encoder.embed_dim}
+        summary["distill"] = {k: cfg["distill"][k] for k in ("alpha", "temperature", "loss", "combine", "tx_text",
+                                                             "tx_clip", "use_multimodal")}
+        summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
+        if sweep:
+            summary["sweep"] = [{k: r[k] for k in ("ratio", "teacher_top1", "teacher_top1_relaxed", "teacher_entropy",
+                                                   "student_top1")} for r in rows]
+            if ctx.is_main:
+                summary["sweep_files"] = write_sweep(ctx.run_dir, summary, ctx.log)
+        if ctx.is_main:
+            print(results_table(summary), flush=True)
+        return summary
+
+    # --- kdkit eval -------------------------------------------------------------------------
+    def evaluate(self, ctx) -> dict:
+        """``kdkit eval``: the image models' best checkpoints on the test split (T_x needs CLIP and the
+        vocabulary again; its test numbers are in summary.json)."""
+        from torch.utils.data import DataLoader
+
+        cfg = ctx.config
+        test = ctx.build_dataset(None, "test")
+        num_classes = len(test.classes)
+        loader = DataLoader(test, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
+        out: dict = {"teachers": {}}
+        for tcfg, sname in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"])):
+            if (ctx.run_dir / "checkpoints" / sname / "best.pt").exists():
+                build_cfg = {k: v for k, v in tcfg.items() if k not in ("augment", "pretrained")}
+                model = ctx.build_model("teachers", build_cfg, num_classes, seed_tag=sname)
+                ctx.load_best(sname, model)
+                out["teachers"][sname] = image_eval(model.eval(), loader)
+        for sname in sorted(p.name for p in (ctx.run_dir / "checkpoints").glob("*")
+                            if p.name == "baseline" or p.name.startswith("student")):
+            model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            ctx.load_best(sname, model)
+            out[sname] = image_eval(model.eval(), loader)
+        return out
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+def _fmt(v, width=7):
+    return f"{v:{width}.2f}" if isinstance(v, (int, float)) and v is not None and not math.isnan(v) else \
+        "-".rjust(width)
+
+
+def results_table(summary: dict) -> str:
+    """The results table printed at the end of a run."""
+    rows = []
+    for key, t in summary.get("teachers", {}).items():
+        if key == "multimodal":
+            continue
+        rows.append((f"T_m {t.get('name')} ({t.get('augment') or 'pretrained'} aug)", t.get("top1"), None,
+                     t.get("entropy")))
+    tx = summary.get("teachers", {}).get("multimodal")
+    if tx:
+        rows.append((f"T_x {tx['backbone']} [CLIP img || text], ratio {tx['ratio']:g}", tx.get("top1"),
+                     tx.get("top1_relaxed"), tx.get("entropy")))
+    if "baseline" in summary:
+        rows.append((f"baseline {summary['baseline']['name']} (no KD)", summary["baseline"].get("top1"), None, None))
+    st = summary["student"]
+    teachers = "T_m + T_x" if tx else "T_m"
+    rows.append((f"student {st['name']} (KD from {teachers}, {summary['distill']['combine']})", st.get("top1"),
+                 None, None))
+    width = max(len(r[0]) for r in rows)
+    lines = ["", f"wordnet_relax results: test top-1 % (checkpoint chosen on the "
+                 f"{summary['selection']['select_on']} split)",
+             f"  {'model'.ljust(width)}   top-1  relaxed  entropy"]
+    for name, top1, relaxed, ent in rows:
+        lines.append(f"  {name.ljust(width)} {_fmt(top1)}  {_fmt(relaxed)}  {_fmt(ent)}")
+    relax = summary.get("relax", {})
+    lines.append(f"  relax.ratio = {summary.get('ratio'):g}; {relax.get('nouns')} relaxed nouns"
+                 + (f" (pool capped to {relax.get('pool_size_used')})" if relax.get("pool_capped") else "")
+                 + f"; CLIP {summary['clip']['model']} "
+                 + ("pretrained" if summary.get("clip_pretrained") else "RANDOM INIT (not pretrained)"))
+    lines.append("  T_x top-1: text as in training (exact names for un-relaxed samples); 'relaxed': label-free "
+                 "retrieved text; T_x entropy: on its distillation inputs")
+    if summary.get("sweep"):
+        lines.append("")
+        lines.append(sweep_markdown(summary["sweep"]))
+    return "\n".join(lines)
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+    lines = ["| ratio | T_x top-1 | T_x top-1 (relaxed text) | T_x entropy | student top-1 |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['ratio']:g} | {_fmt(r['teacher_top1'], 0)} | {_fmt(r['teacher_top1_relaxed'], 0)} | "
+                     f"{_fmt(r['teacher_entropy'], 0)} | {_fmt(r['student_top1'], 0)} |")
+    return "\n".join(lines)
+
+
+def write_sweep(run_dir: Path, summary: dict, log=print) -> dict:
+    """``sweep.csv``, ``sweep.md`` and (with matplotlib) ``sweep.png`` — the paper's Figure 2."""
+    rows = summary["sweep"]
+    run_dir = Path(run_dir)
+    with open(run_dir / "sweep.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ratio", "teacher_top1", "teacher_top1_relaxed", "teacher_entropy", "student_top1",
+                    "baseline_top1"])
+        for r in rows:
+            w.writerow([r["ratio"], r["teacher_top1"], r["teacher_top1_relaxed"], r["teacher_entropy"],
+                        r["student_top1"], summary.get("baseline", {}).get("top1")])
+    (run_dir / "sweep.md").write_text(sweep_markdown(rows) + "\n", encoding="utf-8")
+    files = {"csv": str(run_dir / "sweep.csv"), "markdown": str(run_dir / "sweep.md")}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except Exception:  # matplotlib is an optional extra
+        log("wordnet_relax: matplotlib is not installed; sweep.png not written (pip install matplotlib)")
+        return files
+    xs = [100 * r["ratio"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(xs, [r["teacher_top1"] for r in rows], "o-", label="teacher T_x")
+    ax.plot(xs, [r["student_top1"] for r in rows], "s-", label="student")
+    if summary.get("baseline", {}).get("top1") is not None:
+        ax.axhline(summary["baseline"]["top1"], color="gray", ls="--", lw=1, label="student without KD")
+    ax.set_xlabel("WordNet relaxation (% of training samples)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Label leakage vs WordNet relaxation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "sweep.png", dpi=120)
+    plt.close(fig)
+    files["png"] = str(run_dir / "sweep.png")
+    log(f"wordnet_relax: sweep table and plot in {run_dir / 'sweep.md'}, {run_dir / 'sweep.png'}")
+    return files
+
+
+def summary_json(summary: dict) -> str:  # pragma: no cover - convenience
+    return json.dumps(copy.deepcopy(summary), indent=2, sort_keys=True)

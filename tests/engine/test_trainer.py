@@ -1,0 +1,247 @@
+"""Trainer / Stage / RunContext in-process: determinism, best selection, NaN handling, hooks."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+import kdkit
+from kdkit.config import base_config
+from kdkit.engine import RunContext, Stage, StageResult, TrainingError, freeze, load_checkpoint
+from kdkit.engine.checkpoint import capture_rng_state, restore_rng_state
+
+
+def _config(**train):
+    cfg = base_config()
+    cfg["method"] = "test"
+    cfg["device"] = "cpu"
+    cfg["logging"]["progress"] = False
+    cfg["train"].update({"epochs": 3, "batch_size": 8, "lr": 0.1, "scheduler": "cosine"})
+    cfg["train"].update(train)
+    return cfg
+
+
+def _data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return TensorDataset(x, y)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
+
+
+def _fit(tmp_path, name="run", cfg=None, manager=None, **stage_kw):
+    ctx = RunContext(cfg or _config(), tmp_path / name, manager)
+    stage = Stage(name=stage_kw.pop("stage_name", "s"), model=stage_kw.pop("model", None) or _model(),
+                  train_data=_data(), val_data=stage_kw.pop("val_data", _data(24, 1)), **stage_kw)
+    return ctx, stage, ctx.fit(stage)
+
+
+def test_fit_is_deterministic_and_writes_run_files(tmp_path):
+    ctx1, s1, r1 = _fit(tmp_path, "a", test_data=_data(20, 2))
+    ctx2, s2, r2 = _fit(tmp_path, "b", test_data=_data(20, 2))
+    for p, q in zip(s1.model.state_dict().values(), s2.model.state_dict().values()):
+        assert torch.equal(p, q)
+    assert r1 == r2 and isinstance(r1, StageResult)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines[:3]] == [0, 1, 2]  # one line per evaluation
+    assert all({"stage", "epoch", "step", "train.loss", "val.top1", "val.loss"} <= set(x) for x in lines[:3])
+    assert lines[3]["split"] == "test" and "test.top1" in lines[3]
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+    for kind in ("last", "best"):
+        state = torch.load(tmp_path / "a" / "checkpoints" / "s" / f"{kind}.pt", weights_only=True)
+        assert state["stage"] == "s"
+    last = load_checkpoint(tmp_path / "a" / "checkpoints" / "s" / "last.pt")
+    assert last["finished"] and last["epoch"] == 3 and last["step"] == 3 * 6
+    assert {"model", "extra_modules", "optimizer", "scheduler", "scaler", "rng", "config", "best"} <= set(last)
+    assert set(last["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_best_checkpoint_is_chosen_on_validation_and_restored(tmp_path):
+    scores = iter([10.0, 30.0, 20.0])
+    snapshots = []
+
+    def eval_fn(model, loader):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"top1": next(scores, 0.0)}
+
+    ctx, stage, result = _fit(tmp_path, eval_fn=eval_fn)
+    assert result.best_epoch == 1 and result.best_metrics == {"top1": 30.0}
+    assert result.final_metrics == {"top1": 20.0}
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "best.pt")
+    assert best["epoch"] == 1
+    for k, v in stage.model.state_dict().items():  # the best weights are restored at the end
+        assert torch.equal(v, snapshots[1][k])
+
+
+def test_select_mode_min(tmp_path):
+    losses = iter([3.0, 1.0, 2.0])
+    _, _, result = _fit(tmp_path, eval_fn=lambda m, l: {"loss": next(losses)}, select_metric="loss",
+                        select_mode="min")
+    assert result.best_epoch == 1
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
+    def step_fn(model, batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        return (loss * float("nan") if trainer_epoch["e"] >= 1 else loss), {}
+
+    trainer_epoch = {"e": 0}
+
+    def before_epoch(trainer, epoch):
+        trainer_epoch["e"] = epoch
+
+    ctx = RunContext(_config(), tmp_path / "run")
+    stage = Stage("student", _model(), _data(), _data(24, 1), step_fn=step_fn, before_epoch_fn=before_epoch)
+    with pytest.raises(TrainingError) as exc:
+        ctx.fit(stage)
+    msg = str(exc.value)
+    assert "\n" not in msg and "stage 'student'" in msg and "epoch 2" in msg and "step 6" in msg
+    assert "last good checkpoint kept" in msg and isinstance(exc.value, kdkit.KdkitError)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "student" / "last.pt")
+    assert last["epoch"] == 1 and not last["finished"]
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_extra_modules_trained_and_saved_and_after_step_fn(tmp_path):
+    emb = nn.Embedding(3, 6)
+    before = emb.weight.detach().clone()
+    calls = []
+
+    def step_fn(model, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(model(x + emb(y)), y), {"aux": torch.tensor(1.0)}
+
+    def after_step(trainer, step):
+        calls.append(step)
+        with torch.no_grad():
+            emb.weight.div_(emb.weight.norm(dim=1, keepdim=True))
+
+    ctx, stage, _ = _fit(tmp_path, step_fn=step_fn, extra_modules={"emb": emb}, after_step_fn=after_step)
+    assert calls == list(range(18))
+    assert not torch.equal(before, emb.weight)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "last.pt")
+    assert torch.equal(last["extra_modules"]["emb"]["weight"], emb.weight)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["train.aux"] == 1.0
+
+
+def test_freeze():
+    m = _model()
+    m.train()
+    assert freeze(m) is m and not m.training and not any(p.requires_grad for p in m.parameters())
+
+
+def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_select_on_test_and_last(tmp_path, manager):
+    from kdkit.engine import train
+    from conftest import TINY
+
+    s = train("kd", sets=TINY + ["checkpoint.select_on=last", "train.epochs=1"], out=tmp_path / "last",
+              manager=manager)
+    assert s["student"]["best_epoch"] == 0 and s["student"]["val_top1"] is None
+    with pytest.raises(kdkit.ConfigError, match="select_on"):
+        train("kd", sets=TINY + ["checkpoint.select_on=bogus"], out=tmp_path / "bad", manager=manager)
+
+
+# --- lifecycle hooks ------------------------------------------------------------------------
+
+class Recorder:
+    """Records every lifecycle hook; sets the learning rate to 0 from epoch 1 on."""
+
+    def __init__(self, zero_lr_from=None):
+        self.calls = []
+        self.zero_lr_from = zero_lr_from
+
+    @kdkit.hookimpl
+    def kdkit_configure(self, config, run_dir):
+        self.calls.append(("kdkit_configure", config["method"], run_dir))
+        config["train"]["epochs"] = 2  # changes made here take effect
+
+    @kdkit.hookimpl
+    def kdkit_before_epoch(self, trainer, epoch):
+        self.calls.append(("kdkit_before_epoch", trainer.stage.name, epoch))
+        if self.zero_lr_from is not None and epoch >= self.zero_lr_from:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = 0.0
+
+    @kdkit.hookimpl
+    def kdkit_after_step(self, trainer, step, loss, logs):
+        assert isinstance(loss, float) and isinstance(logs, dict)
+        self.calls.append(("kdkit_after_step", trainer.stage.name, step))
+
+    @kdkit.hookimpl
+    def kdkit_after_evaluation(self, trainer, epoch, metrics):
+        self.calls.append(("kdkit_after_evaluation", trainer.stage.name, epoch, "val.top1" in metrics))
+
+    @kdkit.hookimpl
+    def kdkit_after_epoch(self, trainer, epoch, metrics):
+        self.calls.append(("kdkit_after_epoch", trainer.stage.name, epoch, "train.loss" in metrics))
+
+    @kdkit.hookimpl
+    def kdkit_run_finished(self, run_dir, summary):
+        self.calls.append(("kdkit_run_finished", run_dir, summary["student"]["top1"] is not None))
+
+
+def test_every_lifecycle_hook_is_called_in_order(tmp_path, manager):
+    from conftest import TINY
+
+    from kdkit.engine import train
+
+    rec = Recorder()
+    manager.register(rec, name="recorder")
+    run_dir = tmp_path / "run"
+    summary = train("kd", sets=TINY + ["train.epochs=5"], out=run_dir, manager=manager)
+    names = [c[0] for c in rec.calls]
+    assert names[0] == "kdkit_configure" and rec.calls[0][1:] == ("kd", run_dir)
+    assert names[-1] == "kdkit_run_finished" and rec.calls[-1] == ("kdkit_run_finished", run_dir, True)
+    student = [c for c in rec.calls if len(c) > 1 and c[1] == "student"]
+    # kdkit_configure set train.epochs=2 (over --set 5): 2 epochs of 5 steps (72 samples / 16)
+    assert [c for c in student if c[0] == "kdkit_before_epoch"] == [("kdkit_before_epoch", "student", 0),
+                                                                    ("kdkit_before_epoch", "student", 1)]
+    assert [c[2] for c in student if c[0] == "kdkit_after_step"] == list(range(10))
+    assert ("kdkit_after_evaluation", "student", 1, True) in student
+    assert ("kdkit_after_epoch", "student", 1, True) in student
+    order = [c[0] for c in student[:7]]
+    assert order == ["kdkit_before_epoch"] + ["kdkit_after_step"] * 5 + ["kdkit_after_evaluation"]
+    assert student[7][0] == "kdkit_after_epoch"
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+
+
+def test_a_hook_can_change_training(tmp_path, manager):
+    """kdkit_before_epoch setting lr=0 freezes the weights: hooks really steer training."""
+    manager.register(Recorder(zero_lr_from=1), name="zero-lr")
+    cfg = _config(scheduler="none", epochs=2, momentum=0.0, weight_decay=0.0)
+    ctx = RunContext(cfg, tmp_path / "run", manager)
+    seen = []
+
+    def eval_fn(model, loader):
+        seen.append({k: v.clone() for k, v in model.state_dict().items() if "weight" in k})
+        return {"top1": 0.0}
+
+    stage = Stage("s", _model(), _data(), _data(24, 1), eval_fn=eval_fn)
+    ctx.fit(stage)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["lr"] == 0.1 and lines[1]["lr"] == 0.0
+    for k in seen[0]:  # epoch 2 (lr 0) changed nothing
+        assert torch.equal(seen[0][k], seen[1][k])
