@@ -546,7 +546,7 @@ def _shape_mask(kind: str, size: int, yy: np.ndarray, xx: np.ndarray, cy: float,
 
 
 def make_scenes(n: int = 3000, image_size: int = 64, seed: int = 0, max_objects: int = 3,
-                caption_drop: float = 0.15, caption_noise: float = 0.1, colour_bias: float = 0.6) -> CrossModalData:
+                caption_drop: float = 0.15, caption_noise: float = 0.1, colour_bias: float = 0.85) -> CrossModalData:
     """Seeded procedural multi-label scenes: 1..``max_objects`` coloured shapes on a noisy background,
     multi-hot labels over :data:`SCENE_CLASSES` and a caption naming the shapes with synonyms,
     colours and filler words.  Captions are noisier than labels on purpose: with probability

@@ -101,9 +101,10 @@ class ClipEncoder:
                 msg = (f"WARNING: CLIP model {model!r} has NO pretrained weights (clip.pretrained is empty): its "
                        "encoders are RANDOMLY INITIALISED. Retrieval numbers are not comparable with papers. Set "
                        "clip.pretrained to an open_clip tag in the local cache or to a checkpoint file.")
-                warnings.warn(msg, stacklevel=2)
                 if log is not None:
                     log(msg)
+                else:
+                    warnings.warn(msg, stacklevel=2)
         self.model.eval().to(self.device)
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
 

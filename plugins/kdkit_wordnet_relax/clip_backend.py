@@ -47,10 +47,12 @@ TEMPLATES: tuple[str, ...] = (
 
 #: kdkit's small architectures (random init only; the tokenizer is CLIP's BPE).
 TINY_CONFIGS: dict[str, dict] = {
-    # The offline default: a ViT and a text transformer small enough for 2 CPU cores.
+    # The offline default: a ViT and a text transformer small enough for 2 CPU cores.  Random
+    # patch-8 ViT features separate the shapes classes better (~30 % linear-probe) than finer
+    # patches or deeper towers do at this size.
     "kdkit-tiny": {
         "embed_dim": 256,
-        "vision_cfg": {"image_size": 32, "layers": 3, "width": 192, "patch_size": 4, "head_width": 64},
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8, "head_width": 64},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
     },
     # For tests: a few milliseconds per batch.

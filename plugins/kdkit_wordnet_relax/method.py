@@ -317,8 +317,9 @@ class WordNetRelaxMethod:
         tx = ctx.config["tx"]
         if tx["backbone"] == "mlp":
             seed_everything(derive_seed(ctx.seed, "init", "multimodal", stage_name))
-            return MultimodalTeacher(MLPHead(2 * embed_dim, num_classes, int(tx["hidden"]), float(tx["dropout"])),
-                                     spatial=False)
+            head = MLPHead(2 * embed_dim, num_classes, int(tx["hidden"]), float(tx["dropout"]),
+                           input_norm=bool(tx["input_norm"]))
+            return MultimodalTeacher(head, spatial=False)
         section = {**(tx.get("backbone_options") or {}), "name": tx["backbone"], "in_channels": 2 * embed_dim}
         backbone = ctx.build_model("teachers", section, num_classes, seed_tag=stage_name)
         return MultimodalTeacher(backbone, spatial=True)
@@ -587,8 +588,12 @@ class WordNetRelaxMethod:
             summary["teachers"]["multimodal"] = main_row["tx"]
         summary["student"] = main_row["student"]
         summary["ratio"] = main_row["ratio"]
+        info = {k: v for k, v in vocab.info.items() if not isinstance(v, list)}
+        for k, v in vocab.info.items():
+            if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                info[f"{k}_min"], info[f"{k}_max"] = min(v), max(v)
         summary["relax"] = {"ratio": main_row["ratio"], "tau": float(relax["tau"]), "relaxer": relax["relaxer"],
-                            "nouns": len(vocab.words), "examples": vocab.words[:20], **vocab.info}
+                            "nouns": len(vocab.words), "examples": vocab.words[:20], **info}
         summary["clip_pretrained"] = bool(encoder.info.pretrained)
         summary["clip"] = {"model": encoder.info.model, "weights": encoder.info.weights,
                            "pretrained": bool(encoder.info.pretrained), "image_size": encoder.info.image_size,

@@ -71,11 +71,15 @@ class NounBank(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """``2d -> hidden -> hidden -> C`` with ReLU and dropout (the authors' rebuttal MLP)."""
+    """``[BatchNorm] -> 2d -> hidden -> hidden -> C`` with ReLU and dropout (the authors' rebuttal MLP)."""
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 512, dropout: float = 0.1):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 512, dropout: float = 0.1,
+                 input_norm: bool = True):
         super().__init__()
+        # Unit-norm CLIP embeddings have tiny coordinates dominated by a shared direction; a
+        # BatchNorm on the input standardises them (``tx.input_norm``; the authors' MLP has none).
         self.net = nn.Sequential(
+            nn.BatchNorm1d(in_dim) if input_norm else nn.Identity(),
             nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),

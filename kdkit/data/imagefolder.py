@@ -1,0 +1,145 @@
+"""Image folders in torchvision's ImageFolder layout.
+
+``root/<split dir>/<class folder>/<image>``, where the split directory is ``train`` for the
+train split and ``test`` (or, when there is none, ``val``) for the test split; both can be set
+(``train_dir``, ``test_dir``).  Class folders are sorted by name (torchvision's rule), so labels
+are the same in both splits; the test split must not contain a class folder the train split
+lacks.
+
+Class names come from the folder names, or from a mapping file (``class_map``):
+
+* JSON: ``{"n01440764": "tench", ...}``;
+* text: one ``folder<TAB>class name`` per line, or ``folder class name`` (split at the first
+  whitespace, as ImageNet's ``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``).
+  With ``class_map_first`` (default True) only the text before the first comma is kept
+  ("tench").  Blank lines and lines starting with ``#`` are ignored.
+
+Folders missing from the mapping keep their folder name, with underscores as spaces.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from kdkit.data.base import ImageClassificationDataset, check_split
+from kdkit.errors import DataError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, str]:
+    """Parse a JSON or text folder -> class-name mapping file (see the module docstring)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"class map file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read class map file {path}: {exc}") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"class map file {path} is not valid JSON: {exc}") from None
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            raise DataError(f"class map file {path}: expected a JSON object of folder name -> class name")
+        return {str(k): v.strip() for k, v in mapping.items()}
+    mapping = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        folder, sep, name = line.partition("\t") if "\t" in line else line.partition(" ")
+        name = name.strip()
+        if not sep or not name:
+            raise DataError(f"class map file {path}, line {lineno}: expected 'folder<TAB>class name', got {line!r}")
+        if first_name:
+            name = name.split(",")[0].strip()
+        mapping[folder.strip()] = name
+    return mapping
+
+
+class ImageFolderDataset(ImageClassificationDataset):
+    """Images read from class folders (see the module docstring).
+
+    Options: ``image_size`` (224), ``augment`` (train: ``"weak"`` default, ``"none"``,
+    ``"strong"``), ``normalize`` (True), ``mean`` / ``std`` (ImageNet's by default),
+    ``class_map`` (mapping file), ``class_map_first`` (True), ``train_dir`` ("train"),
+    ``test_dir`` ("test", else "val").  Deterministic resizing resizes the short side to
+    ``image_size * 256 / 224`` and centre-crops ``image_size``.
+    """
+
+    name = "imagefolder"
+    native_size = None
+    center_crop = True
+
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | None = None,
+        *,
+        image_size: int = 224,
+        augment: str | None = "weak",
+        normalize: bool = True,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        class_map: str | None = None,
+        class_map_first: bool = True,
+        train_dir: str = "train",
+        test_dir: str | None = None,
+        transform: Callable | None = None,
+    ):
+        from torchvision.datasets import ImageFolder
+
+        check_split(split, "imagefolder")
+        if not root:
+            raise DataError("dataset 'imagefolder' needs a root folder: --set data.root=PATH (holding train/ and val/ or test/)")
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise DataError(f"image folder root not found: {base} (set data.root to a folder holding train/ and val/ or test/)")
+        if split == "train":
+            folder = base / train_dir
+        elif test_dir:
+            folder = base / test_dir
+        else:
+            folder = base / "test" if (base / "test").is_dir() else base / "val"
+        if not folder.is_dir():
+            raise DataError(f"image folder for split {split!r} not found: {folder}")
+        train_folder = base / train_dir
+        # Labels come from the train split's class folders, so both splits agree.
+        class_dirs = sorted(p.name for p in (train_folder if train_folder.is_dir() else folder).iterdir() if p.is_dir())
+        if not class_dirs:
+            raise DataError(f"no class folders in {train_folder if train_folder.is_dir() else folder}")
+        try:
+            inner = ImageFolder(str(folder), allow_empty=True)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"cannot read image folder {folder}: {exc}") from None
+        extra = sorted(set(inner.classes) - set(class_dirs))
+        if extra:
+            raise DataError(f"{folder} has class folders missing from {train_folder}: {', '.join(extra[:5])}")
+        to_label = {c: i for i, c in enumerate(class_dirs)}
+        self.samples = [(p, to_label[inner.classes[t]]) for p, t in inner.samples]
+        if not self.samples:
+            raise DataError(f"no images found under {folder}")
+        self.targets = [t for _, t in self.samples]
+        self.raw_classes = class_dirs
+        mapping = read_class_map(class_map, first_name=class_map_first) if class_map else {}
+        self.classes = [mapping.get(c, c.replace("_", " ")) for c in class_dirs]
+        self.root = str(folder)
+        if mean is not None:
+            self.mean = tuple(float(v) for v in mean)
+        else:
+            self.mean = IMAGENET_MEAN
+        self.std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
+        self._init_transform(split, image_size, augment, normalize, transform)
+
+    def _raw(self, index: int):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
