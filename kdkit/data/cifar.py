@@ -57,6 +57,10 @@ def read_pickle(path: Path) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
+def _str(v) -> str:
+    return v.decode("latin1") if isinstance(v, bytes) else str(v)
+
+
 def text_name(raw: str) -> str:
     """CIFAR's ``aquarium_fish`` -> ``aquarium fish`` (for prompts and WordNet phrase look-ups)."""
     return raw.replace("_", " ").strip()
@@ -129,7 +133,7 @@ class _CIFARBase(TensorImageDataset):
         meta_path = folder / tv.meta["filename"]
         meta = read_pickle(meta_path)
         try:
-            self.raw_classes = [str(c) for c in meta[tv.meta["key"]]]
+            self.raw_classes = [_str(c) for c in meta[tv.meta["key"]]]
         except KeyError:
             raise DataError(f"corrupt {self.display} file {meta_path}: no key {tv.meta['key']!r}") from None
         if labels and (min(labels) < 0 or max(labels) >= len(self.raw_classes)):
@@ -138,7 +142,7 @@ class _CIFARBase(TensorImageDataset):
             )
         self.classes = [text_name(c) for c in self.raw_classes]
         self.coarse_targets = coarse if len(coarse) == len(labels) else None
-        self.coarse_classes = [text_name(str(c)) for c in meta.get("coarse_label_names", [])] or None
+        self.coarse_classes = [text_name(_str(c)) for c in meta.get("coarse_label_names", [])] or None
         self.images = torch.from_numpy(np.concatenate(datas) if datas else np.zeros((0, 3, 32, 32), np.uint8))
         self.targets = labels
         self.root = str(folder)

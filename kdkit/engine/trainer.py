@@ -446,6 +446,11 @@ class Trainer:
                 if stage.after_step_fn is not None:
                     stage.after_step_fn(self, step)
                 flogs = {k: _float(v) for k, v in (logs or {}).items()}
+                if flogs and self.ctx.world_size > 1:  # per-rank values -> mean over ranks
+                    keys = sorted(flogs)
+                    mean = dist_utils.all_reduce_mean(torch.tensor([flogs[k] for k in keys], dtype=torch.float64,
+                                                                   device=self.device))
+                    flogs = dict(zip(keys, mean.tolist()))
                 for k, v in flogs.items():
                     log_sums[k] = log_sums.get(k, 0.0) + v
                 loss_sum += loss_value

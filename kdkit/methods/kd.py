@@ -186,6 +186,9 @@ class KDMethod:
             raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
         if temperature <= 0:
             raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
+        if dcfg["combine"] not in COMBINE_RULES:
+            raise ConfigError(f"config key distill.combine: unknown rule {dcfg['combine']!r}; "
+                              f"valid: {', '.join(COMBINE_RULES)}")
         if not cfg["teachers"]:
             raise ConfigError("config key teachers: at least one teacher is needed")
         loss_fn = ctx.registry("losses").build(dcfg["loss"], **(dcfg.get("loss_options") or {}))

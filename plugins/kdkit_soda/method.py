@@ -133,6 +133,26 @@ def sign_codes(h: torch.Tensor) -> torch.Tensor:
     return torch.where(h >= 0, 1.0, -1.0)
 
 
+def normalize_features(feats: dict, fit_idx, mode: str = "standardize") -> dict:
+    """``standardize``: per-dimension z-score with the statistics of the training (fit) split;
+    ``l2``: unit length; ``none``.  Statistics are kept under ``"_stats"`` for encoding new inputs."""
+    if mode == "none":
+        return dict(feats)
+    out, stats = {}, {}
+    idx = torch.as_tensor(np.asarray(fit_idx), dtype=torch.long)
+    for k, x in feats.items():
+        x = x.float()
+        if mode == "standardize":
+            mu, sd = x[idx].mean(0), x[idx].std(0).clamp_min(1e-6)
+            out[k], stats[k] = (x - mu) / sd, (mu, sd)
+        elif mode == "l2":
+            out[k] = F.normalize(x, dim=1)
+        else:
+            raise ConfigError(f"config key soda.feature_norm: expected standardize|l2|none, got {mode!r}")
+    out["_stats"] = stats
+    return out
+
+
 # --- the method ------------------------------------------------------------------------------
 
 class SodaMethod(Method):
@@ -155,6 +175,7 @@ class SodaMethod(Method):
             "balance_weight": 0.0,  # optional bit-balance term ||mean(h)||^2
             "theta_scale": 0.5,  # theta = scale * <h_a, h_b>  (DCMH: 0.5)
             "similarity": "hard",  # hard: share >= 1 label | cosine: cosine of label vectors
+            "feature_norm": "standardize",  # z-score CLIP features with training-split statistics | l2 | none
             "head_hidden": 512,  # 0: Linear->Dropout->tanh (the family's head); >0: one hidden layer
             "dropout": 0.2,
             "teacher_epochs": None,  # None: train.epochs
@@ -196,6 +217,8 @@ class SodaMethod(Method):
         feats = compute_features(data, cfg["clip"], cfg["prompt"], cache, ctx.device, log=ctx.log,
                                  seed=int(cfg.get("seed", 0)))
         labels = torch.from_numpy(np.asarray(data.labels, np.float32))
+        feats = normalize_features(feats, splits.fit, cfg["soda"].get("feature_norm", "standardize"))
+        self._stats = feats.pop("_stats", None)
         return data, splits, feats, labels
 
     # --- run ------------------------------------------------------------------------------
@@ -416,7 +439,13 @@ class SodaMethod(Method):
 
             enc = ClipEncoder(cfg["clip"]["model"], cfg["clip"].get("pretrained") or None, ctx.device,
                               cfg["clip"].get("context_length"), seed=int(cfg.get("seed", 0)))
+            self._prepare(ctx)  # the normalisation statistics of the run's training split
             x = enc.encode_texts(texts)
+            if self._stats and "text" in self._stats:
+                mu, sd = self._stats["text"]
+                x = (x - mu) / sd
+            elif s.get("feature_norm") == "l2":
+                x = F.normalize(x, dim=1)
             indices = None
         else:
             data, splits, feats, labels = self._prepare(ctx)

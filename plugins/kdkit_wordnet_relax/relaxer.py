@@ -201,13 +201,13 @@ class WordNetRelaxer:
             raise ConfigError(f"relax.pool: expected one of {', '.join(POOLS)}; got {pool!r}")
         if pool == "file" and not pool_file:
             raise ConfigError("relax.pool=file needs relax.pool_file (one noun per line)")
-        if pool_size is not None and int(pool_size) < 1:
-            raise ConfigError(f"relax.pool_size must be >= 1 or null; got {pool_size}")
+        if pool_size is not None and int(pool_size) < 0:
+            raise ConfigError(f"relax.pool_size must be >= 0 (0: the whole pool); got {pool_size}")
         if int(num_clusters) < 1 or int(top_n) < 1:
             raise ConfigError("relax.num_clusters and relax.top_n must be >= 1")
         self.pool = pool
         self.pool_file = pool_file
-        self.pool_size = int(pool_size) if pool_size is not None else None
+        self.pool_size = int(pool_size) if pool_size else None  # 0 / None: no cap
         self.relations = list(relations)
         self.senses = dict(senses or {})
         self.exclude_class_names = bool(exclude_class_names)
@@ -342,7 +342,7 @@ class WordNetRelaxer:
             banner = "*" * 100
             log(f"{banner}\nwordnet_relax: NOUN POOL CAPPED to a seeded random sample of {info['pool_size_used']} of "
                 f"{info['pool_size_full'] - info['blocked']} nouns (relax.pool_size={self.pool_size}), so that CLIP can "
-                f"encode it on this machine; the paper uses the whole list (relax.pool_size=null)\n{banner}")
+                f"encode it on this machine; the paper uses the whole list (relax.pool_size=0)\n{banner}")
         log(f"wordnet_relax: noun pool {info['pool_size_used']} nouns (pool={self.pool}, "
             f"{info['blocked']} blocked)")
         noun_emb = self.embed_words(words, encoder, cache_dir, log)

@@ -17,7 +17,10 @@ def _dump(path, obj):
         pickle.dump(obj, f, protocol=2)
 
 
-def write_cifar100(root, n_train=10, n_test=5):
+def write_cifar100(root, n_train=10, n_test=5, as_bytes=False):
+    """The real files are Python 2 pickles whose strings load as ``str`` with encoding="latin1";
+    ``as_bytes`` writes Python 3 ``bytes`` keys/names instead (kdkit accepts both)."""
+    b = (lambda s: s.encode()) if as_bytes else (lambda s: s)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.RandomState(0)
@@ -25,19 +28,20 @@ def write_cifar100(root, n_train=10, n_test=5):
         data = rng.randint(0, 256, size=(n, 3072)).astype(np.uint8)
         fine = [i % len(FINE) for i in range(n)]
         _dump(folder / name, {
-            b"filenames": [f"img{i}.png".encode() for i in range(n)],
-            b"batch_label": f"{name} batch".encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [min(i, 3) for i in fine],
-            b"data": data,
+            b("filenames"): [b(f"img{i}.png") for i in range(n)],
+            b("batch_label"): b(f"{name} batch"),
+            b("fine_labels"): fine,
+            b("coarse_labels"): [min(i, 3) for i in fine],
+            b("data"): data,
         })
-    _dump(folder / "meta", {b"fine_label_names": [c.encode() for c in FINE],
-                            b"coarse_label_names": [c.encode() for c in COARSE]})
+    _dump(folder / "meta", {b("fine_label_names"): [b(c) for c in FINE],
+                            b("coarse_label_names"): [b(c) for c in COARSE]})
     return folder
 
 
-def test_reads_cifar100_pickles(tmp_path):
-    folder = write_cifar100(tmp_path)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_reads_cifar100_pickles(tmp_path, as_bytes):
+    folder = write_cifar100(tmp_path, as_bytes=as_bytes)
     ds = CIFAR100Dataset("train", str(tmp_path))
     assert len(ds) == 10 and ds.num_classes == 5
     assert ds.raw_classes == FINE
@@ -45,7 +49,9 @@ def test_reads_cifar100_pickles(tmp_path):
     assert ds.targets == [i % 5 for i in range(10)]
     assert ds.coarse_targets[:3] == [0, 1, 2] and ds.coarse_classes[0] == "fruit and vegetables"
     # pixel layout: row-major 3x32x32 exactly as the pickle stores it
-    raw = pickle.load(open(folder / "train", "rb"), encoding="latin1")["data"]
+    with open(folder / "train", "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    raw = entry[b"data" if as_bytes else "data"]
     assert torch.equal(ds.get_uint8(3), torch.from_numpy(raw[3].reshape(3, 32, 32)))
     x, y = ds[3]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 3
@@ -105,7 +111,7 @@ def test_corrupt_pickle_names_file(tmp_path):
 
 def test_pickle_without_keys_names_file(tmp_path):
     folder = write_cifar100(tmp_path)
-    _dump(folder / "test", {b"data": np.zeros((2, 3072), np.uint8)})
+    _dump(folder / "test", {"data": np.zeros((2, 3072), np.uint8)})
     with pytest.raises(DataError, match="fine_labels") as info:
         CIFAR100Dataset("test", str(tmp_path))
     assert str(folder / "test") in str(info.value)
@@ -120,7 +126,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
             return (os.system, ("echo pwned",))
 
-    _dump(folder / "test", {b"data": Evil()})
+    _dump(folder / "test", {"data": Evil()})
     with pytest.raises(DataError, match="refusing"):
         CIFAR100Dataset("test", str(tmp_path))
 
@@ -130,9 +136,9 @@ def test_cifar10_layout(tmp_path):
     folder.mkdir()
     names = ["airplane", "automobile", "bird"]
     for i in range(1, 6):
-        _dump(folder / f"data_batch_{i}", {b"data": np.full((2, 3072), i, np.uint8), b"labels": [0, i % 3]})
-    _dump(folder / "test_batch", {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]})
-    _dump(folder / "batches.meta", {b"label_names": [n.encode() for n in names]})
+        _dump(folder / f"data_batch_{i}", {"data": np.full((2, 3072), i, np.uint8), "labels": [0, i % 3]})
+    _dump(folder / "test_batch", {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 2]})
+    _dump(folder / "batches.meta", {"label_names": names})
     ds = CIFAR10Dataset("train", str(tmp_path))
     assert len(ds) == 10 and ds.classes == names and int(ds.images[9].max()) == 5
     assert CIFAR10Dataset("test", str(tmp_path)).targets == [0, 1, 2]

@@ -44,7 +44,7 @@ def test_forward_shapes_at_32px(name):
 def test_options_and_errors():
     m = build_model("resnet8", 5, width=8)
     assert m.feature_dim == 32
-    assert build_model("resnet18", 3, in_channels=1)(torch.randn(1, 1, 32, 32)).shape == (1, 3)
+    assert build_model("resnet18", 3, in_channels=1).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 3)
     with pytest.raises(ConfigError, match="valid options"):
         build_model("resnet8", 5, depth=3)
 
