@@ -160,6 +160,15 @@ def _composite(img, alpha, colour):
     img += a * colour[:, :, None, None]
 
 
+def _cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin through the C library one value at a time (numpy's SIMD kernels may differ
+    in the last bit between CPUs)."""
+    import math
+
+    return (np.array([math.cos(a) for a in angles.tolist()], dtype=np.float64),
+            np.array([math.sin(a) for a in angles.tolist()], dtype=np.float64))
+
+
 def render(labels: np.ndarray, class_names, image_size: int, rng: np.random.RandomState) -> np.ndarray:
     """Render ``len(labels)`` images as ``uint8`` ``N x 3 x S x S``; draws from ``rng`` in a fixed order."""
     n, s = len(labels), int(image_size)
@@ -172,7 +181,7 @@ def render(labels: np.ndarray, class_names, image_size: int, rng: np.random.Rand
     cx = margin + (s - 2 * margin) * u(n)
     cy = margin + (s - 2 * margin) * u(n)
     angle = 2 * np.pi * u(n)
-    cos_t, sin_t = np.cos(angle), np.sin(angle)         # per-image scalars only
+    cos_t, sin_t = _cos_sin(angle)                      # per-image scalars only
     aspect = 0.9 + 0.2 * u((n, 2))
     bg0, bg1 = u((n, 3)), u((n, 3))
     grad_angle = 2 * np.pi * u(n)
@@ -202,7 +211,7 @@ def render(labels: np.ndarray, class_names, image_size: int, rng: np.random.Rand
     px = coords[None, None, :]
 
     # Background: gradient between two colours in a random direction, times a random strength.
-    gx, gy = np.cos(grad_angle)[:, None, None], np.sin(grad_angle)[:, None, None]
+    gx, gy = (a[:, None, None] for a in _cos_sin(grad_angle))
     t = ((px / s - 0.5) * gx + (py / s - 0.5) * gy) / 1.5 + 0.5          # (n,S,S) in [0,1]
     t = 0.5 + (t - 0.5) * grad_strength[:, None, None]
     img = bg0[:, :, None, None] + (bg1 - bg0)[:, :, None, None] * t[:, None]

@@ -1,9 +1,26 @@
 """kdkit's training engine — what methods (built-in and plugins) are written against.
 
-A method's ``run(ctx)`` builds data and models through the :class:`RunContext`, describes each
-thing it trains as a :class:`Stage` and calls ``ctx.fit(stage)``, which returns a
-:class:`StageResult`.  Checkpoints, ``metrics.jsonl``, exact resume, DDP and the lifecycle hooks
-are the engine's business.  See ``docs`` / the report for the full contract.
+A method is a class registered with ``kdkit_register_methods(register)``::
+
+    class MyMethod:                       # or subclass kdkit.engine.Method / kdkit.methods.kd.KDMethod
+        component_sections = {}           # optional: extra {"config.path": "registry kind"} sections
+        @classmethod
+        def default_config(cls) -> dict:  # FULL tree; start from kdkit.config.base_config()
+            ...
+        def run(self, ctx: RunContext) -> dict:   # the summary -> summary.json
+            ...
+        def evaluate(self, ctx: RunContext) -> dict:   # optional: `kdkit eval --run DIR`
+            ...
+
+Inside ``run``: build data/models through ``ctx``, describe each trained thing as a
+:class:`Stage`, call ``ctx.fit(stage)`` -> :class:`StageResult`.  Checkpoints (atomic
+``checkpoints/<stage>/{last,best}.pt``), ``metrics.jsonl``, best-on-validation selection, exact
+resume (finished stages are skipped with their best weights loaded, an unfinished one continues
+from ``last.pt``), DDP, AMP, NaN handling and the lifecycle hooks are the engine's business.
+
+Rules for exact resume: build models with ``ctx.build_model`` (seeded per name), keep any state
+that changes during training in ``stage.model`` or ``stage.extra_modules`` (buffers are fine),
+derive everything else deterministically from the config, and use ``ctx.fit`` for every stage.
 """
 from __future__ import annotations
 

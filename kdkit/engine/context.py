@@ -96,8 +96,7 @@ class RunContext:
     def cache_dir(self) -> Path:
         """``run_dir/cache`` — for cached features (e.g. CLIP embeddings); created on access."""
         path = self.run_dir / "cache"
-        if self.is_main:
-            path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         return path
 
     def registry(self, kind: str):
@@ -226,6 +225,21 @@ class RunContext:
         result = Trainer(self, stage).fit()
         self.stage_results[stage.name] = result
         return result
+
+    def evaluate(self, model: torch.nn.Module, data, eval_fn=None, batch_size: int | None = None) -> dict:
+        """``eval_fn(model, loader)`` (default top-1 + loss) on ``data`` outside any stage, in eval mode."""
+        from kdkit.engine.data import make_eval_loader
+        from kdkit.engine.trainer import classification_eval
+
+        if isinstance(data, torch.utils.data.Dataset):
+            bs = batch_size or int(get_path(self.config, "train.eval_batch_size", 256) or 256)
+            data = make_eval_loader(data, bs, int(get_path(self.config, "data.num_workers", 0) or 0))
+        was = model.training
+        model.to(self.device).eval()
+        with torch.no_grad():
+            metrics = (eval_fn or classification_eval)(model, data)
+        model.train(was)
+        return {k: float(v) for k, v in metrics.items()}
 
     def trainer(self, stage: Stage) -> Trainer:
         """A :class:`Trainer` for ``stage`` without running it (for custom loops / tests)."""

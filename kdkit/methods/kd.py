@@ -123,10 +123,11 @@ class KDMethod:
     @classmethod
     def default_config(cls) -> dict:
         cfg = base_config()
-        cfg["data"].update({"train_per_class": 200, "test_per_class": 50, "augment": "weak"})
-        cfg["train"] = train_section(epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4)
-        cfg["teachers"] = [{"name": "resnet14", "train": True}]
-        cfg["teacher_train"] = train_section(epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4)
+        # sized to finish in < 3 minutes on 2 CPU cores on the embedded ``shapes`` data
+        cfg["data"].update({"train_per_class": 200, "test_per_class": 50, "augment": "none"})
+        cfg["train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
+        cfg["teachers"] = [{"name": "resnet8", "train": True}]
+        cfg["teacher_train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
         cfg["student"] = {"name": "convnet"}
         cfg["distill"] = {
             "alpha": 0.5,  # weight of the cross-entropy term
@@ -149,8 +150,7 @@ class KDMethod:
 
     def build_teachers(self, ctx, train, val, test, num_classes) -> tuple[list, dict]:
         """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
-        from kdkit.engine import Stage, classification_eval, freeze
-        from kdkit.engine.data import make_eval_loader
+        from kdkit.engine import Stage, freeze
 
         cfg = ctx.config
         models, summary = [], {}
@@ -165,10 +165,8 @@ class KDMethod:
                 if not tcfg.get("pretrained"):
                     raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
                                       f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
-                model.to(ctx.device)
-                freeze(model)
-                loader = make_eval_loader(test, int(cfg["train"]["eval_batch_size"]))
-                summary[sname] = {"top1": classification_eval(model, loader)["top1"], "pretrained": tcfg["pretrained"]}
+                freeze(model.to(ctx.device))
+                summary[sname] = {"top1": ctx.evaluate(model, test)["top1"], "pretrained": tcfg["pretrained"]}
             models.append(freeze(model.to(ctx.device)))
         return models, summary
 
@@ -288,25 +286,23 @@ class KDMethod:
 
     def evaluate(self, ctx) -> dict:
         """``kdkit eval``: the best checkpoint of every trained stage on the test split."""
-        from kdkit.engine import classification_eval
-        from kdkit.engine.data import make_eval_loader
+        from kdkit.engine import dataset_classes
 
         cfg = ctx.config
         test = ctx.build_dataset(None, "test")
-        num_classes = len(test.classes)
-        loader = make_eval_loader(test, int(cfg["train"]["eval_batch_size"]))
+        num_classes = len(dataset_classes(test))
         out: dict = {"teachers": {}}
         for tcfg, sname in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"])):
             if (ctx.run_dir / "checkpoints" / sname / "best.pt").exists():
                 model = ctx.build_model("teachers", {**tcfg, "pretrained": None} if "pretrained" in tcfg else tcfg,
                                         num_classes, seed_tag=sname)
                 ctx.load_best(sname, model)
-                out["teachers"][sname] = classification_eval(model.eval(), loader)
+                out["teachers"][sname] = ctx.evaluate(model, test)
         names = ["student"] + (["baseline"] if cfg["baseline"]["enabled"] else [])
         for sname in names:
             model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
             ctx.load_best(sname, model)
-            out[sname] = classification_eval(model.eval(), loader)
+            out[sname] = ctx.evaluate(model, test)
         return out
 
 

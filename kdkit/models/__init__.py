@@ -1,10 +1,11 @@
 """kdkit's built-in models (registered as teachers and students by :mod:`kdkit.models.builtin`).
 
 ``build_model(name, num_classes, **options)``, ``load_weights(model, path)`` and the table
-``MODELS`` are the API; see :mod:`kdkit.models.zoo` for names and options.
+``MODELS`` are the API; see :mod:`kdkit.models.zoo` for names and options.  Importing this
+package is cheap: torch and torchvision load when a model is built.
 """
-from kdkit.models.cifar_resnet import CifarResNet, ConvNet, torchvision_resnet
-from kdkit.models.weights import classifier_prefix, extract_state_dict, load_weights
+from __future__ import annotations
+
 from kdkit.models.zoo import MODELS, ModelSpec, build_model, model_factory
 
 __all__ = [
@@ -19,3 +20,21 @@ __all__ = [
     "ConvNet",
     "torchvision_resnet",
 ]
+
+_LAZY = {
+    "load_weights": "kdkit.models.weights",
+    "extract_state_dict": "kdkit.models.weights",
+    "classifier_prefix": "kdkit.models.weights",
+    "CifarResNet": "kdkit.models.cifar_resnet",
+    "ConvNet": "kdkit.models.cifar_resnet",
+    "torchvision_resnet": "kdkit.models.cifar_resnet",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdkit.models' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

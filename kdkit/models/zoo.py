@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from kdkit.errors import ConfigError
-from kdkit.models.cifar_resnet import CifarResNet, ConvNet, torchvision_resnet
-from kdkit.models.weights import load_weights
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from torch import nn
 
 _COMMON_OPTIONS = ("pretrained", "pretrained_key", "pretrained_strict")
 
@@ -41,6 +40,8 @@ class ModelSpec:
 
 def _cifar(depth: int, default_width: int = 16):
     def build(num_classes: int, width: int = default_width, in_channels: int = 3) -> nn.Module:
+        from kdkit.models.cifar_resnet import CifarResNet
+
         return CifarResNet(depth, num_classes, width=width, in_channels=in_channels)
 
     return build
@@ -48,12 +49,16 @@ def _cifar(depth: int, default_width: int = 16):
 
 def _tv(arch: str, default_small: bool = False):
     def build(num_classes: int, small_input: bool = default_small, in_channels: int = 3) -> nn.Module:
+        from kdkit.models.cifar_resnet import torchvision_resnet
+
         return torchvision_resnet(arch, num_classes, small_input=small_input, in_channels=in_channels)
 
     return build
 
 
 def _convnet(num_classes: int, width: int = 16, in_channels: int = 3) -> nn.Module:
+    from kdkit.models.cifar_resnet import ConvNet
+
     return ConvNet(num_classes, width=width, in_channels=in_channels)
 
 
@@ -102,6 +107,8 @@ def build_model(
     model = spec.build(num_classes, **options)
     model.kdkit_name = name
     if pretrained:
+        from kdkit.models.weights import load_weights
+
         load_weights(model, pretrained, key=pretrained_key, strict=pretrained_strict)
     return model
 

@@ -588,7 +588,7 @@ class WordNetRelaxMethod:
             summary["teachers"]["multimodal"] = main_row["tx"]
         summary["student"] = main_row["student"]
         summary["ratio"] = main_row["ratio"]
-        info = {k: v for k, v in vocab.info.items() if not isinstance(v, list)}
+        info = {k: v for k, v in vocab.info.items() if not isinstance(v, list) and k != "cache_hit"}
         for k, v in vocab.info.items():
             if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
                 info[f"{k}_min"], info[f"{k}_max"] = min(v), max(v)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -245,3 +246,22 @@ def test_a_hook_can_change_training(tmp_path, manager):
     assert lines[0]["lr"] == 0.1 and lines[1]["lr"] == 0.0
     for k in seen[0]:  # epoch 2 (lr 0) changed nothing
         assert torch.equal(seen[0][k], seen[1][k])
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    cfg = _config(epochs=1)
+    cfg["logging"]["progress"] = True
+    _fit(tmp_path, "quiet", cfg=cfg)  # captured stderr is not a TTY
+    assert "s 1/1" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _fit(tmp_path, "tty", cfg=cfg)
+    assert "s 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on CUDA only")
+def test_amp_on_cuda_saves_scaler_state(tmp_path):
+    cfg = _config(epochs=1, amp=True)
+    cfg["device"] = "cuda"
+    ctx, stage, _ = _fit(tmp_path, cfg=cfg)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "last.pt")
+    assert last["scaler"] is not None and "scale" in last["scaler"]
