@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("kdkit.commands.plugins", "list the installed plugins, their hooks and components"),
     "info": ("kdkit.commands.info", "show versions, the compiled extension, devices and plugins"),
     "bench": ("kdkit.bench", "benchmark the compiled ops"),
+    "encode": ("kdkit.commands.encode", "encode images or texts of a trained hashing run into packed codes"),
+    "search": ("kdkit.commands.search", "batched Hamming top-k over a packed code database"),
 }
 
 EXIT_USAGE = 2

@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
             started = True
         rank = dist.get_rank()
         start, end = shard_range(db.shape[0], rank, world)
-        shard = torch.from_numpy(np.ascontiguousarray(db[start:end]))
+        shard = torch.from_numpy(np.array(db[start:end]))
         dist_t, idx_t = sharded_search(torch.from_numpy(queries), shard, args.k, start, args.batch_size)
     else:
         rank = 0
-        dist_t, idx_t = search(torch.from_numpy(queries), torch.from_numpy(np.ascontiguousarray(db)), args.k,
+        dist_t, idx_t = search(torch.from_numpy(queries), torch.from_numpy(np.array(db)), args.k,
                                args.batch_size)
     try:
         if rank == 0:

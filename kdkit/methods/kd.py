@@ -126,9 +126,9 @@ class KDMethod:
         # sized to finish in < 3 minutes on 2 CPU cores on the embedded ``shapes`` data
         cfg["data"].update({"train_per_class": 200, "test_per_class": 50, "augment": "none"})
         cfg["train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
-        cfg["teachers"] = [{"name": "resnet8", "train": True}]
+        cfg["teachers"] = [{"name": "convnet", "train": True}]
         cfg["teacher_train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
-        cfg["student"] = {"name": "convnet"}
+        cfg["student"] = {"name": "convnet", "width": 8}
         cfg["distill"] = {
             "alpha": 0.5,  # weight of the cross-entropy term
             "temperature": 4.0,

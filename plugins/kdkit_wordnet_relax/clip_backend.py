@@ -346,11 +346,10 @@ def build_clip(options: dict | None = None, device: str = "cpu", log_fn: Callabl
                    f"clip.pretrained=<tag or local checkpoint> for real runs.")
             banner = "!" * 100
             text = f"{banner}\nWARNING: {msg}\n{banner}"
-            if log_fn is not None:
+            if log_fn is not None:  # the run's log (stderr + train.log): one banner
                 log_fn(text)
             else:
-                log.warning(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
+                warnings.warn(msg, UserWarning, stacklevel=2)
     model = model.to(device)
     return ClipEncoder(model, _tokenizer_for(name, context_length), info, mean, std, device=device,
                        batch_size=int(opts.get("batch_size") or 256))
