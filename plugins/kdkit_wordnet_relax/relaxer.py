@@ -355,8 +355,9 @@ class WordNetRelaxer:
         info.update(cinfo)
         info.update({"clusters_requested": self.num_clusters, "top_n": self.top_n, "selected": len(selected),
                      "templates": len(self.templates), "cache_hit": False})
-        log(f"wordnet_relax: kept {len(selected)} nouns ({k} clusters x top {self.top_n}); e.g. "
-            + ", ".join(selected[:8]))
+        empty = sum(1 for c in cinfo["nouns_per_cluster"] if c == 0)
+        log(f"wordnet_relax: kept {len(selected)} nouns (the top {self.top_n} assigned to each of {k} clusters"
+            + (f"; {empty} clusters got none" if empty else "") + "); e.g. " + ", ".join(selected[:8]))
         if path is not None:
             save_keyed(path, key, {"words": selected, "embeddings": embeddings, "info": info})
         return RelaxedVocabulary(selected, embeddings, info)

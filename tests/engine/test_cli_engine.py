@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import TINY
+from kdkit_engine_testutil import TINY
 
 from kdkit.cli import main
 

@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, subprocess_env
+from kdkit_engine_testutil import TINY, subprocess_env
 
 pytestmark = pytest.mark.slow
 

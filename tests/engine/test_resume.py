@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, subprocess_env
+from kdkit_engine_testutil import TINY, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -156,7 +156,7 @@ def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):
 
 def test_select_on_test_and_last(tmp_path, manager):
     from kdkit.engine import train
-    from conftest import TINY
+    from kdkit_engine_testutil import TINY
 
     s = train("kd", sets=TINY + ["checkpoint.select_on=last", "train.epochs=1"], out=tmp_path / "last",
               manager=manager)
@@ -205,7 +205,7 @@ class Recorder:
 
 
 def test_every_lifecycle_hook_is_called_in_order(tmp_path, manager):
-    from conftest import TINY
+    from kdkit_engine_testutil import TINY
 
     from kdkit.engine import train
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from conftest import TINY, manager  # noqa: E402,F401  (fixture)
+from kdkit_engine_testutil import TINY  # noqa: E402
 
 import kdkit  # noqa: E402
 from kdkit.losses import KLDivLoss, LogitMSELoss  # noqa: E402

@@ -75,6 +75,13 @@ def test_tiny_run_summary_and_table(manager, tiny, tmp_path, capsys):
     stages = {json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()}
     assert stages == {"teacher.strong", "teacher.weak", "baseline", "multimodal", "student"}
     assert (tmp_path / "run" / "checkpoints" / "multimodal" / "best.pt").is_file()
+    # `kdkit eval --run DIR` re-evaluates the image models' best checkpoints
+    from kdkit.engine import evaluate_run
+
+    evaluated = evaluate_run(tmp_path / "run", manager=manager)
+    assert evaluated["student"]["top1"] == pytest.approx(summary["student"]["top1"])
+    assert evaluated["baseline"]["top1"] == pytest.approx(summary["baseline"]["top1"])
+    assert set(evaluated["teachers"]) == {"teacher.strong", "teacher.weak"}
 
 
 def test_ratio_zero_shows_label_leakage(manager, tiny, tmp_path):
