@@ -104,7 +104,7 @@ def train_section(**overrides) -> dict:
         "milestones": [],  # epochs, for "multistep"
         "step_size": 30,  # epochs, for "step"
         "gamma": 0.1,
-        "warmup_epochs": 0,
+        "warmup_epochs": 0.0,
         "grad_clip": None,  # max grad norm, or None
         "amp": True,  # autocast + GradScaler when on CUDA (ignored on CPU)
     }

@@ -337,6 +337,8 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         if not method:
             raise KdkitError(f"--resume {run_dir}: config.yaml names no method")
         config = resolve_method_config(method, cfg_path, (), manager)
+        if print_config:
+            return dump_yaml(config)
     else:
         if not method:
             names = ", ".join(manager.registry("methods").names())

@@ -141,9 +141,11 @@ def clip_image_embeddings(encoder, dataset, data_key: dict, cache_dir: Path | No
         if cached is not None:
             log(f"wordnet_relax: CLIP image embeddings of {n} {data_key.get('split')} images from cache")
             return cached
-    if hasattr(dataset, "uint8_images"):
-        all_images = dataset.uint8_images()
-        fetch = lambda a, b: all_images[a:b]  # noqa: E731
+    stored = getattr(dataset, "images", None)
+    if isinstance(stored, torch.Tensor) and stored.dtype == torch.uint8 and stored.dim() == 4:
+        # the stored images at their native size: CLIP's preprocessing resizes them once, and a
+        # resized copy of the whole set (e.g. CIFAR at 224 px: 7.5 GB) is never materialised
+        fetch = lambda a, b: stored[a:b]  # noqa: E731
     elif hasattr(dataset, "get_uint8"):
         fetch = lambda a, b: torch.stack([dataset.get_uint8(i) for i in range(a, b)])  # noqa: E731
     else:
