@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -43,7 +44,7 @@ FLIP_PROB = 0.10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout (progress goes to stderr)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device the ops run on (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -357,6 +358,8 @@ class _Bench:
         kd_s = self.record(case, params, "kdkit", times)
 
         peers = [("torch-eager", plain)]
+        # inductor imports cpp_extension, which warns about CUDA_HOME on GPU-less machines
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
             compiled = torch.compile(plain)
         except Exception as exc:  # noqa: BLE001 - no compiler available: report and go on
