@@ -81,22 +81,6 @@ def run(args: argparse.Namespace) -> int:
 def _open_run(run_dir: Path, device):
     """A read-only context on a finished run (config, checkpoints), like ``kdkit eval``."""
     import kdkit
-    from kdkit.engine import RunContext, resolve_device, resolve_method_config
-    from kdkit.config import load_yaml
+    from kdkit.engine import open_run
 
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise KdkitError(f"--run {run_dir}: not a kdkit run directory ({cfg_path} is missing)")
-    method_name = load_yaml(cfg_path).get("method")
-    if not method_name:
-        raise KdkitError(f"--run {run_dir}: config.yaml names no method")
-    manager = kdkit.get_plugin_manager()
-    config = resolve_method_config(method_name, cfg_path, (), manager)
-    if device:
-        config["device"] = device
-    ctx = RunContext.__new__(RunContext)
-    ctx.config, ctx.run_dir, ctx.plugin_manager, ctx.hook = config, run_dir, manager, manager.hook
-    ctx.device, ctx.rank, ctx.world_size, ctx.is_main, ctx.resume = resolve_device(config.get("device")), 0, 1, True, False
-    ctx.metrics_path, ctx.metrics_lines, ctx.stage_results, ctx._log_file = run_dir / "metrics.jsonl", 0, {}, None
-    method = manager.registry("methods").get(method_name).factory()
-    return ctx, method
+    return open_run(run_dir, kdkit.get_plugin_manager(), device=device)

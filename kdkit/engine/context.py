@@ -386,8 +386,12 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
             dist_utils.shutdown_distributed()
 
 
-def evaluate_run(run_dir: str | Path, manager: Any = None) -> dict:
-    """Re-evaluate a finished run: the method's ``evaluate(ctx)`` on its saved config and checkpoints."""
+def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None):
+    """A read-only :class:`RunContext` on a finished run and an instance of its method.
+
+    The config is the run's saved ``config.yaml`` (``device`` may override its device); nothing in
+    the run directory is written or truncated.  Returns ``(ctx, method)``.
+    """
     manager = manager or _manager()
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -398,14 +402,20 @@ def evaluate_run(run_dir: str | Path, manager: Any = None) -> dict:
     if not method:
         raise KdkitError(f"--run {run_dir}: config.yaml names no method")
     config = resolve_method_config(method, cfg_path, (), manager)
-    device = resolve_device(config.get("device", "auto"))
+    if device:
+        config["device"] = device
     ctx = RunContext.__new__(RunContext)
     # a read-only context: no log file, no metrics truncation
     ctx.config, ctx.run_dir, ctx.plugin_manager, ctx.hook = config, run_dir, manager, manager.hook
-    ctx.device, ctx.rank, ctx.world_size, ctx.is_main, ctx.resume = device, 0, 1, True, False
+    ctx.device, ctx.rank, ctx.world_size, ctx.is_main, ctx.resume = (
+        resolve_device(config.get("device", "auto")), 0, 1, True, False)
     ctx.metrics_path, ctx.metrics_lines, ctx.stage_results, ctx._log_file = run_dir / "metrics.jsonl", 0, {}, None
-    cls = _method_class(manager, method)
-    instance = cls()
+    return ctx, _method_class(manager, method)()
+
+
+def evaluate_run(run_dir: str | Path, manager: Any = None) -> dict:
+    """Re-evaluate a finished run: the method's ``evaluate(ctx)`` on its saved config and checkpoints."""
+    ctx, instance = open_run(run_dir, manager)
     if not hasattr(instance, "evaluate"):
-        raise KdkitError(f"method {method!r} does not support 'kdkit eval'")
+        raise KdkitError(f"method {ctx.config['method']!r} does not support 'kdkit eval'")
     return instance.evaluate(ctx)
