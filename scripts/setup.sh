@@ -35,7 +35,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '2.14.1')" 2>/dev/null; then
     log "installing ${TORCH_PAIR[*]} and build tools"
-    "${PIP[@]}" install --upgrade pip "setuptools>=64" wheel
+    "${PIP[@]}" install --upgrade pip "setuptools>=77" wheel
     "${PIP[@]}" install "${TORCH_PAIR[@]}" ninja pybind11
 fi
 
