@@ -13,12 +13,14 @@ __all__ = ["default_data_root", "ImageClassificationDataset", "build_transform"]
 
 
 def default_data_root() -> Path:
-    """Where datasets live when ``data.root`` is not set: ``$KDKIT_DATA`` or ``~/.cache/kdkit/data``."""
+    """Where datasets live when ``data.root`` is not set: ``$KDKIT_DATA``, else ``data/`` in
+    :func:`kdkit.paths.cache_root`."""
     env = os.environ.get("KDKIT_DATA")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kdkit" / "data"
+    from kdkit.paths import cache_root
+
+    return cache_root() / "data"
 
 
 def __getattr__(name):  # lazy: importing kdkit.data does not import torch

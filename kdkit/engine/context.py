@@ -94,8 +94,12 @@ class RunContext:
 
     @property
     def cache_dir(self) -> Path:
-        """``run_dir/cache`` — for cached features (e.g. CLIP embeddings); created on access."""
-        path = self.run_dir / "cache"
+        """kdkit's shared cache (:func:`kdkit.paths.cache_root`) for features that are expensive to
+        recompute (e.g. CLIP embeddings); key each file by a digest of what it depends on.  Created
+        on access."""
+        from kdkit.paths import cache_root
+
+        path = cache_root()
         path.mkdir(parents=True, exist_ok=True)
         return path
 
