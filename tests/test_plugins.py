@@ -276,7 +276,8 @@ def test_duplicate_with_entry_point_plugin(site):
         kdkit.get_registry("losses")
 
 
-def test_unknown_component_lists_choices(site):
+def test_unknown_component_lists_choices(site, monkeypatch):
+    monkeypatch.setenv(kp.ENV_DISABLE_AUTOLOAD, "1")  # only this module's components, not installed plugins
     site.module("choices_plugin", """
         import kdkit
 

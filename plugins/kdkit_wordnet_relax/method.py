@@ -673,8 +673,9 @@ def results_table(summary: dict) -> str:
                  + (f" (pool capped to {relax.get('pool_size_used')})" if relax.get("pool_capped") else "")
                  + f"; CLIP {summary['clip']['model']} "
                  + ("pretrained" if summary.get("clip_pretrained") else "RANDOM INIT (not pretrained)"))
-    lines.append("  T_x top-1: text as in training (exact names for un-relaxed samples); 'relaxed': label-free "
-                 "retrieved text; T_x entropy: on its distillation inputs")
+    lines.append("  T_x top-1: text as in training (exact class names for the un-relaxed share); 'relaxed': "
+                 "label-free retrieved text only")
+    lines.append("  entropy (nats): T_x on its distillation inputs (the training images), T_m on the test split")
     if summary.get("sweep"):
         lines.append("")
         lines.append(sweep_markdown(summary["sweep"]))
