@@ -22,7 +22,6 @@ falling back to ``encode_text`` if it ever differs) and is 5-8x faster for short
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

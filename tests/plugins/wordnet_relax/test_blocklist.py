@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import POOL_WORDS
+from wr_helpers import POOL_WORDS
 
 from kdkit.errors import ConfigError
 from kdkit_wordnet_relax.blocklist import apply_blocklist, build_blocklist, default_blocklist, normalize_lemma

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_method
+from wr_helpers import ROOT, run_method
 
 import kdkit
 from kdkit.errors import ConfigError
@@ -259,3 +259,4 @@ def test_cli_default_command_reaches_the_plugin(tmp_path, tiny):
     bad = subprocess.run(args[:-2] + ["--out", str(tmp_path / "bad"), "--set", "relax.ratio=2"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "relax.ratio" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # checked before the run directory is created

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_debian_wordnet
+from wr_helpers import needs_debian_wordnet
 
 from kdkit.errors import ConfigError
 from kdkit_wordnet_relax.relaxer import WordNetRelaxer, relation_lemmas, select_by_clusters

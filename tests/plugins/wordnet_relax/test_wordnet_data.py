@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import DEBIAN_WORDNET, needs_debian_wordnet
+from wr_helpers import DEBIAN_WORDNET, needs_debian_wordnet
 
 from kdkit.errors import KdkitError
 from kdkit_wordnet_relax import wordnet_data
