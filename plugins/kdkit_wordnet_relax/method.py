@@ -441,7 +441,7 @@ class WordNetRelaxMethod:
         import torch
         import torch.nn.functional as F
         from kdkit.engine import Stage, WithIndex, to_device
-        from kdkit.methods.kd import make_combiner
+        from kdkit.engine import make_combiner
         from torch.utils.data import DataLoader
 
         cfg = ctx.config

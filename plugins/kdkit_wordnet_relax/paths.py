@@ -7,16 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-def cache_root() -> Path:
-    """kdkit's cache directory: ``$KDKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdkit``, else ``~/.cache/kdkit``."""
-    env = os.environ.get("KDKIT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "kdkit"
-    return Path.home() / ".cache" / "kdkit"
+from kdkit.paths import cache_root  # re-exported: the plugin's caches live in kdkit's one cache root
 
 
 def digest(obj: Any, length: int = 20) -> str:
