@@ -172,6 +172,7 @@ class SodaMethod(Method):
             "beta": 0.1,  # stage 2: weight of the binarisation penalty
             "intra_weight": 1.0,  # stage 1 / baseline: weight of the intra-modal image<->image term
             "fit_weight": 1.0,  # stage 2: weight of || h_text - b_image ||^2 / L (paired sample)
+            "student_intra_weight": 0.0,  # stage 2: weight of the intra-modal text<->text term (not in the paper)
             "balance_weight": 0.0,  # optional bit-balance term ||mean(h)||^2
             "theta_scale": 0.5,  # theta = scale * <h_a, h_b>  (DCMH: 0.5)
             "similarity": "hard",  # hard: share >= 1 label | cosine: cosine of label vectors
@@ -351,6 +352,7 @@ class SodaMethod(Method):
         frozen.register_buffer("labels", fit_ds.labels.clone())
         frozen = frozen.to(ctx.device)
         scale, beta, fit_w = float(s["theta_scale"]), float(s["beta"]), float(s["fit_weight"])
+        s_intra = float(s.get("student_intra_weight", 0.0))
         bal, kind = float(s["balance_weight"]), s["similarity"]
 
         def step(m, batch):
@@ -361,6 +363,8 @@ class SodaMethod(Method):
             fit = ((ht - frozen.codes[pos]) ** 2).mean()
             pen = _penalty(ht)
             loss = inter + fit_w * fit + beta * pen
+            if s_intra:
+                loss = loss + s_intra * pairwise_nll(ht, ht, similarity(y, y, kind), scale)
             if bal:
                 loss = loss + bal * _balance(ht)
             return loss, {"inter": inter.detach(), "fit": fit.detach(), "penalty": pen.detach()}
