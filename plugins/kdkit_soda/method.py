@@ -307,40 +307,10 @@ class SodaMethod(Method):
         return int(v) if v is not None else int(ctx.config["train"]["epochs"])
 
     def train_teacher(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
-        s = ctx.config["soda"]
-        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits)
-        model = PairHashModel(fit_ds.image.shape[1], fit_ds.label_feat.shape[1], bits, int(s["head_hidden"]),
-                              float(s["dropout"]))
-        scale, alpha, intra = float(s["theta_scale"]), float(s["alpha"]), float(s["intra_weight"])
-        bal, kind = float(s["balance_weight"]), s["similarity"]
-
-        def step(m, batch):
-            _, fi, _, fl, y = batch
-            m = m.module if hasattr(m, "module") else m
-            hi, hl = m.a(fi), m.b(fl)
-            sim = similarity(y, y, kind)
-            inter = pairwise_nll(hi, hl, sim, scale)
-            intra_l = pairwise_nll(hi, hi, sim, scale)
-            pen = _penalty(hi) + _penalty(hl)
-            loss = inter + intra * intra_l + alpha * pen
-            if bal:
-                loss = loss + bal * (_balance(hi) + _balance(hl))
-            return loss, {"inter": inter.detach(), "intra": intra_l.detach(), "penalty": pen.detach()}
-
-        def evaluate(m, val):
-            val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
-            fit_lab = pack(encode_features(m.b, fit_ds.label_feat, ctx.device))
-            fit_img = pack(encode_features(m.a, fit_ds.image, ctx.device))
-            q_img = pack(encode_features(m.a, val.image, ctx.device))
-            q_lab = pack(encode_features(m.b, val.label_feat, ctx.device))
-            i2l = mean_average_precision(q_img, fit_lab, val.labels, fit_ds.labels)
-            l2i = mean_average_precision(q_lab, fit_img, val.labels, fit_ds.labels)
-            return {"map": (i2l + l2i) / 2, "i2label": i2l, "label2i": l2i}
-
-        ctx.fit(Stage(name=f"teacher.{bits}", model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
-                      eval_fn=evaluate, epochs=self._epochs("teacher_epochs", ctx), optimizer=self._opt(ctx),
-                      select_metric="map", select_mode="max"))
-        return freeze(model)
+        """Stage 1: image head ``a`` and label-prompt head ``b`` in one Hamming space."""
+        return self._train_pair(ctx, f"teacher.{bits}", bits, fit_ds, val_q, "label_feat", seed_offset=0,
+                                intra_b=False, keys=("i2label", "label2i"),
+                                epochs=self._epochs("teacher_epochs", ctx))
 
     def train_student(self, ctx, bits: int, teacher: PairHashModel, fit_ds, val_q) -> HashHead:
         s = ctx.config["soda"]
@@ -385,40 +355,54 @@ class SodaMethod(Method):
         return freeze(student)
 
     def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
+        """No distillation: image and text heads trained jointly, with the teacher's and the
+        student's training budget together."""
         s = ctx.config["soda"]
-        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + 2)
-        model = PairHashModel(fit_ds.image.shape[1], fit_ds.text.shape[1], bits, int(s["head_hidden"]),
-                              float(s["dropout"]))
+        epochs = s.get("baseline_epochs")
+        if epochs is None:
+            epochs = self._epochs("teacher_epochs", ctx) + self._epochs("student_epochs", ctx)
+        return self._train_pair(ctx, f"baseline.{bits}", bits, fit_ds, val_q, "text", seed_offset=2,
+                                intra_b=True, keys=("i2t", "t2i"), epochs=int(epochs))
+
+    def _train_pair(self, ctx, stage: str, bits: int, fit_ds, val_q, b_feature: str, seed_offset: int,
+                    intra_b: bool, keys: tuple, epochs: int) -> PairHashModel:
+        """Train image head ``a`` and head ``b`` (on ``fit_ds.<b_feature>``) jointly:
+        inter-modal NLL + intra_weight * intra-modal NLL (image<->image, plus b<->b when ``intra_b``)
+        + alpha * binarisation penalty (+ optional bit balance); selected on validation mAP."""
+        s = ctx.config["soda"]
+        torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + seed_offset)
+        model = PairHashModel(fit_ds.image.shape[1], getattr(fit_ds, b_feature).shape[1], bits,
+                              int(s["head_hidden"]), float(s["dropout"]))
         scale, alpha, intra = float(s["theta_scale"]), float(s["alpha"]), float(s["intra_weight"])
         bal, kind = float(s["balance_weight"]), s["similarity"]
+        b_slot = {"text": 2, "label_feat": 3}[b_feature]  # batches are (index, image, text, label_feat, labels)
 
         def step(m, batch):
-            _, fi, ft, _, y = batch
+            fi, fb, y = batch[1], batch[b_slot], batch[4]
             m = m.module if hasattr(m, "module") else m
-            hi, ht = m.a(fi), m.b(ft)
+            hi, hb = m.a(fi), m.b(fb)
             sim = similarity(y, y, kind)
-            inter = pairwise_nll(hi, ht, sim, scale)
-            intra_l = pairwise_nll(hi, hi, sim, scale) + pairwise_nll(ht, ht, sim, scale)
-            pen = _penalty(hi) + _penalty(ht)
+            inter = pairwise_nll(hi, hb, sim, scale)
+            intra_l = pairwise_nll(hi, hi, sim, scale)
+            if intra_b:
+                intra_l = intra_l + pairwise_nll(hb, hb, sim, scale)
+            pen = _penalty(hi) + _penalty(hb)
             loss = inter + intra * intra_l + alpha * pen
             if bal:
-                loss = loss + bal * (_balance(hi) + _balance(ht))
+                loss = loss + bal * (_balance(hi) + _balance(hb))
             return loss, {"inter": inter.detach(), "intra": intra_l.detach(), "penalty": pen.detach()}
 
         def evaluate(m, val):
             val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
-            db_txt = pack(encode_features(m.b, fit_ds.text, ctx.device))
-            db_img = pack(encode_features(m.a, fit_ds.image, ctx.device))
-            q_img = pack(encode_features(m.a, val.image, ctx.device))
-            q_txt = pack(encode_features(m.b, val.text, ctx.device))
-            i2t = mean_average_precision(q_img, db_txt, val.labels, fit_ds.labels)
-            t2i = mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
-            return {"map": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
+            db_b = pack(encode_features(m.b, getattr(fit_ds, b_feature), ctx.device))
+            db_a = pack(encode_features(m.a, fit_ds.image, ctx.device))
+            q_a = pack(encode_features(m.a, val.image, ctx.device))
+            q_b = pack(encode_features(m.b, getattr(val, b_feature), ctx.device))
+            a2b = mean_average_precision(q_a, db_b, val.labels, fit_ds.labels)
+            b2a = mean_average_precision(q_b, db_a, val.labels, fit_ds.labels)
+            return {"map": (a2b + b2a) / 2, keys[0]: a2b, keys[1]: b2a}
 
-        epochs = s.get("baseline_epochs")
-        if epochs is None:
-            epochs = self._epochs("teacher_epochs", ctx) + self._epochs("student_epochs", ctx)
-        ctx.fit(Stage(name=f"baseline.{bits}", model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
+        ctx.fit(Stage(name=stage, model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
                       eval_fn=evaluate, epochs=int(epochs), optimizer=self._opt(ctx),
                       select_metric="map", select_mode="max"))
         return freeze(model)
