@@ -21,6 +21,9 @@ TORCH_LIBRARY(kdkit, m) {
   m.def(
       "binarization_penalty_backward(Tensor grad_output, Tensor grad_factor, int reduction) -> "
       "Tensor");
+  // int32 (Q, N) distances >= 0, bool (Q, N) relevance -> float64 (Q,) average precision of
+  // each row ranked by (distance, index); 0 for a row with no relevant item. CPU only.
+  m.def("ranked_average_precision(Tensor distances, Tensor relevant) -> Tensor");
 }
 
 // ---- Python module: only small, non-dispatched status helpers. Plain CPython API (no

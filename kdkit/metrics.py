@@ -306,7 +306,13 @@ def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, v
             _, idx = _topk(q[s:e], d_t, d, k)
             rel_sorted = np.take_along_axis(rel, idx, axis=1)
             return _ap_from_sorted_relevance(rel_sorted, k, variant, None)
-        order = _rank_full(_distances(q[s:e], d_t, d), nbits)
+        dist = _distances(q[s:e], d_t, d)
+        ops = _ops()
+        if k is None and ops is not None:  # mAP@all: counting-based, no sort (compiled op)
+            import torch
+
+            return ops.ranked_average_precision(torch.from_numpy(dist), torch.from_numpy(rel)).numpy()
+        order = _rank_full(dist, nbits)
         rel_sorted = np.take_along_axis(rel, order, axis=1)
         return _ap_from_sorted_relevance(rel_sorted, k, variant, None)
 

@@ -561,6 +561,67 @@ static at::Tensor binarization_penalty_backward_cpu(const at::Tensor& grad_outpu
   return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// Average precision of a ranking by (distance, index) without sorting: distances are small
+// integers, so a histogram gives each bucket's start; one more pass in index order then
+// yields every item's exact position (ties go to the lower index) and, for relevant items,
+// their rank among the relevant ones.
+
+at::Tensor ranked_average_precision_cpu(const at::Tensor& distances, const at::Tensor& relevant) {
+  TORCH_CHECK(distances.dim() == 2, "ranked_average_precision: distances must be 2-D (Q, N), got ",
+              distances.dim(), "-D");
+  TORCH_CHECK(distances.scalar_type() == at::kInt,
+              "ranked_average_precision: distances must be int32, got ", distances.scalar_type());
+  TORCH_CHECK(relevant.scalar_type() == at::kBool,
+              "ranked_average_precision: relevant must be bool, got ", relevant.scalar_type());
+  TORCH_CHECK(relevant.sizes() == distances.sizes(),
+              "ranked_average_precision: relevant shape ", relevant.sizes(),
+              " != distances shape ", distances.sizes());
+  const at::Tensor d = distances.contiguous();
+  const at::Tensor r = relevant.contiguous();
+  const int64_t nq = d.size(0), n = d.size(1);
+  at::Tensor out = at::empty({nq}, d.options().dtype(at::kDouble));
+  const int32_t* dp = d.data_ptr<int32_t>();
+  const bool* rp = r.data_ptr<bool>();
+  double* op = out.data_ptr<double>();
+  std::atomic<bool> negative{false};
+  at::parallel_for(0, nq, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<int64_t> before_all, before_rel;
+    for (int64_t q = q0; q < q1; ++q) {
+      const int32_t* row = dp + q * n;
+      const bool* rel = rp + q * n;
+      int32_t maxd = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        if (row[j] < 0) negative = true;
+        maxd = std::max(maxd, row[j]);
+      }
+      if (negative) return;
+      before_all.assign((size_t)maxd + 1, 0);
+      before_rel.assign((size_t)maxd + 1, 0);
+      for (int64_t j = 0; j < n; ++j) {
+        ++before_all[row[j]];
+        before_rel[row[j]] += rel[j];
+      }
+      int64_t total = 0, total_rel = 0;
+      for (int32_t v = 0; v <= maxd; ++v) {  // counts -> number of items ranked before bucket v
+        const int64_t a = before_all[v], b = before_rel[v];
+        before_all[v] = total;
+        before_rel[v] = total_rel;
+        total += a;
+        total_rel += b;
+      }
+      double ap = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t position = ++before_all[row[j]];  // 1-based rank of item j
+        if (rel[j]) ap += (double)(++before_rel[row[j]]) / (double)position;
+      }
+      op[q] = total_rel > 0 ? ap / (double)total_rel : 0.0;
+    }
+  });
+  TORCH_CHECK(!negative, "ranked_average_precision: distances must be >= 0");
+  return out;
+}
+
 }  // namespace cpu
 }  // namespace kdkit
 
@@ -569,4 +630,5 @@ TORCH_LIBRARY_IMPL(kdkit, CPU, m) {
   m.impl("hamming_topk", &kdkit::cpu::hamming_topk_cpu);
   m.impl("binarization_penalty", &kdkit::cpu::binarization_penalty_cpu);
   m.impl("binarization_penalty_backward", &kdkit::cpu::binarization_penalty_backward_cpu);
+  m.impl("ranked_average_precision", &kdkit::cpu::ranked_average_precision_cpu);
 }

@@ -24,6 +24,7 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "binarization_penalty",
+    "ranked_average_precision",
     "extension_info",
 ]
 
@@ -132,6 +133,37 @@ def hamming_distance(query_codes: torch.Tensor, db_codes: torch.Tensor) -> torch
     if _compiled_for(query_codes.device):
         return torch.ops.kdkit.hamming_distance(query_codes, db_codes)
     return reference.hamming_distance(query_codes.contiguous(), db_codes.contiguous())
+
+
+def ranked_average_precision(distances: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """Average precision of every row of a ranking by (distance, index), without sorting.
+
+    Args:
+        distances: int32 (Q, N), values >= 0 (e.g. from :func:`hamming_distance`).
+        relevant: bool (Q, N), True where database item j is relevant to query i.
+    Returns:
+        float64 (Q,): ``AP_i = (1/R_i) sum over relevant j of (relevant items ranked at or before j)
+        / (rank of j)``, ranks ordered by (distance, index) ascending; 0 where ``R_i = 0``.
+        This is mAP@all's per-query term; the compiled kernel runs on CPU tensors.
+    """
+    op = "ranked_average_precision"
+    _check_tensor(op, "distances", distances)
+    _check_tensor(op, "relevant", relevant)
+    if distances.dtype != torch.int32:
+        raise TypeError(f"{op}: distances must be int32, got {distances.dtype}")
+    if relevant.dtype != torch.bool:
+        raise TypeError(f"{op}: relevant must be bool, got {relevant.dtype}")
+    if distances.dim() != 2:
+        raise ValueError(f"{op}: distances must be 2-D (Q, N), got shape {tuple(distances.shape)}")
+    if relevant.shape != distances.shape:
+        raise ValueError(f"{op}: relevant has shape {tuple(relevant.shape)}, distances {tuple(distances.shape)}")
+    if relevant.device != distances.device:
+        raise ValueError(f"{op}: distances is on {distances.device} but relevant is on {relevant.device}")
+    if distances.numel() and int(distances.min()) < 0:
+        raise ValueError(f"{op}: distances must be >= 0")
+    if distances.device.type == "cpu" and use_extension():
+        return torch.ops.kdkit.ranked_average_precision(distances, relevant)
+    return reference.ranked_average_precision(distances, relevant)
 
 
 def hamming_topk(query_codes: torch.Tensor, db_codes: torch.Tensor, k: int):

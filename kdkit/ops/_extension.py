@@ -34,6 +34,10 @@ def _register() -> None:
             query_codes.new_empty((q, k), dtype=torch.int64),
         )
 
+    @torch.library.register_fake("kdkit::ranked_average_precision")
+    def _ranked_ap_fake(distances, relevant):
+        return distances.new_empty((distances.shape[0],), dtype=torch.float64)
+
     @torch.library.register_fake("kdkit::binarization_penalty")
     def _penalty_fake(h, reduction):
         loss = h.new_empty(h.shape if reduction == 0 else ())

@@ -16,6 +16,7 @@ __all__ = [
     "binarization_penalty",
     "binarization_penalty_fwd",
     "binarization_penalty_backward",
+    "ranked_average_precision",
     "REDUCTIONS",
 ]
 
@@ -101,3 +102,14 @@ def binarization_penalty_fwd(h: torch.Tensor, reduction: int):
 def binarization_penalty_backward(grad_output: torch.Tensor, grad_factor: torch.Tensor, reduction: int):
     """Reference of ``kdkit::binarization_penalty_backward``: grad_output * grad_factor."""
     return grad_factor * grad_output
+
+
+def ranked_average_precision(distances: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """float64 (Q,) average precision of each row ranked by (distance, index); 0 without relevant items."""
+    order = torch.sort(distances, dim=1, stable=True).indices  # stable: ties keep index order
+    rel = torch.gather(relevant, 1, order).to(torch.float64)
+    hits = rel.cumsum(1)
+    positions = torch.arange(1, distances.shape[1] + 1, dtype=torch.float64, device=distances.device)
+    n_relevant = rel.sum(1)
+    ap = (rel * hits / positions).sum(1) / n_relevant.clamp(min=1)
+    return torch.where(n_relevant > 0, ap, torch.zeros_like(ap))
