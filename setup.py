@@ -98,7 +98,10 @@ def _extensions():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No FMA contraction: the penalty sums must be bit-identical on every ISA path.
     # torch.utils.cpp_extension adds the C++ standard torch needs (C++20 for torch 2.14).
-    cxx = ["-O3", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is an inline template that only runs threads when the
+    # including file is compiled with OpenMP (torch's own libgomp is reused at load time).
+    cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    link = ["-fopenmp"]
     define_macros = []
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -108,12 +111,13 @@ def _extensions():
             sources,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=link,
         )
         print(f"kdkit setup: building CPU + CUDA kernels (CUDA_HOME={cuda_home}, "
               f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<auto>')})")
     else:
         ext = CppExtension("kdkit._C", sources, define_macros=define_macros,
-                           extra_compile_args={"cxx": cxx})
+                           extra_compile_args={"cxx": cxx}, extra_link_args=link)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -21,9 +21,13 @@ TORCH_LIBRARY(kdkit, m) {
   m.def(
       "binarization_penalty_backward(Tensor grad_output, Tensor grad_factor, int reduction) -> "
       "Tensor");
-  // int32 (Q, N) distances >= 0, bool (Q, N) relevance -> float64 (Q,) average precision of
-  // each row ranked by (distance, index); 0 for a row with no relevant item. CPU only.
-  m.def("ranked_average_precision(Tensor distances, Tensor relevant) -> Tensor");
+  // uint8 (Q, B), uint8 (N, B) codes, int64 (Q, W), (N, W) label bitsets -> float64 (Q,)
+  // average precision of each query's ranking by (distance, index); relevant = a shared
+  // label. k in [1, N] (N = mAP@all); variant "truncated" keeps the relevant items ranked
+  // in the top k, "dchmt" the first k relevant items. 0 where none is kept. CPU only.
+  m.def(
+      "hamming_average_precision(Tensor query_codes, Tensor db_codes, Tensor query_labels, "
+      "Tensor db_labels, int k, str variant) -> Tensor");
 }
 
 // ---- Python module: only small, non-dispatched status helpers. Plain CPython API (no

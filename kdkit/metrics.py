@@ -29,17 +29,17 @@ Two different "mAP@k" exist in the literature (see ``docs/soda.md``)
     an AP of 0 and still counts in the mean.
 
 How mAP is computed fast and exactly
-    Hamming distances are small integers in ``[0, L]``.  For every block of queries the distances
-    are computed with :func:`kdkit.ops.hamming_distance` and the ranking by ``(distance, index)``
-    is a *stable counting (radix) sort* of those integers — O(N) per query, no comparison sort, no
-    float distances.  Only the positions of relevant items are kept; AP is a sum of
-    ``j / rank_j`` over them.  When ``k`` is small and ``variant="truncated"``, only the top ``k``
-    from :func:`kdkit.ops.hamming_topk` is needed.  Query blocks run on a thread pool (NumPy
-    releases the GIL), with ``torch.get_num_threads()`` workers by default.
+    Hamming distances are small integers in ``[0, L]``, so the ranking by ``(distance, index)``
+    needs no sort: :func:`kdkit.ops.hamming_average_precision` takes the packed codes and labels
+    packed as bitsets and, per query, histograms the distances (and relevance), turns the
+    histogram into where each distance bucket starts, and reads every relevant item's exact rank
+    off a second pass in index order — O(N) per query, no ``(Q, N)`` matrix, threads over queries
+    (``torch.get_num_threads()``).  Every ``k`` and both variants go through it.  Precision@N uses
+    :func:`kdkit.ops.hamming_topk`, the PR curve distance histograms.  Without the compiled
+    extension a NumPy path (stable radix argsort per query block) gives the same numbers.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -115,6 +115,7 @@ def _check_labels(x, name: str, n: int, codes_name: str) -> np.ndarray:
 
 
 def _prepare(query_codes, db_codes, query_labels, db_labels):
+    """Validated (query codes, db codes, query labels, db labels) as NumPy arrays."""
     q = _check_codes(query_codes, "query_codes")
     d = _check_codes(db_codes, "db_codes")
     if q.shape[1] != d.shape[1]:
@@ -128,17 +129,39 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
             "query_labels and db_labels must both be multi-hot matrices or both class-index vectors, "
             f"got shapes {tuple(ql.shape)} and {tuple(dl.shape)}"
         )
-    if ql.ndim == 2:
-        if ql.shape[1] != dl.shape[1]:
-            raise ValueError(
-                f"query_labels has {ql.shape[1]} label columns but db_labels has {dl.shape[1]}"
-            )
-        ql = np.ascontiguousarray(ql != 0, dtype=np.float32)
-        dl = np.ascontiguousarray((dl != 0).T, dtype=np.float32)  # (C, N)
-    else:
-        ql = ql.astype(np.int64)
-        dl = dl.astype(np.int64)
+    if ql.ndim == 2 and ql.shape[1] != dl.shape[1]:
+        raise ValueError(f"query_labels has {ql.shape[1]} label columns but db_labels has {dl.shape[1]}")
     return q, d, ql, dl
+
+
+def _matmul_labels(ql: np.ndarray, dl: np.ndarray):
+    """Label forms for :func:`_relevance_block`: float 0/1 (Q, C) and (C, N), or int64 class indices."""
+    if ql.ndim == 2:
+        return np.ascontiguousarray(ql != 0, dtype=np.float32), np.ascontiguousarray((dl != 0).T, dtype=np.float32)
+    return ql.astype(np.int64), dl.astype(np.int64)
+
+
+def _label_bitsets(ql: np.ndarray, dl: np.ndarray):
+    """int64 label bitsets (rows, words) for :func:`kdkit.ops.hamming_average_precision`.
+
+    Multi-hot: bit ``c`` is label column ``c``.  Class indices: the classes present are numbered
+    densely first, so a single-label query reads one word whatever the class ids are.
+    """
+    if ql.ndim == 1:
+        classes, inverse = np.unique(np.concatenate([ql, dl]).astype(np.int64), return_inverse=True)
+        ids = inverse.reshape(-1)
+        onehot = np.zeros((ids.size, classes.size), dtype=bool)
+        onehot[np.arange(ids.size), ids] = True
+        ql, dl = onehot[: ql.shape[0]], onehot[ql.shape[0]:]
+
+    def pack(x: np.ndarray) -> np.ndarray:
+        packed = np.packbits(x != 0, axis=1, bitorder="little")
+        words = -(-packed.shape[1] // 8)
+        out = np.zeros((x.shape[0], words * 8), dtype=np.uint8)
+        out[:, : packed.shape[1]] = packed
+        return out.view("<i8")  # little-endian words: bit c of the row is bit c % 64 of word c // 64
+
+    return pack(ql), pack(dl)
 
 
 def _check_k(k, n: int, name: str = "k"):
@@ -158,7 +181,7 @@ def relevance(query_labels, db_labels) -> np.ndarray:
     _, _, ql, dl = _prepare(
         np.zeros((ql.shape[0], 1), np.uint8), np.zeros((dl.shape[0], 1), np.uint8), ql, dl
     )
-    return _relevance_block(ql, dl)
+    return _relevance_block(*_matmul_labels(ql, dl))
 
 
 def _relevance_block(ql: np.ndarray, dl: np.ndarray) -> np.ndarray:
@@ -235,20 +258,16 @@ def _topk(q: np.ndarray, d_t, d_np: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return np.take_along_axis(dist, order, axis=1), order
 
 
-def _map_workers(n_blocks: int, num_threads) -> int:
-    if num_threads is None:
-        try:
-            import torch
-
-            num_threads = torch.get_num_threads()
-        except ImportError:  # pragma: no cover
-            num_threads = os.cpu_count() or 1
-    return max(1, min(int(num_threads), n_blocks))
-
-
-def _run_blocks(fn, nq: int, block: int, num_threads):
+def _run_blocks(fn, nq: int, block: int):
+    """fn(start, end) over query blocks.  With the extension the ops thread themselves
+    (at::parallel_for), so blocks run in turn; the NumPy fallback uses a thread pool of
+    ``torch.get_num_threads()`` workers instead (NumPy releases the GIL)."""
     starts = list(range(0, nq, block))
-    workers = _map_workers(len(starts), num_threads)
+    workers = 1
+    if _ops() is None or not _ops().extension_info()["loaded"]:
+        import torch
+
+        workers = max(1, min(torch.get_num_threads(), len(starts)))
     if workers == 1:
         return [fn(s, min(s + block, nq)) for s in starts]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -286,8 +305,7 @@ def _ap_from_sorted_relevance(rel_sorted: np.ndarray, k, variant: str, n_relevan
     return ap
 
 
-def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, variant="truncated",
-                       *, num_threads=None) -> np.ndarray:
+def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, variant="truncated") -> np.ndarray:
     """Per-query average precision (float64 ``(Q,)``); see :func:`mean_average_precision`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -296,31 +314,27 @@ def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, v
     k = _check_k(k, n)
     if k is not None and k >= n:
         k = None  # both variants are mAP@all
+    ops = _ops()
+    if ops is not None and ops.extension_info()["loaded"]:  # fused: codes + label bitsets -> AP
+        import torch
+
+        qb, db = _label_bitsets(ql, dl)
+        return ops.hamming_average_precision(torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(qb),
+                                             torch.from_numpy(db), k, variant).numpy()
     nbits = q.shape[1] * 8
-    d_t = _db_tensor(d)
-    use_topk = k is not None and variant == "truncated" and k * 4 <= n
+    ql, dl = _matmul_labels(ql, dl)
 
     def block(s: int, e: int) -> np.ndarray:
         rel = _relevance_block(ql[s:e], dl)
-        if use_topk:
-            _, idx = _topk(q[s:e], d_t, d, k)
-            rel_sorted = np.take_along_axis(rel, idx, axis=1)
-            return _ap_from_sorted_relevance(rel_sorted, k, variant, None)
-        dist = _distances(q[s:e], d_t, d)
-        ops = _ops()
-        if k is None and ops is not None:  # mAP@all: counting-based, no sort (compiled op)
-            import torch
+        order = _rank_full(_hamming_numpy(q[s:e], d), nbits)
+        if k is not None and variant == "truncated":
+            order = order[:, :k]
+        return _ap_from_sorted_relevance(np.take_along_axis(rel, order, axis=1), k, variant, None)
 
-            return ops.ranked_average_precision(torch.from_numpy(dist), torch.from_numpy(rel)).numpy()
-        order = _rank_full(dist, nbits)
-        rel_sorted = np.take_along_axis(rel, order, axis=1)
-        return _ap_from_sorted_relevance(rel_sorted, k, variant, None)
-
-    return np.concatenate(_run_blocks(block, q.shape[0], _QUERY_BLOCK, num_threads))
+    return np.concatenate(_run_blocks(block, q.shape[0], _QUERY_BLOCK))
 
 
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, k=None, variant="truncated",
-                           *, num_threads=None) -> float:
+def mean_average_precision(query_codes, db_codes, query_labels, db_labels, k=None, variant="truncated") -> float:
     """Mean average precision of Hamming ranking over packed codes.
 
     :param query_codes: packed ``uint8`` codes ``(Q, L/8)``.
@@ -330,14 +344,12 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, k=Non
     :param k: ``None`` for mAP@all, else mAP@k in the given ``variant``.
     :param variant: ``"truncated"`` (DCMH/DJSRH top-k mAP) or ``"dchmt"`` (DCHMT/DSPH: mean precision
         at the first ``min(k, R)`` relevant items of the whole ranking).
-    :param num_threads: worker threads over query blocks (default ``torch.get_num_threads()``).
     :returns: mAP as a Python float in ``[0, 1]``.
     """
-    return float(np.mean(average_precisions(query_codes, db_codes, query_labels, db_labels, k, variant,
-                                            num_threads=num_threads)))
+    return float(np.mean(average_precisions(query_codes, db_codes, query_labels, db_labels, k, variant)))
 
 
-def precision_at_n(query_codes, db_codes, query_labels, db_labels, n=(1000,), *, num_threads=None):
+def precision_at_n(query_codes, db_codes, query_labels, db_labels, n=(1000,)):
     """Mean precision of the top ``n`` of the (distance, index) ranking, averaged over queries.
 
     :param n: an int or a sequence of ints (e.g. ``range(200, 10001, 200)`` as in DCHMT); values
@@ -349,6 +361,7 @@ def precision_at_n(query_codes, db_codes, query_labels, db_labels, n=(1000,), *,
     if not ns:
         raise ValueError("n must be a positive int or a non-empty sequence of positive ints")
     q, d, ql, dl = _prepare(query_codes, db_codes, query_labels, db_labels)
+    ql, dl = _matmul_labels(ql, dl)
     size = d.shape[0]
     ns_c = [_check_k(int(v) if isinstance(v, np.integer) else v, size, "n") for v in ns]
     kmax = max(ns_c)
@@ -360,13 +373,13 @@ def precision_at_n(query_codes, db_codes, query_labels, db_labels, n=(1000,), *,
         hits = np.cumsum(np.take_along_axis(rel, idx, axis=1), axis=1, dtype=np.int64)
         return np.stack([hits[:, m - 1] / m for m in ns_c], axis=1)
 
-    prec = np.concatenate(_run_blocks(block, q.shape[0], _QUERY_BLOCK, num_threads)).mean(axis=0)
+    prec = np.concatenate(_run_blocks(block, q.shape[0], _QUERY_BLOCK)).mean(axis=0)
     if scalar:
         return float(prec[0])
     return {int(m): float(p) for m, p in zip(ns, prec)}
 
 
-def pr_curve(query_codes, db_codes, query_labels, db_labels, *, num_threads=None) -> dict:
+def pr_curve(query_codes, db_codes, query_labels, db_labels) -> dict:
     """Precision-recall curve by Hamming radius ``r = 0..L`` (items with distance <= r retrieved).
 
     Pooled over all queries as DCMH's ``pr_curve``: ``precision(r) = sum_q relevant_retrieved /
@@ -376,6 +389,7 @@ def pr_curve(query_codes, db_codes, query_labels, db_labels, *, num_threads=None
     :returns: ``{"radius": [...], "precision": [...], "recall": [...]}`` (lists of length L + 1).
     """
     q, d, ql, dl = _prepare(query_codes, db_codes, query_labels, db_labels)
+    ql, dl = _matmul_labels(ql, dl)
     nbits = q.shape[1] * 8
     d_t = _db_tensor(d)
 
@@ -386,7 +400,7 @@ def pr_curve(query_codes, db_codes, query_labels, db_labels, *, num_threads=None
         rel_h = np.bincount(dist[rel], minlength=nbits + 1)
         return all_h, rel_h
 
-    parts = _run_blocks(block, q.shape[0], _QUERY_BLOCK, num_threads)
+    parts = _run_blocks(block, q.shape[0], _QUERY_BLOCK)
     all_h = sum(p[0] for p in parts).astype(np.float64)
     rel_h = sum(p[1] for p in parts).astype(np.float64)
     retrieved = np.cumsum(all_h)
@@ -406,34 +420,30 @@ def pr_curve(query_codes, db_codes, query_labels, db_labels, *, num_threads=None
 # ----------------------------------------------------------------------------------------
 
 def cross_modal_map(query_image_codes, query_text_codes, db_image_codes, db_text_codes, query_labels,
-                    db_labels, k=None, variant="truncated", *, num_threads=None) -> dict:
+                    db_labels, k=None, variant="truncated") -> dict:
     """mAP for Image->Text (image queries against text database) and Text->Image.
 
     :returns: ``{"i2t": float, "t2i": float}``.
     """
     return {
-        "i2t": mean_average_precision(query_image_codes, db_text_codes, query_labels, db_labels, k, variant,
-                                      num_threads=num_threads),
-        "t2i": mean_average_precision(query_text_codes, db_image_codes, query_labels, db_labels, k, variant,
-                                      num_threads=num_threads),
+        "i2t": mean_average_precision(query_image_codes, db_text_codes, query_labels, db_labels, k, variant),
+        "t2i": mean_average_precision(query_text_codes, db_image_codes, query_labels, db_labels, k, variant),
     }
 
 
 def cross_modal_metrics(query_image_codes, query_text_codes, db_image_codes, db_text_codes, query_labels,
                         db_labels, *, k=None, variant="truncated", precision_ns: Sequence[int] = (),
-                        with_pr: bool = False, num_threads=None) -> dict:
+                        with_pr: bool = False) -> dict:
     """mAP, optional precision@N and the PR curve for both directions.
 
     :returns: ``{"i2t": {"map": ..., "precision": {N: p}, "pr": {...}}, "t2i": {...}}``.
     """
     out = {}
     for name, qc, dc in (("i2t", query_image_codes, db_text_codes), ("t2i", query_text_codes, db_image_codes)):
-        entry = {"map": mean_average_precision(qc, dc, query_labels, db_labels, k, variant,
-                                               num_threads=num_threads)}
+        entry = {"map": mean_average_precision(qc, dc, query_labels, db_labels, k, variant)}
         if precision_ns:
-            entry["precision"] = precision_at_n(qc, dc, query_labels, db_labels, list(precision_ns),
-                                                num_threads=num_threads)
+            entry["precision"] = precision_at_n(qc, dc, query_labels, db_labels, list(precision_ns))
         if with_pr:
-            entry["pr"] = pr_curve(qc, dc, query_labels, db_labels, num_threads=num_threads)
+            entry["pr"] = pr_curve(qc, dc, query_labels, db_labels)
         out[name] = entry
     return out

@@ -126,8 +126,27 @@ def test_large_block_and_topk_paths_agree():
     assert fast.shape == full.shape == (300,)
     ref = reference_ap(q[:20], d, ql[:20], dl, 50)
     assert np.mean(fast[:20]) == pytest.approx(ref)
-    assert metrics.mean_average_precision(q, d, ql, dl, num_threads=1) == metrics.mean_average_precision(
-        q, d, ql, dl, num_threads=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = metrics.average_precisions(q, d, ql, dl)
+        torch.set_num_threads(2)
+        two = metrics.average_precisions(q, d, ql, dl)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(one, two)
+
+
+def test_class_index_labels_with_large_ids_match_multi_hot():
+    rng = np.random.default_rng(4)
+    q = rng.integers(0, 256, (30, 4), dtype=np.uint8)
+    d = rng.integers(0, 256, (200, 4), dtype=np.uint8)
+    ids = np.array([7, 10**9, 123456, 3, 99])  # sparse, large class ids: packed densely
+    qc, dc = ids[rng.integers(0, 5, 30)], ids[rng.integers(0, 5, 200)]
+    onehot = lambda c: (c[:, None] == ids[None, :]).astype(np.int64)  # noqa: E731
+    assert metrics.average_precisions(q, d, qc, dc).tolist() == metrics.average_precisions(
+        q, d, onehot(qc), onehot(dc)).tolist()
+    assert metrics.mean_average_precision(q, d, qc, dc) == pytest.approx(reference_ap(q, d, qc, dc), abs=1e-12)
 
 
 def test_cross_modal_helpers():
@@ -164,3 +183,38 @@ def test_cross_modal_helpers():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_numpy_fallback_without_extension_gives_the_same_numbers(tmp_path):
+    """With kdkit._C blocked, every k/variant goes through the NumPy path; it must agree."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    rng = np.random.default_rng(7)
+    centres = rng.integers(0, 256, (4, 2), dtype=np.uint8)  # few codes -> many ties
+    q, d = centres[rng.integers(0, 4, 40)], centres[rng.integers(0, 4, 300)]
+    ql, dl = rng.integers(0, 2, (40, 70)), rng.integers(0, 2, (300, 70))
+    np.savez(tmp_path / "case.npz", q=q, d=d, ql=ql, dl=dl)
+    cases = [(None, "truncated"), (20, "truncated"), (20, "dchmt"), (299, "dchmt")]
+    code = textwrap.dedent(f"""
+        import importlib.abc, json, sys, warnings
+        class _Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "kdkit._C":
+                    raise ImportError("blocked by test")
+        sys.meta_path.insert(0, _Block())
+        warnings.simplefilter("ignore")
+        import numpy as np
+        from kdkit import metrics, ops
+        z = np.load({str(tmp_path / "case.npz")!r})
+        assert not ops.extension_info()["loaded"]
+        print(json.dumps([metrics.average_precisions(z["q"], z["d"], z["ql"], z["dl"], k, v).tolist()
+                          for k, v in {cases!r}]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    fallback = json.loads(out.stdout.strip().splitlines()[-1])
+    for (k, variant), got in zip(cases, fallback):
+        np.testing.assert_allclose(got, metrics.average_precisions(q, d, ql, dl, k, variant), rtol=0, atol=1e-12)

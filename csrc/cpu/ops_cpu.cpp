@@ -562,63 +562,154 @@ static at::Tensor binarization_penalty_backward_cpu(const at::Tensor& grad_outpu
 }
 
 // ---------------------------------------------------------------------------------------
-// Average precision of a ranking by (distance, index) without sorting: distances are small
-// integers, so a histogram gives each bucket's start; one more pass in index order then
-// yields every item's exact position (ties go to the lower index) and, for relevant items,
-// their rank among the relevant ones.
+// Average precision of Hamming ranking, fused: packed codes and label bitsets in, one AP per
+// query out; no (Q, N) distance or relevance matrix and no sort. Distances are small integers,
+// so per query
+//   pass 1: distance (ISA kernel) and relevance (label AND) of every item -> a 16-bit key
+//           2 * distance + relevant, and a histogram of the keys;
+//   prefix: where each distance bucket starts in the (distance, index) ranking, and how many
+//           relevant items precede it;
+//   pass 2: the keys again in index order (= order inside a bucket: ties go to the lower
+//           index), which gives every relevant item's exact rank and rank among the relevant;
+//   sum:    rank_among_relevant / rank over the items the variant keeps.
 
-at::Tensor ranked_average_precision_cpu(const at::Tensor& distances, const at::Tensor& relevant) {
-  TORCH_CHECK(distances.dim() == 2, "ranked_average_precision: distances must be 2-D (Q, N), got ",
-              distances.dim(), "-D");
-  TORCH_CHECK(distances.scalar_type() == at::kInt,
-              "ranked_average_precision: distances must be int32, got ", distances.scalar_type());
-  TORCH_CHECK(relevant.scalar_type() == at::kBool,
-              "ranked_average_precision: relevant must be bool, got ", relevant.scalar_type());
-  TORCH_CHECK(relevant.sizes() == distances.sizes(),
-              "ranked_average_precision: relevant shape ", relevant.sizes(),
-              " != distances shape ", distances.sizes());
-  const at::Tensor d = distances.contiguous();
-  const at::Tensor r = relevant.contiguous();
-  const int64_t nq = d.size(0), n = d.size(1);
-  at::Tensor out = at::empty({nq}, d.options().dtype(at::kDouble));
-  const int32_t* dp = d.data_ptr<int32_t>();
-  const bool* rp = r.data_ptr<bool>();
-  double* op = out.data_ptr<double>();
-  std::atomic<bool> negative{false};
+namespace {
+
+constexpr int64_t kApChunk = 2048;  // distances computed per ISA call (8 KB, stays in L1)
+
+enum class ApCut { All, Truncated, FirstRelevant };
+
+template <ApCut kCut>
+int64_t ap_collect(const uint16_t* keys, int64_t n, uint64_t* cursor, int64_t k, uint32_t* hits,
+                   uint32_t* ranks) {
+  // cursor[d]: (items ranked before the next one at distance d) | (relevant ones) << 32.
+  int64_t m = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t key = keys[j];
+    const uint32_t d = key >> 1, rel = key & 1u;
+    const uint64_t c = cursor[d] + 1u + ((uint64_t)rel << 32);
+    cursor[d] = c;
+    const uint32_t rank = (uint32_t)c, hit = (uint32_t)(c >> 32);
+    bool keep = rel != 0;
+    if constexpr (kCut == ApCut::Truncated) keep = keep && rank <= (uint64_t)k;
+    if constexpr (kCut == ApCut::FirstRelevant) keep = keep && hit <= (uint64_t)k;
+    hits[m] = hit;  // written unconditionally, kept by advancing m: no unpredictable branch
+    ranks[m] = rank;
+    m += keep;
+  }
+  return m;
+}
+
+double ap_sum(const uint32_t* hits, const uint32_t* ranks, int64_t m) {
+  double s[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the adds do not wait on each other
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    for (int t = 0; t < 4; ++t) s[t] += (double)hits[i + t] / (double)ranks[i + t];
+  for (; i < m; ++i) s[0] += (double)hits[i] / (double)ranks[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+}  // namespace
+
+static at::Tensor hamming_average_precision_cpu(const at::Tensor& query_codes, const at::Tensor& db_codes,
+                                         const at::Tensor& query_labels, const at::Tensor& db_labels,
+                                         int64_t k, c10::string_view variant) {
+  const char* op = "hamming_average_precision";
+  check_codes(op, query_codes, db_codes);
+  TORCH_CHECK(query_labels.device().is_cpu() && db_labels.device().is_cpu(), op,
+              ": labels must be CPU tensors here, got ", query_labels.device(), " and ", db_labels.device());
+  TORCH_CHECK(query_labels.dim() == 2 && db_labels.dim() == 2, op,
+              ": labels must be 2-D int64 bitsets (rows, words), got ", query_labels.sizes(), " and ",
+              db_labels.sizes());
+  TORCH_CHECK(query_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
+              ": labels must be int64 bitsets, got ", query_labels.scalar_type(), " and ",
+              db_labels.scalar_type());
+  TORCH_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
+              query_labels.size(0), " rows but query_codes has ", query_codes.size(0));
+  TORCH_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
+              " rows but db_codes has ", db_codes.size(0));
+  TORCH_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
+              ": query_labels and db_labels must have the same number (> 0) of words, got ",
+              query_labels.size(1), " and ", db_labels.size(1));
+  const int64_t nq = query_codes.size(0), n = db_codes.size(0), B = query_codes.size(1);
+  const int64_t W = query_labels.size(1), nbits = 8 * B;
+  TORCH_CHECK(n < ((int64_t)1 << 31), op, ": at most 2^31 - 1 database codes, got ", n);
+  TORCH_CHECK(2 * nbits + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
+  TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
+  ApCut cut;
+  if (variant == "truncated") {
+    cut = k == n ? ApCut::All : ApCut::Truncated;
+  } else if (variant == "dchmt") {
+    cut = k == n ? ApCut::All : ApCut::FirstRelevant;
+  } else {
+    TORCH_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant), "'");
+  }
+  const at::Tensor q = query_codes.contiguous(), db = db_codes.contiguous();
+  const at::Tensor ql = query_labels.contiguous(), dl = db_labels.contiguous();
+  at::Tensor out = at::empty({nq}, q.options().dtype(at::kDouble));
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const uint8_t* dbp = db.data_ptr<uint8_t>();
+  const uint64_t* qlp = reinterpret_cast<const uint64_t*>(ql.data_ptr<int64_t>());
+  const uint64_t* dlp = reinterpret_cast<const uint64_t*>(dl.data_ptr<int64_t>());
+  double* outp = out.data_ptr<double>();
+  const IsaKernels& K = kernels();
+
   at::parallel_for(0, nq, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<int64_t> before_all, before_rel;
-    for (int64_t q = q0; q < q1; ++q) {
-      const int32_t* row = dp + q * n;
-      const bool* rel = rp + q * n;
-      int32_t maxd = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        if (row[j] < 0) negative = true;
-        maxd = std::max(maxd, row[j]);
+    std::vector<int32_t> dist(kApChunk);
+    std::vector<uint16_t> keys(n);
+    std::vector<uint32_t> hist(2 * nbits + 2), hits(n), ranks(n);
+    std::vector<uint64_t> cursor(nbits + 1);
+    std::vector<int64_t> words;  // the query's non-zero label words: all a relevance test reads
+    for (int64_t qi = q0; qi < q1; ++qi) {
+      const uint64_t* qlab = qlp + qi * W;
+      words.clear();
+      for (int64_t w = 0; w < W; ++w)
+        if (qlab[w] != 0) words.push_back(w);
+      if (words.empty()) {  // no label: nothing is relevant
+        outp[qi] = 0.0;
+        continue;
       }
-      if (negative) return;
-      before_all.assign((size_t)maxd + 1, 0);
-      before_rel.assign((size_t)maxd + 1, 0);
-      for (int64_t j = 0; j < n; ++j) {
-        ++before_all[row[j]];
-        before_rel[row[j]] += rel[j];
+      std::fill(hist.begin(), hist.end(), 0u);
+      for (int64_t c0 = 0; c0 < n; c0 += kApChunk) {
+        const int64_t c1 = std::min(n, c0 + kApChunk);
+        K.distances(qp + qi * B, dbp, B, c0, c1, dist.data());
+        if (W == 1) {
+          const uint64_t lab = qlab[0];
+          for (int64_t j = c0; j < c1; ++j) {
+            const uint32_t key = ((uint32_t)dist[j - c0] << 1) | (uint32_t)((lab & dlp[j]) != 0);
+            keys[j] = (uint16_t)key;
+            ++hist[key];
+          }
+        } else {
+          for (int64_t j = c0; j < c1; ++j) {
+            const uint64_t* row = dlp + j * W;
+            uint64_t any = 0;
+            for (const int64_t w : words) any |= qlab[w] & row[w];
+            const uint32_t key = ((uint32_t)dist[j - c0] << 1) | (uint32_t)(any != 0);
+            keys[j] = (uint16_t)key;
+            ++hist[key];
+          }
+        }
       }
-      int64_t total = 0, total_rel = 0;
-      for (int32_t v = 0; v <= maxd; ++v) {  // counts -> number of items ranked before bucket v
-        const int64_t a = before_all[v], b = before_rel[v];
-        before_all[v] = total;
-        before_rel[v] = total_rel;
-        total += a;
-        total_rel += b;
+      uint64_t before = 0, before_rel = 0;
+      for (int64_t d = 0; d <= nbits; ++d) {
+        cursor[d] = before | (before_rel << 32);
+        before += hist[2 * d] + hist[2 * d + 1];
+        before_rel += hist[2 * d + 1];
       }
-      double ap = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t position = ++before_all[row[j]];  // 1-based rank of item j
-        if (rel[j]) ap += (double)(++before_rel[row[j]]) / (double)position;
+      if (before_rel == 0) {
+        outp[qi] = 0.0;
+        continue;
       }
-      op[q] = total_rel > 0 ? ap / (double)total_rel : 0.0;
+      int64_t m;
+      switch (cut) {
+        case ApCut::All: m = ap_collect<ApCut::All>(keys.data(), n, cursor.data(), k, hits.data(), ranks.data()); break;
+        case ApCut::Truncated: m = ap_collect<ApCut::Truncated>(keys.data(), n, cursor.data(), k, hits.data(), ranks.data()); break;
+        default: m = ap_collect<ApCut::FirstRelevant>(keys.data(), n, cursor.data(), k, hits.data(), ranks.data());
+      }
+      outp[qi] = m > 0 ? ap_sum(hits.data(), ranks.data(), m) / (double)m : 0.0;
     }
   });
-  TORCH_CHECK(!negative, "ranked_average_precision: distances must be >= 0");
   return out;
 }
 
@@ -630,5 +721,5 @@ TORCH_LIBRARY_IMPL(kdkit, CPU, m) {
   m.impl("hamming_topk", &kdkit::cpu::hamming_topk_cpu);
   m.impl("binarization_penalty", &kdkit::cpu::binarization_penalty_cpu);
   m.impl("binarization_penalty_backward", &kdkit::cpu::binarization_penalty_backward_cpu);
-  m.impl("ranked_average_precision", &kdkit::cpu::ranked_average_precision_cpu);
+  m.impl("hamming_average_precision", &kdkit::cpu::hamming_average_precision_cpu);
 }

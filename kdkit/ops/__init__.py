@@ -24,7 +24,8 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "binarization_penalty",
-    "ranked_average_precision",
+    "pack_labels",
+    "hamming_average_precision",
     "extension_info",
 ]
 
@@ -135,35 +136,76 @@ def hamming_distance(query_codes: torch.Tensor, db_codes: torch.Tensor) -> torch
     return reference.hamming_distance(query_codes.contiguous(), db_codes.contiguous())
 
 
-def ranked_average_precision(distances: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """Average precision of every row of a ranking by (distance, index), without sorting.
+def pack_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Pack multi-hot labels into int64 bitsets, the label input of :func:`hamming_average_precision`.
 
     Args:
-        distances: int32 (Q, N), values >= 0 (e.g. from :func:`hamming_distance`).
-        relevant: bool (Q, N), True where database item j is relevant to query i.
+        labels: (N, C) tensor, real or bool; any non-zero entry is a label.
     Returns:
-        float64 (Q,): ``AP_i = (1/R_i) sum over relevant j of (relevant items ranked at or before j)
-        / (rank of j)``, ranks ordered by (distance, index) ascending; 0 where ``R_i = 0``.
-        This is mAP@all's per-query term; the compiled kernel runs on CPU tensors.
+        int64 (N, ceil(C / 64)) on labels' device: bit ``c % 64`` of word ``c // 64`` is set
+        when the item has label ``c``. Two items share a label iff some word's AND is non-zero.
     """
-    op = "ranked_average_precision"
-    _check_tensor(op, "distances", distances)
-    _check_tensor(op, "relevant", relevant)
-    if distances.dtype != torch.int32:
-        raise TypeError(f"{op}: distances must be int32, got {distances.dtype}")
-    if relevant.dtype != torch.bool:
-        raise TypeError(f"{op}: relevant must be bool, got {relevant.dtype}")
-    if distances.dim() != 2:
-        raise ValueError(f"{op}: distances must be 2-D (Q, N), got shape {tuple(distances.shape)}")
-    if relevant.shape != distances.shape:
-        raise ValueError(f"{op}: relevant has shape {tuple(relevant.shape)}, distances {tuple(distances.shape)}")
-    if relevant.device != distances.device:
-        raise ValueError(f"{op}: distances is on {distances.device} but relevant is on {relevant.device}")
-    if distances.numel() and int(distances.min()) < 0:
-        raise ValueError(f"{op}: distances must be >= 0")
-    if distances.device.type == "cpu" and use_extension():
-        return torch.ops.kdkit.ranked_average_precision(distances, relevant)
-    return reference.ranked_average_precision(distances, relevant)
+    _check_tensor("pack_labels", "labels", labels)
+    if labels.dim() != 2 or labels.shape[1] == 0:
+        raise ValueError(f"pack_labels: labels must be 2-D (N, C) with C > 0, got shape {tuple(labels.shape)}")
+    if labels.is_complex():
+        raise TypeError(f"pack_labels: labels must be real or bool, got {labels.dtype}")
+    return reference.pack_labels(labels)
+
+
+_AP_VARIANTS = ("truncated", "dchmt")
+
+
+def hamming_average_precision(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: torch.Tensor,
+                              db_labels: torch.Tensor, k: int | None = None,
+                              variant: str = "truncated") -> torch.Tensor:
+    """Average precision of every query's Hamming ranking, distance, relevance and AP fused.
+
+    The database is ranked by (distance, index) ascending — ties go to the lower index — and an
+    item is relevant when it shares a label with the query. Nothing of size (Q, N) is built:
+    the kernel counts (distances are small integers), it never sorts.
+
+    Args:
+        query_codes: uint8 (Q, B).  db_codes: uint8 (N, B), same device and width.
+        query_labels: int64 (Q, W), db_labels: int64 (N, W) label bitsets (:func:`pack_labels`).
+        k: ``None`` (or N) for AP over the whole ranking, else 1 <= k.
+        variant: which AP@k — ``"truncated"``: mean precision at the relevant items ranked in the
+            top k (DCMH); ``"dchmt"``: mean precision at the first min(k, R) relevant items of the
+            whole ranking (DCHMT/DSPH). Identical when k covers the database.
+    Returns:
+        float64 (Q,): AP per query (``sum hits_j / rank_j`` over the kept relevant items ``j``,
+        divided by their number); 0 where no item is kept. ``mean()`` is mAP. The compiled
+        kernel runs on CPU; other devices use the reference.
+    """
+    op = "hamming_average_precision"
+    _check_pair(op, query_codes, db_codes)
+    for name, labels, codes_name, codes in (("query_labels", query_labels, "query_codes", query_codes),
+                                            ("db_labels", db_labels, "db_codes", db_codes)):
+        _check_tensor(op, name, labels)
+        if labels.dtype != torch.int64 or labels.dim() != 2 or labels.shape[1] == 0:
+            raise TypeError(f"{op}: {name} must be int64 label bitsets (rows, words) from kdkit.ops.pack_labels, "
+                            f"got {labels.dtype} of shape {tuple(labels.shape)}")
+        if labels.shape[0] != codes.shape[0]:
+            raise ValueError(f"{op}: {name} has {labels.shape[0]} rows but {codes_name} has {codes.shape[0]}")
+        if labels.device != codes.device:
+            raise ValueError(f"{op}: {name} is on {labels.device} but {codes_name} is on {codes.device}")
+    if query_labels.shape[1] != db_labels.shape[1]:
+        raise ValueError(f"{op}: query_labels has {query_labels.shape[1]} words per row, db_labels "
+                         f"{db_labels.shape[1]} (pack both with the same number of label columns)")
+    if variant not in _AP_VARIANTS:
+        raise ValueError(f"{op}: variant must be one of {', '.join(_AP_VARIANTS)}, got {variant!r}")
+    n = db_codes.shape[0]
+    if k is None:
+        k = n
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{op}: k must be a positive int or None, got {k!r}")
+    if k < 1:
+        raise ValueError(f"{op}: k must be >= 1, got {k}")
+    k = min(k, n)
+    if query_codes.device.type == "cpu" and use_extension():
+        return torch.ops.kdkit.hamming_average_precision(query_codes, db_codes, query_labels, db_labels, k, variant)
+    return reference.hamming_average_precision(query_codes.contiguous(), db_codes.contiguous(), query_labels,
+                                               db_labels, k, variant)
 
 
 def hamming_topk(query_codes: torch.Tensor, db_codes: torch.Tensor, k: int):

@@ -34,9 +34,9 @@ def _register() -> None:
             query_codes.new_empty((q, k), dtype=torch.int64),
         )
 
-    @torch.library.register_fake("kdkit::ranked_average_precision")
-    def _ranked_ap_fake(distances, relevant):
-        return distances.new_empty((distances.shape[0],), dtype=torch.float64)
+    @torch.library.register_fake("kdkit::hamming_average_precision")
+    def _hamming_ap_fake(query_codes, db_codes, query_labels, db_labels, k, variant):
+        return query_codes.new_empty((query_codes.shape[0],), dtype=torch.float64)
 
     @torch.library.register_fake("kdkit::binarization_penalty")
     def _penalty_fake(h, reduction):

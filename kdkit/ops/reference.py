@@ -16,7 +16,8 @@ __all__ = [
     "binarization_penalty",
     "binarization_penalty_fwd",
     "binarization_penalty_backward",
-    "ranked_average_precision",
+    "pack_labels",
+    "hamming_average_precision",
     "REDUCTIONS",
 ]
 
@@ -104,12 +105,31 @@ def binarization_penalty_backward(grad_output: torch.Tensor, grad_factor: torch.
     return grad_factor * grad_output
 
 
-def ranked_average_precision(distances: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """float64 (Q,) average precision of each row ranked by (distance, index); 0 without relevant items."""
-    order = torch.sort(distances, dim=1, stable=True).indices  # stable: ties keep index order
-    rel = torch.gather(relevant, 1, order).to(torch.float64)
-    hits = rel.cumsum(1)
-    positions = torch.arange(1, distances.shape[1] + 1, dtype=torch.float64, device=distances.device)
-    n_relevant = rel.sum(1)
-    ap = (rel * hits / positions).sum(1) / n_relevant.clamp(min=1)
-    return torch.where(n_relevant > 0, ap, torch.zeros_like(ap))
+def pack_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(N, C) multi-hot (non-zero = label) -> int64 (N, ceil(C / 64)); bit c % 64 of word c // 64."""
+    n, c = labels.shape
+    words = (c + 63) // 64
+    bits = torch.zeros(n, words * 64, dtype=torch.bool, device=labels.device)
+    bits[:, :c] = labels != 0
+    weights = torch.ones(64, dtype=torch.int64, device=labels.device) << torch.arange(64, device=labels.device)
+    # bit 63's weight is -2**63 in int64; the sum wraps to exactly the two's-complement word
+    return (bits.reshape(n, words, 64).to(torch.int64) * weights).sum(-1)
+
+
+def hamming_average_precision(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: torch.Tensor,
+                              db_labels: torch.Tensor, k: int, variant: str) -> torch.Tensor:
+    """float64 (Q,) AP of each query's ranking by (distance, index), by a stable sort; see kdkit.ops."""
+    n = db_codes.shape[0]
+    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=query_codes.device)
+    out = []
+    for s in range(0, query_codes.shape[0], 64):  # bounds the (rows, N, W) relevance temporary
+        dist = hamming_distance(query_codes[s:s + 64], db_codes)
+        rel = ((query_labels[s:s + 64, None, :] & db_labels[None, :, :]) != 0).any(-1)
+        order = torch.sort(dist, dim=1, stable=True).indices  # stable: ties keep index order
+        rel = torch.gather(rel, 1, order)
+        hits = rel.to(torch.float64).cumsum(1)
+        keep = rel & ((ranks <= k) if variant == "truncated" else (hits <= k))
+        kept = keep.sum(1)
+        ap = torch.where(keep, hits / ranks, 0.0).sum(1) / kept.clamp(min=1)
+        out.append(torch.where(kept > 0, ap, torch.zeros_like(ap)))
+    return torch.cat(out)
