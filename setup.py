@@ -98,10 +98,16 @@ def _extensions():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No FMA contraction: the penalty sums must be bit-identical on every ISA path.
     # torch.utils.cpp_extension adds the C++ standard torch needs (C++20 for torch 2.14).
-    # -fopenmp: at::parallel_for is an inline template that only runs threads when the
-    # including file is compiled with OpenMP (torch's own libgomp is reused at load time).
-    cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
-    link = ["-fopenmp"]
+    cxx = ["-O3", "-ffp-contract=off"]
+    link = []
+    # at::parallel_for is an inline template: it runs threads only where the including file is
+    # compiled with OpenMP (torch's own libgomp is the one used at load time). GCC on Linux only;
+    # elsewhere the kernels build single-threaded, and say so.
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
+    else:
+        print("kdkit setup: WARNING: building without OpenMP; the CPU kernels will use one thread")
     define_macros = []
     if build_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

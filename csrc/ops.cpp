@@ -72,6 +72,14 @@ PyObject* py_cuda_compiled(PyObject*, PyObject*) {
 #endif
 }
 
+PyObject* py_cpu_threaded(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;  // built with OpenMP: at::parallel_for spreads work over torch's threads
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
 PyObject* py_clear_cpu_buffer_cache(PyObject*, PyObject*) {
   kdkit::cpu::clear_buffer_cache();
   Py_RETURN_NONE;
@@ -84,6 +92,8 @@ PyMethodDef kMethods[] = {
     {"set_cpu_isa", py_set_cpu_isa, METH_O,
      "Force the CPU ISA path ('scalar', 'avx2', 'avx512', 'auto'); returns the active name."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether CUDA kernels were compiled in."},
+    {"cpu_threaded", py_cpu_threaded, METH_NOARGS,
+     "Whether the CPU kernels were built with OpenMP (use torch.get_num_threads() threads)."},
     {"clear_cpu_buffer_cache", py_clear_cpu_buffer_cache, METH_NOARGS,
      "Release the CPU buffers cached for reuse by the penalty ops."},
     {nullptr, nullptr, 0, nullptr}};

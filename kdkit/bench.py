@@ -506,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
         f"threads: {threads} (torch and faiss); load average {machine.get('loadavg_1m')}")
     log(f"extension: {'loaded' if ext.get('loaded') else 'NOT LOADED'}; "
         f"cpu isa path: {ext.get('cpu_isa') or '-'}; "
+        f"cpu kernels threaded: {'yes' if ext.get('cpu_threaded') else 'NO (built without OpenMP)'}; "
         f"cuda kernels compiled: {'yes' if ext.get('cuda_compiled') else 'no'}")
     bench = _Bench(args, log)
     load = machine.get("loadavg_1m")

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _extension_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"loaded": False, "cpu_isa": None, "cuda_compiled": False, "error": None}
+    info: dict[str, Any] = {"loaded": False, "cpu_isa": None, "cpu_threaded": False, "cuda_compiled": False,
+                            "error": None}
     try:
         from kdkit.ops import extension_info
     except Exception as exc:  # noqa: BLE001 - kdkit.ops absent or broken: report, don't die
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     ext = data["extension"]
     if ext.get("loaded"):
         ext_line = (f"loaded (cpu isa: {ext.get('cpu_isa') or '?'}, "
+                    f"cpu threads: {'yes' if ext.get('cpu_threaded') else 'NO (built without OpenMP)'}, "
                     f"cuda kernels: {'yes' if ext.get('cuda_compiled') else 'no'})")
     else:
         ext_line = f"not loaded, reference implementation in use ({ext.get('error') or 'no reason given'})"

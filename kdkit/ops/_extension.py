@@ -108,13 +108,15 @@ def use_extension() -> bool:
 
 
 def extension_info() -> dict[str, Any]:
-    """{"loaded", "cpu_isa", "cuda_compiled", "error"} of the compiled extension (loads it)."""
+    """{"loaded", "cpu_isa", "cpu_threaded", "cuda_compiled", "error"} of the compiled extension (loads it)."""
     state = load()
     if not state["loaded"]:
-        return {"loaded": False, "cpu_isa": None, "cuda_compiled": False, "error": state["error"]}
+        return {"loaded": False, "cpu_isa": None, "cpu_threaded": False, "cuda_compiled": False,
+                "error": state["error"]}
     return {
         "loaded": True,
         "cpu_isa": _C.cpu_isa(),
+        "cpu_threaded": bool(_C.cpu_threaded()),
         "cuda_compiled": bool(_C.cuda_compiled()),
         "error": None,
     }

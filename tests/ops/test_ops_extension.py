@@ -38,11 +38,18 @@ def test_import_kdkit_does_not_load_extension():
 
 def test_extension_info_keys():
     info = ops.extension_info()
-    assert set(info) == {"loaded", "cpu_isa", "cuda_compiled", "error"}
+    assert set(info) == {"loaded", "cpu_isa", "cpu_threaded", "cuda_compiled", "error"}
     if info["loaded"]:
         assert info["cpu_isa"] in ("avx512_vpopcntdq", "avx2", "scalar")
         assert info["error"] is None
         assert isinstance(info["cuda_compiled"], bool)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not ops.extension_info()["loaded"],
+                    reason="OpenMP build is Linux-only; needs kdkit._C")
+def test_cpu_kernels_are_built_threaded():
+    # Without -fopenmp at::parallel_for silently runs every CPU kernel on one thread.
+    assert ops.extension_info()["cpu_threaded"] is True
 
 
 _BLOCK_C = """
