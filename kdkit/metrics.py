@@ -264,7 +264,8 @@ def _run_blocks(fn, nq: int, block: int):
     ``torch.get_num_threads()`` workers instead (NumPy releases the GIL)."""
     starts = list(range(0, nq, block))
     workers = 1
-    if _ops() is None or not _ops().extension_info()["loaded"]:
+    ops = _ops()
+    if ops is None or not ops.extension_info()["loaded"]:
         import torch
 
         workers = max(1, min(torch.get_num_threads(), len(starts)))
@@ -283,7 +284,7 @@ def _db_tensor(d: np.ndarray):
     return torch.from_numpy(d)
 
 
-def _ap_from_sorted_relevance(rel_sorted: np.ndarray, k, variant: str, n_relevant: np.ndarray) -> np.ndarray:
+def _ap_from_sorted_relevance(rel_sorted: np.ndarray, k, variant: str) -> np.ndarray:
     """Per-row AP from a boolean matrix of relevance in ranked order (columns = rank - 1)."""
     rows, cols = np.nonzero(rel_sorted)
     nrow = rel_sorted.shape[0]
@@ -329,7 +330,7 @@ def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, v
         order = _rank_full(_hamming_numpy(q[s:e], d), nbits)
         if k is not None and variant == "truncated":
             order = order[:, :k]
-        return _ap_from_sorted_relevance(np.take_along_axis(rel, order, axis=1), k, variant, None)
+        return _ap_from_sorted_relevance(np.take_along_axis(rel, order, axis=1), k, variant)
 
     return np.concatenate(_run_blocks(block, q.shape[0], _QUERY_BLOCK))
 
