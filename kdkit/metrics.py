@@ -144,24 +144,21 @@ def _matmul_labels(ql: np.ndarray, dl: np.ndarray):
 def _label_bitsets(ql: np.ndarray, dl: np.ndarray):
     """int64 label bitsets (rows, words) for :func:`kdkit.ops.hamming_average_precision`.
 
-    Multi-hot: bit ``c`` is label column ``c``.  Class indices: the classes present are numbered
-    densely first, so a single-label query reads one word whatever the class ids are.
+    Multi-hot: bit ``c`` is label column ``c`` (:func:`kdkit.ops.pack_labels`).  Class indices: the
+    classes present are numbered densely first, so a single-label query reads one word whatever
+    the class ids are.
     """
+    import torch
+
+    from kdkit import ops
+
     if ql.ndim == 1:
         classes, inverse = np.unique(np.concatenate([ql, dl]).astype(np.int64), return_inverse=True)
         ids = inverse.reshape(-1)
         onehot = np.zeros((ids.size, classes.size), dtype=bool)
         onehot[np.arange(ids.size), ids] = True
         ql, dl = onehot[: ql.shape[0]], onehot[ql.shape[0]:]
-
-    def pack(x: np.ndarray) -> np.ndarray:
-        packed = np.packbits(x != 0, axis=1, bitorder="little")
-        words = -(-packed.shape[1] // 8)
-        out = np.zeros((x.shape[0], words * 8), dtype=np.uint8)
-        out[:, : packed.shape[1]] = packed
-        return out.view("<i8")  # little-endian words: bit c of the row is bit c % 64 of word c // 64
-
-    return pack(ql), pack(dl)
+    return ops.pack_labels(torch.from_numpy(ql != 0)), ops.pack_labels(torch.from_numpy(dl != 0))
 
 
 def _check_k(k, n: int, name: str = "k"):
@@ -320,8 +317,7 @@ def average_precisions(query_codes, db_codes, query_labels, db_labels, k=None, v
         import torch
 
         qb, db = _label_bitsets(ql, dl)
-        return ops.hamming_average_precision(torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(qb),
-                                             torch.from_numpy(db), k, variant).numpy()
+        return ops.hamming_average_precision(torch.from_numpy(q), torch.from_numpy(d), qb, db, k, variant).numpy()
     nbits = q.shape[1] * 8
     ql, dl = _matmul_labels(ql, dl)
 

@@ -108,12 +108,11 @@ def binarization_penalty_backward(grad_output: torch.Tensor, grad_factor: torch.
 def pack_labels(labels: torch.Tensor) -> torch.Tensor:
     """(N, C) multi-hot (non-zero = label) -> int64 (N, ceil(C / 64)); bit c % 64 of word c // 64."""
     n, c = labels.shape
-    words = (c + 63) // 64
-    bits = torch.zeros(n, words * 64, dtype=torch.bool, device=labels.device)
+    bits = torch.zeros(n, -(-c // 64) * 64, dtype=torch.bool, device=labels.device)
     bits[:, :c] = labels != 0
-    weights = torch.ones(64, dtype=torch.int64, device=labels.device) << torch.arange(64, device=labels.device)
-    # bit 63's weight is -2**63 in int64; the sum wraps to exactly the two's-complement word
-    return (bits.reshape(n, words, 64).to(torch.int64) * weights).sum(-1)
+    # pack_bits' bytes are LSB-first, so little-endian words hold bit c at c % 64 (torch's
+    # platforms are little-endian)
+    return pack_bits(bits).view(torch.int64)
 
 
 def hamming_average_precision(query_codes: torch.Tensor, db_codes: torch.Tensor, query_labels: torch.Tensor,
