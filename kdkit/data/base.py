@@ -104,6 +104,16 @@ class ImageClassificationDataset(Dataset):
         ops.append(v2.ToPureTensor())
         return v2.Compose(ops)(self._raw(index))
 
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of this dataset's images (``B x 3 x H x W``, as its default transform made them)
+        back in ``[0, 1]``: the normalisation undone when ``normalize`` is on, values kept otherwise."""
+        images = images.float()
+        if not self.normalize:
+            return images
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
     def with_augment(self, augment: str | None) -> "ImageClassificationDataset":
         """A shallow copy sharing the images, with the default transform of ``augment``."""
         view = copy.copy(self)

@@ -45,6 +45,8 @@ class _NoHooks:
     """Stand-in relay when no plugin manager is wanted (unit tests)."""
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # never pose as a protocol (copy, pickle, DataLoader probe dunders)
+            raise AttributeError(name)
         return lambda **kwargs: []
 
 

@@ -18,6 +18,12 @@ class WithIndex(Dataset):
 
     Items that are tuples are extended (``(x, y)`` -> ``(x, y, i)``); dict items get key ``"index"``.
     The index is what keys a :class:`TeacherCache`.
+
+    No ``__getattr__`` forwarding: ``DataLoader`` fetches a batch through ``dataset.__getitems__``
+    when ``hasattr`` finds one, so a forwarded ``__getitems__`` (``Subset`` has one) returned the
+    wrapped items *without* the index and the label tensor landed in ``batch[-1]``.  Batched fetches
+    are implemented here instead, and only ``classes`` is exposed (reach anything else through
+    ``.dataset``).
     """
 
     def __init__(self, dataset: Dataset):
@@ -26,18 +32,26 @@ class WithIndex(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
+    @staticmethod
+    def _with_index(item, index: int):
         if isinstance(item, dict):
             return {**item, "index": index}
         if isinstance(item, (tuple, list)):
             return (*item, index)
         return (item, index)
 
-    def __getattr__(self, name):  # forward ``classes`` etc.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    def __getitem__(self, index: int):
+        return self._with_index(self.dataset[index], index)
+
+    def __getitems__(self, indices: list) -> list:
+        # keep the wrapped dataset's batched fetch (when it has one), then attach the indices
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(list(indices)) if fetch is not None else [self.dataset[i] for i in indices]
+        return [self._with_index(item, int(i)) for item, i in zip(items, indices)]
+
+    @property
+    def classes(self) -> list[str] | None:
+        return dataset_classes(self.dataset)
 
 
 def dataset_classes(dataset) -> list[str] | None:

@@ -183,6 +183,9 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict = {"value": None, "epoch": -1, "metrics": {}}
+        # With ``checkpoint.save_best: false`` no best.pt is written: the best epoch's weights are
+        # kept here (and in last.pt, for resume) so the test split is still evaluated on them.
+        self.best_weights: dict | None = None
         self.final_metrics: dict = {}
         self.train_model: nn.Module = self.model
         self.optimizer: torch.optim.Optimizer | None = None
@@ -289,6 +292,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "best": {"value": self.best["value"], "epoch": self.best["epoch"], "metrics": dict(self.best["metrics"])},
             "final_metrics": dict(self.final_metrics),
+            "best_weights": self.best_weights,
             "metrics_lines": self.ctx.metrics_lines,
             "config": self.ctx.config,
         }
@@ -310,12 +314,33 @@ class Trainer:
         best = state.get("best") or {}
         self.best = {"value": best.get("value"), "epoch": best.get("epoch", -1), "metrics": dict(best.get("metrics") or {})}
         self.final_metrics = dict(state.get("final_metrics") or {})
+        self.best_weights = state.get("best_weights")
 
     def _load_weights(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         for k, sd in (state.get("extra_modules") or {}).items():
             if k in self.extra_modules:
                 self.extra_modules[k].load_state_dict(sd)
+
+    def _weights(self) -> dict:
+        """The model's and extra modules' weights, as a detached CPU copy."""
+        def copy(sd):
+            return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+        return {"model": copy(self.model.state_dict()),
+                "extra_modules": {k: copy(m.state_dict()) for k, m in self.extra_modules.items()}}
+
+    def _load_best_weights(self, last_state: dict | None = None) -> bool:
+        """Load the best epoch's weights (best.pt, else the in-memory copy); False when neither exists."""
+        best_path = self.ckpt_dir / "best.pt"
+        if best_path.exists():
+            self._load_weights(load_checkpoint(best_path, map_location=self.device))
+            return True
+        best = self.best_weights if last_state is None else last_state.get("best_weights")
+        if best is not None:
+            self._load_weights(best)
+            return True
+        return False
 
     def _save(self, name: str, obj: dict) -> None:
         if self.is_main:
@@ -366,8 +391,8 @@ class Trainer:
         last_path = self.ckpt_dir / "last.pt"
         state = load_checkpoint(last_path) if last_path.exists() else None
         if state is not None and state.get("finished"):
-            best_path = self.ckpt_dir / "best.pt"
-            self._load_weights(load_checkpoint(best_path) if best_path.exists() else state)
+            if not self._load_best_weights(state):
+                self._load_weights(state)
             ctx.log(f"[{stage.name}] already finished; loaded its best weights")
             r = state["result"]
             return StageResult(dict(r["best_metrics"]), int(r["best_epoch"]), dict(r["final_metrics"]),
@@ -485,6 +510,8 @@ class Trainer:
                 self.best = {"value": selected, "epoch": epoch, "metrics": dict(val_metrics)}
                 if ctx.config.get("checkpoint", {}).get("save_best", True) or not has_val:
                     self._save_best(val_metrics)
+                else:
+                    self.best_weights = self._weights()
             self.epoch = epoch + 1
             self._save("last.pt", self.state_dict())
             dist_utils.barrier()
@@ -506,9 +533,7 @@ class Trainer:
     def _finish(self) -> StageResult:
         stage, ctx = self.stage, self.ctx
         dist_utils.barrier()
-        best_path = self.ckpt_dir / "best.pt"
-        if best_path.exists():
-            self._load_weights(load_checkpoint(best_path, map_location=self.device))
+        self._load_best_weights()
         test_metrics: dict = {}
         if stage.test_data is not None:
             test_metrics = self.evaluate(stage.test_data)

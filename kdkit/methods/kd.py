@@ -95,6 +95,15 @@ def make_combiner(rule: str, num_teachers: int, momentum: float = 0.9):
     return TeacherCombiner()
 
 
+def check_agreement_samples(distill: dict) -> int:
+    """``distill.agreement_samples`` (how many training samples :class:`TeacherAgreement` checks)."""
+    value = distill.get("agreement_samples", 512)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"config key distill.agreement_samples: expected an integer >= 0 (0 turns the "
+                          f"teacher-agreement check off), got {value!r}")
+    return value
+
+
 def _plain_view(dataset):
     """The same samples as ``dataset`` without augmentation (index-aligned)."""
     from torch.utils.data import Subset
@@ -137,6 +146,7 @@ class KDMethod:
             "combine": "avg_logits",  # avg_logits | mean_loss | inv_val_loss | ema_inv_loss
             "ema_momentum": 0.9,  # for ema_inv_loss
             "teacher_cache": None,  # null: cache teacher logits when the training data is un-augmented
+            "agreement_samples": 512,  # check teacher argmax vs labels on this many samples (0: off)
         }
         cfg["baseline"] = {"enabled": False}  # also train the student without KD (stage "baseline")
         return cfg
@@ -175,6 +185,7 @@ class KDMethod:
         import torch.nn.functional as F
 
         from kdkit.engine import Stage, TeacherCache, WithIndex, freeze
+        from kdkit.engine.agreement import TeacherAgreement
         from kdkit.engine.data import make_eval_loader, to_device
 
         cfg = ctx.config
@@ -193,6 +204,7 @@ class KDMethod:
         if dcfg["teacher_cache"] not in (None, True, False):
             raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
                               f"got {dcfg['teacher_cache']!r}")
+        agreement_samples = check_agreement_samples(dcfg)
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
@@ -223,6 +235,9 @@ class KDMethod:
 
         combiner = make_combiner(dcfg["combine"], len(teachers), float(dcfg["ema_momentum"]))
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+        agreement = TeacherAgreement(list(teacher_summary),
+                                     [s.get("val_top1", s.get("top1")) for s in teacher_summary.values()],
+                                     ctx.log, agreement_samples)
 
         def step_fn(model, batch):
             x, y, idx = batch[0], batch[1], batch[-1]
@@ -232,6 +247,7 @@ class KDMethod:
                     t_logits = [c[idx] for c in caches]
                 else:
                     t_logits = [t(x) for t in teachers]
+            agreement.observe(t_logits, y)
             ce = F.cross_entropy(s_logits, y)
             kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
             loss = alpha * ce + (1.0 - alpha) * kd
@@ -240,6 +256,8 @@ class KDMethod:
         val_losses_cache: dict = {}
 
         def before_epoch(trainer, epoch):
+            if epoch > 0:
+                agreement.finish()  # fewer training samples than agreement_samples
             if combiner.rule != "inv_val_loss" or len(teachers) == 1:
                 return
             if val is None:
@@ -259,13 +277,16 @@ class KDMethod:
             val_losses_cache["last"] = losses
 
         res = ctx.fit(Stage(name="student", model=student, train_data=WithIndex(train), val_data=val,
-                            test_data=test, step_fn=step_fn, extra_modules={"combiner": combiner},
+                            test_data=test, step_fn=step_fn,
+                            extra_modules={"combiner": combiner, "agreement": agreement},
                             before_epoch_fn=before_epoch))
+        agreement.finish()
         summary["student"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                               "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
         summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": alpha,
                               "temperature": temperature, "teacher_cache": bool(caches is not None),
-                              "teacher_weights": [float(w) for w in combiner.weights.tolist()]}
+                              "teacher_weights": [float(w) for w in combiner.weights.tolist()],
+                              "teacher_agreement": agreement.report}
         summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
         if ctx.is_main:
             print(self.results_table(summary), flush=True)

@@ -59,6 +59,11 @@ class PairHashModel(nn.Module):
         self.a = HashHead(dim_a, bits, hidden, dropout)
         self.b = HashHead(dim_b, bits, hidden, dropout)
 
+    def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Training calls the (possibly DDP-wrapped) model itself: going through ``.module.a``
+        # would skip DDP's forward, and the ranks' gradients would never be averaged.
+        return self.a(features_a), self.b(features_b)
+
 
 class FeatureDataset(Dataset):
     """``(position, image feature, text feature, label-prompt feature, multi-hot label)`` for a subset."""
@@ -379,8 +384,7 @@ class SodaMethod(Method):
 
         def step(m, batch):
             fi, fb, y = batch[1], batch[b_slot], batch[4]
-            m = m.module if hasattr(m, "module") else m
-            hi, hb = m.a(fi), m.b(fb)
+            hi, hb = m(fi, fb)
             sim = similarity(y, y, kind)
             inter = pairwise_nll(hi, hb, sim, scale)
             intra_l = pairwise_nll(hi, hi, sim, scale)

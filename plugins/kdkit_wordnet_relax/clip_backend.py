@@ -231,14 +231,6 @@ class ClipEncoder:
         with torch.no_grad():
             return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
 
-    def encode_normalized(self, x, mean, std):
-        """Embeddings of a batch normalised with a dataset's ``mean``/``std`` (undone first)."""
-        import torch
-
-        m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return self.encode_images((x.float() * s + m).clamp(0, 1))
-
 
 def _tokenizer_for(name: str, context_length: int):
     import open_clip

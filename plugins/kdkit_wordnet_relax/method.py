@@ -410,6 +410,7 @@ class WordNetRelaxMethod:
         tm = res.test_metrics
         summary = {"top1": tm.get("top1"), "top1_relaxed": tm.get("top1_relaxed"), "top1_exact": tm.get("top1_exact"),
                    "entropy_test": tm.get("entropy"), "val_top1": res.best_metrics.get("top1"),
+                   "val_top1_relaxed": res.best_metrics.get("top1_relaxed"),
                    "best_epoch": res.best_epoch, "backbone": tx["backbone"], "embedding": tx["embedding"],
                    "lambda_hier": lh, "lambda_cosreg": lc, "ratio": ratio, "stage": stage_name,
                    "relaxed_train_samples": int(train_t.tensors[2].sum()), "train_samples": len(train_t)}
@@ -437,11 +438,16 @@ class WordNetRelaxMethod:
         return torch.cat(out)
 
     def train_student(self, ctx, stage_name, train, val, test, tm_models, tx_parts, num_classes, encoder,
-                      data_stats):
+                      to_pixels, teacher_references: dict):
+        """The image-only student; ``to_pixels`` maps a training batch back to ``[0, 1]`` images for
+        CLIP (``tx_clip: online``); ``teacher_references``: name -> held-out top-1 of every teacher
+        (T_m in order, then T_x) for the teacher-agreement check."""
         import torch
         import torch.nn.functional as F
         from kdkit.engine import Stage, WithIndex, to_device
         from kdkit.engine import make_combiner
+        from kdkit.engine.agreement import TeacherAgreement
+        from kdkit.methods.kd import check_agreement_samples
         from torch.utils.data import DataLoader
 
         cfg = ctx.config
@@ -459,11 +465,13 @@ class WordNetRelaxMethod:
             table = table.to(ctx.device)
             mask_train = mask_train.to(ctx.device)
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+        agreement = TeacherAgreement(list(teacher_references), list(teacher_references.values()), ctx.log,
+                                     check_agreement_samples(dist))
 
         def tx_logits(x, y, idx):
             if not online:
                 return table[idx]
-            v = encoder.encode_normalized(x, *data_stats).to(bank.class_emb.device)
+            v = encoder.encode_images(to_pixels(x)).to(bank.class_emb.device)
             t = bank.text_for(v, y, mask_train[idx], tau) if protocol else bank.retrieve(v, tau)
             return tx_model(v, t).float()
 
@@ -474,11 +482,14 @@ class WordNetRelaxMethod:
                 t_logits = [t(x) for t in tm_models]
                 if use_tx:
                     t_logits.append(tx_logits(x, y, idx))
+            agreement.observe(t_logits, y)
             ce = F.cross_entropy(s_logits, y)
             kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
             return alpha * ce + (1.0 - alpha) * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
         def before_epoch(trainer, epoch):
+            if epoch > 0:
+                agreement.finish()  # fewer training samples than agreement_samples
             if combiner.rule != "inv_val_loss" or n_teachers == 1:
                 return
             if val is None:
@@ -501,10 +512,13 @@ class WordNetRelaxMethod:
 
         res = ctx.fit(Stage(name=stage_name, model=student, train_data=WithIndex(train), val_data=val,
                             test_data=test, step_fn=step_fn, eval_fn=image_eval,
-                            extra_modules={"combiner": combiner}, before_epoch_fn=before_epoch))
+                            extra_modules={"combiner": combiner, "agreement": agreement},
+                            before_epoch_fn=before_epoch))
+        agreement.finish()
         return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                 "best_epoch": res.best_epoch, "name": cfg["student"]["name"], "stage": stage_name,
-                "teacher_weights": [float(w) for w in combiner.weights.tolist()]}
+                "teacher_weights": [float(w) for w in combiner.weights.tolist()],
+                "teacher_agreement": agreement.report}
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
@@ -563,7 +577,10 @@ class WordNetRelaxMethod:
                                    "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
 
         y_train = _targets(train)
-        base_stats = (getattr(train_base, "mean", (0.5,) * 3), getattr(train_base, "std", (0.25,) * 3))
+        to_pixels = getattr(train_base, "to_pixels", None)
+        if cfg["distill"]["tx_clip"] == "online" and to_pixels is None:
+            raise DataError(f"distill.tx_clip=online: dataset {type(train_base).__name__} has no to_pixels(images) "
+                            "to undo its normalisation for CLIP; use distill.tx_clip=cached")
         use_tx = bool(cfg["distill"]["use_multimodal"])
         rows = []
         for ratio in ratios:
@@ -578,8 +595,13 @@ class WordNetRelaxMethod:
                 tx_summary["train_top1_distill"] = 100.0 * float((table.argmax(1).cpu() == y_train).float().mean())
                 v_val = emb.of(val) if val is not None else None
                 tx_parts = (tx_model, bank, table, mask_train, v_val)
+            # what each teacher scores on held-out data with the inputs it gets at distillation
+            references = {s["stage"] or key: s.get("val_top1", s.get("top1")) for key, s in teacher_summary.items()}
+            if tx_summary is not None:
+                references[tx_summary["stage"]] = tx_summary["val_top1" if cfg["distill"]["tx_text"] == "protocol"
+                                                             else "val_top1_relaxed"]
             st = self.train_student(ctx, "student" + suffix, train, val, test, tm_models, tx_parts, num_classes,
-                                    encoder, base_stats)
+                                    encoder, to_pixels, references)
             rows.append({"ratio": ratio, "teacher_top1": tx_summary["top1"] if tx_summary else None,
                          "teacher_top1_relaxed": tx_summary["top1_relaxed"] if tx_summary else None,
                          "teacher_entropy": tx_summary["entropy"] if tx_summary else None,

@@ -59,12 +59,9 @@ def test_images_use_clip_preprocessing(micro_clip):
     emb = micro_clip.encode_images(images)
     assert emb.shape == (4, micro_clip.embed_dim)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
-    # float [0, 1] input and a dataset-normalised batch give the same embedding
+    # float [0, 1] input gives the same embedding
     floats = images.float() / 255
     assert torch.allclose(micro_clip.encode_images(floats), emb, atol=1e-5)
-    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    normed = (floats - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert torch.allclose(micro_clip.encode_normalized(normed, mean, std), emb, atol=1e-4)
 
 
 def test_local_checkpoint_is_pretrained(tmp_path, micro_clip):
