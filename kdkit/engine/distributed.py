@@ -25,6 +25,7 @@ __all__ = [
     "broadcast_object",
     "all_reduce_mean",
     "all_reduce_grads",
+    "all_gather_with_grad",
 ]
 
 
@@ -104,3 +105,34 @@ def all_reduce_grads(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad /= n
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # every rank computed the loss of the whole gathered batch: the gradient of this rank's rows
+        # is the sum of what each rank's loss sends to them (all_reduce, which gloo supports too)
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank-ordered concatenation of every rank's ``tensor`` (same shape on all ranks), with
+    gradients flowing back to each rank's own rows; ``tensor`` itself in a single process.
+
+    For losses over pairs within a batch (contrastive, hashing): computed on the gathered global
+    batch, such a loss is the single-process loss, and with DDP's gradient averaging the parameter
+    gradients are the single-process ones as well (each rank's rows get ``world_size`` times their
+    share here, which DDP's mean over ranks divides back out).
+    """
+    if not is_distributed():
+        return tensor
+    return _GatherWithGrad.apply(tensor)

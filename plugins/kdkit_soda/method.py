@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from kdkit.config import base_config, train_section
 from kdkit.engine import Method, Stage, freeze
+from kdkit.engine.distributed import all_gather_with_grad
 from kdkit.errors import ConfigError, KdkitError
 
 from .data import make_splits
@@ -338,10 +339,12 @@ class SodaMethod(Method):
             fit = ((ht - frozen.codes[pos]) ** 2).mean()
             pen = _penalty(ht)
             loss = inter + fit_w * fit + beta * pen
-            if s_intra:
-                loss = loss + s_intra * pairwise_nll(ht, ht, similarity(y, y, kind), scale)
-            if bal:
-                loss = loss + bal * _balance(ht)
+            if s_intra or bal:  # terms over the whole batch: gathered from every rank under DDP
+                ht_all, y_all = all_gather_with_grad(ht), all_gather_with_grad(y)
+                if s_intra:
+                    loss = loss + s_intra * pairwise_nll(ht_all, ht_all, similarity(y_all, y_all, kind), scale)
+                if bal:
+                    loss = loss + bal * _balance(ht_all)
             return loss, {"inter": inter.detach(), "fit": fit.detach(), "penalty": pen.detach()}
 
         def evaluate(m, val):
@@ -385,12 +388,15 @@ class SodaMethod(Method):
         def step(m, batch):
             fi, fb, y = batch[1], batch[b_slot], batch[4]
             hi, hb = m(fi, fb)
+            pen = _penalty(hi) + _penalty(hb)
+            # the pairs of the whole batch: under DDP every rank's half-batch is gathered, so the loss
+            # (and, with DDP's averaging, the gradient) is the single-process one
+            hi, hb, y = all_gather_with_grad(hi), all_gather_with_grad(hb), all_gather_with_grad(y)
             sim = similarity(y, y, kind)
             inter = pairwise_nll(hi, hb, sim, scale)
             intra_l = pairwise_nll(hi, hi, sim, scale)
             if intra_b:
                 intra_l = intra_l + pairwise_nll(hb, hb, sim, scale)
-            pen = _penalty(hi) + _penalty(hb)
             loss = inter + intra * intra_l + alpha * pen
             if bal:
                 loss = loss + bal * (_balance(hi) + _balance(hb))

@@ -4,7 +4,9 @@
 * ``KDTEST_KILL=<hook>:<stage>:<epoch>[:<step>]`` SIGKILLs the process from inside that hook
   (``before_epoch`` = between stages when epoch is 0 of the next stage, ``after_evaluation`` =
   after the metrics line is written but before the checkpoint, ``after_step`` = mid-epoch);
-* ``KDTEST_NAN=<stage>:<epoch>`` makes the ``nanloss`` loss return NaN from that epoch on.
+* ``KDTEST_NAN=<stage>:<epoch>`` makes the ``nanloss`` loss return NaN from that epoch on;
+* ``KDTEST_DUMP=<dir>`` saves every rank's stage weights after every epoch (before any best.pt is
+  reloaded) to ``<dir>/rank<r>/<stage>/<epoch>.pt``.
 """
 from __future__ import annotations
 
@@ -79,3 +81,17 @@ def kdkit_after_step(trainer, step, loss, logs):
 @kdkit.hookimpl
 def kdkit_after_evaluation(trainer, epoch, metrics):
     _kill("after_evaluation", trainer.stage.name, epoch)
+
+
+@kdkit.hookimpl
+def kdkit_after_epoch(trainer, epoch, metrics):
+    out = os.environ.get("KDTEST_DUMP", "")
+    if not out:
+        return
+    import torch
+
+    from kdkit.engine.distributed import rank
+
+    path = os.path.join(out, f"rank{rank()}", trainer.stage.name, f"{epoch}.pt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, path)

@@ -36,3 +36,34 @@ def testing_manager():
     from kdkit.plugins import plugin_manager_for_testing
 
     return plugin_manager_for_testing(kdkit_engine_testplugin, kdkit_tensorboard)
+
+
+def kdkit_cli(args, nproc: int = 1, timeout: int = 300, **env):
+    """``python -m kdkit ARGS`` in a subprocess, under torchrun with ``nproc`` > 1 (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run([*launcher, "-m", "kdkit", *args], env=subprocess_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_same_trajectory(one: Path, two: Path, stages, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Weights dumped by ``KDTEST_DUMP`` after every epoch: both ranks of the 2-process run hold the
+    same weights (DDP kept them in sync) and follow the 1-process run up to float summation order."""
+    import torch
+
+    for stage in stages:
+        epochs = sorted(p.name for p in (one / "rank0" / stage).glob("*.pt"))
+        assert epochs, f"no weights dumped for stage {stage}"
+        assert sorted(p.name for p in (two / "rank1" / stage).glob("*.pt")) == epochs, stage
+        for name in epochs:
+            ref = torch.load(one / "rank0" / stage / name, weights_only=True)
+            r0 = torch.load(two / "rank0" / stage / name, weights_only=True)
+            r1 = torch.load(two / "rank1" / stage / name, weights_only=True)
+            for key in ref:
+                assert torch.equal(r0[key], r1[key]), f"ranks diverged: {stage} epoch {name} {key}"
+                torch.testing.assert_close(r0[key], ref[key], rtol=rtol, atol=atol,
+                                           msg=lambda m: f"{stage} epoch {name} {key}: {m}")

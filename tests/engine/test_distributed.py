@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from kdkit_engine_testutil import TINY, subprocess_env
+from kdkit_engine_testutil import TINY, assert_same_trajectory, kdkit_cli, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,17 @@ def _lines(run):
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    one = subprocess.run([sys.executable, "-m", "kdkit", *_args(tmp_path / "one", SETS)], env=subprocess_env(),
-                         capture_output=True, text=True, timeout=300)
+    """Per epoch and per rank (before any best.pt is reloaded), with the teacher-logit cache (an
+    index lookup) and an oracle teacher whose agreement with the labels must stay 100 %."""
+    sets = [s for s in SETS if not s.startswith("teachers=")] + ["teachers=[{name: mlp}, {name: oracle_label}]",
+                                                                 "data.name=tagged_shapes"]
+    oracle = ["--plugins-module", "kdkit_oracle_testplugin"]
+    one = kdkit_cli(oracle + _args(tmp_path / "one", sets), KDTEST_DUMP=tmp_path / "w1")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(tmp_path / "two", SETS)
+    two = kdkit_cli(oracle + _args(tmp_path / "two", sets), nproc=2, KDTEST_DUMP=tmp_path / "w2")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
+    assert_same_trajectory(tmp_path / "w1", tmp_path / "w2", ["teacher.mlp", "student"])
 
     for stage in ("teacher.mlp", "student"):
         a = torch.load(tmp_path / "one" / "checkpoints" / stage / "last.pt", weights_only=True)
@@ -71,6 +76,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     sa = json.loads((tmp_path / "one" / "summary.json").read_text())
     sb = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert sa["student"]["top1"] == sb["student"]["top1"]
+    assert sa["distill"]["teacher_cache"] is True
+    for s in (sa, sb):
+        assert s["distill"]["teacher_agreement"]["teachers"]["teacher.oracle_label"]["agreement"] == 100.0
 
 
 def test_torchrun_with_batchnorm_model_rank0_files_only(tmp_path):
