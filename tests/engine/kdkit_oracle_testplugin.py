@@ -4,7 +4,7 @@
   identity in the top-left pixel (channel 0/1: the sample's position in the split, base 256;
   channel 2: its label; row 0 col 1 channel 0: 0 for train, 1 for test).  Everything else —
   transforms, normalisation, ``get_uint8``, CLIP caching — is the real ``shapes`` dataset's.
-* teachers ``oracle_label`` (``scale`` x one-hot of the sample's *own* label) and
+* teachers ``oracle_label`` (``scale`` x one-hot of the sample's *own* label, + a tiny per-sample term) and
   ``oracle_sample`` (a fixed vector of the sample's *position*, so label-vs-index confusion
   shows too); both read the tag, so they are right whatever order samples arrive in.
 * student ``probe`` — a BN-free MLP blind to the tag pixel that records, in training mode, which
@@ -46,6 +46,14 @@ def sample_vector(positions, num_classes: int):
     return 3.0 * torch.sin(1.37 * positions.float().view(-1, 1) + 0.59 * j.view(1, -1))
 
 
+def label_logits(positions, labels, num_classes: int, scale: float = 10.0):
+    """The ``oracle_label`` logits: ``scale`` x one-hot of the label, plus a tiny per-sample term
+    (no real teacher gives two images bit-identical logits, and the guard checks that)."""
+    import torch.nn.functional as F
+
+    return scale * F.one_hot(labels, num_classes).float() + 1e-3 * sample_vector(positions, num_classes)
+
+
 def _tagged_shapes(split, root=None, **options):
     import torch
 
@@ -80,7 +88,7 @@ def _oracle(kind: str):
         def forward(self, x):
             positions, labels, _ = decode(x)
             if kind == "label":
-                out = self.scale * F.one_hot(labels, self.num_classes).float()
+                out = label_logits(positions, labels, self.num_classes, self.scale)
             else:
                 out = sample_vector(positions, self.num_classes)
             return out.to(x.device) + 0.0 * self.anchor

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdkit_oracle_testplugin as oracle
-from kdkit_oracle_testplugin import RECORD, sample_vector
+from kdkit_oracle_testplugin import RECORD, label_logits, sample_vector
 
 from kdkit.methods.kd import COMBINE_RULES
 
@@ -42,7 +41,7 @@ def _train_targets():
 
 
 def _label_logits(positions, targets):
-    return SCALE * F.one_hot(targets[positions], 10).float()
+    return label_logits(positions, targets[positions], 10, SCALE)
 
 
 def _steps(calls_per_step: int):
@@ -121,3 +120,19 @@ def test_student_distilled_from_the_oracle_alone_learns_the_training_set(oracle_
     metrics = ctx.evaluate(student, make_eval_loader(fitted, 256))
     print("student top-1 on its training data:", metrics)
     assert metrics["top1"] >= 95.0, metrics
+
+
+def test_the_guard_warns_when_the_index_is_lost(oracle_manager, tmp_path, monkeypatch):
+    """Re-create the lost-index bug (the batch's last element is the label, not the index): the
+    student is taught other samples' targets and the run says so, loudly, in its log."""
+    from kdkit.engine import train
+    from kdkit.engine.data import WithIndex
+
+    monkeypatch.setattr(WithIndex, "__getitems__", lambda self, indices: [self.dataset[i] for i in indices])
+    sets = BASE + [f"teachers=[{{name: oracle_label, scale: {SCALE}}}]"]
+    summary = train("kd", sets=sets, out=tmp_path / "run", manager=oracle_manager)
+    report = summary["distill"]["teacher_agreement"]
+    assert report["warnings"] == ["teacher.oracle_label"]
+    assert report["teachers"]["teacher.oracle_label"]["agreement"] < 50
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "WARNING: teacher teacher.oracle_label agrees with the training labels on only" in log

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdkit_oracle_testplugin as oracle
-from kdkit_oracle_testplugin import RECORD, sample_vector
+from kdkit_oracle_testplugin import RECORD, label_logits, sample_vector
 from wr_helpers import needs_debian_wordnet, run_method
 
 pytestmark = needs_debian_wordnet
@@ -93,7 +92,7 @@ def test_unimodal_oracles_and_tx_together(pairing_manager, tiny, tmp_path, combi
     summary = run_method(pm, sets, tmp_path / "run")
     calls = 1 if combine == "avg_logits" else 3
     for positions, seen in _steps(calls):
-        label = 10.0 * F.one_hot(targets[positions], 10).float()
+        label = label_logits(positions, targets[positions], 10)
         expected = [label, sample_vector(positions, 10), _table_rows(captured, positions)]
         if combine == "avg_logits":
             torch.testing.assert_close(seen[0], torch.stack(expected).mean(0), rtol=1e-4, atol=1e-4)
