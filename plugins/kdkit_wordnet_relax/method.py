@@ -28,6 +28,7 @@ import yaml
 
 from kdkit.config import base_config, train_section
 from kdkit.errors import ConfigError, DataError, KdkitError
+from kdkit.methods.kd import check_agreement_samples
 
 LAMBDA_PRESETS = {"seed": (0.1, 0.01), "authors": (0.2, 0.005)}
 TX_TEXT = ("retrieved", "protocol")
@@ -236,6 +237,7 @@ class WordNetRelaxMethod:
             raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
         if not cfg["teachers"] and not dist["use_multimodal"]:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
+        check_agreement_samples(dist)
         return sweep or [float(relax["ratio"])]
 
     @staticmethod
@@ -447,7 +449,6 @@ class WordNetRelaxMethod:
         from kdkit.engine import Stage, WithIndex, to_device
         from kdkit.engine import make_combiner
         from kdkit.engine.agreement import TeacherAgreement
-        from kdkit.methods.kd import check_agreement_samples
         from torch.utils.data import DataLoader
 
         cfg = ctx.config
@@ -466,7 +467,7 @@ class WordNetRelaxMethod:
             mask_train = mask_train.to(ctx.device)
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_references), list(teacher_references.values()), ctx.log,
-                                     check_agreement_samples(dist))
+                                     int(dist["agreement_samples"]))
 
         def tx_logits(x, y, idx):
             if not online:
