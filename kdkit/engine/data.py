@@ -1,7 +1,7 @@
 """Dataset helpers: held-out validation split, sample indices, loaders, teacher-output cache."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset

@@ -15,8 +15,6 @@ It is the engine's reference method: paper plugins can subclass :class:`KDMethod
 """
 from __future__ import annotations
 
-import copy
-
 import kdkit
 from kdkit.config import base_config, train_section
 from kdkit.errors import ConfigError

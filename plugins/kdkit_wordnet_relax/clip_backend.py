@@ -186,7 +186,6 @@ class ClipEncoder:
                      progress: Callable[[int, int], None] | None = None):
         """Template-ensemble embeddings ``[len(words), d]``: mean of the normalised prompt
         embeddings of every template, normalised again (CLIP's zero-shot recipe)."""
-        import torch
         import torch.nn.functional as F
 
         templates = list(templates)

@@ -523,7 +523,6 @@ class WordNetRelaxMethod:
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        import torch
         from kdkit.engine import Stage
 
         from kdkit_wordnet_relax.clip_backend import TEMPLATES, build_clip

@@ -77,7 +77,6 @@ def _tagged_shapes(split, root=None, **options):
 def _oracle(kind: str):
     import torch
     import torch.nn as nn
-    import torch.nn.functional as F
 
     class Oracle(nn.Module):
         def __init__(self, num_classes: int, scale: float = 10.0, **_):
@@ -97,7 +96,6 @@ def _oracle(kind: str):
 
 
 def _probe(num_classes: int, hidden: int = 64, image_size: int = 32, **_):
-    import torch
     import torch.nn as nn
 
     class Probe(nn.Module):

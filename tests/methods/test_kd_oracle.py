@@ -51,15 +51,18 @@ def _steps(calls_per_step: int):
         yield positions, seen[k * calls_per_step:(k + 1) * calls_per_step]
 
 
-def _check_split_integrity(summary):
-    """Every training sample (and no validation sample) reaches the student, once per epoch."""
+def _check_split_integrity():
+    """Every training sample, and no held-out validation sample, reaches the student once per epoch,
+    in a shuffled order."""
+    from kdkit.engine.data import split_train_val
+
+    fitted, held_out = split_train_val(oracle._tagged_shapes("train", None, train_per_class=8, test_per_class=4),
+                                       0.1, seed=0)
     ids = torch.cat(RECORD["student_ids"])
-    epochs = 2
-    per_epoch = ids.numel() // epochs
-    assert per_epoch == 72  # 80 training images, 8 held out
-    for e in range(epochs):
-        chunk = ids[e * per_epoch:(e + 1) * per_epoch]
-        assert chunk.unique().numel() == per_epoch
+    assert ids.numel() == 2 * len(fitted)  # two epochs
+    for epoch in ids.split(len(fitted)):
+        assert sorted(epoch.tolist()) == list(fitted.indices)
+        assert set(epoch.tolist()).isdisjoint(held_out.indices)
     first = ids[:16]
     assert not torch.equal(first, first.sort().values), "the loader should shuffle"
 
@@ -68,14 +71,12 @@ def _check_split_integrity(summary):
 def test_single_oracle_is_what_the_loss_sees(oracle_manager, tmp_path, cache):
     from kdkit.engine import train
 
-    targets = _train_targets()
     sets = BASE + ["teachers=[{name: oracle_sample}]"] + (["distill.teacher_cache=false"] if cache == "off" else [])
     summary = train("kd", sets=sets, out=tmp_path / "run", manager=oracle_manager)
     assert summary["distill"]["teacher_cache"] is (cache == "auto")
     for positions, (t,) in _steps(1):
         torch.testing.assert_close(t, sample_vector(positions, 10))
-    _check_split_integrity(summary)
-    del targets
+    _check_split_integrity()
 
 
 @pytest.mark.parametrize("rule", COMBINE_RULES)
@@ -110,7 +111,8 @@ def test_student_distilled_from_the_oracle_alone_learns_the_training_set(oracle_
     from kdkit.engine.data import make_eval_loader
 
     sets = BASE + [f"teachers=[{{name: oracle_label, scale: {SCALE}}}]", "distill.alpha=0.0",
-                   "distill.loss=kl", "distill.temperature=1.0", "train.epochs=30", "train.lr=0.01", "checkpoint.select_on=val"]
+                   "distill.loss=kl", "distill.temperature=1.0", "train.epochs=30", "train.lr=0.01",
+                   "checkpoint.select_on=val"]
     summary = train("kd", sets=sets, out=tmp_path / "run", manager=oracle_manager)
     assert summary["distill"]["teacher_agreement"]["teachers"]["teacher.oracle_label"]["agreement"] == 100.0
     ctx, _ = open_run(tmp_path / "run", oracle_manager)
