@@ -111,6 +111,9 @@ class Stage:
         (``StageResult.test_metrics``, a ``test.*`` line in ``metrics.jsonl``).
     :param select_metric / select_mode: the validation metric that picks ``best.pt``
         (``"top1"``/``"max"``; ``"loss"``/``"min"``; ``"map"``/``"max"`` ...).
+    :param taps: :class:`kdkit.distill.FeatureTaps` on the student or the teachers; attached when
+        the stage starts training and removed when it ends (also when it fails), so ``step_fn`` only
+        calls their ``pop()``.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Stage:
     select_mode: str = "max"
     collate_fn: Callable | None = None
     find_unused_parameters: bool = False
+    taps: list = field(default_factory=list)
 
 
 @dataclass
@@ -374,6 +378,7 @@ class Trainer:
             self._set_train(False)
             with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
                 metrics = {k: _float(v) for k, v in eval_fn(self.model, data).items()}
+            self._clear_taps()
             self._set_train(was)
         return dist_utils.broadcast_object(metrics)
 
@@ -387,6 +392,15 @@ class Trainer:
     # --- main loop --------------------------------------------------------------------------
 
     def fit(self) -> StageResult:
+        try:
+            for taps in self.stage.taps:
+                taps.attach()
+            return self._fit()
+        finally:
+            for taps in self.stage.taps:
+                taps.remove()
+
+    def _fit(self) -> StageResult:
         stage, ctx = self.stage, self.ctx
         last_path = self.ckpt_dir / "last.pt"
         state = load_checkpoint(last_path) if last_path.exists() else None
@@ -522,9 +536,14 @@ class Trainer:
 
         return self._finish()
 
+    def _clear_taps(self) -> None:
+        for taps in self.stage.taps:  # no tapped activation outlives the step (or evaluation)
+            taps.pop()
+
     def train_model_step(self, batch):
         step_fn = self.stage.step_fn or classification_step
         out = step_fn(self.train_model, batch)
+        self._clear_taps()
         if isinstance(out, torch.Tensor):
             return out, {}
         loss, logs = out
