@@ -1,15 +1,21 @@
 """kdkit.distill — the pieces distillation methods are built from.
 
 * :class:`FeatureTaps` — outputs of named submodules of any ``nn.Module`` (the student, a teacher),
-  captured by forward hooks during its forward pass, with no edit to the model.
+  captured by forward hooks during its forward pass, with no edit to the model;
+* :class:`TeacherCombiner` — several teachers' logits into one distillation loss, by one of
+  :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage).
 
 Importing this package is cheap; torch loads when a piece is first used.
 """
 from __future__ import annotations
 
-__all__ = ["FeatureTaps", "module_paths"]
+__all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES"]
 
-_LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.taps"}
+#: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
+COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
+
+_LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.taps",
+         "TeacherCombiner": "kdkit.distill.combine"}
 
 
 def __getattr__(name):

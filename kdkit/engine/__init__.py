@@ -41,14 +41,6 @@ __all__ = [
     "freeze", "train", "run_method", "evaluate_run", "open_run", "resolve_method_config", "resolve_device",
     "classification_eval", "classification_step", "split_train_val", "dataset_classes", "to_device",
     "derive_seed", "seed_everything", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
-    "atomic_write_text", "make_combiner",
+    "atomic_write_text",
 ]
 
-
-def __getattr__(name):
-    # The teacher-combination rules live with the kd method, which itself imports the engine.
-    if name == "make_combiner":
-        from kdkit.methods.kd import make_combiner
-
-        return make_combiner
-    raise AttributeError(f"module 'kdkit.engine' has no attribute {name!r}")

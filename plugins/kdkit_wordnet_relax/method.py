@@ -447,7 +447,7 @@ class WordNetRelaxMethod:
         import torch
         import torch.nn.functional as F
         from kdkit.engine import Stage, WithIndex, to_device
-        from kdkit.engine import make_combiner
+        from kdkit.distill import TeacherCombiner
         from kdkit.engine.agreement import TeacherAgreement
         from torch.utils.data import DataLoader
 
@@ -457,7 +457,7 @@ class WordNetRelaxMethod:
         loss_fn = ctx.registry("losses").build(dist["loss"], **(dist.get("loss_options") or {}))
         use_tx = tx_parts is not None
         n_teachers = len(tm_models) + (1 if use_tx else 0)
-        combiner = make_combiner(dist["combine"], n_teachers, float(dist["ema_momentum"]))
+        combiner = TeacherCombiner(dist["combine"], n_teachers, float(dist["ema_momentum"]))
         tau = float(cfg["relax"]["tau"])
         online = dist["tx_clip"] == "online"
         protocol = dist["tx_text"] == "protocol"

@@ -14,7 +14,8 @@ from kdkit_engine_testutil import TINY  # noqa: E402
 
 import kdkit  # noqa: E402
 from kdkit.losses import KLDivLoss, LogitMSELoss  # noqa: E402
-from kdkit.methods.kd import COMBINE_RULES, KDMethod, make_combiner  # noqa: E402
+from kdkit.distill import COMBINE_RULES, TeacherCombiner  # noqa: E402
+from kdkit.methods.kd import KDMethod  # noqa: E402
 
 
 def test_kl_is_hinton_kd():
@@ -46,23 +47,23 @@ def test_combination_rules():
     s, ts, y = _logits()
     kl, T = KLDivLoss(), 2.0
     per = torch.stack([kl(s, t, T) for t in ts])
-    c = make_combiner("avg_logits", 2)
+    c = TeacherCombiner("avg_logits", 2)
     torch.testing.assert_close(c(s, ts, y, kl, T), kl(s, (ts[0] + ts[1]) / 2, T))
-    c = make_combiner("mean_loss", 2)
+    c = TeacherCombiner("mean_loss", 2)
     torch.testing.assert_close(c(s, ts, y, kl, T), per.mean())
-    c = make_combiner("inv_val_loss", 2)
+    c = TeacherCombiner("inv_val_loss", 2)
     c.set_weights_from_losses([1.0, 3.0])  # weights ∝ 1/L: 0.75, 0.25
     torch.testing.assert_close(c.weights, torch.tensor([0.75, 0.25]))
     torch.testing.assert_close(c(s, ts, y, kl, T), 0.75 * per[0] + 0.25 * per[1])
     with pytest.raises(kdkit.ConfigError, match="valid: avg_logits, mean_loss, inv_val_loss, ema_inv_loss"):
-        make_combiner("median", 2)
+        TeacherCombiner("median", 2)
     assert COMBINE_RULES == ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
 
 
 def test_ema_inverse_batch_loss_weights():
     s, ts, y = _logits()
     kl, T = KLDivLoss(), 2.0
-    c = make_combiner("ema_inv_loss", 2, momentum=0.9)
+    c = TeacherCombiner("ema_inv_loss", 2, momentum=0.9)
     c.train()
     inv = lambda: 1.0 / torch.stack([F.cross_entropy(t, y) for t in ts])  # noqa: E731
     per = torch.stack([kl(s, t, T) for t in ts])

@@ -14,7 +14,7 @@ import torch
 import kdkit_oracle_testplugin as oracle
 from kdkit_oracle_testplugin import RECORD, label_logits, sample_vector
 
-from kdkit.methods.kd import COMBINE_RULES
+from kdkit.distill import COMBINE_RULES
 
 BASE = [
     "data.name=tagged_shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
