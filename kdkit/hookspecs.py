@@ -59,8 +59,12 @@ def kdkit_register_losses(register):
     """Register distillation losses.
 
     :param register: ``register(name, factory, description="")``.  ``factory(**options)``
-        returns a callable ``loss(student_logits, teacher_logits, temperature) -> Tensor``
-        (a scalar, already multiplied by whatever scale the loss defines, e.g. ``T**2``).
+        returns a callable ``loss(inputs) -> Tensor``: ``inputs`` is a ``kdkit.distill.DistillInputs``
+        (student and teacher logits, the term's tapped ``student_feature`` / ``teacher_feature``,
+        labels, sample indices, temperature, epoch, step), the result a scalar already multiplied
+        by whatever scale the loss defines (e.g. ``T**2``).  A loss with trainable parts is an
+        ``nn.Module`` that may build them on its first call; they train with the student and are
+        checkpointed with the stage.
     """
 
 

@@ -3,19 +3,25 @@
 * :class:`FeatureTaps` — outputs of named submodules of any ``nn.Module`` (the student, a teacher),
   captured by forward hooks during its forward pass, with no edit to the model;
 * :class:`TeacherCombiner` — several teachers' logits into one distillation loss, by one of
-  :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage).
+  :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage);
+* :class:`Distiller` — the objective ``alpha * CE + sum_i weight_i * term_i``; every term is a
+  registered loss called with one :class:`DistillInputs` (``distill.terms``, :class:`TermSpec`,
+  :func:`distill_terms`).
 
 Importing this package is cheap; torch loads when a piece is first used.
 """
 from __future__ import annotations
 
-__all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES"]
+__all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
+           "build_term_loss", "TermSpec", "distill_terms"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
 
 _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.taps",
-         "TeacherCombiner": "kdkit.distill.combine"}
+         "TeacherCombiner": "kdkit.distill.combine", "Distiller": "kdkit.distill.distiller",
+         "DistillInputs": "kdkit.distill.distiller", "build_term_loss": "kdkit.distill.distiller",
+         "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms"}
 
 
 def __getattr__(name):

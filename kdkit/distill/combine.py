@@ -40,29 +40,51 @@ class TeacherCombiner(nn.Module):
         inv = 1.0 / torch.as_tensor(losses, dtype=torch.float32).clamp_min(1e-8)
         self.weights.copy_((inv / inv.sum()).to(self.weights.device))
 
-    def forward(self, student_logits, teacher_logits: list, targets, loss_fn, temperature: float):
-        if self.rule == "avg_logits" or len(teacher_logits) == 1:
+    @property
+    def per_teacher(self) -> bool:
+        """Whether terms are evaluated per teacher (else once, on the mean of the teachers' logits)."""
+        return self.rule != "avg_logits" and self.weights.numel() > 1
+
+    def teacher_weights(self, teacher_logits: list, targets):
+        """This batch's per-teacher weights (``None`` for ``mean_loss`` / ``avg_logits``).
+
+        ``ema_inv_loss`` updates its EMA here, so call it once per batch (in training mode) however
+        many terms are combined; the weights returned are those before this batch's update.
+        """
+        if not self.per_teacher or self.rule == "mean_loss":
+            return None
+        if self.rule == "inv_val_loss":
+            return self.weights
+        with torch.no_grad():  # ema_inv_loss
+            ce = torch.stack([F.cross_entropy(t.float(), targets) for t in teacher_logits])
+            from kdkit.engine.distributed import all_reduce_mean
+
+            ce = all_reduce_mean(ce)  # every rank keeps the same EMA under DDP
+            inv = 1.0 / ce.clamp_min(1e-8)
+            if self.ema_steps.item() == 0:
+                new_ema = inv
+            else:
+                new_ema = self.momentum * self.ema + (1.0 - self.momentum) * inv
+            weights = (new_ema / new_ema.sum()) if self.ema_steps.item() == 0 else self.ema / self.ema.sum()
+            if self.training:
+                self.ema.copy_(new_ema)
+                self.ema_steps += 1
+                self.weights.copy_(new_ema / new_ema.sum())
+        return weights
+
+    def forward(self, teacher_logits: list, targets, term, weights=None):
+        """Combine ``term(teacher_logits_i, i) -> scalar`` over the teachers by the rule.
+
+        ``avg_logits`` (or one teacher): ``term(mean of the logits, None)``.  Otherwise the
+        per-teacher values are averaged (``mean_loss``) or weighted by ``weights`` (default: this
+        batch's :meth:`teacher_weights`).
+        """
+        if not self.per_teacher:
             mean = torch.stack([t.float() for t in teacher_logits]).mean(0)
-            return loss_fn(student_logits, mean, temperature)
-        losses = torch.stack([loss_fn(student_logits, t, temperature) for t in teacher_logits])
+            return term(mean, None)
+        losses = torch.stack([term(t, i) for i, t in enumerate(teacher_logits)])
         if self.rule == "mean_loss":
             return losses.mean()
-        if self.rule == "ema_inv_loss":
-            with torch.no_grad():
-                ce = torch.stack([F.cross_entropy(t.float(), targets) for t in teacher_logits])
-                from kdkit.engine.distributed import all_reduce_mean
-
-                ce = all_reduce_mean(ce)  # every rank keeps the same EMA under DDP
-                inv = 1.0 / ce.clamp_min(1e-8)
-                if self.ema_steps.item() == 0:
-                    new_ema = inv
-                else:
-                    new_ema = self.momentum * self.ema + (1.0 - self.momentum) * inv
-                weights = (new_ema / new_ema.sum()) if self.ema_steps.item() == 0 else self.ema / self.ema.sum()
-                if self.training:
-                    self.ema.copy_(new_ema)
-                    self.ema_steps += 1
-                    self.weights.copy_(new_ema / new_ema.sum())
-            return (weights.to(losses.dtype) * losses).sum()
-        # inv_val_loss
-        return (self.weights.to(losses.dtype) * losses).sum()
+        if weights is None:
+            weights = self.teacher_weights(teacher_logits, targets)
+        return (weights.to(losses.dtype) * losses).sum()

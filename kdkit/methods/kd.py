@@ -15,6 +15,8 @@ It is the engine's reference method: paper plugins can subclass :class:`KDMethod
 """
 from __future__ import annotations
 
+import dataclasses
+
 import kdkit
 from kdkit.config import base_config, train_section
 from kdkit.distill import COMBINE_RULES
@@ -74,8 +76,9 @@ class KDMethod:
         cfg["distill"] = {
             "alpha": 0.5,  # weight of the cross-entropy term
             "temperature": 4.0,
-            "loss": "kl",  # any registered loss
+            "loss": "kl",  # any registered loss: the classic single term, weight 1 - alpha
             "loss_options": {},  # passed to the loss factory
+            "terms": None,  # or a list of weighted terms (kdkit.distill.terms), e.g. feature terms
             "combine": "avg_logits",  # avg_logits | mean_loss | inv_val_loss | ema_inv_loss
             "ema_momentum": 0.9,  # for ema_inv_loss
             "teacher_cache": None,  # null: cache teacher logits when the training data is un-augmented
@@ -117,24 +120,24 @@ class KDMethod:
         torch = _torch()
         import torch.nn.functional as F
 
-        from kdkit.engine import Stage, TeacherCache, WithIndex, freeze
-        from kdkit.distill.combine import TeacherCombiner
+        from kdkit.distill.step import DistillStep, build_distiller, check_taps
+        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed, freeze, seed_everything
         from kdkit.engine.agreement import TeacherAgreement
         from kdkit.engine.data import make_eval_loader, to_device
 
         cfg = ctx.config
         dcfg = cfg["distill"]
-        alpha, temperature = float(dcfg["alpha"]), float(dcfg["temperature"])
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
-        if temperature <= 0:
-            raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
         if dcfg["combine"] not in COMBINE_RULES:
             raise ConfigError(f"config key distill.combine: unknown rule {dcfg['combine']!r}; "
                               f"valid: {', '.join(COMBINE_RULES)}")
         if not cfg["teachers"]:
             raise ConfigError("config key teachers: at least one teacher is needed")
-        loss_fn = ctx.registry("losses").build(dcfg["loss"], **(dcfg.get("loss_options") or {}))
+        # the objective is built (and checked) before any teacher trains
+        distiller = build_distiller(ctx.registry("losses"), dcfg, len(cfg["teachers"]),
+                                    self.default_config()["distill"])
+        if any(s.teacher is not None for s in distiller.specs) and dcfg["teacher_cache"] is True:
+            raise ConfigError("config key distill.teacher_cache: the cache holds teacher logits only, and a "
+                              "term taps teacher features; set distill.teacher_cache=false (or null)")
         if dcfg["teacher_cache"] not in (None, True, False):
             raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
                               f"got {dcfg['teacher_cache']!r}")
@@ -144,6 +147,11 @@ class KDMethod:
         num_classes = len(classes)
         ctx.log(f"kd: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
+        if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
+            check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
+                       [ctx.build_model("teachers", {k: v for k, v in t.items() if k != "pretrained"}, num_classes,
+                                        seed_tag=name)
+                        for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))])
         teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes)
 
         summary: dict = {"method": "kd", "teachers": teacher_summary}
@@ -155,8 +163,8 @@ class KDMethod:
 
         # teacher outputs: cached once per sample index when the teacher's input is deterministic
         use_cache = dcfg["teacher_cache"]
-        if use_cache is None:
-            use_cache = _is_deterministic(train)
+        if use_cache is None:  # features of every sample would not fit: feature terms run teachers online
+            use_cache = _is_deterministic(train) and not any(s.teacher is not None for s in distiller.specs)
         caches = None
         if use_cache:
             view = _plain_view(train)
@@ -167,29 +175,27 @@ class KDMethod:
             if not _is_deterministic(train):
                 ctx.log("kd: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
-        combiner = TeacherCombiner(dcfg["combine"], len(teachers), float(dcfg["ema_momentum"]))
+        combiner = distiller.combiner
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_summary),
                                      [s.get("val_top1", s.get("top1")) for s in teacher_summary.values()],
                                      ctx.log, agreement_samples)
 
-        def step_fn(model, batch):
-            x, y, idx = batch[0], batch[1], batch[-1]
-            s_logits = model(x)
-            with torch.no_grad():
-                if caches is not None:
-                    t_logits = [c[idx] for c in caches]
-                else:
-                    t_logits = [t(x) for t in teachers]
-            agreement.observe(t_logits, y)
-            ce = F.cross_entropy(s_logits, y)
-            kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
-            loss = alpha * ce + (1.0 - alpha) * kd
-            return loss, {"ce": ce.detach(), "kd": kd.detach()}
+        def teacher_logits(x, y, idx):
+            if caches is not None:
+                return [c[idx] for c in caches]
+            return [t(x) for t in teachers]
 
+        step = DistillStep(distiller, student, teacher_logits, teachers, agreement)
+        train_indexed = WithIndex(train)
+        if distiller.has_modules:  # terms owning modules build them on one batch, seeded
+            seed_everything(derive_seed(ctx.seed, "init", "distill"))
+            first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
+            step.materialize(student.to(ctx.device), to_device(first, ctx.device))
         val_losses_cache: dict = {}
 
         def before_epoch(trainer, epoch):
+            step.before_epoch(trainer, epoch)
             if epoch > 0:
                 agreement.finish()  # fewer training samples than agreement_samples
             if combiner.rule != "inv_val_loss" or len(teachers) == 1:
@@ -210,15 +216,16 @@ class KDMethod:
             combiner.set_weights_from_losses(losses)
             val_losses_cache["last"] = losses
 
-        res = ctx.fit(Stage(name="student", model=student, train_data=WithIndex(train), val_data=val,
-                            test_data=test, step_fn=step_fn,
-                            extra_modules={"combiner": combiner, "agreement": agreement},
+        res = ctx.fit(Stage(name="student", model=student, train_data=train_indexed, val_data=val,
+                            test_data=test, step_fn=step, taps=step.taps,
+                            extra_modules={"distill": distiller, "agreement": agreement},
                             before_epoch_fn=before_epoch))
         agreement.finish()
         summary["student"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                               "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
-        summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": alpha,
-                              "temperature": temperature, "teacher_cache": bool(caches is not None),
+        summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": distiller.ce_weight,
+                              "temperature": distiller.temperature, "teacher_cache": bool(caches is not None),
+                              "terms": [dataclasses.asdict(s) for s in distiller.specs],
                               "teacher_weights": [float(w) for w in combiner.weights.tolist()],
                               "teacher_agreement": agreement.report}
         summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 from importlib import resources
@@ -446,18 +447,18 @@ class WordNetRelaxMethod:
         (T_m in order, then T_x) for the teacher-agreement check."""
         import torch
         import torch.nn.functional as F
-        from kdkit.engine import Stage, WithIndex, to_device
-        from kdkit.distill import TeacherCombiner
+        from kdkit.distill.step import DistillStep
+        from kdkit.engine import Stage, WithIndex, derive_seed, seed_everything, to_device
         from kdkit.engine.agreement import TeacherAgreement
+        from kdkit.engine.data import make_eval_loader
         from torch.utils.data import DataLoader
 
         cfg = ctx.config
         dist = cfg["distill"]
-        alpha, temperature = float(dist["alpha"]), float(dist["temperature"])
-        loss_fn = ctx.registry("losses").build(dist["loss"], **(dist.get("loss_options") or {}))
         use_tx = tx_parts is not None
         n_teachers = len(tm_models) + (1 if use_tx else 0)
-        combiner = TeacherCombiner(dist["combine"], n_teachers, float(dist["ema_momentum"]))
+        distiller = self.build_distiller(ctx, n_teachers)
+        combiner = distiller.combiner
         tau = float(cfg["relax"]["tau"])
         online = dist["tx_clip"] == "online"
         protocol = dist["tx_text"] == "protocol"
@@ -476,19 +477,23 @@ class WordNetRelaxMethod:
             t = bank.text_for(v, y, mask_train[idx], tau) if protocol else bank.retrieve(v, tau)
             return tx_model(v, t).float()
 
-        def step_fn(model, batch):
-            x, y, idx = batch[0], batch[1], batch[-1]
-            s_logits = model(x)
-            with torch.no_grad():
-                t_logits = [t(x) for t in tm_models]
-                if use_tx:
-                    t_logits.append(tx_logits(x, y, idx))
-            agreement.observe(t_logits, y)
-            ce = F.cross_entropy(s_logits, y)
-            kd = combiner(s_logits, t_logits, y, loss_fn, temperature)
-            return alpha * ce + (1.0 - alpha) * kd, {"ce": ce.detach(), "kd": kd.detach()}
+        def teacher_logits(x, y, idx):
+            logits = [t(x) for t in tm_models]
+            if use_tx:
+                logits.append(tx_logits(x, y, idx))
+            return logits
+
+        # T_x has no image feature maps: feature terms tap T_m teachers only
+        step = DistillStep(distiller, student, teacher_logits, list(tm_models) + ([None] if use_tx else []),
+                           agreement)
+        train_indexed = WithIndex(train)
+        if distiller.has_modules:  # terms owning modules build them on one batch, seeded
+            seed_everything(derive_seed(ctx.seed, "init", "distill", stage_name))
+            first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
+            step.materialize(student.to(ctx.device), to_device(first, ctx.device))
 
         def before_epoch(trainer, epoch):
+            step.before_epoch(trainer, epoch)
             if epoch > 0:
                 agreement.finish()  # fewer training samples than agreement_samples
             if combiner.rule != "inv_val_loss" or n_teachers == 1:
@@ -511,15 +516,23 @@ class WordNetRelaxMethod:
                     losses.append(F.cross_entropy(tx_model(v, bank.retrieve(v, tau)).float(), yv).item())
             combiner.set_weights_from_losses(losses)
 
-        res = ctx.fit(Stage(name=stage_name, model=student, train_data=WithIndex(train), val_data=val,
-                            test_data=test, step_fn=step_fn, eval_fn=image_eval,
-                            extra_modules={"combiner": combiner, "agreement": agreement},
+        res = ctx.fit(Stage(name=stage_name, model=student, train_data=train_indexed, val_data=val,
+                            test_data=test, step_fn=step, eval_fn=image_eval, taps=step.taps,
+                            extra_modules={"distill": distiller, "agreement": agreement},
                             before_epoch_fn=before_epoch))
         agreement.finish()
         return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                 "best_epoch": res.best_epoch, "name": cfg["student"]["name"], "stage": stage_name,
                 "teacher_weights": [float(w) for w in combiner.weights.tolist()],
+                "terms": [dataclasses.asdict(spec) for spec in distiller.specs],
                 "teacher_agreement": agreement.report}
+
+    def build_distiller(self, ctx, num_teachers: int):
+        """The student's objective from the ``distill`` section (checked before any stage runs)."""
+        from kdkit.distill.step import build_distiller
+
+        return build_distiller(ctx.registry("losses"), ctx.config["distill"], num_teachers,
+                               self.default_config()["distill"])
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
@@ -529,6 +542,7 @@ class WordNetRelaxMethod:
 
         cfg = ctx.config
         ratios = self._check(cfg)
+        distiller = self.build_distiller(ctx, len(cfg["teachers"]) + int(bool(cfg["distill"]["use_multimodal"])))
         sweep = bool(cfg["relax"].get("sweep"))
         relax = cfg["relax"]
         templates = list(relax.get("templates") or TEMPLATES)
@@ -540,6 +554,14 @@ class WordNetRelaxMethod:
                             f"wordnet_relax needs them for the text side")
         classes = [str(c).replace("_", " ") for c in classes]
         num_classes = len(classes)
+        if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
+            from kdkit.distill.step import check_taps
+
+            tm = [ctx.build_model("teachers", {k: v for k, v in t.items() if k not in ("augment", "pretrained")},
+                                  num_classes, seed_tag=name)
+                  for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))]
+            check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
+                       tm + ([None] if cfg["distill"]["use_multimodal"] else []))
         ctx.log(f"wordnet_relax: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; ratio(s) "
                 f"{', '.join(f'{r:g}' for r in ratios)}")

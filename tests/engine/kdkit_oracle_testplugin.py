@@ -120,9 +120,9 @@ class RecordingKL:
 
         self.kl = KLDivLoss(**options)
 
-    def __call__(self, student_logits, teacher_logits, temperature: float = 1.0):
-        RECORD["teacher_logits"].append(teacher_logits.detach().float().cpu())
-        return self.kl(student_logits, teacher_logits, temperature)
+    def __call__(self, inputs):
+        RECORD["teacher_logits"].append(inputs.teacher_logits.detach().float().cpu())
+        return self.kl(inputs)
 
 
 @kdkit.hookimpl

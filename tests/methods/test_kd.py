@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from kdkit_engine_testutil import TINY  # noqa: E402
 
 import kdkit  # noqa: E402
-from kdkit.losses import KLDivLoss, LogitMSELoss  # noqa: E402
-from kdkit.distill import COMBINE_RULES, TeacherCombiner  # noqa: E402
+from kdkit.losses import KLDivLoss, LogitMSELoss, hinton_kd  # noqa: E402
+from kdkit.distill import COMBINE_RULES, DistillInputs, TeacherCombiner  # noqa: E402
 from kdkit.methods.kd import KDMethod  # noqa: E402
 
 
@@ -24,9 +24,10 @@ def test_kl_is_hinton_kd():
     T = 3.0
     p_t = F.softmax(t / T, 1)
     manual = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean() * T * T
-    torch.testing.assert_close(KLDivLoss()(s, t, T), manual)
-    assert KLDivLoss()(t, t, T).abs() < 1e-6
-    torch.testing.assert_close(LogitMSELoss()(s, t, T), F.mse_loss(s, t))
+    torch.testing.assert_close(KLDivLoss()(DistillInputs(s, t, temperature=T)), manual)
+    torch.testing.assert_close(hinton_kd(s, t, T), manual)
+    assert KLDivLoss()(DistillInputs(t, t, temperature=T)).abs() < 1e-6
+    torch.testing.assert_close(LogitMSELoss()(DistillInputs(s, t, temperature=T)), F.mse_loss(s, t))
 
 
 def test_losses_are_registered():
@@ -43,18 +44,23 @@ def _logits():
     return s, ts, y
 
 
+def _term(s, T=2.0):
+    """The KD term of student logits ``s`` against one (or the mean) teacher's logits."""
+    return lambda t, i: hinton_kd(s, t, T)
+
+
 def test_combination_rules():
     s, ts, y = _logits()
-    kl, T = KLDivLoss(), 2.0
-    per = torch.stack([kl(s, t, T) for t in ts])
+    kl = _term(s)
+    per = torch.stack([kl(t, i) for i, t in enumerate(ts)])
     c = TeacherCombiner("avg_logits", 2)
-    torch.testing.assert_close(c(s, ts, y, kl, T), kl(s, (ts[0] + ts[1]) / 2, T))
+    torch.testing.assert_close(c(ts, y, kl), kl((ts[0] + ts[1]) / 2, None))
     c = TeacherCombiner("mean_loss", 2)
-    torch.testing.assert_close(c(s, ts, y, kl, T), per.mean())
+    torch.testing.assert_close(c(ts, y, kl), per.mean())
     c = TeacherCombiner("inv_val_loss", 2)
     c.set_weights_from_losses([1.0, 3.0])  # weights ∝ 1/L: 0.75, 0.25
     torch.testing.assert_close(c.weights, torch.tensor([0.75, 0.25]))
-    torch.testing.assert_close(c(s, ts, y, kl, T), 0.75 * per[0] + 0.25 * per[1])
+    torch.testing.assert_close(c(ts, y, kl), 0.75 * per[0] + 0.25 * per[1])
     with pytest.raises(kdkit.ConfigError, match="valid: avg_logits, mean_loss, inv_val_loss, ema_inv_loss"):
         TeacherCombiner("median", 2)
     assert COMBINE_RULES == ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -62,19 +68,19 @@ def test_combination_rules():
 
 def test_ema_inverse_batch_loss_weights():
     s, ts, y = _logits()
-    kl, T = KLDivLoss(), 2.0
+    kl = _term(s)
     c = TeacherCombiner("ema_inv_loss", 2, momentum=0.9)
     c.train()
     inv = lambda: 1.0 / torch.stack([F.cross_entropy(t, y) for t in ts])  # noqa: E731
-    per = torch.stack([kl(s, t, T) for t in ts])
-    out1 = c(s, ts, y, kl, T)  # first batch: weights from this batch's inverse losses
+    per = torch.stack([kl(t, i) for i, t in enumerate(ts)])
+    out1 = c(ts, y, kl)  # first batch: weights from this batch's inverse losses
     w1 = inv() / inv().sum()
     torch.testing.assert_close(out1, (w1 * per).sum())
     torch.testing.assert_close(c.ema, inv())
     ts2 = [ts[1], ts[0]]  # next batch: teachers swap quality
     inv2 = 1.0 / torch.stack([F.cross_entropy(t, y) for t in ts2])
-    out2 = c(s, ts2, y, kl, T)  # uses the EMA before this batch's update
-    per2 = torch.stack([kl(s, t, T) for t in ts2])
+    out2 = c(ts2, y, kl)  # uses the EMA before this batch's update
+    per2 = torch.stack([kl(t, i) for i, t in enumerate(ts2)])
     torch.testing.assert_close(out2, (w1 * per2).sum())
     torch.testing.assert_close(c.ema, 0.9 * inv() + 0.1 * inv2)
     assert set(c.state_dict()) == {"weights", "ema", "ema_steps"}  # checkpointed as buffers

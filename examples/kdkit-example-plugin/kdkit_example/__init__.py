@@ -1,4 +1,4 @@
-"""kdkit example plugin: the ``mse_logits`` loss and the ``example_tinynet`` teacher.
+"""kdkit example plugin: the ``mse_logits`` and ``pooled_cosine`` losses and the ``example_tinynet`` teacher.
 
 The module is imported whenever kdkit starts, so it stays cheap: torch is imported inside the
 factories, not at module level.
@@ -17,13 +17,14 @@ def mse_logits(center: bool = True, scale: float = 0.5):
     per-row shift), and with the default ``scale=0.5`` the loss equals the high-temperature
     limit of ``T**2 * KL(softmax(t/T) || softmax(s/T))`` (batch mean), i.e.
     ``sum_c (s_c - t_c)**2 / (2 * C)`` per sample — so its gradients have the scale of the KD
-    term it replaces.  The
-    ``temperature`` argument is accepted for the common loss signature; MSE on logits needs none.
+    term it replaces.  Like every kdkit loss it receives one ``kdkit.distill.DistillInputs``;
+    MSE on logits needs no temperature.
     """
     if scale <= 0:
         raise kdkit.ConfigError(f"loss option 'scale' must be positive, got {scale!r}")
 
-    def loss(student_logits, teacher_logits, temperature=1.0):
+    def loss(inputs):
+        student_logits, teacher_logits = inputs.student_logits, inputs.teacher_logits
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(f"mse_logits: student logits {tuple(student_logits.shape)} and "
                              f"teacher logits {tuple(teacher_logits.shape)} differ in shape")
@@ -34,6 +35,21 @@ def mse_logits(center: bool = True, scale: float = 0.5):
         return scale * (s - t).pow(2).mean()
 
     return loss
+
+
+def pooled_cosine():
+    """Build the ``pooled_cosine`` feature loss: ``1 - cos(P(pool(f_s)), pool(f_t))``, batch mean.
+
+    ``f_s`` / ``f_t`` are the outputs of the modules the term names (``student:`` / ``teacher:``),
+    average-pooled over their spatial positions; ``P`` is a linear projection trained with the
+    student, created on the first batch when the channel counts differ.  Use it as a term::
+
+        distill.terms: [{loss: kl, weight: 0.5}, {loss: pooled_cosine, weight: 1.0,
+                         student: features.10, teacher: "8"}]
+    """
+    from kdkit_example.losses import PooledCosine  # torch is imported only when a run builds the loss
+
+    return PooledCosine()
 
 
 def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3,
@@ -71,6 +87,8 @@ def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3,
 def kdkit_register_losses(register):
     register("mse_logits", mse_logits,
              description="MSE between centred logits (high-temperature limit of T^2*KL)")
+    register("pooled_cosine", pooled_cosine,
+             description="1 - cosine of spatially pooled student/teacher features (projection trained)")
 
 
 @kdkit.hookimpl

@@ -260,3 +260,18 @@ def test_cli_default_command_reaches_the_plugin(tmp_path, tiny):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "relax.ratio" in bad.stderr
     assert not (tmp_path / "bad").exists()  # checked before the run directory is created
+
+
+def test_feature_term_on_a_unimodal_teacher(manager, tiny, tmp_path):
+    """distill.terms reach wordnet_relax's student: a fitnet term on T_m 1 (weak aug) trains with the
+    student; tapping T_x (no feature maps) is a one-line error before anything trains."""
+    terms = ("distill.terms=[{loss: kl, weight: 0.4}, "
+             "{loss: fitnet, weight: 5.0, student: features.7, teacher: features.7, teacher_index: 1}]")
+    summary = run_method(manager, tiny + [terms], tmp_path / "run")
+    assert [t["loss"] for t in summary["student"]["terms"]] == ["kl", "fitnet"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train.fitnet" in x for x in lines if x["stage"] == "student")
+    bad = terms.replace("teacher_index: 1", "teacher_index: 2")
+    with pytest.raises(kdkit.ConfigError, match="teacher 2 has no feature maps"):
+        run_method(manager, tiny + [bad], tmp_path / "bad")
+    assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -1,0 +1,181 @@
+"""The distillation objective: ``alpha * CE + sum_i weight_i * term_i``, one place for every method.
+
+Every term receives one :class:`DistillInputs`, so new kinds of terms (features, sample indices,
+schedules over epochs) never change the loss signature.  :class:`Distiller` builds the terms from
+their :class:`~kdkit.distill.terms.TermSpec`, routes logit terms through the
+:class:`~kdkit.distill.TeacherCombiner` and hands feature terms their tapped tensors.  It is an
+``nn.Module``: give it to the stage as an extra module and the terms' trainable parts (a FitNet
+regressor, ...) train with the student, are checkpointed with the stage and stay out of the
+student's exported weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdkit.distill.combine import TeacherCombiner
+from kdkit.distill.terms import TermSpec
+from kdkit.errors import ConfigError
+
+__all__ = ["DistillInputs", "Distiller", "build_term_loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillInputs:
+    """What one distillation term sees for one batch.
+
+    :ivar student_logits: ``B x C``.
+    :ivar teacher_logits: the teacher this evaluation is for — one teacher's logits, or the mean
+        of all teachers' under ``distill.combine: avg_logits``; ``None`` if there are none.
+    :ivar teacher_index: which teacher ``teacher_logits`` belongs to (``None``: the mean).
+    :ivar all_teacher_logits: every teacher's logits, in config order.
+    :ivar student_feature / teacher_feature: the outputs of the modules the term names
+        (``student:`` / ``teacher:`` paths), ``None`` for logit terms.
+    :ivar student_features / teacher_features: every tapped output (``{path: tensor}``; one dict
+        per teacher).
+    :ivar labels / indices: the batch's labels and sample indices (position in the training split).
+    :ivar temperature, epoch, step: ``distill.temperature``, the epoch and optimiser step.
+    """
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    teacher_index: int | None = None
+    all_teacher_logits: Sequence[torch.Tensor] = ()
+    student_feature: Any = None
+    teacher_feature: Any = None
+    student_features: dict = dataclasses.field(default_factory=dict)
+    teacher_features: Sequence[dict] = ()
+    labels: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    temperature: float = 1.0
+    epoch: int = 0
+    step: int = 0
+
+
+def _legacy_positional(fn) -> bool:
+    """Does ``fn`` take the pre-DistillInputs ``(student_logits, teacher_logits, temperature)``?"""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2
+
+
+def build_term_loss(registry, spec: TermSpec) -> Callable:
+    """The loss callable of ``spec`` from the losses registry.
+
+    A loss written for the old contract ``loss(student_logits, teacher_logits, temperature)`` still
+    works for logit terms (with one warning); it cannot see features, labels or indices.
+    """
+    fn = registry.build(spec.loss, **spec.options)
+    if not callable(fn):
+        raise ConfigError(f"loss {spec.loss!r}: its factory returned {type(fn).__name__}, not a callable loss")
+    if not isinstance(fn, nn.Module) and _legacy_positional(fn):
+        if spec.uses_features:
+            raise ConfigError(f"loss {spec.loss!r} takes (student_logits, teacher_logits, temperature): it cannot "
+                              "be a feature term; its plugin must move to loss(inputs)")
+        warnings.warn(f"loss {spec.loss!r} uses the old signature (student_logits, teacher_logits, temperature); "
+                      "kdkit adapts it, but it should move to loss(inputs) (kdkit.distill.DistillInputs)",
+                      DeprecationWarning, stacklevel=2)
+        legacy = fn
+        return lambda inputs: legacy(inputs.student_logits, inputs.teacher_logits, inputs.temperature)
+    return fn
+
+
+class Distiller(nn.Module):
+    """``ce_weight * CE(student_logits, labels) + sum_i weight_i * term_i(inputs)``.
+
+    :param specs: the terms (:func:`kdkit.distill.terms.distill_terms`).
+    :param losses: one loss callable per term (:func:`build_term_loss`); ``nn.Module`` losses are
+        registered as submodules (``terms.<name>``).
+    :param combiner: how logit terms combine several teachers.
+    :param ce_weight: the cross-entropy weight (``distill.alpha``).
+    :param temperature: ``distill.temperature``, passed to every term.
+
+    ``forward`` returns ``(loss, logs)`` with ``logs = {"ce": ..., <term name>: ...}`` (unweighted
+    values, detached) — the form a stage's ``step_fn`` returns.
+    """
+
+    def __init__(self, specs: Sequence[TermSpec], losses: Sequence[Callable], combiner: TeacherCombiner,
+                 ce_weight: float, temperature: float):
+        super().__init__()
+        if len(specs) != len(losses):
+            raise ValueError("Distiller: one loss per term")
+        self.specs = list(specs)
+        self.losses = list(losses)
+        self.combiner = combiner
+        self.terms = nn.ModuleDict({s.name: fn for s, fn in zip(self.specs, self.losses) if isinstance(fn, nn.Module)})
+        self.ce_weight = float(ce_weight)
+        self.temperature = float(temperature)
+
+    @property
+    def has_modules(self) -> bool:
+        """Do some terms own modules (which :meth:`materialize` must build before training)?"""
+        return len(self.terms) > 0
+
+    def student_paths(self) -> list[str]:
+        return [s.student for s in self.specs if s.student is not None]
+
+    def teacher_paths(self, num_teachers: int) -> list[list[str]]:
+        """The module paths to tap on each teacher (config order)."""
+        paths: list[list[str]] = [[] for _ in range(num_teachers)]
+        for s in self.specs:
+            if s.uses_features and s.teacher_index >= num_teachers:
+                raise ConfigError(f"config key distill.terms ({s.name}): teacher_index {s.teacher_index}, but there "
+                                  f"are {num_teachers} teachers (0-based)")
+            if s.teacher is not None and s.teacher not in paths[s.teacher_index]:
+                paths[s.teacher_index].append(s.teacher)
+        return paths
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor,
+                indices: torch.Tensor | None = None, student_features: dict | None = None,
+                teacher_features: Sequence[dict] | None = None, epoch: int = 0, step: int = 0):
+        teacher_logits = list(teacher_logits)
+        student_features = student_features or {}
+        teacher_features = list(teacher_features or [{} for _ in teacher_logits])
+        base = DistillInputs(student_logits=student_logits, all_teacher_logits=teacher_logits,
+                             student_features=student_features, teacher_features=teacher_features, labels=labels,
+                             indices=indices, temperature=self.temperature, epoch=epoch, step=step)
+        ce = F.cross_entropy(student_logits, labels)
+        loss = self.ce_weight * ce
+        logs = {"ce": ce.detach()}
+        weights = None
+        if teacher_logits and any(not s.uses_features for s in self.specs):
+            weights = self.combiner.teacher_weights(teacher_logits, labels)  # once per batch (EMA)
+        for spec, fn in zip(self.specs, self.losses):
+            if spec.uses_features:
+                i = spec.teacher_index
+                value = fn(dataclasses.replace(
+                    base, teacher_logits=teacher_logits[i] if i < len(teacher_logits) else None, teacher_index=i,
+                    student_feature=student_features.get(spec.student) if spec.student else None,
+                    teacher_feature=teacher_features[i].get(spec.teacher) if spec.teacher else None))
+            else:
+                if not teacher_logits:
+                    raise ConfigError(f"distill term {spec.name} ({spec.loss}) distils logits, but there is no teacher")
+
+                def term(logits, i, fn=fn):
+                    return fn(dataclasses.replace(base, teacher_logits=logits, teacher_index=i))
+
+                value = self.combiner(teacher_logits, labels, term, weights)
+            loss = loss + spec.weight * value
+            logs[spec.name] = value.detach()
+        return loss, logs
+
+    @torch.no_grad()
+    def materialize(self, *args, **kwargs) -> None:
+        """Call every term once on one batch (same arguments as ``forward``) so that terms owning
+        modules build them now, before the optimiser and checkpoints are set up.  Run it with the
+        RNG seeded (module initialisation draws from it) and the student in eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            self.forward(*args, **kwargs)
+        finally:
+            self.train(was)

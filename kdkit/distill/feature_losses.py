@@ -1,0 +1,44 @@
+"""Feature-based distillation losses with trainable parts (registered in :mod:`kdkit.losses`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdkit.errors import ConfigError
+
+__all__ = ["HintLoss"]
+
+
+def _feature(inputs, which: str) -> torch.Tensor:
+    value = getattr(inputs, f"{which}_feature")
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(f"loss fitnet needs a {which} feature: give the term a {which}: module path "
+                          f"(e.g. {{loss: fitnet, student: layer2, teacher: layer3}})")
+    return value
+
+
+class HintLoss(nn.Module):
+    """FitNet's hint term; see :func:`kdkit.losses.fitnet`."""
+
+    def __init__(self):
+        super().__init__()
+        self.regressor: nn.Module | None = None
+
+    def _build(self, student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
+        if student.dim() == 4 and teacher.dim() == 4:
+            if student.shape[2:] != teacher.shape[2:]:
+                raise ConfigError(f"loss fitnet: student feature {tuple(student.shape[1:])} and teacher feature "
+                                  f"{tuple(teacher.shape[1:])} differ in spatial size; tap layers of equal "
+                                  "resolution")
+            return nn.Conv2d(student.shape[1], teacher.shape[1], kernel_size=1, bias=False)
+        if student.dim() == 2 and teacher.dim() == 2:
+            return nn.Linear(student.shape[1], teacher.shape[1], bias=False)
+        raise ConfigError(f"loss fitnet: student feature {tuple(student.shape)} and teacher feature "
+                          f"{tuple(teacher.shape)}: expected two B x C x H x W maps or two B x C vectors")
+
+    def forward(self, inputs) -> torch.Tensor:
+        student, teacher = _feature(inputs, "student"), _feature(inputs, "teacher")
+        if self.regressor is None:
+            self.regressor = self._build(student, teacher).to(student.device)
+        return F.mse_loss(self.regressor(student.float()), teacher.float())

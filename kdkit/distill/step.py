@@ -1,0 +1,128 @@
+"""One distillation step for a student stage, shared by every method.
+
+:class:`DistillStep` is a stage's ``step_fn``: it runs the student (its tapped features captured),
+asks the method for the teachers' logits of the batch (online, from a cache keyed by the sample
+index, from a table, ...), collects the teachers' tapped features, lets the
+:class:`~kdkit.engine.TeacherAgreement` guard look at the first batches and returns the
+:class:`~kdkit.distill.Distiller`'s ``(loss, logs)``.  :func:`build_distiller` turns a ``distill``
+config section into the objective.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from kdkit.distill.combine import TeacherCombiner
+from kdkit.distill.distiller import Distiller, build_term_loss
+from kdkit.distill.taps import FeatureTaps
+from kdkit.distill.terms import distill_terms
+from kdkit.errors import ConfigError
+
+__all__ = ["DistillStep", "build_distiller", "check_taps"]
+
+
+def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict | None = None) -> Distiller:
+    """The objective of a ``distill`` section (``alpha``, ``temperature``, ``combine``,
+    ``ema_momentum``, ``terms`` or the classic ``loss`` / ``loss_options``) for ``num_teachers``."""
+    alpha, temperature = float(distill["alpha"]), float(distill["temperature"])
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
+    specs = distill_terms(distill, defaults)
+    combiner = TeacherCombiner(distill["combine"], num_teachers, float(distill.get("ema_momentum", 0.9)))
+    return Distiller(specs, [build_term_loss(registry, s) for s in specs], combiner, alpha, temperature)
+
+
+def check_taps(distiller: Distiller, student: nn.Module, teachers: Sequence[nn.Module | None]) -> None:
+    """Resolve every module path the terms name on fresh models, so that a wrong path is reported
+    before any stage trains (the error lists the nearest valid paths)."""
+    if distiller.student_paths():
+        FeatureTaps(student, distiller.student_paths(), owner="student")
+    for i, (teacher, paths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
+        if paths and teacher is None:
+            raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
+                              f"({', '.join(paths)}); feature terms need a teacher network")
+        if paths:
+            FeatureTaps(teacher, paths, owner=f"teacher {i}")
+
+
+class DistillStep:
+    """A student stage's ``step_fn`` (see the module docs).
+
+    :param distiller: the objective.
+    :param student: the student (its ``distiller.student_paths()`` are tapped).
+    :param teacher_logits: ``teacher_logits(x, y, indices) -> [B x C per teacher]``, called under
+        ``no_grad``; teachers it runs on ``x`` fill their taps.
+    :param teachers: the teacher modules whose features terms may tap (config order; ``None`` for
+        a teacher without image feature maps, e.g. a lookup table).
+    :param agreement: the :class:`~kdkit.engine.TeacherAgreement` guard, or ``None``.
+
+    ``taps`` goes to the stage (``Stage(taps=step.taps)``); call :meth:`before_epoch` from the
+    stage's ``before_epoch_fn`` so terms see the epoch and step.
+    """
+
+    def __init__(self, distiller: Distiller, student: nn.Module, teacher_logits: Callable,
+                 teachers: Sequence[nn.Module | None], agreement=None):
+        self.distiller = distiller
+        self.teacher_logits = teacher_logits
+        self.agreement = agreement
+        paths = distiller.student_paths()
+        self.student_taps = FeatureTaps(student, paths, owner="student") if paths else None
+        self.teacher_taps: list[FeatureTaps | None] = []
+        for i, (teacher, tpaths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
+            if tpaths and teacher is None:
+                raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
+                                  f"({', '.join(tpaths)}); feature terms need a teacher network")
+            self.teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}")
+                                     if tpaths else None)
+        self.epoch = 0
+        self.step = 0
+
+    @property
+    def taps(self) -> list[FeatureTaps]:
+        return [t for t in [self.student_taps, *self.teacher_taps] if t is not None]
+
+    @property
+    def taps_teachers(self) -> bool:
+        return any(t is not None for t in self.teacher_taps)
+
+    def before_epoch(self, trainer, epoch: int) -> None:
+        self.epoch, self.step = epoch, trainer.step
+
+    def _outputs(self, model, batch):
+        x, y, idx = batch[0], batch[1], batch[-1]
+        s_logits = model(x)
+        s_feats = self.student_taps.pop() if self.student_taps is not None else {}
+        with torch.no_grad():
+            t_logits = list(self.teacher_logits(x, y, idx))
+        t_feats = [t.pop() if t is not None else {} for t in self.teacher_taps]
+        return s_logits, t_logits, y, idx, s_feats, t_feats
+
+    def __call__(self, model, batch):
+        s_logits, t_logits, y, idx, s_feats, t_feats = self._outputs(model, batch)
+        if self.agreement is not None:
+            self.agreement.observe(t_logits, y)
+        out = self.distiller(s_logits, t_logits, y, idx, s_feats, t_feats, epoch=self.epoch, step=self.step)
+        self.step += 1
+        return out
+
+    @torch.no_grad()
+    def materialize(self, student: nn.Module, batch) -> None:
+        """Let terms that own modules build them from one batch (student in eval mode, so neither
+        BatchNorm statistics nor dropout change); call it with the RNG seeded, before the stage."""
+        if not self.distiller.has_modules:
+            return
+        was = student.training
+        student.eval()
+        for taps in self.taps:
+            taps.attach()
+        try:
+            s_logits, t_logits, y, idx, s_feats, t_feats = self._outputs(student, batch)
+            self.distiller.materialize(s_logits, t_logits, y, idx, s_feats, t_feats)
+        finally:
+            for taps in self.taps:
+                taps.remove()
+            student.train(was)

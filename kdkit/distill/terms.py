@@ -1,0 +1,108 @@
+"""The weighted terms of a distillation objective, as a config describes them (no torch here).
+
+``distill.terms`` lists them; each entry::
+
+    {loss: kl, weight: 0.5}                                   # logits, through distill.combine
+    {loss: fitnet, weight: 100, student: layer2, teacher: layer3, teacher_index: 0, options: {}}
+
+``loss`` names a registered loss, ``weight`` multiplies it, ``student`` / ``teacher`` name the
+modules whose outputs the term receives (feature taps, see :class:`kdkit.distill.FeatureTaps`),
+``teacher_index`` picks the teacher a feature term distils from, ``options`` go to the loss
+factory, ``name`` labels the term in logs (default: the loss name).  A term without ``student`` or
+``teacher`` is a logit term: with several teachers it goes through ``distill.combine``.  The
+cross-entropy weight stays ``distill.alpha``.
+
+Without ``distill.terms`` (``null``) the objective is the classic one: one term
+``{loss: distill.loss, weight: 1 - distill.alpha, options: distill.loss_options}`` named ``kd``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from kdkit.errors import ConfigError
+
+__all__ = ["TermSpec", "TERM_KEYS", "distill_terms"]
+
+TERM_KEYS = ("loss", "weight", "name", "student", "teacher", "teacher_index", "options")
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One weighted term of the objective (see the module docs)."""
+
+    loss: str
+    weight: float = 1.0
+    name: str = ""
+    student: str | None = None
+    teacher: str | None = None
+    teacher_index: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def uses_features(self) -> bool:
+        return self.student is not None or self.teacher is not None
+
+
+def _term(i: int, entry) -> TermSpec:
+    where = f"distill.terms.{i}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"config key {where}: expected a mapping like {{loss: kl, weight: 0.5}}, got {entry!r}")
+    unknown = sorted(set(entry) - set(TERM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {where}.{unknown[0]!r}; valid keys of a term: {', '.join(TERM_KEYS)}")
+    loss = entry.get("loss")
+    if not isinstance(loss, str) or not loss:
+        raise ConfigError(f"config key {where}.loss: a registered loss name is required (kdkit plugins lists them)")
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
+        raise ConfigError(f"config key {where}.weight: expected a number, got {weight!r}")
+    for key in ("student", "teacher"):
+        if entry.get(key) is not None and (not isinstance(entry[key], str) or not entry[key]):
+            raise ConfigError(f"config key {where}.{key}: expected a module path such as layer3, got {entry[key]!r}")
+    index = entry.get("teacher_index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"config key {where}.teacher_index: expected an integer >= 0, got {index!r}")
+    options = entry.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"config key {where}.options: expected a mapping of loss options, got {options!r}")
+    name = entry.get("name") or loss
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"config key {where}.name: expected an identifier (letters, digits, _), got {name!r}")
+    return TermSpec(loss=loss, weight=float(weight), name=name, student=entry.get("student"),
+                    teacher=entry.get("teacher"), teacher_index=index, options=dict(options))
+
+
+def distill_terms(distill: dict, defaults: dict | None = None) -> list[TermSpec]:
+    """The terms of a ``distill`` config section, validated (see the module docs).
+
+    ``defaults`` is the method's default ``distill`` section: with ``distill.terms`` given,
+    ``distill.loss`` / ``loss_options`` (which describe the classic single term) must be left at
+    their defaults, so that no setting is silently ignored.
+    """
+    terms = distill.get("terms")
+    if terms is None:
+        alpha = float(distill.get("alpha", 0.5))
+        return [TermSpec(loss=str(distill.get("loss", "kl")), weight=1.0 - alpha, name="kd",
+                         options=dict(distill.get("loss_options") or {}))]
+    if not isinstance(terms, (list, tuple)):
+        raise ConfigError(f"config key distill.terms: expected a list of terms like [{{loss: kl, weight: 0.5}}], "
+                          f"got {terms!r}")
+    if not terms:
+        raise ConfigError("config key distill.terms: empty, so nothing would be distilled (train the student "
+                          "alone with baseline.enabled=true, or list at least one term)")
+    defaults = defaults or {}
+    for key in ("loss", "loss_options"):
+        if key in defaults and distill.get(key) != defaults[key]:
+            raise ConfigError(f"config key distill.{key} describes the single classic term and cannot be combined "
+                              f"with distill.terms: put the loss and its options in a term "
+                              f"(distill.terms.N.loss / .options)")
+    specs = [_term(i, entry) for i, entry in enumerate(terms)]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"config key distill.terms: two terms are named {duplicates[0]!r}; give them distinct "
+                          "names (distill.terms.N.name)")
+    if "ce" in names:
+        raise ConfigError("config key distill.terms: the name 'ce' is the cross-entropy term's; choose another")
+    return specs

@@ -1,0 +1,175 @@
+"""kdkit.distill: the terms of the objective, the Distiller that evaluates them, the built-in fitnet loss."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdkit
+from kdkit.distill import Distiller, DistillInputs, TeacherCombiner, TermSpec, distill_terms
+from kdkit.distill.distiller import build_term_loss
+from kdkit.distill.step import build_distiller
+from kdkit.errors import ConfigError
+from kdkit.losses import hinton_kd
+
+DEFAULTS = {"alpha": 0.5, "temperature": 4.0, "loss": "kl", "loss_options": {}, "combine": "avg_logits",
+            "ema_momentum": 0.9, "terms": None}
+
+
+def test_without_terms_the_classic_single_term():
+    (term,) = distill_terms({**DEFAULTS, "alpha": 0.3, "loss": "mse"}, DEFAULTS)
+    assert term == TermSpec(loss="mse", weight=0.7, name="kd", options={})
+
+
+@pytest.mark.parametrize("terms, message", [
+    ([], "empty, so nothing would be distilled"),
+    ("kl", "expected a list of terms"),
+    ([{"weight": 1.0}], r"distill.terms.0.loss: a registered loss name is required"),
+    ([{"loss": "kl", "wieght": 1.0}], r"unknown config key distill.terms.0.'wieght'; valid keys of a term"),
+    ([{"loss": "kl", "weight": "heavy"}], r"distill.terms.0.weight: expected a number"),
+    ([{"loss": "kl", "teacher_index": -1}], r"teacher_index: expected an integer >= 0"),
+    ([{"loss": "kl"}, {"loss": "kl"}], "two terms are named 'kl'"),
+    ([{"loss": "kl", "name": "ce"}], "the name 'ce' is the cross-entropy term's"),
+    ([{"loss": "kl", "student": 3}], r"distill.terms.0.student: expected a module path"),
+])
+def test_bad_terms_are_one_line_errors(terms, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        distill_terms({**DEFAULTS, "terms": terms}, DEFAULTS)
+    assert "\n" not in str(err.value)
+
+
+def test_classic_keys_cannot_be_mixed_with_terms():
+    with pytest.raises(ConfigError, match="distill.loss describes the single classic term"):
+        distill_terms({**DEFAULTS, "loss": "mse", "terms": [{"loss": "kl"}]}, DEFAULTS)
+
+
+def _batch(seed=0, teachers=2):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(6, 5, generator=g, requires_grad=True)
+    ts = [torch.randn(6, 5, generator=g) * (k + 1) for k in range(teachers)]
+    y = torch.randint(0, 5, (6,), generator=g)
+    return s, ts, y
+
+
+def test_default_objective_is_alpha_ce_plus_kd_bit_for_bit():
+    s, ts, y = _batch()
+    distiller = build_distiller(kdkit.get_registry("losses"), DEFAULTS, 2, DEFAULTS)
+    loss, logs = distiller(s, ts, y)
+    kd = hinton_kd(s, torch.stack([t.float() for t in ts]).mean(0), 4.0)
+    expected = 0.5 * F.cross_entropy(s, y) + (1.0 - 0.5) * kd
+    assert torch.equal(loss, expected) and set(logs) == {"ce", "kd"}
+
+
+def test_every_term_is_weighted_and_logged_and_feature_terms_get_their_taps():
+    seen = {}
+
+    def probe(inputs):
+        seen.update(student=inputs.student_feature, teacher=inputs.teacher_feature, index=inputs.teacher_index,
+                    logits=inputs.teacher_logits, labels=inputs.labels, indices=inputs.indices,
+                    epoch=inputs.epoch, step=inputs.step)
+        return (inputs.student_feature - inputs.teacher_feature).pow(2).mean()
+
+    s, ts, y = _batch()
+    specs = [TermSpec("kl", 0.25, "kd"), TermSpec("probe", 3.0, "probe", student="a", teacher="b", teacher_index=1)]
+    combiner = TeacherCombiner("mean_loss", 2)
+    distiller = Distiller(specs, [build_term_loss(kdkit.get_registry("losses"), specs[0]), probe], combiner,
+                          ce_weight=0.5, temperature=2.0)
+    fs, fb = torch.randn(6, 3, requires_grad=True), [{}, {"b": torch.randn(6, 3)}]
+    idx = torch.arange(6) + 10
+    loss, logs = distiller(s, ts, y, idx, {"a": fs}, fb, epoch=3, step=41)
+    kd = torch.stack([hinton_kd(s, t, 2.0) for t in ts]).mean()
+    feature = (fs - fb[1]["b"]).pow(2).mean()
+    torch.testing.assert_close(loss, 0.5 * F.cross_entropy(s, y) + 0.25 * kd + 3.0 * feature)
+    torch.testing.assert_close(logs["probe"], feature.detach())
+    assert seen["student"] is fs and seen["teacher"] is fb[1]["b"] and seen["index"] == 1
+    assert seen["logits"] is ts[1] and seen["indices"] is idx and (seen["epoch"], seen["step"]) == (3, 41)
+    loss.backward()
+    assert fs.grad is not None and s.grad is not None
+
+
+def test_ema_weights_update_once_per_batch_however_many_logit_terms():
+    s, ts, y = _batch()
+    specs = [TermSpec("kl", 0.5, "a"), TermSpec("mse", 0.5, "b")]
+    reg = kdkit.get_registry("losses")
+    distiller = Distiller(specs, [build_term_loss(reg, x) for x in specs], TeacherCombiner("ema_inv_loss", 2),
+                          ce_weight=0.0, temperature=1.0).train()
+    distiller(s, ts, y)
+    assert int(distiller.combiner.ema_steps) == 1
+
+
+def test_a_loss_with_the_old_signature_still_works_for_logits_with_a_warning():
+    class Registry:
+        def build(self, name, **options):
+            return lambda student_logits, teacher_logits, temperature=1.0: F.mse_loss(student_logits, teacher_logits)
+
+    with pytest.warns(DeprecationWarning, match="old signature"):
+        fn = build_term_loss(Registry(), TermSpec("legacy", 1.0, "legacy"))
+    s, ts, _ = _batch()
+    torch.testing.assert_close(fn(DistillInputs(s, ts[0])), F.mse_loss(s, ts[0]))
+    with warnings.catch_warnings(), pytest.raises(ConfigError, match="cannot be a feature term"):
+        warnings.simplefilter("ignore")
+        build_term_loss(Registry(), TermSpec("legacy", 1.0, "legacy", student="x", teacher="y"))
+
+
+def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
+    torch.manual_seed(0)
+    fitnet = kdkit.get_registry("losses").build("fitnet")
+    teacher_map = torch.randn(4, 6, 5, 5)
+    student_map = torch.randn(4, 3, 5, 5)
+    inputs = DistillInputs(torch.zeros(4, 2), student_feature=student_map, teacher_feature=teacher_map)
+    first = fitnet(inputs)
+    assert tuple(fitnet.regressor.weight.shape) == (6, 3, 1, 1)
+    optimizer = torch.optim.SGD(fitnet.parameters(), lr=0.5)
+    for _ in range(200):
+        optimizer.zero_grad()
+        fitnet(inputs).backward()
+        optimizer.step()
+    # the optimum of a 1x1 regression: the least-squares fit of teacher channels on student channels
+    xs, xt = student_map.permute(0, 2, 3, 1).reshape(-1, 3), teacher_map.permute(0, 2, 3, 1).reshape(-1, 6)
+    w = torch.linalg.lstsq(xs, xt).solution
+    final = fitnet(inputs).item()
+    assert final == pytest.approx(F.mse_loss(xs @ w, xt).item(), rel=1e-3) and final < first.item()
+    with pytest.raises(ConfigError, match="differ in spatial size"):
+        kdkit.get_registry("losses").build("fitnet")(
+            DistillInputs(torch.zeros(4, 2), student_feature=torch.randn(4, 3, 4, 4), teacher_feature=teacher_map))
+    with pytest.raises(ConfigError, match="needs a student feature"):
+        kdkit.get_registry("losses").build("fitnet")(DistillInputs(torch.zeros(4, 2)))
+
+
+def test_fitnet_term_in_a_kd_run(tmp_path, manager):
+    """The regressor is built before the stage (so the optimiser has it), trains, is checkpointed with
+    the stage and is not part of the student's weights.  (Exact resume of such a term after SIGKILL:
+    tests/test_plugins_example.py, with a third-party feature loss.)"""
+    import json
+
+    from kdkit_engine_testutil import TINY
+
+    from kdkit.engine import train
+
+    sets = TINY + ["distill.terms=[{loss: kl, weight: 0.5}, "
+                   "{loss: fitnet, weight: 5.0, student: features.7, teacher: features.7}]"]
+    summary = train("kd", sets=sets, out=tmp_path / "run", manager=manager)
+    assert summary["distill"]["teacher_cache"] is False and len(summary["distill"]["terms"]) == 2
+    last = torch.load(tmp_path / "run" / "checkpoints" / "student" / "last.pt", weights_only=True)
+    regressor = last["extra_modules"]["distill"]["terms.fitnet.regressor.weight"]
+    assert tuple(regressor.shape) == (8, 8, 1, 1)  # convnet width 4: 8 channels at features.7, both sides
+    assert not any("regressor" in k for k in last["model"])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fit = [x["train.fitnet"] for x in lines if x["stage"] == "student" and "train.fitnet" in x]
+    assert len(fit) == 2 and fit[1] < fit[0]
+
+
+def test_wrong_tap_paths_fail_before_any_teacher_trains(tmp_path, manager):
+    from kdkit_engine_testutil import TINY
+
+    from kdkit.engine import train
+
+    with pytest.raises(kdkit.UnknownComponentError, match="unknown loss 'nosuchloss'"):
+        train("kd", sets=TINY + ["distill.terms=[{loss: nosuchloss}]"], out=tmp_path / "a", manager=manager)
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match=r"student \(ConvNet\) has no module 'features.77'; nearest valid"):
+        train("kd", sets=TINY + ["distill.terms=[{loss: fitnet, student: features.77, teacher: features.7}]"],
+              out=tmp_path / "b", manager=manager)
+    assert not (tmp_path / "b" / "checkpoints").exists()
