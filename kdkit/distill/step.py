@@ -9,10 +9,11 @@ config section into the objective.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.distiller import Distiller, build_term_loss
@@ -59,16 +60,21 @@ class DistillStep:
     :param teachers: the teacher modules whose features terms may tap (config order; ``None`` for
         a teacher without image feature maps, e.g. a lookup table).
     :param agreement: the :class:`~kdkit.engine.TeacherAgreement` guard, or ``None``.
+    :param validation: ``validation() -> iterable of ([B x C per teacher], labels)`` over the
+        held-out split (``None`` without one): ``distill.combine: inv_val_loss`` weighs the
+        teachers by their cross-entropy there, recomputed before every epoch.
 
-    ``taps`` goes to the stage (``Stage(taps=step.taps)``); call :meth:`before_epoch` from the
-    stage's ``before_epoch_fn`` so terms see the epoch and step.
+    ``taps`` goes to the stage (``Stage(taps=step.taps)``) and :meth:`before_epoch` is the stage's
+    ``before_epoch_fn`` (or is called from it).
     """
 
     def __init__(self, distiller: Distiller, student: nn.Module, teacher_logits: Callable,
-                 teachers: Sequence[nn.Module | None], agreement=None):
+                 teachers: Sequence[nn.Module | None], agreement=None,
+                 validation: Callable[[], Iterable] | None = None):
         self.distiller = distiller
         self.teacher_logits = teacher_logits
         self.agreement = agreement
+        self.validation = validation
         paths = distiller.student_paths()
         self.student_taps = FeatureTaps(student, paths, owner="student") if paths else None
         self.teacher_taps: list[FeatureTaps | None] = []
@@ -91,6 +97,26 @@ class DistillStep:
 
     def before_epoch(self, trainer, epoch: int) -> None:
         self.epoch, self.step = epoch, trainer.step
+        if self.agreement is not None and epoch > 0:
+            self.agreement.finish()  # fewer training samples than agreement_samples
+        combiner = self.distiller.combiner
+        if combiner.rule == "inv_val_loss" and combiner.per_teacher:
+            combiner.set_weights_from_losses(self.validation_losses())
+
+    @torch.no_grad()
+    def validation_losses(self) -> list[float]:
+        """Each teacher's mean cross-entropy on the held-out split."""
+        if self.validation is None:
+            raise ConfigError("distill.combine=inv_val_loss needs a validation split (data.val_fraction > 0 "
+                              "and checkpoint.select_on other than last)")
+        totals: list[float] = []
+        n = 0
+        for logits, labels in self.validation():
+            totals = totals or [0.0] * len(logits)
+            for i, t in enumerate(logits):
+                totals[i] += F.cross_entropy(t.float(), labels, reduction="sum").item()
+            n += labels.numel()
+        return [total / max(n, 1) for total in totals]
 
     def _outputs(self, model, batch):
         x, y, idx = batch[0], batch[1], batch[-1]

@@ -24,12 +24,6 @@ from kdkit.errors import ConfigError
 
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
 def check_agreement_samples(distill: dict) -> int:
     """``distill.agreement_samples`` (how many training samples :class:`TeacherAgreement` checks)."""
     value = distill.get("agreement_samples", 512)
@@ -117,11 +111,8 @@ class KDMethod:
         return models, summary
 
     def run(self, ctx) -> dict:
-        torch = _torch()
-        import torch.nn.functional as F
-
         from kdkit.distill.step import DistillStep, build_distiller, check_taps
-        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed, freeze, seed_everything
+        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed, seed_everything
         from kdkit.engine.agreement import TeacherAgreement
         from kdkit.engine.data import make_eval_loader, to_device
 
@@ -175,7 +166,6 @@ class KDMethod:
             if not _is_deterministic(train):
                 ctx.log("kd: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
-        combiner = distiller.combiner
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_summary),
                                      [s.get("val_top1", s.get("top1")) for s in teacher_summary.values()],
@@ -186,47 +176,30 @@ class KDMethod:
                 return [c[idx] for c in caches]
             return [t(x) for t in teachers]
 
-        step = DistillStep(distiller, student, teacher_logits, teachers, agreement)
+        def validation():
+            for b in make_eval_loader(val, int(cfg["train"]["eval_batch_size"])):
+                b = to_device(b, ctx.device)
+                yield [t(b[0]) for t in teachers], b[1]
+
+        step = DistillStep(distiller, student, teacher_logits, teachers, agreement,
+                           validation if val is not None else None)
         train_indexed = WithIndex(train)
         if distiller.has_modules:  # terms owning modules build them on one batch, seeded
             seed_everything(derive_seed(ctx.seed, "init", "distill"))
             first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
             step.materialize(student.to(ctx.device), to_device(first, ctx.device))
-        val_losses_cache: dict = {}
-
-        def before_epoch(trainer, epoch):
-            step.before_epoch(trainer, epoch)
-            if epoch > 0:
-                agreement.finish()  # fewer training samples than agreement_samples
-            if combiner.rule != "inv_val_loss" or len(teachers) == 1:
-                return
-            if val is None:
-                raise ConfigError("distill.combine=inv_val_loss needs a validation split (data.val_fraction > 0)")
-            losses = []
-            loader = make_eval_loader(val, int(cfg["train"]["eval_batch_size"]))
-            for t in teachers:
-                freeze(t)
-                total, n = 0.0, 0
-                with torch.no_grad():
-                    for b in loader:
-                        b = to_device(b, ctx.device)
-                        total += F.cross_entropy(t(b[0]).float(), b[1], reduction="sum").item()
-                        n += b[1].numel()
-                losses.append(total / max(n, 1))
-            combiner.set_weights_from_losses(losses)
-            val_losses_cache["last"] = losses
 
         res = ctx.fit(Stage(name="student", model=student, train_data=train_indexed, val_data=val,
                             test_data=test, step_fn=step, taps=step.taps,
                             extra_modules={"distill": distiller, "agreement": agreement},
-                            before_epoch_fn=before_epoch))
+                            before_epoch_fn=step.before_epoch))
         agreement.finish()
         summary["student"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                               "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
         summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": distiller.ce_weight,
                               "temperature": distiller.temperature, "teacher_cache": bool(caches is not None),
                               "terms": [dataclasses.asdict(s) for s in distiller.specs],
-                              "teacher_weights": [float(w) for w in combiner.weights.tolist()],
+                              "teacher_weights": [float(w) for w in distiller.combiner.weights.tolist()],
                               "teacher_agreement": agreement.report}
         summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
         if ctx.is_main:

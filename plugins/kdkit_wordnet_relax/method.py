@@ -445,20 +445,16 @@ class WordNetRelaxMethod:
         """The image-only student; ``to_pixels`` maps a training batch back to ``[0, 1]`` images for
         CLIP (``tx_clip: online``); ``teacher_references``: name -> held-out top-1 of every teacher
         (T_m in order, then T_x) for the teacher-agreement check."""
-        import torch
-        import torch.nn.functional as F
         from kdkit.distill.step import DistillStep
         from kdkit.engine import Stage, WithIndex, derive_seed, seed_everything, to_device
         from kdkit.engine.agreement import TeacherAgreement
         from kdkit.engine.data import make_eval_loader
-        from torch.utils.data import DataLoader
 
         cfg = ctx.config
         dist = cfg["distill"]
         use_tx = tx_parts is not None
         n_teachers = len(tm_models) + (1 if use_tx else 0)
         distiller = self.build_distiller(ctx, n_teachers)
-        combiner = distiller.combiner
         tau = float(cfg["relax"]["tau"])
         online = dist["tx_clip"] == "online"
         protocol = dist["tx_text"] == "protocol"
@@ -483,47 +479,34 @@ class WordNetRelaxMethod:
                 logits.append(tx_logits(x, y, idx))
             return logits
 
+        def validation():
+            start = 0
+            for b in make_eval_loader(val, int(cfg["train"]["eval_batch_size"])):
+                b = to_device(b, ctx.device)
+                logits = [t(b[0]) for t in tm_models]
+                if use_tx:  # T_x on the validation images' CLIP embeddings, in the same order
+                    v = v_val[start:start + len(b[1])].to(ctx.device)
+                    logits.append(tx_model(v, bank.retrieve(v, tau)))
+                start += len(b[1])
+                yield logits, b[1]
+
         # T_x has no image feature maps: feature terms tap T_m teachers only
         step = DistillStep(distiller, student, teacher_logits, list(tm_models) + ([None] if use_tx else []),
-                           agreement)
+                           agreement, validation if val is not None else None)
         train_indexed = WithIndex(train)
         if distiller.has_modules:  # terms owning modules build them on one batch, seeded
             seed_everything(derive_seed(ctx.seed, "init", "distill", stage_name))
             first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
             step.materialize(student.to(ctx.device), to_device(first, ctx.device))
 
-        def before_epoch(trainer, epoch):
-            step.before_epoch(trainer, epoch)
-            if epoch > 0:
-                agreement.finish()  # fewer training samples than agreement_samples
-            if combiner.rule != "inv_val_loss" or n_teachers == 1:
-                return
-            if val is None:
-                raise ConfigError("distill.combine=inv_val_loss needs a validation split (data.val_fraction > 0)")
-            losses = []
-            loader = DataLoader(val, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
-            with torch.no_grad():
-                for t in tm_models:
-                    total, n = 0.0, 0
-                    for b in loader:
-                        b = to_device(b, ctx.device)
-                        total += F.cross_entropy(t(b[0]).float(), b[1], reduction="sum").item()
-                        n += b[1].numel()
-                    losses.append(total / max(n, 1))
-                if use_tx:
-                    v = v_val.to(ctx.device)
-                    yv = _targets(val).to(ctx.device)
-                    losses.append(F.cross_entropy(tx_model(v, bank.retrieve(v, tau)).float(), yv).item())
-            combiner.set_weights_from_losses(losses)
-
         res = ctx.fit(Stage(name=stage_name, model=student, train_data=train_indexed, val_data=val,
                             test_data=test, step_fn=step, eval_fn=image_eval, taps=step.taps,
                             extra_modules={"distill": distiller, "agreement": agreement},
-                            before_epoch_fn=before_epoch))
+                            before_epoch_fn=step.before_epoch))
         agreement.finish()
         return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                 "best_epoch": res.best_epoch, "name": cfg["student"]["name"], "stage": stage_name,
-                "teacher_weights": [float(w) for w in combiner.weights.tolist()],
+                "teacher_weights": [float(w) for w in distiller.combiner.weights.tolist()],
                 "terms": [dataclasses.asdict(spec) for spec in distiller.specs],
                 "teacher_agreement": agreement.report}
 
