@@ -212,17 +212,25 @@ class RunContext:
         """
         train_full = self.build_dataset(section, "train")
         test = self.build_dataset(section, "test")
-        select_on = get_path(self.config, "checkpoint.select_on", "val")
-        if select_on == "test":
-            train, val = train_full, test
-        elif select_on == "val":
-            train, val = self.split_train_val(train_full)
-        elif select_on == "last":
-            train, val = train_full, None
-        else:
-            raise ConfigError(f"config key checkpoint.select_on: expected 'val', 'test' or 'last', got {select_on!r}")
+        train, val = self.selection_splits(train_full, test)
         classes = dataset_classes(train_full)
         return train, val, test, classes
+
+    def selection_splits(self, train_full, test, hold_out=None):
+        """``(train, val)`` for ``checkpoint.select_on`` — the one place that maps it to data.
+
+        ``val``: ``hold_out()`` (default: :meth:`split_train_val` of ``train_full``), the model
+        selected on held-out training data; ``test``: the whole ``train_full`` and ``val = test``
+        (optimistic, an explicit opt-in); ``last``: the whole ``train_full`` and no validation.
+        """
+        select_on = get_path(self.config, "checkpoint.select_on", "val")
+        if select_on == "val":
+            return hold_out() if hold_out is not None else self.split_train_val(train_full)
+        if select_on == "test":
+            return train_full, test
+        if select_on == "last":
+            return train_full, None
+        raise ConfigError(f"config key checkpoint.select_on: expected 'val', 'test' or 'last', got {select_on!r}")
 
     def fit(self, stage: Stage) -> StageResult:
         """Train ``stage`` (or, on resume, continue / skip it) and return its result."""

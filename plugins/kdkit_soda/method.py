@@ -239,16 +239,13 @@ class SodaMethod(Method):
                 raise ConfigError(f"config key soda.bits: {b} is not a positive multiple of 8")
         select_on = cfg["checkpoint"].get("select_on", "val")
         data, splits, feats, labels = self._prepare(ctx)
-        fit_ds = FeatureDataset(feats, labels, splits.fit if select_on == "val" else splits.train)
-        if select_on == "val":
-            val_q = FeatureDataset(feats, labels, splits.val)
-        elif select_on == "test":
+        query = FeatureDataset(feats, labels, splits.query)
+        fit_ds, val_q = ctx.selection_splits(
+            FeatureDataset(feats, labels, splits.train), query,
+            hold_out=lambda: (FeatureDataset(feats, labels, splits.fit), FeatureDataset(feats, labels, splits.val)))
+        if select_on == "test":
             ctx.log("[soda] checkpoint.select_on=test: the best epoch is chosen ON THE QUERY (TEST) SET, as "
                     "DCMH/DCHMT/MITH do — numbers are optimistic")
-            val_q = FeatureDataset(feats, labels, splits.query)
-        else:
-            val_q = None
-        query = FeatureDataset(feats, labels, splits.query)
         retrieval = FeatureDataset(feats, labels, splits.retrieval)
         k, variant = s.get("eval_k"), s.get("eval_variant", "truncated")
         summary = {"map": {}, "baseline": {}, "teacher": {}, "stages": {},

@@ -262,18 +262,8 @@ class WordNetRelaxMethod:
     # --- data -------------------------------------------------------------------------------
     def _splits(self, ctx, augment: str | None, test):
         """``(train, val)`` of the training split with ``augment``, split like the engine does."""
-        from kdkit.config import get_path
-
         overrides = {} if augment is None else {"augment": augment}
-        full = ctx.build_dataset(None, "train", **overrides)
-        select_on = get_path(ctx.config, "checkpoint.select_on", "val")
-        if select_on == "val":
-            return ctx.split_train_val(full)
-        if select_on == "test":
-            return full, test
-        if select_on == "last":
-            return full, None
-        raise ConfigError(f"config key checkpoint.select_on: expected 'val', 'test' or 'last', got {select_on!r}")
+        return ctx.selection_splits(ctx.build_dataset(None, "train", **overrides), test)
 
     # --- stages -----------------------------------------------------------------------------
     @staticmethod
