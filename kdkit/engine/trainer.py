@@ -63,19 +63,26 @@ def classification_step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
 
 
 @torch.no_grad()
-def classification_eval(model: nn.Module, loader) -> dict:
-    """Default ``eval_fn``: ``{"top1": percent, "loss": mean cross-entropy}`` over ``loader``."""
-    correct, total, loss_sum = 0, 0, 0.0
+def classification_eval(model: nn.Module, loader, entropy: bool = False) -> dict:
+    """Default ``eval_fn``: ``{"top1": percent, "loss": mean cross-entropy}`` over ``loader``, and with
+    ``entropy=True`` the mean entropy (nats) of the softmax (``functools.partial`` it into a stage)."""
+    correct, total, loss_sum, entropy_sum = 0, 0, 0.0, 0.0
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for batch in loader:
         batch = to_device(batch, device)
         x, y = _split_batch(batch)
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        if entropy:
+            logp = torch.log_softmax(logits, dim=-1)
+            entropy_sum += float(-(logp.exp() * logp).sum().item())
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
     total = max(total, 1)
-    return {"top1": 100.0 * correct / total, "loss": loss_sum / total}
+    metrics = {"top1": 100.0 * correct / total, "loss": loss_sum / total}
+    if entropy:
+        metrics["entropy"] = entropy_sum / total
+    return metrics
 
 
 @dataclass
