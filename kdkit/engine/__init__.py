@@ -25,8 +25,8 @@ derive everything else deterministically from the config, and use ``ctx.fit`` fo
 from __future__ import annotations
 
 from kdkit.engine.agreement import TeacherAgreement
-from kdkit.engine.checkpoint import (atomic_write_bytes, atomic_write_text, derive_seed, load_checkpoint,
-                                     save_checkpoint, seed_everything)
+from kdkit.engine.checkpoint import (atomic_torch_save, atomic_write_bytes, atomic_write_text, derive_seed,
+                                     load_checkpoint, save_checkpoint, seed_everything)
 from kdkit.engine.context import (Method, RunContext, evaluate_run, open_run, resolve_device, resolve_method_config,
                                   train)
 from kdkit.engine.data import TeacherCache, WithIndex, dataset_classes, split_train_val, to_device
@@ -41,6 +41,6 @@ __all__ = [
     "freeze", "train", "run_method", "evaluate_run", "open_run", "resolve_method_config", "resolve_device",
     "classification_eval", "classification_step", "split_train_val", "dataset_classes", "to_device",
     "derive_seed", "seed_everything", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
-    "atomic_write_text",
+    "atomic_write_text", "atomic_torch_save",
 ]
 

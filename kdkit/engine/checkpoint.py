@@ -20,6 +20,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "save_checkpoint",
+    "atomic_torch_save",
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
@@ -65,11 +66,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_checkpoint(obj: dict, path: Path) -> None:
-    """``torch.save`` into memory, then :func:`atomic_write_bytes` (never leaves a partial file)."""
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` into memory, then :func:`atomic_write_bytes` (never leaves a partial file):
+    checkpoints and every cache file kdkit or a plugin writes."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """Write a checkpoint atomically (:func:`atomic_torch_save`)."""
+    atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:

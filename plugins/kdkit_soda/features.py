@@ -212,10 +212,9 @@ def compute_features(data, clip_cfg: dict, prompt_cfg: dict, cache_dir: Path, de
     else:
         raise ConfigError(f"config key prompt.mode: expected joined|mean, got {mode!r}")
     feats = {"image": image.contiguous(), "text": text.contiguous(), "label": label.contiguous()}
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(feats, tmp)
-    tmp.replace(path)
+    from kdkit.engine import atomic_torch_save
+
+    atomic_torch_save(feats, path)
     log(f"[soda] CLIP features of {len(data)} samples ({enc.name}, weights {enc.pretrained or 'random init'}) "
         f"computed in {time.perf_counter() - t0:.1f}s, cached in {path}")
     return feats

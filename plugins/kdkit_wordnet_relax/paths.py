@@ -39,15 +39,6 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:20]
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_keyed(path: Path, key: dict) -> Any | None:
     """The payload stored by :func:`save_keyed` at ``path`` when its recorded key equals ``key``."""
     import torch
@@ -65,6 +56,8 @@ def load_keyed(path: Path, key: dict) -> Any | None:
 
 def save_keyed(path: Path, key: dict, payload: Any) -> None:
     """Store ``payload`` with its full key (checked again on load, so digest collisions are harmless)."""
+    from kdkit.engine import atomic_torch_save
+
     try:
         atomic_torch_save({"key": json.loads(json.dumps(key, default=str)), "payload": payload}, path)
     except OSError:  # a read-only cache only costs recomputation
