@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -427,3 +429,20 @@ def test_manager_is_a_pluggy_manager_with_kdkit_project():
     assert isinstance(manager, pluggy.PluginManager)
     assert manager.project_name == "kdkit"
     assert manager is kdkit.get_plugin_manager()
+
+
+def test_every_registry_with_the_built_in_plugins_loads_no_heavy_module():
+    """Listing plugins and resolving component names must stay cheap: no torch, open_clip or nltk
+    until a component is built."""
+    code = (
+        "import sys, kdkit\n"
+        "pm = kdkit.get_plugin_manager()\n"
+        "from kdkit.registry import KINDS\n"
+        "names = {kind: pm.registry(kind).names() for kind in KINDS}\n"
+        "assert {'wordnet_relax', 'soda', 'kd'} <= set(names['methods']), names['methods']\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'nltk') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "KDKIT_BLOCK_PLUGINS"})
+    assert r.returncode == 0, r.stderr[-2000:]

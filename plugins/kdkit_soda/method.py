@@ -17,151 +17,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from kdkit.config import base_config, train_section
-from kdkit.engine import Method, Stage, freeze
-from kdkit.engine.distributed import all_gather_with_grad
 from kdkit.errors import ConfigError, KdkitError
+from kdkit.lazy import lazy_import
 
 from .data import make_splits
-from .features import compute_features
+
+# torch and the training pieces load when a run starts, not when kdkit registers the plugin
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
+engine = lazy_import("kdkit.engine")
+distributed = lazy_import("kdkit.engine.distributed")
+features = lazy_import("kdkit_soda.features")
+hashing = lazy_import("kdkit_soda.hashing")
 
 SUPPORTED_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 
 
-# --- models ----------------------------------------------------------------------------------
-
-class HashHead(nn.Module):
-    """``Linear(in -> L) -> Dropout -> tanh`` (the method family's head); with ``hidden > 0``
-    ``Linear(in -> hidden) -> ReLU -> Dropout -> Linear(hidden -> L) -> tanh``."""
-
-    def __init__(self, in_dim: int, bits: int, hidden: int = 0, dropout: float = 0.2):
-        super().__init__()
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                     nn.Linear(hidden, bits))
-        else:
-            self.net = nn.Sequential(nn.Linear(in_dim, bits), nn.Dropout(dropout))
-        self.bits = bits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(x))
-
-
-class PairHashModel(nn.Module):
-    """Two hash heads: ``a`` (images) and ``b`` (label prompts in the teacher, captions in the baseline)."""
-
-    def __init__(self, dim_a: int, dim_b: int, bits: int, hidden: int, dropout: float):
-        super().__init__()
-        self.a = HashHead(dim_a, bits, hidden, dropout)
-        self.b = HashHead(dim_b, bits, hidden, dropout)
-
-    def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Training calls the (possibly DDP-wrapped) model itself: going through ``.module.a``
-        # would skip DDP's forward, and the ranks' gradients would never be averaged.
-        return self.a(features_a), self.b(features_b)
-
-
-class FeatureDataset(Dataset):
-    """``(position, image feature, text feature, label-prompt feature, multi-hot label)`` for a subset."""
-
-    def __init__(self, feats: dict, labels: torch.Tensor, indices: np.ndarray):
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        self.image = feats["image"][idx]
-        self.text = feats["text"][idx]
-        self.label_feat = feats["label"][idx]
-        self.labels = labels[idx]
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, i: int):
-        return i, self.image[i], self.text[i], self.label_feat[i], self.labels[i]
-
-
-# --- losses ----------------------------------------------------------------------------------
-
-def similarity(la: torch.Tensor, lb: torch.Tensor, kind: str = "hard") -> torch.Tensor:
-    """``S_ij = 1`` when samples share a label (``hard``), or the cosine of the label vectors (``cosine``)."""
-    if kind == "hard":
-        return (la @ lb.T > 0).float()
-    if kind == "cosine":
-        return F.normalize(la, dim=1) @ F.normalize(lb, dim=1).T
-    raise ConfigError(f"config key soda.similarity: expected hard|cosine, got {kind!r}")
-
-
-def pairwise_nll(ha: torch.Tensor, hb: torch.Tensor, s: torch.Tensor, scale: float) -> torch.Tensor:
-    """DCMH's negative log-likelihood of the similarities, averaged over pairs:
-    ``theta = scale * ha @ hb.T``; ``mean(softplus(theta) - S * theta)``."""
-    theta = scale * (ha @ hb.T)
-    return (F.softplus(theta) - s * theta).mean()
-
-
-def _penalty(h: torch.Tensor) -> torch.Tensor:
-    from kdkit import ops  # lazy: loads the compiled extension on first use
-
-    return ops.binarization_penalty(h, reduction="mean")
-
-
-def mean_average_precision(*args, **kwargs) -> float:
-    from kdkit.metrics import mean_average_precision as _map
-
-    return _map(*args, **kwargs)
-
-
-def _balance(h: torch.Tensor) -> torch.Tensor:
-    return (h.mean(0) ** 2).mean()
-
-
-def pack(h: torch.Tensor) -> torch.Tensor:
-    """Real codes -> packed uint8 (faiss layout): bit set where ``h >= 0``."""
-    from kdkit import ops
-
-    return ops.pack_bits(h.detach().float().cpu().contiguous())
-
-
-@torch.no_grad()
-def encode_features(head: nn.Module, x: torch.Tensor, device, batch_size: int = 4096) -> torch.Tensor:
-    """Real-valued head outputs (N, L) in eval mode."""
-    was = head.training
-    head.eval()
-    out = [head(x[s:s + batch_size].to(device)).float().cpu() for s in range(0, x.shape[0], batch_size)]
-    head.train(was)
-    return torch.cat(out)
-
-
-def sign_codes(h: torch.Tensor) -> torch.Tensor:
-    """``sign`` with ``sign(0) = +1`` (as ``pack_bits``)."""
-    return torch.where(h >= 0, 1.0, -1.0)
-
-
-def normalize_features(feats: dict, fit_idx, mode: str = "standardize") -> dict:
-    """``standardize``: per-dimension z-score with the statistics of the training (fit) split;
-    ``l2``: unit length; ``none``.  Statistics are kept under ``"_stats"`` for encoding new inputs."""
-    if mode == "none":
-        return dict(feats)
-    out, stats = {}, {}
-    idx = torch.as_tensor(np.asarray(fit_idx), dtype=torch.long)
-    for k, x in feats.items():
-        x = x.float()
-        if mode == "standardize":
-            mu, sd = x[idx].mean(0), x[idx].std(0).clamp_min(1e-6)
-            out[k], stats[k] = (x - mu) / sd, (mu, sd)
-        elif mode == "l2":
-            out[k] = F.normalize(x, dim=1)
-        else:
-            raise ConfigError(f"config key soda.feature_norm: expected standardize|l2|none, got {mode!r}")
-    out["_stats"] = stats
-    return out
-
-
 # --- the method ------------------------------------------------------------------------------
 
-class SodaMethod(Method):
+class SodaMethod:
     """Two-stage SODA; ``run`` returns ``{"map": {bits: {"i2t", "t2i"}}, "baseline": ..., ...}``."""
 
     @classmethod
@@ -221,10 +98,10 @@ class SodaMethod(Method):
                 f"{sizes['train']} (fit {sizes['fit']} + validation {sizes['val']}, val seed {cfg.get('seed', 0)}), "
                 f"retrieval database {sizes['retrieval']}")
         cache = Path(cfg["clip"].get("cache_dir") or ctx.cache_dir)
-        feats = compute_features(data, cfg["clip"], cfg["prompt"], cache, ctx.device, log=ctx.log,
+        feats = features.compute_features(data, cfg["clip"], cfg["prompt"], cache, ctx.device, log=ctx.log,
                                  seed=int(cfg.get("seed", 0)))
         labels = torch.from_numpy(np.asarray(data.labels, np.float32))
-        feats = normalize_features(feats, splits.fit, cfg["soda"].get("feature_norm", "standardize"))
+        feats = hashing.normalize_features(feats, splits.fit, cfg["soda"].get("feature_norm", "standardize"))
         self._stats = feats.pop("_stats", None)
         return data, splits, feats, labels
 
@@ -239,14 +116,15 @@ class SodaMethod(Method):
                 raise ConfigError(f"config key soda.bits: {b} is not a positive multiple of 8")
         select_on = cfg["checkpoint"].get("select_on", "val")
         data, splits, feats, labels = self._prepare(ctx)
-        query = FeatureDataset(feats, labels, splits.query)
+        query = hashing.FeatureDataset(feats, labels, splits.query)
         fit_ds, val_q = ctx.selection_splits(
-            FeatureDataset(feats, labels, splits.train), query,
-            hold_out=lambda: (FeatureDataset(feats, labels, splits.fit), FeatureDataset(feats, labels, splits.val)))
+            hashing.FeatureDataset(feats, labels, splits.train), query,
+            hold_out=lambda: (hashing.FeatureDataset(feats, labels, splits.fit),
+                              hashing.FeatureDataset(feats, labels, splits.val)))
         if select_on == "test":
             ctx.log("[soda] checkpoint.select_on=test: the best epoch is chosen ON THE QUERY (TEST) SET, as "
                     "DCMH/DCHMT/MITH do — numbers are optimistic")
-        retrieval = FeatureDataset(feats, labels, splits.retrieval)
+        retrieval = hashing.FeatureDataset(feats, labels, splits.retrieval)
         k, variant = s.get("eval_k"), s.get("eval_variant", "truncated")
         summary = {"map": {}, "baseline": {}, "teacher": {}, "stages": {},
                    "protocol": {"metric": "mAP@all" if k is None else f"mAP@{k}", "variant": variant,
@@ -261,26 +139,26 @@ class SodaMethod(Method):
         for bits in bits_list:
             teacher = self.train_teacher(ctx, bits, fit_ds, val_q)
             student = self.train_student(ctx, bits, teacher, fit_ds, val_q)
-            img_q = pack(encode_features(teacher.a, query.image, ctx.device))
-            img_db = pack(encode_features(teacher.a, retrieval.image, ctx.device))
-            txt_q = pack(encode_features(student, query.text, ctx.device))
-            txt_db = pack(encode_features(student, retrieval.text, ctx.device))
-            lab_db = pack(encode_features(teacher.b, retrieval.label_feat, ctx.device))
+            img_q = hashing.pack(hashing.encode_features(teacher.a, query.image, ctx.device))
+            img_db = hashing.pack(hashing.encode_features(teacher.a, retrieval.image, ctx.device))
+            txt_q = hashing.pack(hashing.encode_features(student, query.text, ctx.device))
+            txt_db = hashing.pack(hashing.encode_features(student, retrieval.text, ctx.device))
+            lab_db = hashing.pack(hashing.encode_features(teacher.b, retrieval.label_feat, ctx.device))
             summary["map"][str(bits)] = {
-                "i2t": mean_average_precision(img_q, txt_db, query.labels, retrieval.labels, k, variant),
-                "t2i": mean_average_precision(txt_q, img_db, query.labels, retrieval.labels, k, variant),
+                "i2t": hashing.mean_average_precision(img_q, txt_db, query.labels, retrieval.labels, k, variant),
+                "t2i": hashing.mean_average_precision(txt_q, img_db, query.labels, retrieval.labels, k, variant),
             }
             summary["teacher"][str(bits)] = {
-                "i2label": mean_average_precision(img_q, lab_db, query.labels, retrieval.labels, k, variant)}
+                "i2label": hashing.mean_average_precision(img_q, lab_db, query.labels, retrieval.labels, k, variant)}
             if s.get("baseline", True):
                 base = self.train_baseline(ctx, bits, fit_ds, val_q)
-                bq_i = pack(encode_features(base.a, query.image, ctx.device))
-                bd_i = pack(encode_features(base.a, retrieval.image, ctx.device))
-                bq_t = pack(encode_features(base.b, query.text, ctx.device))
-                bd_t = pack(encode_features(base.b, retrieval.text, ctx.device))
+                bq_i = hashing.pack(hashing.encode_features(base.a, query.image, ctx.device))
+                bd_i = hashing.pack(hashing.encode_features(base.a, retrieval.image, ctx.device))
+                bq_t = hashing.pack(hashing.encode_features(base.b, query.text, ctx.device))
+                bd_t = hashing.pack(hashing.encode_features(base.b, retrieval.text, ctx.device))
                 summary["baseline"][str(bits)] = {
-                    "i2t": mean_average_precision(bq_i, bd_t, query.labels, retrieval.labels, k, variant),
-                    "t2i": mean_average_precision(bq_t, bd_i, query.labels, retrieval.labels, k, variant),
+                    "i2t": hashing.mean_average_precision(bq_i, bd_t, query.labels, retrieval.labels, k, variant),
+                    "t2i": hashing.mean_average_precision(bq_t, bd_i, query.labels, retrieval.labels, k, variant),
                 }
             line = (f"[soda] {bits} bits: SODA i2t {summary['map'][str(bits)]['i2t']:.4f} "
                     f"t2i {summary['map'][str(bits)]['t2i']:.4f}")
@@ -309,19 +187,20 @@ class SodaMethod(Method):
         v = ctx.config["soda"].get(key)
         return int(v) if v is not None else int(ctx.config["train"]["epochs"])
 
-    def train_teacher(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
+    def train_teacher(self, ctx, bits: int, fit_ds, val_q) -> hashing.PairHashModel:
         """Stage 1: image head ``a`` and label-prompt head ``b`` in one Hamming space."""
         return self._train_pair(ctx, f"teacher.{bits}", bits, fit_ds, val_q, "label_feat", seed_offset=0,
                                 intra_b=False, keys=("i2label", "label2i"),
                                 epochs=self._epochs("teacher_epochs", ctx))
 
-    def train_student(self, ctx, bits: int, teacher: PairHashModel, fit_ds, val_q) -> HashHead:
+    def train_student(self, ctx, bits: int, teacher: hashing.PairHashModel, fit_ds, val_q) -> hashing.HashHead:
         s = ctx.config["soda"]
         torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + 1)
-        student = HashHead(fit_ds.text.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+        student = hashing.HashHead(fit_ds.text.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
         # the frozen stage-1 image codes of the training set: the student's targets
         frozen = nn.Module()
-        frozen.register_buffer("codes", sign_codes(encode_features(teacher.a, fit_ds.image, ctx.device)))
+        image_codes = hashing.sign_codes(hashing.encode_features(teacher.a, fit_ds.image, ctx.device))
+        frozen.register_buffer("codes", image_codes)
         frozen.register_buffer("labels", fit_ds.labels.clone())
         frozen = frozen.to(ctx.device)
         scale, beta, fit_w = float(s["theta_scale"]), float(s["beta"]), float(s["fit_weight"])
@@ -331,35 +210,36 @@ class SodaMethod(Method):
         def step(m, batch):
             pos, _, ft, _, y = batch
             ht = m(ft)
-            sim = similarity(y, frozen.labels, kind)
-            inter = pairwise_nll(ht, frozen.codes, sim, scale)
+            sim = hashing.similarity(y, frozen.labels, kind)
+            inter = hashing.pairwise_nll(ht, frozen.codes, sim, scale)
             fit = ((ht - frozen.codes[pos]) ** 2).mean()
-            pen = _penalty(ht)
+            pen = hashing._penalty(ht)
             loss = inter + fit_w * fit + beta * pen
             if s_intra or bal:  # terms over the whole batch: gathered from every rank under DDP
-                ht_all, y_all = all_gather_with_grad(ht), all_gather_with_grad(y)
+                ht_all, y_all = distributed.all_gather_with_grad(ht), distributed.all_gather_with_grad(y)
                 if s_intra:
-                    loss = loss + s_intra * pairwise_nll(ht_all, ht_all, similarity(y_all, y_all, kind), scale)
+                    sim_all = hashing.similarity(y_all, y_all, kind)
+                    loss = loss + s_intra * hashing.pairwise_nll(ht_all, ht_all, sim_all, scale)
                 if bal:
-                    loss = loss + bal * _balance(ht_all)
+                    loss = loss + bal * hashing._balance(ht_all)
             return loss, {"inter": inter.detach(), "fit": fit.detach(), "penalty": pen.detach()}
 
         def evaluate(m, val):
             val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
-            db_txt = pack(encode_features(m, fit_ds.text, ctx.device))
-            db_img = pack(frozen.codes.cpu())
-            q_img = pack(encode_features(teacher.a, val.image, ctx.device))
-            q_txt = pack(encode_features(m, val.text, ctx.device))
-            i2t = mean_average_precision(q_img, db_txt, val.labels, fit_ds.labels)
-            t2i = mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
+            db_txt = hashing.pack(hashing.encode_features(m, fit_ds.text, ctx.device))
+            db_img = hashing.pack(frozen.codes.cpu())
+            q_img = hashing.pack(hashing.encode_features(teacher.a, val.image, ctx.device))
+            q_txt = hashing.pack(hashing.encode_features(m, val.text, ctx.device))
+            i2t = hashing.mean_average_precision(q_img, db_txt, val.labels, fit_ds.labels)
+            t2i = hashing.mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
             return {"map": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
 
-        ctx.fit(Stage(name=f"student.{bits}", model=student, train_data=fit_ds, val_data=val_q, step_fn=step,
+        ctx.fit(engine.Stage(name=f"student.{bits}", model=student, train_data=fit_ds, val_data=val_q, step_fn=step,
                       eval_fn=evaluate, epochs=self._epochs("student_epochs", ctx), optimizer=self._opt(ctx),
                       select_metric="map", select_mode="max"))
-        return freeze(student)
+        return engine.freeze(student)
 
-    def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> PairHashModel:
+    def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> hashing.PairHashModel:
         """No distillation: image and text heads trained jointly, with the teacher's and the
         student's training budget together."""
         s = ctx.config["soda"]
@@ -370,13 +250,13 @@ class SodaMethod(Method):
                                 intra_b=True, keys=("i2t", "t2i"), epochs=int(epochs))
 
     def _train_pair(self, ctx, stage: str, bits: int, fit_ds, val_q, b_feature: str, seed_offset: int,
-                    intra_b: bool, keys: tuple, epochs: int) -> PairHashModel:
+                    intra_b: bool, keys: tuple, epochs: int) -> hashing.PairHashModel:
         """Train image head ``a`` and head ``b`` (on ``fit_ds.<b_feature>``) jointly:
         inter-modal NLL + intra_weight * intra-modal NLL (image<->image, plus b<->b when ``intra_b``)
         + alpha * binarisation penalty (+ optional bit balance); selected on validation mAP."""
         s = ctx.config["soda"]
         torch.manual_seed(int(ctx.config.get("seed", 0)) * 1000 + bits + seed_offset)
-        model = PairHashModel(fit_ds.image.shape[1], getattr(fit_ds, b_feature).shape[1], bits,
+        model = hashing.PairHashModel(fit_ds.image.shape[1], getattr(fit_ds, b_feature).shape[1], bits,
                               int(s["head_hidden"]), float(s["dropout"]))
         scale, alpha, intra = float(s["theta_scale"]), float(s["alpha"]), float(s["intra_weight"])
         bal, kind = float(s["balance_weight"]), s["similarity"]
@@ -384,35 +264,36 @@ class SodaMethod(Method):
 
         def step(m, batch):
             fi, fb, y = batch[1], batch[b_slot], batch[4]
-            hi, hb = m(fi, fb)
-            pen = _penalty(hi) + _penalty(hb)
+            hi_own, hb_own = m(fi, fb)
             # the pairs of the whole batch: under DDP every rank's half-batch is gathered, so the loss
             # (and, with DDP's averaging, the gradient) is the single-process one
-            hi, hb, y = all_gather_with_grad(hi), all_gather_with_grad(hb), all_gather_with_grad(y)
-            sim = similarity(y, y, kind)
-            inter = pairwise_nll(hi, hb, sim, scale)
-            intra_l = pairwise_nll(hi, hi, sim, scale)
+            gather = distributed.all_gather_with_grad
+            hi, hb, y = gather(hi_own), gather(hb_own), gather(y)
+            sim = hashing.similarity(y, y, kind)
+            inter = hashing.pairwise_nll(hi, hb, sim, scale)
+            intra_l = hashing.pairwise_nll(hi, hi, sim, scale)
             if intra_b:
-                intra_l = intra_l + pairwise_nll(hb, hb, sim, scale)
+                intra_l = intra_l + hashing.pairwise_nll(hb, hb, sim, scale)
+            pen = hashing._penalty(hi_own) + hashing._penalty(hb_own)  # per sample: this rank's rows
             loss = inter + intra * intra_l + alpha * pen
             if bal:
-                loss = loss + bal * (_balance(hi) + _balance(hb))
+                loss = loss + bal * (hashing._balance(hi) + hashing._balance(hb))
             return loss, {"inter": inter.detach(), "intra": intra_l.detach(), "penalty": pen.detach()}
 
         def evaluate(m, val):
             val = getattr(val, "dataset", val)  # the trainer wraps datasets in a DataLoader
-            db_b = pack(encode_features(m.b, getattr(fit_ds, b_feature), ctx.device))
-            db_a = pack(encode_features(m.a, fit_ds.image, ctx.device))
-            q_a = pack(encode_features(m.a, val.image, ctx.device))
-            q_b = pack(encode_features(m.b, getattr(val, b_feature), ctx.device))
-            a2b = mean_average_precision(q_a, db_b, val.labels, fit_ds.labels)
-            b2a = mean_average_precision(q_b, db_a, val.labels, fit_ds.labels)
+            db_b = hashing.pack(hashing.encode_features(m.b, getattr(fit_ds, b_feature), ctx.device))
+            db_a = hashing.pack(hashing.encode_features(m.a, fit_ds.image, ctx.device))
+            q_a = hashing.pack(hashing.encode_features(m.a, val.image, ctx.device))
+            q_b = hashing.pack(hashing.encode_features(m.b, getattr(val, b_feature), ctx.device))
+            a2b = hashing.mean_average_precision(q_a, db_b, val.labels, fit_ds.labels)
+            b2a = hashing.mean_average_precision(q_b, db_a, val.labels, fit_ds.labels)
             return {"map": (a2b + b2a) / 2, keys[0]: a2b, keys[1]: b2a}
 
-        ctx.fit(Stage(name=stage, model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
+        ctx.fit(engine.Stage(name=stage, model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
                       eval_fn=evaluate, epochs=int(epochs), optimizer=self._opt(ctx),
                       select_metric="map", select_mode="max"))
-        return freeze(model)
+        return engine.freeze(model)
 
     # --- kdkit encode ---------------------------------------------------------------------
 
@@ -451,16 +332,16 @@ class SodaMethod(Method):
             indices = np.asarray(idx)
             x = feats["image" if modality == "image" else "text"][torch.as_tensor(indices)]
         if modality == "image":
-            model = PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
+            model = hashing.PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
                                   float(s["dropout"]))
             ctx.load_best(f"teacher.{bits}", model)
             head = model.a
         elif modality == "text":
-            head = HashHead(x.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+            head = hashing.HashHead(x.shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
             ctx.load_best(f"student.{bits}", head)
         else:
             raise KdkitError(f"--modality {modality!r}: expected image or text")
-        codes = pack(encode_features(head, x, ctx.device)).numpy()
+        codes = hashing.pack(hashing.encode_features(head, x, ctx.device)).numpy()
         meta = {"modality": modality, "bits": int(bits), "split": None if texts is not None else split,
                 "dataset": cfg["data"]["name"]}
         if labels is not None:
@@ -471,20 +352,24 @@ class SodaMethod(Method):
         """``kdkit eval --run DIR``: recompute mAP of the saved best heads on the query/retrieval split."""
         s = ctx.config["soda"]
         data, splits, feats, labels = self._prepare(ctx)
-        query = FeatureDataset(feats, labels, splits.query)
-        retrieval = FeatureDataset(feats, labels, splits.retrieval)
+        query = hashing.FeatureDataset(feats, labels, splits.query)
+        retrieval = hashing.FeatureDataset(feats, labels, splits.retrieval)
         out = {"map": {}}
         for bits in [int(b) for b in s["bits"]]:
-            t = PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
+            t = hashing.PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(s["head_hidden"]),
                               float(s["dropout"]))
             ctx.load_best(f"teacher.{bits}", t)
-            st = HashHead(feats["text"].shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
+            st = hashing.HashHead(feats["text"].shape[1], bits, int(s["head_hidden"]), float(s["dropout"]))
             ctx.load_best(f"student.{bits}", st)
-            iq, idb = pack(encode_features(t.a, query.image, ctx.device)), pack(encode_features(t.a, retrieval.image, ctx.device))
-            tq, tdb = pack(encode_features(st, query.text, ctx.device)), pack(encode_features(st, retrieval.text, ctx.device))
+            def codes(head, x):
+                return hashing.pack(hashing.encode_features(head, x, ctx.device))
+
+            iq, idb = codes(t.a, query.image), codes(t.a, retrieval.image)
+            tq, tdb = codes(st, query.text), codes(st, retrieval.text)
+            mean_ap = hashing.mean_average_precision
             out["map"][str(bits)] = {
-                "i2t": mean_average_precision(iq, tdb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
-                "t2i": mean_average_precision(tq, idb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
+                "i2t": mean_ap(iq, tdb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
+                "t2i": mean_ap(tq, idb, query.labels, retrieval.labels, s["eval_k"], s["eval_variant"]),
             }
         return out
 

@@ -16,7 +16,8 @@ SETS = ["data.size=160", "soda.bits=[16]", "train.epochs=2", "train.batch_size=3
 
 
 def test_student_batches_pair_text_with_their_own_frozen_image_code(tmp_path, monkeypatch):
-    from kdkit_soda.method import SodaMethod, encode_features, sign_codes
+    from kdkit_soda.hashing import encode_features, sign_codes
+    from kdkit_soda.method import SodaMethod
 
     seen: dict = {"batches": []}
     step, train_student = Trainer.train_model_step, SodaMethod.train_student

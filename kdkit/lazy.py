@@ -1,0 +1,40 @@
+"""``lazy_import``: a module that is imported on first use, to keep plugin registration cheap.
+
+kdkit imports every plugin when it starts (``kdkit plugins``, ``kdkit --help``), so a plugin module
+must not import torch, open_clip or nltk at import time.  ``torch = lazy_import("torch")`` at module
+level reads like a normal import and costs nothing until ``torch.<something>`` is first used.
+"""
+from __future__ import annotations
+
+import importlib
+import types
+
+__all__ = ["lazy_import"]
+
+
+class _LazyModule(types.ModuleType):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.__dict__["_lazy_target"] = None
+
+    def _load(self) -> types.ModuleType:
+        target = self.__dict__["_lazy_target"]
+        if target is None:
+            target = importlib.import_module(self.__name__)
+            self.__dict__["_lazy_target"] = target
+        return target
+
+    def __getattr__(self, attr: str):
+        return getattr(self._load(), attr)
+
+    def __dir__(self):
+        return dir(self._load())
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.__dict__["_lazy_target"] is not None else "not loaded yet"
+        return f"<lazy module {self.__name__!r} ({state})>"
+
+
+def lazy_import(name: str) -> types.ModuleType:
+    """A stand-in for ``importlib.import_module(name)`` that imports on first attribute access."""
+    return _LazyModule(name)
