@@ -1,15 +1,56 @@
 """kdkit — plugin-based knowledge distillation for PyTorch.
 
-Importing :mod:`kdkit` is cheap: the compiled ops, open_clip and nltk load only when used.
-The public plugin API is what this module exports; built-in and third-party plugins use
-nothing else.
+The public API — everything a plugin, built-in or third-party, may use — is what this module
+exports (``__all__``), the :mod:`kdkit.distill` namespace (the pieces distillation methods are
+built from) and the compiled ops in :mod:`kdkit.ops`.  Every other module is internal and may
+change.  ``docs/writing-plugins.md`` documents each name; a test fails when a plugin imports
+anything else.
+
+Importing :mod:`kdkit` is cheap: the names below that need torch (the engine, the data helpers)
+are imported on first use, and the compiled ops, open_clip and nltk load only when used.
 """
 from __future__ import annotations
 
+import importlib
+
 from kdkit.errors import ConfigError, DataError, KdkitError, PluginError, UnknownComponentError
 from kdkit.hookspecs import hookimpl
+from kdkit.lazy import lazy_import
 
 __version__ = "0.1.0"
+
+#: name -> module of the public names imported on first use (PEP 562).
+_LAZY = {
+    # methods: configs, the run context and its stages
+    "base_config": "kdkit.config",
+    "train_section": "kdkit.config",
+    "Method": "kdkit.engine.context",
+    "RunContext": "kdkit.engine.context",
+    "Stage": "kdkit.engine.trainer",
+    "StageResult": "kdkit.engine.trainer",
+    "TrainingError": "kdkit.engine.trainer",
+    "freeze": "kdkit.engine.trainer",
+    "classification_eval": "kdkit.engine.trainer",
+    # data: the sample index, loaders, device transfer, the teacher-output cache
+    "WithIndex": "kdkit.engine.data",
+    "TeacherCache": "kdkit.engine.data",
+    "make_eval_loader": "kdkit.engine.data",
+    "dataset_classes": "kdkit.engine.data",
+    "to_device": "kdkit.engine.data",
+    # seeding, files, caches
+    "derive_seed": "kdkit.engine.checkpoint",
+    "seed_everything": "kdkit.engine.checkpoint",
+    "atomic_torch_save": "kdkit.engine.checkpoint",
+    "atomic_write_text": "kdkit.engine.checkpoint",
+    "cache_root": "kdkit.paths",
+    # several processes
+    "all_gather_with_grad": "kdkit.engine.distributed",
+    "all_reduce_mean": "kdkit.engine.distributed",
+    "is_main_process": "kdkit.engine.distributed",
+    # retrieval evaluation
+    "mean_average_precision": "kdkit.metrics",
+}
+_RENAMED = {"is_main_process": "is_main"}
 
 __all__ = [
     "__version__",
@@ -21,6 +62,8 @@ __all__ = [
     "UnknownComponentError",
     "get_registry",
     "get_plugin_manager",
+    "lazy_import",
+    *_LAZY,
 ]
 
 
@@ -34,3 +77,16 @@ def get_plugin_manager():
 def get_registry(kind: str):
     """The :class:`kdkit.registry.Registry` of ``kind`` (``"methods"``, ``"datasets"``, ...)."""
     return get_plugin_manager().registry(kind)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

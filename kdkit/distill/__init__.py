@@ -6,14 +6,19 @@
   :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage);
 * :class:`Distiller` — the objective ``alpha * CE + sum_i weight_i * term_i``; every term is a
   registered loss called with one :class:`DistillInputs` (``distill.terms``, :class:`TermSpec`,
-  :func:`distill_terms`).
+  :func:`distill_terms`, :func:`build_distiller`, :func:`build_term_loss`);
+* :class:`DistillStep` — a student stage's ``step_fn``: student and teacher outputs, taps, the
+  objective, the per-epoch teacher weights (:func:`check_taps` resolves paths early);
+* :class:`TeacherAgreement` — the guard that teacher outputs belong to their samples
+  (``distill.agreement_samples``, :func:`agreement_samples`).
 
 Importing this package is cheap; torch loads when a piece is first used.
 """
 from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
-           "build_term_loss", "TermSpec", "distill_terms"]
+           "build_term_loss", "TermSpec", "distill_terms", "DistillStep", "build_distiller", "check_taps",
+           "TeacherAgreement", "agreement_samples"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -21,7 +26,10 @@ COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
 _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.taps",
          "TeacherCombiner": "kdkit.distill.combine", "Distiller": "kdkit.distill.distiller",
          "DistillInputs": "kdkit.distill.distiller", "build_term_loss": "kdkit.distill.distiller",
-         "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms"}
+         "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms",
+         "agreement_samples": "kdkit.distill.terms", "DistillStep": "kdkit.distill.step",
+         "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
+         "TeacherAgreement": "kdkit.engine.agreement"}
 
 
 def __getattr__(name):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from kdkit.errors import ConfigError
 
-__all__ = ["TermSpec", "TERM_KEYS", "distill_terms"]
+__all__ = ["TermSpec", "TERM_KEYS", "distill_terms", "agreement_samples"]
 
 TERM_KEYS = ("loss", "weight", "name", "student", "teacher", "teacher_index", "options")
 
@@ -42,6 +42,16 @@ class TermSpec:
     @property
     def uses_features(self) -> bool:
         return self.student is not None or self.teacher is not None
+
+
+def agreement_samples(distill: dict) -> int:
+    """``distill.agreement_samples``: how many training samples the teacher-agreement guard checks
+    (:class:`kdkit.distill.TeacherAgreement`; 0 turns it off)."""
+    value = distill.get("agreement_samples", 512)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"config key distill.agreement_samples: expected an integer >= 0 (0 turns the "
+                          f"teacher-agreement check off), got {value!r}")
+    return value
 
 
 def _term(i: int, entry) -> TermSpec:

@@ -20,17 +20,9 @@ import dataclasses
 import kdkit
 from kdkit.config import base_config, train_section
 from kdkit.distill import COMBINE_RULES
+from kdkit.distill.terms import agreement_samples
 from kdkit.errors import ConfigError
 
-
-
-def check_agreement_samples(distill: dict) -> int:
-    """``distill.agreement_samples`` (how many training samples :class:`TeacherAgreement` checks)."""
-    value = distill.get("agreement_samples", 512)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"config key distill.agreement_samples: expected an integer >= 0 (0 turns the "
-                          f"teacher-agreement check off), got {value!r}")
-    return value
 
 
 def _plain_view(dataset):
@@ -132,7 +124,7 @@ class KDMethod:
         if dcfg["teacher_cache"] not in (None, True, False):
             raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
                               f"got {dcfg['teacher_cache']!r}")
-        agreement_samples = check_agreement_samples(dcfg)
+        samples = agreement_samples(dcfg)
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
@@ -169,7 +161,7 @@ class KDMethod:
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_summary),
                                      [s.get("val_top1", s.get("top1")) for s in teacher_summary.values()],
-                                     ctx.log, agreement_samples)
+                                     ctx.log, samples)
 
         def teacher_logits(x, y, idx):
             if caches is not None:

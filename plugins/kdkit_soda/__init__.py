@@ -1,9 +1,8 @@
 """Built-in kdkit plugin ``soda``: semantic-cohesive two-stage knowledge distillation for
 cross-modal hashing (Sun, Chen, Yan — arXiv 2510.09664), with the cross-modal datasets it needs.
 
-Uses only kdkit's public API (``kdkit.hookimpl``, ``kdkit.engine``, ``kdkit.config``,
-``kdkit.errors``, ``kdkit.ops``, ``kdkit.metrics``).  Heavy modules (torch, open_clip) are
-imported only when a component is built.  See ``docs/soda.md``.
+Uses only kdkit's public API (``kdkit``, ``kdkit.distill``, ``kdkit.ops``).  Heavy modules (torch,
+open_clip) are imported only when a component is built.  See ``docs/soda.md``.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kdkit.errors import ConfigError, DataError
+from kdkit import ConfigError, DataError
 
 # --- the container ---------------------------------------------------------------------------
 

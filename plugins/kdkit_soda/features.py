@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdkit.errors import ConfigError, DataError
+from kdkit import ConfigError, DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -212,7 +212,7 @@ def compute_features(data, clip_cfg: dict, prompt_cfg: dict, cache_dir: Path, de
     else:
         raise ConfigError(f"config key prompt.mode: expected joined|mean, got {mode!r}")
     feats = {"image": image.contiguous(), "text": text.contiguous(), "label": label.contiguous()}
-    from kdkit.engine import atomic_torch_save
+    from kdkit import atomic_torch_save
 
     atomic_torch_save(feats, path)
     log(f"[soda] CLIP features of {len(data)} samples ({enc.name}, weights {enc.pretrained or 'random init'}) "

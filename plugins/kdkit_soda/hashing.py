@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from kdkit.errors import ConfigError
+from kdkit import ConfigError
 
 # --- models ----------------------------------------------------------------------------------
 
@@ -85,7 +85,7 @@ def _penalty(h: torch.Tensor) -> torch.Tensor:
 
 
 def mean_average_precision(*args, **kwargs) -> float:
-    from kdkit.metrics import mean_average_precision as _map
+    from kdkit import mean_average_precision as _map
 
     return _map(*args, **kwargs)
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdkit.config import base_config, train_section
-from kdkit.errors import ConfigError, KdkitError
-from kdkit.lazy import lazy_import
+import kdkit
+from kdkit import ConfigError, KdkitError, base_config, lazy_import, train_section
 
 from .data import make_splits
 
@@ -28,8 +27,6 @@ from .data import make_splits
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
 F = lazy_import("torch.nn.functional")
-engine = lazy_import("kdkit.engine")
-distributed = lazy_import("kdkit.engine.distributed")
 features = lazy_import("kdkit_soda.features")
 hashing = lazy_import("kdkit_soda.hashing")
 
@@ -216,7 +213,7 @@ class SodaMethod:
             pen = hashing._penalty(ht)
             loss = inter + fit_w * fit + beta * pen
             if s_intra or bal:  # terms over the whole batch: gathered from every rank under DDP
-                ht_all, y_all = distributed.all_gather_with_grad(ht), distributed.all_gather_with_grad(y)
+                ht_all, y_all = kdkit.all_gather_with_grad(ht), kdkit.all_gather_with_grad(y)
                 if s_intra:
                     sim_all = hashing.similarity(y_all, y_all, kind)
                     loss = loss + s_intra * hashing.pairwise_nll(ht_all, ht_all, sim_all, scale)
@@ -234,10 +231,10 @@ class SodaMethod:
             t2i = hashing.mean_average_precision(q_txt, db_img, val.labels, fit_ds.labels)
             return {"map": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
 
-        ctx.fit(engine.Stage(name=f"student.{bits}", model=student, train_data=fit_ds, val_data=val_q, step_fn=step,
+        ctx.fit(kdkit.Stage(name=f"student.{bits}", model=student, train_data=fit_ds, val_data=val_q, step_fn=step,
                       eval_fn=evaluate, epochs=self._epochs("student_epochs", ctx), optimizer=self._opt(ctx),
                       select_metric="map", select_mode="max"))
-        return engine.freeze(student)
+        return kdkit.freeze(student)
 
     def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> hashing.PairHashModel:
         """No distillation: image and text heads trained jointly, with the teacher's and the
@@ -267,7 +264,7 @@ class SodaMethod:
             hi_own, hb_own = m(fi, fb)
             # the pairs of the whole batch: under DDP every rank's half-batch is gathered, so the loss
             # (and, with DDP's averaging, the gradient) is the single-process one
-            gather = distributed.all_gather_with_grad
+            gather = kdkit.all_gather_with_grad
             hi, hb, y = gather(hi_own), gather(hb_own), gather(y)
             sim = hashing.similarity(y, y, kind)
             inter = hashing.pairwise_nll(hi, hb, sim, scale)
@@ -290,10 +287,10 @@ class SodaMethod:
             b2a = hashing.mean_average_precision(q_b, db_a, val.labels, fit_ds.labels)
             return {"map": (a2b + b2a) / 2, keys[0]: a2b, keys[1]: b2a}
 
-        ctx.fit(engine.Stage(name=stage, model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
+        ctx.fit(kdkit.Stage(name=stage, model=model, train_data=fit_ds, val_data=val_q, step_fn=step,
                       eval_fn=evaluate, epochs=int(epochs), optimizer=self._opt(ctx),
                       select_metric="map", select_mode="max"))
-        return engine.freeze(model)
+        return kdkit.freeze(model)
 
     # --- kdkit encode ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from kdkit.errors import ConfigError
+from kdkit import ConfigError
 
 #: Glosses that mark a sense as a slur or an obscenity.
 GLOSS_PATTERN = re.compile(

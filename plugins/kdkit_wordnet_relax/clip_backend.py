@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from kdkit.errors import ConfigError, KdkitError
+from kdkit import ConfigError, KdkitError
 
 from kdkit_wordnet_relax.paths import file_digest
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from kdkit.config import base_config, train_section
-from kdkit.errors import ConfigError, DataError, KdkitError
-from kdkit.methods.kd import check_agreement_samples
+from kdkit import ConfigError, DataError, KdkitError, base_config, train_section
+from kdkit.distill import agreement_samples
 
 LAMBDA_PRESETS = {"seed": (0.1, 0.01), "authors": (0.2, 0.005)}
 TX_TEXT = ("retrieved", "protocol")
@@ -73,7 +72,7 @@ def relax_mask(n: int, ratio: float, seed: int, tag: str):
     ratios are nested.
     """
     import torch
-    from kdkit.engine import derive_seed
+    from kdkit import derive_seed
 
     k = int(round(float(ratio) * n))
     g = torch.Generator().manual_seed(derive_seed(seed, "relax-mask", tag, n) % (2 ** 63))
@@ -94,7 +93,7 @@ def entropy(logits):
 def image_eval(model, loader) -> dict:
     """``{"top1", "loss", "entropy"}`` of an image classifier over ``loader`` (the engine's
     classification evaluation with the softmax entropy the paper reports)."""
-    from kdkit.engine import classification_eval
+    from kdkit import classification_eval
 
     return classification_eval(model, loader, entropy=True)
 
@@ -224,7 +223,7 @@ class WordNetRelaxMethod:
             raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
         if not cfg["teachers"] and not dist["use_multimodal"]:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
-        check_agreement_samples(dist)
+        agreement_samples(dist)
         return sweep or [float(relax["ratio"])]
 
     @staticmethod
@@ -261,7 +260,7 @@ class WordNetRelaxMethod:
         return names
 
     def train_unimodal_teachers(self, ctx, test, num_classes):
-        from kdkit.engine import Stage, freeze
+        from kdkit import Stage, freeze
         from torch.utils.data import DataLoader
 
         cfg = ctx.config
@@ -291,7 +290,7 @@ class WordNetRelaxMethod:
         return models, summary
 
     def build_tx_model(self, ctx, embed_dim: int, num_classes: int, stage_name: str):
-        from kdkit.engine import derive_seed, seed_everything
+        from kdkit import derive_seed, seed_everything
 
         from kdkit_wordnet_relax.models import MLPHead, MultimodalTeacher
 
@@ -309,7 +308,7 @@ class WordNetRelaxMethod:
         """Train T_x at ``ratio``; returns ``(model, bank, summary)`` (both frozen)."""
         import torch
         import torch.nn.functional as F
-        from kdkit.engine import Stage, freeze, to_device
+        from kdkit import Stage, freeze, to_device
         from torch.utils.data import TensorDataset
 
         from kdkit_wordnet_relax.models import NounBank
@@ -421,10 +420,10 @@ class WordNetRelaxMethod:
         """The image-only student; ``to_pixels`` maps a training batch back to ``[0, 1]`` images for
         CLIP (``tx_clip: online``); ``teacher_references``: name -> held-out top-1 of every teacher
         (T_m in order, then T_x) for the teacher-agreement check."""
-        from kdkit.distill.step import DistillStep
-        from kdkit.engine import Stage, WithIndex, derive_seed, seed_everything, to_device
-        from kdkit.engine.agreement import TeacherAgreement
-        from kdkit.engine.data import make_eval_loader
+        from kdkit.distill import DistillStep
+        from kdkit import Stage, WithIndex, derive_seed, seed_everything, to_device
+        from kdkit.distill import TeacherAgreement
+        from kdkit import make_eval_loader
 
         cfg = ctx.config
         dist = cfg["distill"]
@@ -488,14 +487,14 @@ class WordNetRelaxMethod:
 
     def build_distiller(self, ctx, num_teachers: int):
         """The student's objective from the ``distill`` section (checked before any stage runs)."""
-        from kdkit.distill.step import build_distiller
+        from kdkit.distill import build_distiller
 
         return build_distiller(ctx.registry("losses"), ctx.config["distill"], num_teachers,
                                self.default_config()["distill"])
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        from kdkit.engine import Stage
+        from kdkit import Stage
 
         from kdkit_wordnet_relax.clip_backend import TEMPLATES, build_clip
 
@@ -514,7 +513,7 @@ class WordNetRelaxMethod:
         classes = [str(c).replace("_", " ") for c in classes]
         num_classes = len(classes)
         if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
-            from kdkit.distill.step import check_taps
+            from kdkit.distill import check_taps
 
             tm = [ctx.build_model("teachers", {k: v for k, v in t.items() if k not in ("augment", "pretrained")},
                                   num_classes, seed_tag=name)

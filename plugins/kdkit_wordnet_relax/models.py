@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdkit.errors import ConfigError
+from kdkit import ConfigError
 
 EMBEDDING_MODES = ("learnable", "fixed", "noise")
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdkit.paths import cache_root  # re-exported: the plugin's caches live in kdkit's one cache root
+from kdkit import cache_root  # noqa: F401  (re-exported: the plugin's caches live in kdkit's cache root)
 
 
 def digest(obj: Any, length: int = 20) -> str:
@@ -56,7 +56,7 @@ def load_keyed(path: Path, key: dict) -> Any | None:
 
 def save_keyed(path: Path, key: dict, payload: Any) -> None:
     """Store ``payload`` with its full key (checked again on load, so digest collisions are harmless)."""
-    from kdkit.engine import atomic_torch_save
+    from kdkit import atomic_torch_save
 
     try:
         atomic_torch_save({"key": json.loads(json.dumps(key, default=str)), "payload": payload}, path)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from kdkit.errors import ConfigError, KdkitError
+from kdkit import ConfigError, KdkitError
 
 from kdkit_wordnet_relax.blocklist import apply_blocklist, build_blocklist, normalize_lemma
 from kdkit_wordnet_relax.clip_backend import TEMPLATES

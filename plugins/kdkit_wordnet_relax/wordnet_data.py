@@ -26,7 +26,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from kdkit.errors import KdkitError
+from kdkit import KdkitError
 
 from kdkit_wordnet_relax.paths import cache_root
 

@@ -1,0 +1,77 @@
+"""The public API is defined once and enforced.
+
+* Plugins (kdkit's own under plugins/, the example under examples/) import nothing of kdkit but
+  ``kdkit``, ``kdkit.distill`` and ``kdkit.ops`` — statically, and through ``lazy_import``.
+* Every public name resolves, and docs/writing-plugins.md documents it (after datasette's
+  documentation-coverage test).
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import kdkit
+import kdkit.distill
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_MODULES = {"kdkit", "kdkit.distill", "kdkit.ops"}
+DOCS = ROOT / "docs" / "writing-plugins.md"
+
+
+def _kdkit_imports(path: Path):
+    """``(line, module)`` of every kdkit module the file imports (``import``, ``from``, ``lazy_import``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            if node.module == "kdkit":  # "from kdkit import ops" names a submodule
+                for alias in node.names:
+                    if alias.name not in kdkit.__all__:
+                        yield node.lineno, f"kdkit.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "lazy_import"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            yield node.lineno, node.args[0].value
+
+
+def _is_kdkit(module: str) -> bool:
+    return module == "kdkit" or module.startswith("kdkit.")
+
+
+PLUGIN_FILES = sorted(p for d in ("plugins", "examples") for p in (ROOT / d).rglob("*.py"))
+
+
+def test_plugins_found():
+    names = {p.relative_to(ROOT).as_posix() for p in PLUGIN_FILES}
+    assert "plugins/kdkit_wordnet_relax/method.py" in names and "plugins/kdkit_soda/method.py" in names
+    assert "examples/kdkit-example-plugin/kdkit_example/__init__.py" in names
+
+
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_plugins_use_only_the_public_api(path):
+    private = [f"line {line}: {module}" for line, module in _kdkit_imports(path)
+               if _is_kdkit(module) and module not in PUBLIC_MODULES]
+    assert not private, f"{path.relative_to(ROOT)} imports kdkit internals: {'; '.join(private)}"
+
+
+def test_the_boundary_check_catches_private_imports(tmp_path):
+    sample = tmp_path / "plugin.py"
+    sample.write_text("import kdkit\nfrom kdkit.engine import Stage\nfrom kdkit import config\n"
+                      "x = kdkit.lazy_import('kdkit.engine.trainer')\nfrom kdkit_other import y\n")
+    found = [m for _, m in _kdkit_imports(sample) if _is_kdkit(m) and m not in PUBLIC_MODULES]
+    assert found == ["kdkit.engine", "kdkit.config", "kdkit.engine.trainer"]
+
+
+@pytest.mark.parametrize("namespace, name", [("kdkit", n) for n in kdkit.__all__ if n != "__version__"]
+                         + [("kdkit.distill", n) for n in kdkit.distill.__all__])
+def test_every_public_name_resolves_and_is_documented(namespace, name):
+    module = kdkit if namespace == "kdkit" else kdkit.distill
+    assert getattr(module, name) is not None
+    text = DOCS.read_text(encoding="utf-8")
+    assert re.search(rf"`({re.escape(namespace)}\.)?{re.escape(name)}[`(]", text), (
+        f"{namespace}.{name} is public but docs/writing-plugins.md does not document it")
