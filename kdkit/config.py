@@ -379,9 +379,106 @@ def resolve_config(defaults: Mapping, config_file: str | Path | None = None, set
     against a component factory's options; ``registry_lookup(kind)`` returns the registry.
     """
     user: dict = load_yaml(config_file) if config_file else {}
+    sets = list(sets or ())
     merged = apply_sets(merge(dict(defaults), user), sets)
     sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
-    return validate(merged, dict(defaults), "", _component_extra(sections, registry_lookup))
+    schema, merged = _follow_chosen_components(dict(defaults), merged, user, sets, sections)
+    return validate(merged, schema, "", _component_extra(sections, registry_lookup))
+
+
+def _given(user: dict, sets: list[str]) -> list[tuple[tuple, Any]]:
+    """``(path, value)`` of everything the user wrote: the config file's leaves, then the ``--set`` items."""
+    out: list[tuple[tuple, Any]] = []
+
+    def walk(node, path):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, path + (str(key),))
+        else:
+            out.append((path, node))
+
+    walk(user or {}, ())
+    for item in sets:
+        parts, value = parse_set(item)
+        out.append((tuple(parts), value))
+    return out
+
+
+def _user_keys(section: tuple, given: list[tuple[tuple, Any]]) -> set:
+    """The keys of the mapping at ``section`` that the user gave (directly, or inside a value given
+    for an enclosing path, e.g. a whole ``teachers`` list)."""
+    keys: set = set()
+    for path, value in given:
+        if path[:len(section)] == section and len(path) > len(section):
+            keys.add(path[len(section)])
+        elif section[:len(path)] == path:
+            for part in section[len(path):]:
+                if isinstance(value, dict):
+                    value = value.get(part)
+                elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                    value = value[int(part)]
+                else:
+                    value = None
+                    break
+            if isinstance(value, dict):
+                keys |= set(value)
+    return keys
+
+
+def _follow_chosen_components(defaults: dict, merged: dict, user: dict, sets: list[str],
+                              sections: Mapping[str, str]) -> tuple[dict, dict]:
+    """A component's options follow the component that is chosen.
+
+    When a component section (``data``, ``student``, each of ``teachers``) names another component
+    than the method's default, the default component's options are dropped from the section (they
+    belong to a component no longer in use: the procedural dataset's ``train_per_class`` under
+    ``data.name=cifar10``), keeping the engine's keys and what the user wrote; the chosen
+    component's own defaults then come from its factory.  Returns ``(schema, merged)`` for
+    :func:`validate`.
+    """
+    schema = copy.deepcopy(defaults)
+    given = _given(user, sets)
+
+    def rebuilt(default_section: dict, section: dict, path: tuple, kind: str) -> dict:
+        engine = ENGINE_KEYS.get(kind, {"name"})
+        keep = _user_keys(path, given)
+        return {k: v for k, v in section.items() if k in engine or k in keep}
+
+    def engine_only(default_section: dict, kind: str) -> dict:
+        engine = ENGINE_KEYS.get(kind, {"name"})
+        return {k: v for k, v in default_section.items() if k in engine}
+
+    for pattern, kind in sections.items():
+        base = pattern[:-2] if pattern.endswith("[]") else pattern
+        d_node, m_node = get_path(schema, base), get_path(merged, base)
+        parent_d, parent_m = _parent(schema, base), _parent(merged, base)
+        leaf = base.split(".")[-1]
+        if pattern.endswith("[]"):
+            if not (isinstance(d_node, list) and d_node and isinstance(d_node[0], dict) and isinstance(m_node, list)):
+                continue
+            template = d_node[0]
+            switched = False
+            for i, item in enumerate(m_node):
+                if isinstance(item, dict) and item.get("name") != template.get("name"):
+                    m_node[i] = rebuilt(template, item, tuple(base.split(".")) + (str(i),), kind)
+                    switched = True
+            if switched and parent_d is not None:
+                parent_d[leaf] = [engine_only(template, kind)] + d_node[1:]
+        elif isinstance(d_node, dict) and isinstance(m_node, dict) and m_node.get("name") != d_node.get("name"):
+            if parent_m is not None and parent_d is not None:
+                parent_m[leaf] = rebuilt(d_node, m_node, tuple(base.split(".")), kind)
+                parent_d[leaf] = engine_only(d_node, kind)
+    return schema, merged
+
+
+def _parent(config: dict, dotted: str):
+    """The mapping holding the last part of ``dotted`` (``None`` when a part is missing)."""
+    node: Any = config
+    for part in dotted.split(".")[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, dict) else None
 
 
 def get_path(config: Mapping, dotted: str, default=None):

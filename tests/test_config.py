@@ -149,3 +149,65 @@ def test_base_config_sections_and_self_validation():
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+class _TwoComponents:
+    """A registry with two datasets / teachers of different options."""
+
+    def get(self, name):
+        from kdkit.registry import Component
+
+        def procedural(split, root=None, per_class: int = 200, image_size: int = 32):
+            pass
+
+        def folder(split, root=None, image_size: int = 224, train_dir: str = "train"):
+            pass
+
+        def small_net(num_classes, width: int = 8):
+            pass
+
+        def big_net(num_classes, depth: int = 50, pretrained: str = ""):
+            pass
+
+        factories = {"procedural": procedural, "folder": folder, "small": small_net, "big": big_net}
+        if name not in factories:
+            from kdkit.errors import UnknownComponentError
+
+            raise UnknownComponentError(f"unknown {name!r}")
+        return Component("x", name, factories[name], "test")
+
+
+METHOD_DEFAULTS = {
+    "data": {"name": "procedural", "root": None, "val_fraction": 0.1, "per_class": 20, "image_size": 32},
+    "teachers": [{"name": "small", "train": True, "width": 4}],
+}
+
+
+def _resolve(config_file=None, sets=()):
+    return resolve_config(METHOD_DEFAULTS, config_file, sets, registry_lookup=lambda kind: _TwoComponents())
+
+
+def test_a_components_options_follow_the_component_that_is_chosen(tmp_path):
+    """Switching the dataset drops the default dataset's options (per_class) and brings the new one's
+    defaults; engine keys and what the user wrote stay — from --set and from a config file."""
+    assert _resolve()["data"] == METHOD_DEFAULTS["data"]  # same component: the method's defaults stand
+    cfg = _resolve(sets=["data.name=folder", "data.root=/d"])
+    assert cfg["data"] == {"name": "folder", "root": "/d", "val_fraction": 0.1, "image_size": 224,
+                           "train_dir": "train"}
+    cfg = _resolve(sets=["data.name=folder", "data.image_size=32"])  # equal to the old default, but given
+    assert cfg["data"]["image_size"] == 32 and "per_class" not in cfg["data"]
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  name: folder\n  train_dir: tr\n")
+    cfg = _resolve(f)
+    assert cfg["data"] == {"name": "folder", "root": None, "val_fraction": 0.1, "image_size": 224, "train_dir": "tr"}
+    with pytest.raises(ConfigError, match=r"data\.per_class.*valid keys at data: name, root, val_fraction"):
+        _resolve(sets=["data.name=folder", "data.per_class=3"])  # an option the chosen dataset lacks
+
+
+def test_teacher_list_items_follow_their_component_too():
+    cfg = _resolve(sets=["teachers=[{name: big, depth: 18}, {name: small}]"])
+    assert cfg["teachers"] == [{"name": "big", "train": True, "depth": 18, "pretrained": ""},
+                               {"name": "small", "train": True, "width": 8}]
+    cfg = _resolve(sets=["teachers.0.name=big"])
+    assert cfg["teachers"] == [{"name": "big", "train": True, "depth": 50, "pretrained": ""}]
+    assert _resolve()["teachers"] == [{"name": "small", "train": True, "width": 4}]
