@@ -91,3 +91,19 @@ def test_torchrun_with_batchnorm_model_rank0_files_only(tmp_path):
     assert log.count("kdkit: method kd") == 1  # rank 0 logs once
     assert len(_lines(run)) == 4  # teacher epoch + test, student epoch + test: no duplicate lines
     assert r.stdout.count("results: test top-1") == 1
+
+
+def test_feature_term_under_two_gloo_processes(tmp_path):
+    """A fitnet term (student and teacher taps, a regressor trained as an extra module whose gradients
+    are averaged across ranks): 2 processes follow 1 process epoch by epoch."""
+    sets = SETS + ["distill.terms=[{loss: kl, weight: 0.5}, {loss: fitnet, weight: 2.0, student: '3', "
+                   "teacher: '3'}]"]
+    one = kdkit_cli(_args(tmp_path / "one", sets), KDTEST_DUMP=tmp_path / "w1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = kdkit_cli(_args(tmp_path / "two", sets), nproc=2, KDTEST_DUMP=tmp_path / "w2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_trajectory(tmp_path / "w1", tmp_path / "w2", ["teacher.mlp", "student"])
+    a = torch.load(tmp_path / "one" / "checkpoints" / "student" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoints" / "student" / "last.pt", weights_only=True)
+    torch.testing.assert_close(a["extra_modules"]["distill"]["terms.fitnet.regressor.weight"],
+                               b["extra_modules"]["distill"]["terms.fitnet.regressor.weight"], rtol=1e-4, atol=1e-5)
