@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
            "build_term_loss", "TermSpec", "distill_terms", "DistillStep", "build_distiller", "check_taps",
-           "TeacherAgreement", "agreement_samples"]
+           "TeacherAgreement", "agreement_samples", "check_distill"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -27,7 +27,8 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "TeacherCombiner": "kdkit.distill.combine", "Distiller": "kdkit.distill.distiller",
          "DistillInputs": "kdkit.distill.distiller", "build_term_loss": "kdkit.distill.distiller",
          "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms",
-         "agreement_samples": "kdkit.distill.terms", "DistillStep": "kdkit.distill.step",
+         "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
+         "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
          "TeacherAgreement": "kdkit.engine.agreement"}
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.distiller import Distiller, build_term_loss
 from kdkit.distill.taps import FeatureTaps
-from kdkit.distill.terms import distill_terms
+from kdkit.distill.terms import check_distill
 from kdkit.errors import ConfigError
 
 __all__ = ["DistillStep", "build_distiller", "check_taps"]
@@ -27,12 +27,8 @@ __all__ = ["DistillStep", "build_distiller", "check_taps"]
 def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict | None = None) -> Distiller:
     """The objective of a ``distill`` section (``alpha``, ``temperature``, ``combine``,
     ``ema_momentum``, ``terms`` or the classic ``loss`` / ``loss_options``) for ``num_teachers``."""
+    specs = check_distill(distill, defaults)
     alpha, temperature = float(distill["alpha"]), float(distill["temperature"])
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
-    if temperature <= 0:
-        raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
-    specs = distill_terms(distill, defaults)
     combiner = TeacherCombiner(distill["combine"], num_teachers, float(distill.get("ema_momentum", 0.9)))
     return Distiller(specs, [build_term_loss(registry, s) for s in specs], combiner, alpha, temperature)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from kdkit.errors import ConfigError
 
-__all__ = ["TermSpec", "TERM_KEYS", "distill_terms", "agreement_samples"]
+__all__ = ["TermSpec", "TERM_KEYS", "distill_terms", "agreement_samples", "check_distill"]
 
 TERM_KEYS = ("loss", "weight", "name", "student", "teacher", "teacher_index", "options")
 
@@ -42,6 +42,36 @@ class TermSpec:
     @property
     def uses_features(self) -> bool:
         return self.student is not None or self.teacher is not None
+
+
+def check_distill(distill: dict, defaults: dict | None = None, registry=None,
+                  num_teachers: int | None = None) -> list[TermSpec]:
+    """Check a ``distill`` section without building anything (so before a run directory exists):
+    ``alpha`` and ``temperature`` ranges, the ``combine`` rule, the terms (their losses registered when
+    ``registry(kind)`` is given, feature terms' ``teacher_index`` below ``num_teachers``) and
+    ``agreement_samples``.  Returns the terms."""
+    from kdkit.distill import COMBINE_RULES
+
+    alpha, temperature = distill.get("alpha", 0.5), distill.get("temperature", 1.0)
+    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
+    if not isinstance(temperature, (int, float)) or float(temperature) <= 0:
+        raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
+    if distill.get("combine", "avg_logits") not in COMBINE_RULES:
+        raise ConfigError(f"config key distill.combine: unknown rule {distill.get('combine')!r}; "
+                          f"valid: {', '.join(COMBINE_RULES)}")
+    specs = distill_terms(distill, defaults)
+    if registry is not None:
+        losses = registry("losses")
+        for spec in specs:
+            losses.get(spec.loss)  # an unknown name is a one-line error listing the registered losses
+    if num_teachers is not None:
+        for spec in specs:
+            if spec.uses_features and spec.teacher_index >= num_teachers:
+                raise ConfigError(f"config key distill.terms ({spec.name}): teacher_index {spec.teacher_index}, "
+                                  f"but there are {num_teachers} teachers (0-based)")
+    agreement_samples(distill)
+    return specs
 
 
 def agreement_samples(distill: dict) -> int:

@@ -11,6 +11,9 @@ A method is a class registered with ``kdkit_register_methods(register)``::
             ...
         def evaluate(self, ctx: RunContext) -> dict:   # optional: `kdkit eval --run DIR`
             ...
+        @classmethod
+        def check_config(cls, config, registry):      # optional: rules beyond types, checked when the
+            ...                                       # config is resolved (before a run dir exists)
 
 Inside ``run``: build data/models through ``ctx``, describe each trained thing as a
 :class:`Stage`, call ``ctx.fit(stage)`` -> :class:`StageResult`.  Checkpoints (atomic

@@ -298,6 +298,9 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
     config = resolve_config(defaults, config_file, sets, component_sections=sections,
                             registry_lookup=manager.registry)
     config["method"] = method_name
+    check = getattr(cls, "check_config", None)
+    if callable(check):  # the method's own rules, checked before any run directory exists
+        check(config, manager.registry)
     return config
 
 

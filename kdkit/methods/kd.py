@@ -19,8 +19,7 @@ import dataclasses
 
 import kdkit
 from kdkit.config import base_config, train_section
-from kdkit.distill import COMBINE_RULES
-from kdkit.distill.terms import agreement_samples
+from kdkit.distill.terms import agreement_samples, check_distill
 from kdkit.errors import ConfigError
 
 
@@ -73,6 +72,20 @@ class KDMethod:
         cfg["baseline"] = {"enabled": False}  # also train the student without KD (stage "baseline")
         return cfg
 
+    @classmethod
+    def check_config(cls, config: dict, registry=None) -> None:
+        """The method's own rules, checked when the config is resolved (before a run directory exists)."""
+        dcfg = config["distill"]
+        if not config["teachers"]:
+            raise ConfigError("config key teachers: at least one teacher is needed")
+        specs = check_distill(dcfg, cls.default_config()["distill"], registry, len(config["teachers"]))
+        if dcfg["teacher_cache"] not in (None, True, False):
+            raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
+                              f"got {dcfg['teacher_cache']!r}")
+        if any(s.teacher is not None for s in specs) and dcfg["teacher_cache"] is True:
+            raise ConfigError("config key distill.teacher_cache: the cache holds teacher logits only, and a "
+                              "term taps teacher features; set distill.teacher_cache=false (or null)")
+
     # --- pieces subclasses may override ---------------------------------------------------
 
     @staticmethod
@@ -110,20 +123,9 @@ class KDMethod:
 
         cfg = ctx.config
         dcfg = cfg["distill"]
-        if dcfg["combine"] not in COMBINE_RULES:
-            raise ConfigError(f"config key distill.combine: unknown rule {dcfg['combine']!r}; "
-                              f"valid: {', '.join(COMBINE_RULES)}")
-        if not cfg["teachers"]:
-            raise ConfigError("config key teachers: at least one teacher is needed")
-        # the objective is built (and checked) before any teacher trains
+        self.check_config(cfg, ctx.registry)
         distiller = build_distiller(ctx.registry("losses"), dcfg, len(cfg["teachers"]),
                                     self.default_config()["distill"])
-        if any(s.teacher is not None for s in distiller.specs) and dcfg["teacher_cache"] is True:
-            raise ConfigError("config key distill.teacher_cache: the cache holds teacher logits only, and a "
-                              "term taps teacher features; set distill.teacher_cache=false (or null)")
-        if dcfg["teacher_cache"] not in (None, True, False):
-            raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
-                              f"got {dcfg['teacher_cache']!r}")
         samples = agreement_samples(dcfg)
 
         train, val, test, classes = ctx.classification_data()

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from kdkit import ConfigError, DataError, KdkitError, base_config, train_section
-from kdkit.distill import agreement_samples
+from kdkit.distill import check_distill
 
 LAMBDA_PRESETS = {"seed": (0.1, 0.01), "authors": (0.2, 0.005)}
 TX_TEXT = ("retrieved", "protocol")
@@ -199,6 +199,14 @@ class WordNetRelaxMethod:
         return cfg
 
     # --- checks -----------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: dict, registry=None) -> None:
+        """Checked when the config is resolved, before a run directory exists."""
+        cls._check(config)
+        dist = config["distill"]
+        check_distill(dist, cls.default_config()["distill"], registry,
+                      len(config["teachers"]) + int(bool(dist["use_multimodal"])))
+
     @staticmethod
     def _check(cfg: dict) -> list[float]:
         relax, tx, dist = cfg["relax"], cfg["tx"], cfg["distill"]
@@ -216,14 +224,8 @@ class WordNetRelaxMethod:
             raise ConfigError(f"config key distill.tx_text: expected one of {', '.join(TX_TEXT)}, got {dist['tx_text']!r}")
         if dist["tx_clip"] not in TX_CLIP:
             raise ConfigError(f"config key distill.tx_clip: expected one of {', '.join(TX_CLIP)}, got {dist['tx_clip']!r}")
-        alpha, temperature = float(dist["alpha"]), float(dist["temperature"])
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
-        if temperature <= 0:
-            raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
         if not cfg["teachers"] and not dist["use_multimodal"]:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
-        agreement_samples(dist)
         return sweep or [float(relax["ratio"])]
 
     @staticmethod

@@ -155,3 +155,18 @@ def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path, monke
     last = load_checkpoint(tmp_path / "r" / "checkpoints" / "student" / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values()
                                       if v.is_floating_point())
+
+
+@pytest.mark.parametrize("item, message", [
+    ("distill.alpha=2", r"distill.alpha: must be in \[0, 1\]"),
+    ("distill.combine=median", "unknown rule 'median'"),
+    ("distill.terms=[{loss: nope}]", "unknown loss 'nope'"),
+    ("distill.terms=[{loss: fitnet, student: a, teacher: b, teacher_index: 3}]", "teacher_index 3, but there are 1"),
+    ("distill.teacher_cache=maybe", "distill.teacher_cache: expected null"),
+])
+def test_bad_distill_settings_fail_before_a_run_directory_exists(tmp_path, manager, item, message):
+    from kdkit.engine import train
+
+    with pytest.raises(kdkit.KdkitError, match=message):
+        train("kd", sets=TINY + [item], out=tmp_path / "run", manager=manager)
+    assert not (tmp_path / "run").exists()
