@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
            "build_term_loss", "TermSpec", "distill_terms", "DistillStep", "build_distiller", "check_taps",
-           "TeacherAgreement", "agreement_samples", "check_distill"]
+           "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -30,7 +30,7 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
          "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
-         "TeacherAgreement": "kdkit.engine.agreement"}
+         "TeacherAgreement": "kdkit.engine.agreement", "train_teachers": "kdkit.distill.teachers"}
 
 
 def __getattr__(name):

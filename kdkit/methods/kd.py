@@ -95,24 +95,16 @@ class KDMethod:
 
     def build_teachers(self, ctx, train, val, test, num_classes) -> tuple[list, dict]:
         """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
-        from kdkit.engine import Stage, freeze
+        from kdkit.distill.teachers import train_teachers
 
         cfg = ctx.config
         models, summary = [], {}
-        for i, (tcfg, sname) in enumerate(zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))):
-            model = ctx.build_model("teachers", tcfg, num_classes, seed_tag=sname)
-            if tcfg.get("train", True):
-                res = ctx.fit(Stage(name=sname, model=model, train_data=train, val_data=val, test_data=test,
-                                    optimizer=cfg["teacher_train"]))
-                summary[sname] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                                  "best_epoch": res.best_epoch}
-            else:
-                if not tcfg.get("pretrained"):
-                    raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
-                                      f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
-                freeze(model.to(ctx.device))
-                summary[sname] = {"top1": ctx.evaluate(model, test)["top1"], "pretrained": tcfg["pretrained"]}
-            models.append(freeze(model.to(ctx.device)))
+        names = self.teacher_stage_names(cfg["teachers"])
+        for sname, (model, r) in zip(names, train_teachers(ctx, cfg["teachers"], names, num_classes, test,
+                                                           lambda tcfg: (train, val), cfg["teacher_train"])):
+            summary[sname] = ({"top1": r.get("top1"), "val_top1": r["val_top1"], "best_epoch": r["best_epoch"]}
+                              if r["stage"] else {"top1": r["top1"], "pretrained": r["pretrained"]})
+            models.append(model)
         return models, summary
 
     def run(self, ctx) -> dict:

@@ -262,33 +262,28 @@ class WordNetRelaxMethod:
         return names
 
     def train_unimodal_teachers(self, ctx, test, num_classes):
-        from kdkit import Stage, freeze
-        from torch.utils.data import DataLoader
+        """T_m: each teacher trained on its own augmentation of the training split (or loaded)."""
+        from kdkit.distill import train_teachers
 
         cfg = ctx.config
+        names = self.teacher_stage_names(cfg["teachers"])
+        trained = train_teachers(
+            ctx, cfg["teachers"], names, num_classes, test,
+            data=lambda tcfg: self._splits(ctx, tcfg.get("augment"), test), optimizer=cfg["teacher_train"],
+            eval_fn=image_eval,
+            model_options=lambda tcfg: {k: v for k, v in tcfg.items()
+                                        if k != "augment" and not (k == "pretrained" and v is None)})
         models, summary = [], {}
-        for i, (tcfg, sname) in enumerate(zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))):
-            build_cfg = {k: v for k, v in tcfg.items() if k not in ("augment",) and not (k == "pretrained" and v is None)}
-            model = ctx.build_model("teachers", build_cfg, num_classes, seed_tag=sname)
+        for tcfg, sname, (model, r) in zip(cfg["teachers"], names, trained):
             key = "unimodal_" + sname.split(".", 1)[1].replace(".", "_")
-            if tcfg.get("train", True):
-                train, val = self._splits(ctx, tcfg.get("augment"), test)
-                res = ctx.fit(Stage(name=sname, model=model, train_data=train, val_data=val, test_data=test,
-                                    eval_fn=image_eval, optimizer=cfg["teacher_train"]))
-                summary[key] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                                "entropy": res.test_metrics.get("entropy"), "best_epoch": res.best_epoch,
-                                "name": tcfg["name"], "augment": tcfg.get("augment"), "stage": sname}
+            if r["stage"]:
+                summary[key] = {"top1": r.get("top1"), "val_top1": r["val_top1"], "entropy": r.get("entropy"),
+                                "best_epoch": r["best_epoch"], "name": tcfg["name"], "augment": tcfg.get("augment"),
+                                "stage": sname}
             else:
-                if not tcfg.get("pretrained"):
-                    raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
-                                      f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
-                model.to(ctx.device)
-                freeze(model)
-                loader = DataLoader(test, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
-                m = image_eval(model, loader)
-                summary[key] = {"top1": m["top1"], "entropy": m["entropy"], "name": tcfg["name"],
+                summary[key] = {"top1": r["top1"], "entropy": r["entropy"], "name": tcfg["name"],
                                 "pretrained": tcfg["pretrained"], "stage": None}
-            models.append(freeze(model.to(ctx.device)))
+            models.append(model)
         return models, summary
 
     def build_tx_model(self, ctx, embed_dim: int, num_classes: int, stage_name: str):
