@@ -23,7 +23,6 @@ from kdkit.distill.terms import agreement_samples, check_distill
 from kdkit.errors import ConfigError
 
 
-
 def _plain_view(dataset):
     """The same samples as ``dataset`` without augmentation (index-aligned)."""
     from torch.utils.data import Subset
