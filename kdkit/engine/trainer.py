@@ -408,140 +408,170 @@ class Trainer:
                 taps.remove()
 
     def _fit(self) -> StageResult:
-        stage, ctx = self.stage, self.ctx
-        last_path = self.ckpt_dir / "last.pt"
-        state = load_checkpoint(last_path) if last_path.exists() else None
+        finished = self._resume_state()
+        if isinstance(finished, StageResult):
+            return finished
+        loader, sampler = self._train_loader()
+        self._build(len(loader))
+        if finished is not None:  # an unfinished stage: continue from its last.pt
+            self.load_state_dict(finished)
+            self.ctx.log(f"[{self.stage.name}] resuming at epoch {self.epoch + 1}/{self.epochs} (step {self.step})")
+        while self.epoch < self.epochs:
+            t0 = time.perf_counter()
+            mean_loss, mean_logs = self._train_epoch(self.epoch, loader, sampler)
+            self._end_epoch(self.epoch, mean_loss, mean_logs, t0)
+        return self._finish()
+
+    # --- the steps of fit ------------------------------------------------------------------
+
+    def _resume_state(self):
+        """A finished stage's :class:`StageResult` (its best weights loaded), the ``last.pt`` state of
+        an unfinished one, or ``None`` for a fresh stage."""
+        state = load_checkpoint(self.last_path) if self.last_path.exists() else None
         if state is not None and state.get("finished"):
             if not self._load_best_weights(state):
                 self._load_weights(state)
-            ctx.log(f"[{stage.name}] already finished; loaded its best weights")
+            self.ctx.log(f"[{self.stage.name}] already finished; loaded its best weights")
             r = state["result"]
             return StageResult(dict(r["best_metrics"]), int(r["best_epoch"]), dict(r["final_metrics"]),
                                dict(r.get("test_metrics") or {}), resumed_finished=True)
+        return state
 
+    def _train_loader(self):
         batch_size = int(self.settings.get("batch_size", 64))
-        world = ctx.world_size
+        world = self.ctx.world_size
         if batch_size % world:
             raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world})")
-        num_workers = int(ctx.config.get("data", {}).get("num_workers", 0) or 0)
-        loader, sampler = make_train_loader(stage.train_data, batch_size // world, self.seed, ctx.rank, world,
-                                            num_workers, stage.collate_fn)
-        spe = len(loader)
-        if spe == 0:
-            raise KdkitError(f"stage {stage.name}: the training data is empty")
-        self._build(spe)
-        if state is not None:
-            self.load_state_dict(state)
-            ctx.log(f"[{stage.name}] resuming at epoch {self.epoch + 1}/{self.epochs} (step {self.step})")
+        num_workers = int(self.ctx.config.get("data", {}).get("num_workers", 0) or 0)
+        loader, sampler = make_train_loader(self.stage.train_data, batch_size // world, self.seed, self.ctx.rank,
+                                            world, num_workers, self.stage.collate_fn)
+        if len(loader) == 0:
+            raise KdkitError(f"stage {self.stage.name}: the training data is empty")
+        return loader, sampler
 
-        progress = bool(ctx.config.get("logging", {}).get("progress", True)) and self.is_main and sys.stderr.isatty()
-        log_every = int(ctx.config.get("logging", {}).get("log_every", 0) or 0)
-        extra_params = self._extra_params()
-        has_val = stage.val_data is not None and ctx.config.get("checkpoint", {}).get("select_on", "val") != "last"
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
 
-        while self.epoch < self.epochs:
-            epoch = self.epoch
-            t0 = time.perf_counter()
-            seed_everything(derive_seed(self.seed, "epoch", epoch))
-            sampler.set_epoch(epoch)
-            self._set_train(True)
-            if stage.before_epoch_fn is not None:
-                stage.before_epoch_fn(self, epoch)
-            ctx.hook.kdkit_before_epoch(trainer=self, epoch=epoch)
-            loss_sum, n_steps, log_sums = 0.0, 0, {}
-            iterator = loader
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
+    @property
+    def has_val(self) -> bool:
+        select_on = self.ctx.config.get("checkpoint", {}).get("select_on", "val")
+        return self.stage.val_data is not None and select_on != "last"
 
-                bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{self.epochs}", leave=False, file=sys.stderr,
-                           dynamic_ncols=True)
-                iterator = bar
-            for batch in iterator:
-                batch = to_device(batch, self.device)
-                with torch.autocast(self.device.type, enabled=self.amp):
-                    loss, logs = self.train_model_step(batch)
-                loss_value = dist_utils.all_reduce_mean(loss.detach().float()).item()
-                if not math.isfinite(loss_value):
-                    kept = last_path if last_path.exists() else None
-                    raise TrainingError(
-                        f"non-finite loss ({loss_value}) in stage {stage.name!r}, epoch {epoch + 1}, "
-                        f"step {self.step}; stopped — " +
-                        (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                dist_utils.all_reduce_grads(extra_params)
-                clip = self.settings.get("grad_clip")
-                if clip:
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                step = self.step
-                self.step += 1
-                if stage.after_step_fn is not None:
-                    stage.after_step_fn(self, step)
-                flogs = {k: _float(v) for k, v in (logs or {}).items()}
-                if flogs and self.ctx.world_size > 1:  # per-rank values -> mean over ranks
-                    keys = sorted(flogs)
-                    mean = dist_utils.all_reduce_mean(torch.tensor([flogs[k] for k in keys], dtype=torch.float64,
-                                                                   device=self.device))
-                    flogs = dict(zip(keys, mean.tolist()))
-                for k, v in flogs.items():
-                    log_sums[k] = log_sums.get(k, 0.0) + v
-                loss_sum += loss_value
-                n_steps += 1
-                ctx.hook.kdkit_after_step(trainer=self, step=step, loss=loss_value, logs=flogs)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-                if log_every and self.is_main and step % log_every == 0:
-                    ctx.log(f"[{stage.name}] epoch {epoch + 1} step {step} loss {loss_value:.4f}")
+    def _train_epoch(self, epoch: int, loader, sampler) -> tuple[float, dict]:
+        """One epoch of optimiser steps; returns the epoch's mean loss and mean logs."""
+        stage, ctx = self.stage, self.ctx
+        seed_everything(derive_seed(self.seed, "epoch", epoch))
+        sampler.set_epoch(epoch)
+        self._set_train(True)
+        if stage.before_epoch_fn is not None:
+            stage.before_epoch_fn(self, epoch)
+        ctx.hook.kdkit_before_epoch(trainer=self, epoch=epoch)
+        logging = ctx.config.get("logging", {})
+        progress = bool(logging.get("progress", True)) and self.is_main and sys.stderr.isatty()
+        log_every = int(logging.get("log_every", 0) or 0)
+        loss_sum, sums = 0.0, {}
+        n_steps = 0
+        bar = None
+        iterator = loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{self.epochs}", leave=False, file=sys.stderr,
+                       dynamic_ncols=True)
+            iterator = bar
+        for batch in iterator:
+            loss_value, logs = self._optimizer_step(to_device(batch, self.device), epoch)
+            step = self.step - 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            loss_sum += loss_value
+            n_steps += 1
+            ctx.hook.kdkit_after_step(trainer=self, step=step, loss=loss_value, logs=logs)
             if bar is not None:
-                bar.close()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if log_every and self.is_main and step % log_every == 0:
+                ctx.log(f"[{stage.name}] epoch {epoch + 1} step {step} loss {loss_value:.4f}")
+        if bar is not None:
+            bar.close()
+        return loss_sum / max(n_steps, 1), {k: v / max(n_steps, 1) for k, v in sums.items()}
 
-            record: dict = {"stage": stage.name, "epoch": epoch, "step": self.step,
-                            "lr": float(self.optimizer.param_groups[0]["lr"]),
-                            "train.loss": loss_sum / max(n_steps, 1)}
-            for k, v in log_sums.items():
-                record[f"train.{k}"] = v / max(n_steps, 1)
-            val_metrics: dict = {}
-            if has_val:
-                val_metrics = self.evaluate(stage.val_data)
-                record.update({f"val.{k}": v for k, v in val_metrics.items()})
-            ctx.append_metrics(record)
-            if has_val:
-                ctx.hook.kdkit_after_evaluation(trainer=self, epoch=epoch, metrics=dict(record))
-            self.final_metrics = dict(val_metrics)
-            selected = val_metrics.get(stage.select_metric) if has_val else None
-            if has_val and stage.select_metric not in val_metrics:
-                raise KdkitError(f"stage {stage.name}: eval_fn returned no {stage.select_metric!r} "
-                                 f"(got {sorted(val_metrics)}) to select the best checkpoint on")
-            improved = (not has_val) or self._is_better(selected)
-            if improved:
-                self.best = {"value": selected, "epoch": epoch, "metrics": dict(val_metrics)}
-                if ctx.config.get("checkpoint", {}).get("save_best", True) or not has_val:
-                    self._save_best(val_metrics)
-                else:
-                    self.best_weights = self._weights()
-            self.epoch = epoch + 1
-            self._save("last.pt", self.state_dict())
-            dist_utils.barrier()
-            dt = time.perf_counter() - t0
-            shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("train.", "val.")))
-            ctx.log(f"[{stage.name}] epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s)")
-            ctx.hook.kdkit_after_epoch(trainer=self, epoch=epoch, metrics=dict(record))
+    def _optimizer_step(self, batch, epoch: int) -> tuple[float, dict]:
+        """Forward, backward and update on one batch; returns the loss (mean over ranks) and the
+        step's logs as floats (mean over ranks).  A non-finite loss stops the stage."""
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss, logs = self.train_model_step(batch)
+        loss_value = dist_utils.all_reduce_mean(loss.detach().float()).item()
+        if not math.isfinite(loss_value):
+            kept = self.last_path if self.last_path.exists() else None
+            raise TrainingError(
+                f"non-finite loss ({loss_value}) in stage {self.stage.name!r}, epoch {epoch + 1}, "
+                f"step {self.step}; stopped — " +
+                (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        dist_utils.all_reduce_grads(self._extra_params())
+        clip = self.settings.get("grad_clip")
+        if clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, float(clip))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        step = self.step
+        self.step += 1
+        if self.stage.after_step_fn is not None:
+            self.stage.after_step_fn(self, step)
+        flogs = {k: _float(v) for k, v in (logs or {}).items()}
+        if flogs and self.ctx.world_size > 1:  # per-rank values -> mean over ranks
+            keys = sorted(flogs)
+            mean = dist_utils.all_reduce_mean(torch.tensor([flogs[k] for k in keys], dtype=torch.float64,
+                                                           device=self.device))
+            flogs = dict(zip(keys, mean.tolist()))
+        return loss_value, flogs
 
-        return self._finish()
+    def _end_epoch(self, epoch: int, mean_loss: float, mean_logs: dict, t0: float) -> None:
+        """Validation, the metrics line, best/last checkpoints and the end-of-epoch hooks."""
+        stage, ctx = self.stage, self.ctx
+        has_val = self.has_val
+        record: dict = {"stage": stage.name, "epoch": epoch, "step": self.step,
+                        "lr": float(self.optimizer.param_groups[0]["lr"]), "train.loss": mean_loss}
+        for k, v in mean_logs.items():
+            record[f"train.{k}"] = v
+        val_metrics: dict = {}
+        if has_val:
+            val_metrics = self.evaluate(stage.val_data)
+            record.update({f"val.{k}": v for k, v in val_metrics.items()})
+        ctx.append_metrics(record)
+        if has_val:
+            ctx.hook.kdkit_after_evaluation(trainer=self, epoch=epoch, metrics=dict(record))
+        self.final_metrics = dict(val_metrics)
+        selected = val_metrics.get(stage.select_metric) if has_val else None
+        if has_val and stage.select_metric not in val_metrics:
+            raise KdkitError(f"stage {stage.name}: eval_fn returned no {stage.select_metric!r} "
+                             f"(got {sorted(val_metrics)}) to select the best checkpoint on")
+        if (not has_val) or self._is_better(selected):
+            self.best = {"value": selected, "epoch": epoch, "metrics": dict(val_metrics)}
+            if ctx.config.get("checkpoint", {}).get("save_best", True) or not has_val:
+                self._save_best(val_metrics)
+            else:
+                self.best_weights = self._weights()
+        self.epoch = epoch + 1
+        self._save("last.pt", self.state_dict())
+        dist_utils.barrier()
+        dt = time.perf_counter() - t0
+        shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("train.", "val.")))
+        ctx.log(f"[{stage.name}] epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s)")
+        ctx.hook.kdkit_after_epoch(trainer=self, epoch=epoch, metrics=dict(record))
 
     def _clear_taps(self) -> None:
         for taps in self.stage.taps:  # no tapped activation outlives the step (or evaluation)
