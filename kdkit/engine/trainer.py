@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -24,10 +24,8 @@ from kdkit.engine.checkpoint import (capture_rng_state, derive_seed, load_checkp
                                      save_checkpoint, seed_everything)
 from kdkit.engine.data import make_eval_loader, make_train_loader, to_device
 
-if TYPE_CHECKING:
-    from kdkit.engine.context import RunContext
-
-__all__ = ["Stage", "StageResult", "Trainer", "TrainingError", "freeze", "classification_step",
+__all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "freeze",
+           "classification_step",
            "classification_eval", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
@@ -164,10 +162,53 @@ def _float(v) -> float:
     return float(v)
 
 
+@dataclass(frozen=True)
+class TrainerOptions:
+    """What a :class:`Trainer` takes from the run's config, resolved once (:meth:`from_config`)."""
+
+    train: dict = field(default_factory=dict)  # the run's ``train`` section; ``Stage.optimizer`` overrides it
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True  # tqdm bars (rank 0, on a terminal)
+    log_every: int = 0  # a log line every N steps (0: per epoch only)
+    select_on: str = "val"  # "last": no validation, best = last
+    save_best: bool = True  # False: best weights kept in memory and in last.pt, no best.pt
+    config: dict = field(default_factory=dict)  # stored in checkpoints
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainerOptions":
+        logging, checkpoint = config.get("logging", {}) or {}, config.get("checkpoint", {}) or {}
+        return cls(train=dict(config.get("train", {}) or {}), seed=int(config.get("seed", 0) or 0),
+                   num_workers=int((config.get("data", {}) or {}).get("num_workers", 0) or 0),
+                   progress=bool(logging.get("progress", True)), log_every=int(logging.get("log_every", 0) or 0),
+                   select_on=str(checkpoint.get("select_on", "val")),
+                   save_best=bool(checkpoint.get("save_best", True)), config=config)
+
+
+class TrainerHost(Protocol):
+    """The little a :class:`Trainer` needs from its run (a :class:`~kdkit.engine.RunContext` is one)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+    is_main: bool
+    run_dir: Path
+    hook: Any  # the plugin manager's hook relay (lifecycle hooks)
+    metrics_lines: int  # metrics.jsonl lines written (checkpointed for exact resume)
+    config: dict
+
+    def log(self, msg: str) -> None: ...
+
+    def append_metrics(self, record: dict) -> None: ...
+
+
 class Trainer:
     """Runs one :class:`Stage`.  Lifecycle hooks receive it as ``trainer``.
 
-    Live attributes: ``ctx``, ``stage``, ``model`` (unwrapped), ``train_model`` (DDP-wrapped or
+    It takes a :class:`TrainerHost` (logging, metrics, hooks, device and ranks) and
+    :class:`TrainerOptions` (default: from the host's config) — nothing else of the run.
+
+    Live attributes: ``ctx`` (the host), ``options``, ``stage``, ``model`` (unwrapped), ``train_model`` (DDP-wrapped or
     ``model``), ``extra_modules``, ``optimizer``, ``scheduler`` (``LambdaLR`` stepped per
     iteration, or ``None`` when ``scheduler: none`` — then hooks may set learning rates freely),
     ``scaler`` (CUDA AMP) , ``epoch`` (next epoch to run / being run), ``step`` (optimiser steps
@@ -175,19 +216,20 @@ class Trainer:
     ``is_main``, ``run_dir``, ``best`` (``{"value", "epoch", "metrics"}``).
     """
 
-    def __init__(self, ctx: "RunContext", stage: Stage):
+    def __init__(self, ctx: TrainerHost, stage: Stage, options: TrainerOptions | None = None):
         self.ctx = ctx
+        self.options = options if options is not None else TrainerOptions.from_config(ctx.config)
         self.stage = stage
         self.device = ctx.device
         self.is_main = ctx.is_main
         self.run_dir = ctx.run_dir
-        settings = dict(ctx.config.get("train", {}))
+        settings = dict(self.options.train)
         settings.update(stage.optimizer or {})
         self.settings = settings
         self.epochs = int(stage.epochs if stage.epochs is not None else settings.get("epochs", 1))
         if stage.select_mode not in ("max", "min"):
             raise ConfigError(f"stage {stage.name}: select_mode must be 'max' or 'min', got {stage.select_mode!r}")
-        self.seed = derive_seed(ctx.config.get("seed", 0), "stage", stage.name)
+        self.seed = derive_seed(self.options.seed, "stage", stage.name)
         self.ckpt_dir = Path(ctx.run_dir) / "checkpoints" / stage.name
         self.model = stage.model.to(self.device)
         self.extra_modules = {k: m.to(self.device) for k, m in (stage.extra_modules or {}).items()}
@@ -305,7 +347,7 @@ class Trainer:
             "final_metrics": dict(self.final_metrics),
             "best_weights": self.best_weights,
             "metrics_lines": self.ctx.metrics_lines,
-            "config": self.ctx.config,
+            "config": self.options.config,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -362,7 +404,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "kind": "best", "stage": self.stage.name, "epoch": self.best["epoch"],
             "step": self.step, "metrics": dict(metrics), "model": self.model.state_dict(),
             "extra_modules": {k: m.state_dict() for k, m in self.extra_modules.items()},
-            "config": self.ctx.config,
+            "config": self.options.config,
         })
 
     # --- evaluation -------------------------------------------------------------------------
@@ -379,7 +421,7 @@ class Trainer:
             eval_fn = self.stage.eval_fn or classification_eval
             if isinstance(data, Dataset):
                 bs = int(self.settings.get("eval_batch_size") or self.settings.get("batch_size", 256))
-                data = make_eval_loader(data, bs, int(self.ctx.config.get("data", {}).get("num_workers", 0) or 0),
+                data = make_eval_loader(data, bs, self.options.num_workers,
                                         self.stage.collate_fn)
             was = self.model.training
             self._set_train(False)
@@ -442,9 +484,8 @@ class Trainer:
         world = self.ctx.world_size
         if batch_size % world:
             raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world})")
-        num_workers = int(self.ctx.config.get("data", {}).get("num_workers", 0) or 0)
         loader, sampler = make_train_loader(self.stage.train_data, batch_size // world, self.seed, self.ctx.rank,
-                                            world, num_workers, self.stage.collate_fn)
+                                            world, self.options.num_workers, self.stage.collate_fn)
         if len(loader) == 0:
             raise KdkitError(f"stage {self.stage.name}: the training data is empty")
         return loader, sampler
@@ -455,8 +496,7 @@ class Trainer:
 
     @property
     def has_val(self) -> bool:
-        select_on = self.ctx.config.get("checkpoint", {}).get("select_on", "val")
-        return self.stage.val_data is not None and select_on != "last"
+        return self.stage.val_data is not None and self.options.select_on != "last"
 
     def _train_epoch(self, epoch: int, loader, sampler) -> tuple[float, dict]:
         """One epoch of optimiser steps; returns the epoch's mean loss and mean logs."""
@@ -467,9 +507,8 @@ class Trainer:
         if stage.before_epoch_fn is not None:
             stage.before_epoch_fn(self, epoch)
         ctx.hook.kdkit_before_epoch(trainer=self, epoch=epoch)
-        logging = ctx.config.get("logging", {})
-        progress = bool(logging.get("progress", True)) and self.is_main and sys.stderr.isatty()
-        log_every = int(logging.get("log_every", 0) or 0)
+        progress = self.options.progress and self.is_main and sys.stderr.isatty()
+        log_every = self.options.log_every
         loss_sum, sums = 0.0, {}
         n_steps = 0
         bar = None
@@ -561,7 +600,7 @@ class Trainer:
                              f"(got {sorted(val_metrics)}) to select the best checkpoint on")
         if (not has_val) or self._is_better(selected):
             self.best = {"value": selected, "epoch": epoch, "metrics": dict(val_metrics)}
-            if ctx.config.get("checkpoint", {}).get("save_best", True) or not has_val:
+            if self.options.save_best or not has_val:
                 self._save_best(val_metrics)
             else:
                 self.best_weights = self._weights()
