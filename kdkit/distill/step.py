@@ -33,17 +33,23 @@ def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict |
     return Distiller(specs, [build_term_loss(registry, s) for s in specs], combiner, alpha, temperature)
 
 
+def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence[nn.Module | None]):
+    """``(student taps or None, [teacher taps or None])`` for the module paths the terms name."""
+    paths = distiller.student_paths()
+    student_taps = FeatureTaps(student, paths, owner="student") if paths else None
+    teacher_taps: list[FeatureTaps | None] = []
+    for i, (teacher, tpaths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
+        if tpaths and teacher is None:
+            raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
+                              f"({', '.join(tpaths)}); feature terms need a teacher network")
+        teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}") if tpaths else None)
+    return student_taps, teacher_taps
+
+
 def check_taps(distiller: Distiller, student: nn.Module, teachers: Sequence[nn.Module | None]) -> None:
     """Resolve every module path the terms name on fresh models, so that a wrong path is reported
     before any stage trains (the error lists the nearest valid paths)."""
-    if distiller.student_paths():
-        FeatureTaps(student, distiller.student_paths(), owner="student")
-    for i, (teacher, paths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
-        if paths and teacher is None:
-            raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
-                              f"({', '.join(paths)}); feature terms need a teacher network")
-        if paths:
-            FeatureTaps(teacher, paths, owner=f"teacher {i}")
+    _taps(distiller, student, teachers)
 
 
 class DistillStep:
@@ -71,25 +77,13 @@ class DistillStep:
         self.teacher_logits = teacher_logits
         self.agreement = agreement
         self.validation = validation
-        paths = distiller.student_paths()
-        self.student_taps = FeatureTaps(student, paths, owner="student") if paths else None
-        self.teacher_taps: list[FeatureTaps | None] = []
-        for i, (teacher, tpaths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
-            if tpaths and teacher is None:
-                raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
-                                  f"({', '.join(tpaths)}); feature terms need a teacher network")
-            self.teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}")
-                                     if tpaths else None)
+        self.student_taps, self.teacher_taps = _taps(distiller, student, teachers)
         self.epoch = 0
         self.step = 0
 
     @property
     def taps(self) -> list[FeatureTaps]:
         return [t for t in [self.student_taps, *self.teacher_taps] if t is not None]
-
-    @property
-    def taps_teachers(self) -> bool:
-        return any(t is not None for t in self.teacher_taps)
 
     def before_epoch(self, trainer, epoch: int) -> None:
         self.epoch, self.step = epoch, trainer.step
@@ -132,11 +126,19 @@ class DistillStep:
         return out
 
     @torch.no_grad()
-    def materialize(self, student: nn.Module, batch) -> None:
-        """Let terms that own modules build them from one batch (student in eval mode, so neither
-        BatchNorm statistics nor dropout change); call it with the RNG seeded, before the stage."""
+    def materialize(self, student: nn.Module, train_data, batch_size: int, device, seed: int) -> None:
+        """Before the stage: let terms that own modules build them from the first batch of
+        ``train_data`` (the stage's indexed training data), with the RNG seeded by ``seed`` (module
+        initialisation draws from it) and the student in eval mode (neither BatchNorm statistics
+        nor dropout change).  Nothing happens when no term owns modules."""
         if not self.distiller.has_modules:
             return
+        from kdkit.engine.checkpoint import seed_everything
+        from kdkit.engine.data import make_eval_loader, to_device
+
+        seed_everything(seed)
+        batch = to_device(next(iter(make_eval_loader(train_data, batch_size))), device)
+        student.to(device)
         was = student.training
         student.eval()
         for taps in self.taps:

@@ -108,13 +108,12 @@ class KDMethod:
 
     def run(self, ctx) -> dict:
         from kdkit.distill.step import DistillStep, build_distiller, check_taps
-        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed, seed_everything
+        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed
         from kdkit.engine.agreement import TeacherAgreement
         from kdkit.engine.data import make_eval_loader, to_device
 
         cfg = ctx.config
         dcfg = cfg["distill"]
-        self.check_config(cfg, ctx.registry)
         distiller = build_distiller(ctx.registry("losses"), dcfg, len(cfg["teachers"]),
                                     self.default_config()["distill"])
         samples = agreement_samples(dcfg)
@@ -169,10 +168,8 @@ class KDMethod:
         step = DistillStep(distiller, student, teacher_logits, teachers, agreement,
                            validation if val is not None else None)
         train_indexed = WithIndex(train)
-        if distiller.has_modules:  # terms owning modules build them on one batch, seeded
-            seed_everything(derive_seed(ctx.seed, "init", "distill"))
-            first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
-            step.materialize(student.to(ctx.device), to_device(first, ctx.device))
+        step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
+                         derive_seed(ctx.seed, "init", "distill"))
 
         res = ctx.fit(Stage(name="student", model=student, train_data=train_indexed, val_data=val,
                             test_data=test, step_fn=step, taps=step.taps,

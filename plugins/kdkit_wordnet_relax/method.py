@@ -417,10 +417,8 @@ class WordNetRelaxMethod:
         """The image-only student; ``to_pixels`` maps a training batch back to ``[0, 1]`` images for
         CLIP (``tx_clip: online``); ``teacher_references``: name -> held-out top-1 of every teacher
         (T_m in order, then T_x) for the teacher-agreement check."""
-        from kdkit.distill import DistillStep
-        from kdkit import Stage, WithIndex, derive_seed, seed_everything, to_device
-        from kdkit.distill import TeacherAgreement
-        from kdkit import make_eval_loader
+        from kdkit import Stage, WithIndex, derive_seed, make_eval_loader, to_device
+        from kdkit.distill import DistillStep, TeacherAgreement
 
         cfg = ctx.config
         dist = cfg["distill"]
@@ -466,10 +464,8 @@ class WordNetRelaxMethod:
         step = DistillStep(distiller, student, teacher_logits, list(tm_models) + ([None] if use_tx else []),
                            agreement, validation if val is not None else None)
         train_indexed = WithIndex(train)
-        if distiller.has_modules:  # terms owning modules build them on one batch, seeded
-            seed_everything(derive_seed(ctx.seed, "init", "distill", stage_name))
-            first = next(iter(make_eval_loader(train_indexed, int(cfg["train"]["batch_size"]))))
-            step.materialize(student.to(ctx.device), to_device(first, ctx.device))
+        step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
+                         derive_seed(ctx.seed, "init", "distill", stage_name))
 
         res = ctx.fit(Stage(name=stage_name, model=student, train_data=train_indexed, val_data=val,
                             test_data=test, step_fn=step, eval_fn=image_eval, taps=step.taps,
