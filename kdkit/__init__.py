@@ -22,8 +22,10 @@ __version__ = "0.1.0"
 #: name -> module of the public names imported on first use (PEP 562).
 _LAZY = {
     # methods: configs, the run context and its stages
+    "ConfigKey": "kdkit.config",
     "base_config": "kdkit.config",
     "train_section": "kdkit.config",
+    "plain_defaults": "kdkit.config",
     "Method": "kdkit.engine.context",
     "RunContext": "kdkit.engine.context",
     "Stage": "kdkit.engine.trainer",
@@ -49,6 +51,9 @@ _LAZY = {
     "is_main_process": "kdkit.engine.distributed",
     # retrieval evaluation
     "mean_average_precision": "kdkit.metrics",
+    # CLIP (open_clip): one frozen image/text encoder
+    "ClipEncoder": "kdkit.clip",
+    "build_clip": "kdkit.clip",
 }
 _RENAMED = {"is_main_process": "is_main"}
 

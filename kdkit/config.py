@@ -1,30 +1,38 @@
-"""Configuration: YAML files (``yaml.safe_load`` only), dotted ``--set`` overrides and validation.
+"""Configuration: declared keys, YAML files (``yaml.safe_load`` only), dotted ``--set`` overrides.
 
 Precedence, highest first: ``--set a.b=value`` > ``--config FILE`` > the method's
-``default_config()``.  The defaults are also the schema:
+``default_config()``.  The defaults are the schema, and each key is declared once:
 
+* a leaf is a :class:`ConfigKey` (default, one-line help, type, choices / range / pattern, list
+  item type, nullability) or a plain value (typed by its default; a ``None`` default accepts
+  anything); :func:`base_config` and :func:`train_section` declare the engine's keys, and a plain
+  value a method writes over one keeps its declaration (:func:`inherit_declarations`);
 * every key of a default mapping is the set of valid keys at that level — an unknown key is a
-  :class:`~kdkit.errors.ConfigError` naming its dotted path and listing the valid keys;
-* a value must have the type of its default (``int`` is accepted where the default is a
-  ``float``; a ``None`` default accepts anything; an empty mapping ``{}`` is an open mapping
-  whose keys are not checked);
+  :class:`~kdkit.errors.ConfigError` naming its dotted path and listing the valid keys; an empty
+  mapping ``{}`` is an open mapping whose keys are not checked;
 * a list whose default holds a mapping uses that first mapping as the template of every item
   (missing keys are filled from it, unknown keys are errors);
 * *component sections* (``data`` -> datasets, ``student`` -> students, ``teachers[]`` ->
   teachers, ...) additionally accept the keyword options of the selected component's factory
-  (``inspect.signature``), with the factory's defaults; a factory taking ``**options`` makes
-  the section open.
+  (``inspect.signature``: defaults, simple annotations such as ``str | None`` as types); a
+  factory taking ``**options`` makes the section open.  Choosing another component drops the
+  default component's options and brings the chosen one's.
 
 Values of ``--set`` are parsed as YAML scalars or flow collections (``--set train.lr=0.1``,
 ``--set train.milestones=[10,20]``, ``--set student.name=resnet8``); a numeric path
-component indexes a list (``--set teachers.0.name=resnet20``).
+component indexes a list (``--set teachers.0.name=resnet20``).  :func:`resolve_method_config`
+checks a method's whole config before a run directory exists; :func:`method_config_help` is
+``kdkit train --plugin NAME --help-config``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import io
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -33,7 +41,15 @@ import yaml
 from kdkit.errors import ConfigError, KdkitError
 
 __all__ = [
+    "ConfigKey",
     "base_config",
+    "train_section",
+    "plain_defaults",
+    "inherit_declarations",
+    "config_rows",
+    "format_config_help",
+    "resolve_method_config",
+    "method_config_help",
     "load_yaml",
     "parse_set",
     "apply_sets",
@@ -63,53 +79,227 @@ ENGINE_KEYS = {
 }
 
 
+# --- declared keys ------------------------------------------------------------------------
+
+_RANGE_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """A declared config key: its default, a one-line help, and what values it allows.
+
+    :param default: the value when neither ``--config`` nor ``--set`` gives one.
+    :param help: one line, shown by ``kdkit train --plugin NAME --help-config``.
+    :param type: ``bool``, ``int``, ``float`` (accepts ints), ``str``, ``list`` or ``dict`` (an
+        open mapping), or a tuple of them; inferred from ``default`` when omitted.  A ``null``
+        default without ``type`` accepts anything (a declaration should say what it takes).
+    :param choices: the allowed values.
+    :param range: an interval such as ``"[0, 1]"``, ``"(0, inf)"`` or ``"[1, inf)"``.
+    :param pattern: a regular expression a string value must match in full.
+    :param items: the type of a list's items; for a list, ``choices``, ``range`` and ``pattern``
+        constrain its items.
+    :param nullable: ``null`` is allowed too (implied by a ``null`` default).
+    """
+
+    default: Any
+    help: str = ""
+    type: Any = None
+    choices: tuple | None = None
+    range: str | None = None
+    pattern: str | None = None
+    items: Any = None
+    nullable: bool = False
+
+    def __post_init__(self):
+        if self.type is None and self.default is not None:
+            object.__setattr__(self, "type", type(self.default) if not isinstance(self.default, tuple) else list)
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+        if self.default is None:
+            object.__setattr__(self, "nullable", True)
+        if self.range is not None:
+            _parse_range(self.range)  # a malformed declaration fails when it is made
+
+    def with_default(self, default) -> "ConfigKey":
+        """The same declaration with another default (a method's own default for an engine key)."""
+        return dataclasses.replace(self, default=default)
+
+    def describe(self) -> str:
+        """What the key allows, in a few words: ``float in (0, inf)``, ``sgd|adam|adamw``, ``int or null``."""
+        if self.type is list and self.items is not None:
+            text = f"list of {_allowed(self.items, self.choices, self.range, self.pattern)}"
+        else:
+            text = _allowed(self.type, self.choices, self.range, self.pattern)
+        return f"{text} or null" if self.nullable and text != "any" else text
+
+    def check(self, value, where: str):
+        """``value`` if allowed (ints promoted to floats), else a one-line :class:`ConfigError`."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"config key {where}: expected {self.describe()}, got null")
+        if self.type is None:
+            return value
+        if self.type is list or (isinstance(self.type, tuple) and list in self.type and isinstance(value, list)):
+            value = _check_type(value, list, where, self.describe())
+            if self.items is None:
+                return value
+            item = _allowed(self.items, self.choices, self.range, self.pattern)
+            return [self._check_one(_check_type(v, self.items, f"{where}.{i}", item), f"{where}.{i}", item)
+                    for i, v in enumerate(value)]
+        return self._check_one(_check_type(value, self.type, where, self.describe()), where, self.describe())
+
+    def _check_one(self, value, where: str, allowed: str):
+        if ((self.choices is not None and value not in self.choices)
+                or (self.range is not None and isinstance(value, (int, float)) and not _in_range(value, self.range))
+                or (self.pattern is not None and isinstance(value, str) and not re.fullmatch(self.pattern, value))):
+            if self.choices is not None:
+                allowed = f"one of {', '.join(map(str, self.choices))}"
+            raise ConfigError(f"config key {where}: expected {allowed}, got {value!r}")
+        return value
+
+
+def _parse_range(text: str) -> tuple[float, float, bool, bool]:
+    m = _RANGE_RE.match(text)
+    try:
+        low, high = float(m.group(2)), float(m.group(3))  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        raise ValueError(f"ConfigKey range {text!r}: expected an interval such as '[0, 1]' or '(0, inf)'") from None
+    return low, high, m.group(1) == "[", m.group(4) == "]"  # type: ignore[union-attr]
+
+
+def _in_range(value: float, text: str) -> bool:
+    low, high, closed_low, closed_high = _parse_range(text)
+    return (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
+
+
+def _allowed(kind, choices, range_, pattern) -> str:
+    if choices is not None:
+        return "|".join(map(str, choices))
+    if kind is None:
+        return "any"
+    names = [_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in (kind if isinstance(kind, tuple) else (kind,))]
+    text = " or ".join(names)
+    if range_ is not None:
+        text += f" in {range_}"
+    if pattern is not None:
+        text += f" matching {pattern}"
+    return text
+
+
+def _check_type(value, kind, where: str, allowed: str):
+    """``value`` if it has type ``kind`` (a type or tuple of types), ints/float strings promoted to float."""
+    for k in kind if isinstance(kind, tuple) else (kind,):
+        if k is bool and isinstance(value, bool):
+            return value
+        if k is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if k is float:
+            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        if k is str and isinstance(value, str):
+            return value
+        if k is list and isinstance(value, (list, tuple)):
+            return list(value)
+        if k is dict and isinstance(value, dict):
+            return value
+        if k not in (bool, int, float, str, list, dict) and isinstance(value, k):
+            return value
+    raise ConfigError(f"config key {where}: expected {allowed}, got {_tname(value)} ({value!r})")
+
+
+def plain_defaults(tree: Any) -> Any:
+    """A config tree with every :class:`ConfigKey` replaced by its default."""
+    if isinstance(tree, ConfigKey):
+        return copy.deepcopy(tree.default)
+    if isinstance(tree, dict):
+        return {k: plain_defaults(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [plain_defaults(v) for v in tree]
+    return copy.deepcopy(tree)
+
+
+def inherit_declarations(tree: Any, declared: Any) -> Any:
+    """``tree`` with each plain value at a path that ``declared`` declares replaced by that
+    declaration, the value becoming its default: a method that writes ``cfg["seed"] = 1`` keeps the
+    engine's type, range and help for ``seed`` (the engine keys are declared once, in :func:`base_config`)."""
+    if isinstance(tree, dict) and isinstance(declared, dict):
+        return {k: inherit_declarations(v, declared[k]) if k in declared else v for k, v in tree.items()}
+    if isinstance(declared, ConfigKey) and not isinstance(tree, (ConfigKey, dict)):
+        return declared.with_default(tree)
+    return tree
+
+
+# --- the engine's keys ---------------------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step", "multistep")
+SELECT_ON = ("val", "test", "last")
+
+
 def base_config() -> dict:
-    """The sections every method shares.  Methods start from this and add their own."""
+    """The keys every method shares, declared once (:class:`ConfigKey`).  A method starts from this
+    and adds its own; a plain value it writes over one of these keys becomes that key's default
+    (see :func:`inherit_declarations`)."""
     return {
-        "method": "",  # filled in by the engine: the name given to --plugin
-        "seed": 0,
-        "device": "auto",  # "auto" | "cpu" | "cuda" | "cuda:N"
-        "deterministic": True,  # torch.use_deterministic_algorithms where possible
+        "method": ConfigKey("", "the method's name (filled in from --plugin)", type=str),
+        "seed": ConfigKey(0, "seed of every random stream (data order, initialisation, augmentation)",
+                          range="[0, inf)"),
+        "device": ConfigKey("auto", "auto (cuda when available), cpu, cuda or cuda:N",
+                            pattern=r"auto|cpu|cuda(:\d+)?"),
+        "deterministic": ConfigKey(True, "torch.use_deterministic_algorithms where possible"),
         "data": {
-            "name": "shapes",
-            "root": None,
-            "val_fraction": 0.1,  # held out from the training split for model selection
-            "num_workers": 0,
+            "name": ConfigKey("shapes", "dataset: a name of the datasets registry (kdkit plugins lists them)"),
+            "root": ConfigKey(None, "directory of the dataset's files (null: the dataset's default)", type=str),
+            "val_fraction": ConfigKey(0.1, "share of the training split held out to select checkpoints",
+                                      range="[0, 1)"),
+            "num_workers": ConfigKey(0, "DataLoader worker processes", range="[0, inf)"),
         },
         "train": train_section(),
         "checkpoint": {
-            "select_on": "val",  # "val" (held-out split) | "test" (explicit opt-in) | "last"
-            "save_best": True,
+            "select_on": ConfigKey("val", "split that picks the best epoch: val (held out from training), "
+                                          "test (an optimistic, explicit opt-in) or last", choices=SELECT_ON),
+            "save_best": ConfigKey(True, "write the best epoch's weights to checkpoints/<stage>/best.pt"),
         },
         "logging": {
-            "progress": True,  # tqdm bars (only when stderr is a terminal, rank 0)
-            "log_every": 0,  # print a line every N steps (0: only per epoch)
-            "tensorboard": False,  # kdkit_tensorboard plugin: event files in run_dir/tensorboard
+            "progress": ConfigKey(True, "tqdm progress bars (rank 0, only when stderr is a terminal)"),
+            "log_every": ConfigKey(0, "print a line every N optimiser steps (0: once per epoch)", range="[0, inf)"),
+            "tensorboard": ConfigKey(False, "write TensorBoard event files to <run>/tensorboard "
+                                            "(the kdkit_tensorboard plugin)"),
         },
     }
+
+
+_TRAIN_KEYS = {
+    "epochs": ConfigKey(10, "training epochs of the stage", range="[1, inf)"),
+    "batch_size": ConfigKey(64, "training batch size (global: split across DDP processes)", range="[1, inf)"),
+    "eval_batch_size": ConfigKey(256, "batch size of evaluation and of teacher-output caching", range="[1, inf)"),
+    "optimizer": ConfigKey("sgd", "optimiser", choices=OPTIMIZERS),
+    "lr": ConfigKey(0.05, "peak learning rate", range="(0, inf)"),
+    "momentum": ConfigKey(0.9, "SGD momentum", range="[0, 1)"),
+    "nesterov": ConfigKey(False, "Nesterov momentum (SGD)"),
+    "weight_decay": ConfigKey(5e-4, "weight decay (L2 for SGD/Adam, decoupled for AdamW)", range="[0, inf)"),
+    "scheduler": ConfigKey("cosine", "learning-rate schedule, stepped every optimiser step", choices=SCHEDULERS),
+    "milestones": ConfigKey([], "epochs at which multistep multiplies the rate by gamma", items=int,
+                            range="[0, inf)"),
+    "step_size": ConfigKey(30, "epochs between decays of the step schedule", range="[1, inf)"),
+    "gamma": ConfigKey(0.1, "decay factor of the step and multistep schedules", range="(0, 1]"),
+    "warmup_epochs": ConfigKey(0.0, "linear warm-up length in epochs (fractions allowed)", range="[0, inf)"),
+    "grad_clip": ConfigKey(None, "clip the gradient norm to this value (null: no clipping)", type=float,
+                           range="(0, inf)"),
+    "amp": ConfigKey(True, "autocast + GradScaler on CUDA (ignored on CPU)"),
+}
 
 
 def train_section(**overrides) -> dict:
-    """Default optimisation settings (one stage); used by ``train`` and by methods for extra stages."""
-    section = {
-        "epochs": 10,
-        "batch_size": 64,
-        "eval_batch_size": 256,
-        "optimizer": "sgd",  # "sgd" | "adam" | "adamw"
-        "lr": 0.05,
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 5e-4,
-        "scheduler": "cosine",  # "none" | "cosine" | "step" | "multistep"
-        "milestones": [],  # epochs, for "multistep"
-        "step_size": 30,  # epochs, for "step"
-        "gamma": 0.1,
-        "warmup_epochs": 0.0,
-        "grad_clip": None,  # max grad norm, or None
-        "amp": True,  # autocast + GradScaler when on CUDA (ignored on CPU)
-    }
-    section.update(overrides)
-    return section
+    """The optimisation keys of one stage, with ``overrides`` as their defaults; ``train`` and every
+    extra stage of a method (``teacher_train``, ...) use it."""
+    unknown = sorted(set(overrides) - set(_TRAIN_KEYS))
+    if unknown:
+        raise TypeError(f"train_section(): unknown key {unknown[0]!r}; valid: {', '.join(_TRAIN_KEYS)}")
+    return {k: key.with_default(overrides[k]) if k in overrides else key for k, key in _TRAIN_KEYS.items()}
 
 
 # --- YAML ---------------------------------------------------------------------------------
@@ -275,10 +465,12 @@ def validate(value: Any, default: Any, path: str = "",
                 valid = ", ".join(str(k) for k in schema)
                 raise ConfigError(f"unknown config key {subpath!r}; valid keys at {where}: {valid}")
             out[key] = validate(sub, schema[key], subpath, extra)
-        for key, sub in schema.items():  # component defaults not given by the user
+        for key, sub in schema.items():  # defaults of the keys not given by the user
             if key not in out:
-                out[key] = copy.deepcopy(sub)
+                out[key] = plain_defaults(sub)
         return out
+    if isinstance(default, ConfigKey):
+        return default.check(value, where)
     if default is None:
         return value
     if isinstance(default, bool):
@@ -343,30 +535,56 @@ def factory_options(factory) -> dict:
         elif param.kind is param.VAR_POSITIONAL:
             continue
         elif param.default is not param.empty:
-            out[pname] = _plain(param.default) if isinstance(param.default, (list, tuple, dict, Path)) else (
+            default = _plain(param.default) if isinstance(param.default, (list, tuple, dict, Path)) else (
                 param.default if param.default is None or isinstance(param.default, (bool, int, float, str)) else None)
+            kinds = _annotation_types(param.annotation)
+            out[pname] = ConfigKey(default, type=kinds[0] if len(kinds) == 1 else kinds) if (
+                default is None and kinds) else default
     return out
+
+
+_ANNOTATION_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": str, "dict": dict, "list": list}
+
+
+def _annotation_types(annotation) -> tuple:
+    """The config types of a simple annotation such as ``str | None`` (``()``: not a simple one).
+    It types a component option whose default is ``None``, which would otherwise take anything."""
+    if annotation is inspect.Parameter.empty:
+        return ()
+    names = str(annotation).replace("typing.", "").replace("Optional[", "").rstrip("]").split("|")
+    kinds = []
+    for name in (n.strip().split("[")[0] for n in names):
+        if name == "None":
+            continue
+        if name not in _ANNOTATION_TYPES:
+            return ()
+        kinds.append(_ANNOTATION_TYPES[name])
+    return tuple(kinds)
+
+
+def _section_kind(path: str, sections: Mapping[str, str]) -> str | None:
+    """The registry kind whose component the mapping at ``path`` configures (``None``: not a component section)."""
+    for pattern, kind in sections.items():
+        if pattern.endswith("[]"):
+            head, _, tail = path.rpartition(".")
+            if path == pattern or (head == pattern[:-2] and tail.isdigit()):
+                return kind
+        elif path == pattern:
+            return kind
+    return None
 
 
 def _component_extra(sections: Mapping[str, str], registry_lookup=None):
     def extra(path: str, section: dict) -> dict | None:
-        for pattern, kind in sections.items():
-            if pattern.endswith("[]"):
-                base = pattern[:-2]
-                head, _, tail = path.rpartition(".")
-                if head != base or not tail.isdigit():
-                    continue
-            elif path != pattern:
-                continue
-            name = section.get("name")
-            if not isinstance(name, str) or not name:
-                return None
-            options = component_options(kind, name, registry_lookup)
-            if options is None:
-                return {"*": None}  # cannot check: stay permissive, the factory will complain
-            engine_keys = ENGINE_KEYS.get(kind, {"name"})
-            return {k: v for k, v in options.items() if k not in engine_keys}
-        return None
+        kind = _section_kind(path, sections)
+        name = section.get("name")
+        if kind is None or not isinstance(name, str) or not name:
+            return None
+        options = component_options(kind, name, registry_lookup)
+        if options is None:
+            return {"*": None}  # cannot check: stay permissive, the factory will complain
+        engine_keys = ENGINE_KEYS.get(kind, {"name"})
+        return {k: v for k, v in options.items() if k not in engine_keys}
 
     return extra
 
@@ -375,15 +593,108 @@ def resolve_config(defaults: Mapping, config_file: str | Path | None = None, set
                    component_sections: Mapping[str, str] | None = None, registry_lookup=None) -> dict:
     """defaults <- YAML file <- ``--set`` items, validated against ``defaults``.
 
-    ``component_sections`` (default :data:`COMPONENT_SECTIONS`) names the sections checked
-    against a component factory's options; ``registry_lookup(kind)`` returns the registry.
+    ``defaults`` is a tree of :class:`ConfigKey` declarations (plain values are keys whose type is
+    their default's).  ``component_sections`` (default :data:`COMPONENT_SECTIONS`) names the
+    sections checked against a component factory's options; ``registry_lookup(kind)`` returns the
+    registry.
     """
+    return _resolve(defaults, config_file, sets, component_sections, registry_lookup)[1]
+
+
+def _resolve(defaults, config_file, sets, component_sections, registry_lookup) -> tuple[dict, dict]:
+    """``(schema, config)``: the declarations that apply once the chosen components are known, and the config."""
     user: dict = load_yaml(config_file) if config_file else {}
     sets = list(sets or ())
-    merged = apply_sets(merge(dict(defaults), user), sets)
+    merged = apply_sets(merge(plain_defaults(dict(defaults)), user), sets)
     sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
     schema, merged = _follow_chosen_components(dict(defaults), merged, user, sets, sections)
-    return validate(merged, schema, "", _component_extra(sections, registry_lookup))
+    return schema, validate(merged, schema, "", _component_extra(sections, registry_lookup))
+
+
+# --- --help-config ------------------------------------------------------------------------
+
+def config_rows(defaults: Mapping, config_file: str | Path | None = None, sets: Iterable[str] = (),
+                component_sections: Mapping[str, str] | None = None,
+                registry_lookup=None) -> list[tuple[str, str, str, str]]:
+    """``(dotted key, what it allows, value, help)`` for every key of the resolved config: the
+    declared keys, then the options of each chosen component (help from the factory's docstring
+    ``:param NAME:`` lines).  Values are those of the config (its defaults unless ``--config`` /
+    ``--set`` changed them)."""
+    sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
+    schema, config = _resolve(defaults, config_file, sets, sections, registry_lookup)
+    rows: list[tuple[str, str, str, str]] = []
+
+    component_options = _component_extra(sections, registry_lookup)
+
+    def options(declared: dict, section: dict, path: str) -> None:
+        kind = _section_kind(path, sections)
+        own = component_options(path, section) or {}
+        for key in (k for k in section if k not in declared):  # the chosen component's own options
+            value = section[key]
+            allowed = own[key].describe() if isinstance(own.get(key), ConfigKey) else _allowed(
+                type(value) if value is not None else None, None, None, None)
+            rows.append((f"{path}.{key}", allowed, _show(value),
+                         _option_help(kind, section.get("name"), key, registry_lookup)))
+
+    def walk(declared, value, path: str, section: dict | None = None) -> None:
+        if isinstance(declared, dict) and declared and isinstance(value, dict):
+            for key, sub in declared.items():
+                walk(sub, value.get(key), f"{path}.{key}" if path else str(key), value)
+            options(declared, value, path)
+        elif isinstance(declared, list) and declared and isinstance(declared[0], dict):
+            walk(declared[0], plain_defaults(declared[0]), f"{path}[]")  # each item's keys, once
+            for i, item in enumerate(value or []):
+                if isinstance(item, dict):
+                    options(declared[0], item, f"{path}.{i}")
+        elif isinstance(declared, ConfigKey):
+            rows.append((path, declared.describe(), _show(value), declared.help))
+        else:  # a plain default (its type is the declaration): a component's option the method set
+            parent, _, key = path.rpartition(".")
+            kind = None if declared is None else dict if isinstance(declared, dict) else type(declared)
+            name = (section or {}).get("name")
+            rows.append((path, _allowed(kind, None, None, None), _show(value),
+                         _option_help(_section_kind(parent, sections), name, key, registry_lookup)))
+
+    walk(schema, config, "")
+    return rows
+
+
+def format_config_help(title: str, rows: list[tuple[str, str, str, str]]) -> str:
+    """``rows`` of :func:`config_rows` as an aligned table under ``title``."""
+    header = ("key", "allowed", "value", "help")
+    widths = [min(max(len(r[i]) for r in [header, *rows]), cap) for i, cap in enumerate((44, 34, 24))]
+    lines = [title, ""]
+    for row in [header, *rows]:
+        cells = [cell.ljust(w) if len(cell) <= w else cell for cell, w in zip(row[:3], widths)]
+        lines.append("  ".join(cells + [row[3]]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return value if value and value == value.strip() else json.dumps(value)
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=1 << 16).strip().removesuffix("\n...")\
+        .removesuffix("...").strip()
+
+
+_PARAM_RE = re.compile(r":param\s+(\w+):\s*(.+)")
+
+
+def _option_help(kind: str | None, name, option: str, registry_lookup=None) -> str:
+    """The first line of ``:param OPTION:`` in the docstring of the component's factory."""
+    if kind is None or not isinstance(name, str):
+        return ""
+    try:
+        registry = registry_lookup(kind) if registry_lookup is not None else None
+        factory = registry.get(name).factory if registry is not None else None
+    except Exception:  # noqa: BLE001 - help text only
+        return ""
+    docs = "\n".join(filter(None, [getattr(factory, "__doc__", None),
+                                   factory.__init__.__doc__ if inspect.isclass(factory) else None]))
+    for found, text in _PARAM_RE.findall(docs or ""):
+        if found == option:
+            return text.strip()
+    return f"option of {kind[:-1] if kind.endswith('s') else kind} {name!r}"
 
 
 def _given(user: dict, sets: list[str]) -> list[tuple[tuple, Any]]:
@@ -432,21 +743,29 @@ def _follow_chosen_components(defaults: dict, merged: dict, user: dict, sets: li
     When a component section (``data``, ``student``, each of ``teachers``) names another component
     than the method's default, the default component's options are dropped from the section (they
     belong to a component no longer in use: the procedural dataset's ``train_per_class`` under
-    ``data.name=cifar10``), keeping the engine's keys and what the user wrote; the chosen
+    ``data.name=cifar10``), keeping the engine's keys, the keys the method declared with a
+    :class:`ConfigKey` (wordnet_relax's ``data.augment``) and what the user wrote; the chosen
     component's own defaults then come from its factory.  Returns ``(schema, merged)`` for
     :func:`validate`.
     """
     schema = copy.deepcopy(defaults)
     given = _given(user, sets)
 
+    def name_of(section: dict):
+        return plain_defaults(section.get("name"))
+
+    def method_keys(default_section: dict, kind: str) -> set:
+        """The engine's keys and those the method declared (ConfigKey): not the default component's options."""
+        return set(ENGINE_KEYS.get(kind, {"name"})) | {k for k, v in default_section.items()
+                                                      if isinstance(v, ConfigKey)}
+
     def rebuilt(default_section: dict, section: dict, path: tuple, kind: str) -> dict:
-        engine = ENGINE_KEYS.get(kind, {"name"})
-        keep = _user_keys(path, given)
-        return {k: v for k, v in section.items() if k in engine or k in keep}
+        keep = method_keys(default_section, kind) | _user_keys(path, given)
+        return {k: v for k, v in section.items() if k in keep}
 
     def engine_only(default_section: dict, kind: str) -> dict:
-        engine = ENGINE_KEYS.get(kind, {"name"})
-        return {k: v for k, v in default_section.items() if k in engine}
+        keep = method_keys(default_section, kind)
+        return {k: v for k, v in default_section.items() if k in keep}
 
     for pattern, kind in sections.items():
         base = pattern[:-2] if pattern.endswith("[]") else pattern
@@ -459,12 +778,12 @@ def _follow_chosen_components(defaults: dict, merged: dict, user: dict, sets: li
             template = d_node[0]
             switched = False
             for i, item in enumerate(m_node):
-                if isinstance(item, dict) and item.get("name") != template.get("name"):
+                if isinstance(item, dict) and item.get("name") != name_of(template):
                     m_node[i] = rebuilt(template, item, tuple(base.split(".")) + (str(i),), kind)
                     switched = True
             if switched and parent_d is not None:
                 parent_d[leaf] = [engine_only(template, kind)] + d_node[1:]
-        elif isinstance(d_node, dict) and isinstance(m_node, dict) and m_node.get("name") != d_node.get("name"):
+        elif isinstance(d_node, dict) and isinstance(m_node, dict) and m_node.get("name") != name_of(d_node):
             if parent_m is not None and parent_d is not None:
                 parent_m[leaf] = rebuilt(d_node, m_node, tuple(base.split(".")), kind)
                 parent_d[leaf] = engine_only(d_node, kind)
@@ -489,3 +808,49 @@ def get_path(config: Mapping, dotted: str, default=None):
         else:
             return default
     return node
+
+
+# --- a method's config --------------------------------------------------------------------
+
+def _method_declarations(method_name: str, manager) -> tuple[Any, dict, dict]:
+    """``(method class, declared keys, component sections)`` of a registered method."""
+    if manager is None:
+        import kdkit
+
+        manager = kdkit.get_plugin_manager()
+    cls = manager.registry("methods").get(method_name).factory
+    defaults = cls.default_config()
+    if not isinstance(defaults, dict):
+        raise KdkitError(f"method {method_name!r}: default_config() must return a dict")
+    declared = inherit_declarations({**defaults, "method": method_name}, base_config())
+    sections = {**COMPONENT_SECTIONS, **(getattr(cls, "component_sections", None) or {})}
+    return cls, declared, sections
+
+
+def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None) -> dict:
+    """The validated config of ``kdkit train --plugin METHOD_NAME [--config FILE] [--set ...]``:
+    every key checked against its declaration, then the method's own ``check_config(config,
+    registry)`` rules — all before a run directory exists."""
+    cls, declared, sections = _method_declarations(method_name, manager)
+    registry = (manager or __import__("kdkit").get_plugin_manager()).registry
+    config = resolve_config(declared, config_file, sets, component_sections=sections, registry_lookup=registry)
+    config["method"] = method_name
+    check = getattr(cls, "check_config", None)
+    if callable(check):
+        check(config, registry)
+    return config
+
+
+def method_config_help(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None) -> str:
+    """The text of ``kdkit train --plugin METHOD_NAME --help-config``: every key the method takes
+    with what it allows, its value and a one-line help (after ``--config`` / ``--set``, so that the
+    options of the chosen dataset, student and teachers are listed)."""
+    import kdkit
+
+    manager = manager or kdkit.get_plugin_manager()
+    _, declared, sections = _method_declarations(method_name, manager)
+    component = manager.registry("methods").get(method_name)
+    rows = config_rows(declared, config_file, sets, component_sections=sections, registry_lookup=manager.registry)
+    title = (f"kdkit train --plugin {method_name}: {component.description or 'a distillation method'}\n"
+             "Config keys; set them with --set KEY=VALUE (dotted key, YAML value) or a --config FILE.")
+    return format_config_help(title, rows)

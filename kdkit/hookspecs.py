@@ -84,7 +84,9 @@ def kdkit_register_methods(register):
     """Register distillation methods — what ``kdkit train --plugin NAME`` selects.
 
     :param register: ``register(name, method_class, description="")``.  ``method_class`` has a
-        ``default_config() -> dict`` classmethod (the full config tree with defaults) and
+        ``default_config() -> dict`` classmethod (the full config tree: ``kdkit.base_config()`` plus the
+        method's keys, declared with ``kdkit.ConfigKey``), an optional ``check_config(config, registry)``
+        classmethod (rules across keys, checked before a run directory exists) and
         ``run(self, ctx) -> dict`` returning the run summary (see :mod:`kdkit.engine`).
     """
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdkit.config import apply_sets, base_config, load_yaml, parse_set, resolve_config, validate
+from kdkit.config import apply_sets, base_config, load_yaml, parse_set, plain_defaults, resolve_config, validate
 from kdkit.errors import ConfigError, KdkitError
 
 DEFAULTS = {
@@ -138,7 +138,7 @@ def test_safe_load_only_no_code_execution(tmp_path):
 
 
 def test_base_config_sections_and_self_validation():
-    cfg = base_config()
+    cfg = plain_defaults(base_config())
     for key in ("seed", "device", "data", "train", "checkpoint", "logging"):
         assert key in cfg
     assert cfg["checkpoint"]["select_on"] == "val"
@@ -211,3 +211,121 @@ def test_teacher_list_items_follow_their_component_too():
     cfg = _resolve(sets=["teachers.0.name=big"])
     assert cfg["teachers"] == [{"name": "big", "train": True, "depth": 50, "pretrained": ""}]
     assert _resolve()["teachers"] == [{"name": "small", "train": True, "width": 4}]
+
+
+# --- declared keys (ConfigKey) --------------------------------------------------------------
+
+def test_declared_keys_check_type_choices_range_pattern_items_and_null():
+    from kdkit.config import ConfigKey
+
+    declared = {
+        "lr": ConfigKey(0.1, "rate", range="(0, inf)"),
+        "frac": ConfigKey(0.5, "share", range="[0, 1]"),
+        "opt": ConfigKey("sgd", "optimiser", choices=("sgd", "adam")),
+        "dev": ConfigKey("cpu", "device", pattern=r"cpu|cuda(:\d+)?"),
+        "steps": ConfigKey([], "epochs", items=int, range="[1, inf)"),
+        "clip": ConfigKey(None, "max norm", type=float, range="(0, inf)"),
+        "n": ConfigKey(3, "count"),
+    }
+    assert resolve_config(declared, None, ["lr=1", "frac=1", "steps=[1, 5]", "clip=2", "dev=cuda:1"],
+                          component_sections={}) == {
+        "lr": 1.0, "frac": 1.0, "opt": "sgd", "dev": "cuda:1", "steps": [1, 5], "clip": 2.0, "n": 3}
+    assert isinstance(resolve_config(declared, None, ["lr=1"], component_sections={})["lr"], float)
+    bad = {
+        "lr=0": "config key lr: expected float in (0, inf), got 0.0",  # open bound
+        "frac=1.5": "config key frac: expected float in [0, 1], got 1.5",
+        "opt=adagrad": "config key opt: expected one of sgd, adam, got 'adagrad'",
+        "dev=gpu": r"config key dev: expected str matching cpu|cuda(:\d+)?, got 'gpu'",
+        "steps=[1, 0]": "config key steps.1: expected int in [1, inf), got 0",
+        "steps=[1, x]": "config key steps.1: expected int in [1, inf), got str ('x')",
+        "clip=-1": "config key clip: expected float in (0, inf) or null, got -1.0",
+        "clip=fast": "config key clip: expected float in (0, inf) or null, got str ('fast')",
+        "n=null": "config key n: expected int, got null",  # null only where declared
+        "n=true": "config key n: expected int, got bool (True)",
+    }
+    for item, message in bad.items():
+        with pytest.raises(ConfigError) as info:
+            resolve_config(declared, None, [item], component_sections={})
+        assert str(info.value) == message, item
+    assert resolve_config(declared, None, ["clip=null"], component_sections={})["clip"] is None
+
+
+def test_a_malformed_range_fails_when_declared():
+    from kdkit.config import ConfigKey
+
+    with pytest.raises(ValueError, match="expected an interval"):
+        ConfigKey(1, "x", range="0..1")
+
+
+def test_plain_values_over_engine_keys_keep_the_engine_declaration():
+    from kdkit.config import ConfigKey, inherit_declarations, train_section
+
+    method = plain_defaults(base_config())
+    method["seed"] = 7
+    method["train"] = train_section(epochs=3)
+    method["extra"] = {"k": ConfigKey(1, "own key")}
+    declared = inherit_declarations(method, base_config())
+    assert declared["seed"].default == 7 and declared["seed"].range == "[0, inf)" and declared["seed"].help
+    assert declared["train"]["epochs"].default == 3 and declared["train"]["optimizer"].choices
+    assert resolve_config(declared, component_sections={})["seed"] == 7
+    with pytest.raises(ConfigError, match="config key seed: expected int in"):
+        resolve_config(declared, None, ["seed=-2"], component_sections={})
+    with pytest.raises(TypeError, match="unknown key 'epoch'"):
+        train_section(epoch=3)
+
+
+def test_config_rows_list_declared_keys_and_the_chosen_components_options(tmp_path):
+    from kdkit.config import ConfigKey, config_rows, format_config_help
+
+    declared = {
+        "seed": ConfigKey(0, "the seed", range="[0, inf)"),
+        "data": {"name": ConfigKey("procedural", "dataset"), "root": ConfigKey(None, "files", type=str)},
+        "teachers": [{"name": ConfigKey("small", "teacher")}],
+    }
+    lookup = lambda kind: _TwoComponents()
+    rows = {r[0]: r for r in config_rows(declared, None, ["seed=4"], registry_lookup=lookup)}
+    assert rows["seed"] == ("seed", "int in [0, inf)", "4", "the seed")  # the value after --set
+    assert rows["data.root"][1:] == ("str or null", "null", "files")
+    assert rows["teachers[].name"][1:] == ("str", "small", "teacher")
+    assert rows["data.per_class"][1:3] == ("int", "200")  # options of the chosen dataset
+    assert "teachers.0.width" in rows
+    rows = {r[0] for r in config_rows(declared, None, ["data.name=folder"], registry_lookup=lookup)}
+    assert "data.per_class" not in rows and "data.train_dir" in rows  # the other dataset's options
+    text = format_config_help("title", config_rows(declared, component_sections={}))
+    assert text.splitlines()[0] == "title" and "seed" in text and "the seed" in text
+
+
+@pytest.mark.parametrize("method", ["kd", "wordnet_relax", "soda"])
+def test_every_key_of_the_builtin_methods_is_declared_with_help(method):
+    """Like a docs-coverage test: every key a built-in method takes says what it allows and what it
+    does; plain values are allowed only for a component's own options (documented by the component)."""
+    import kdkit
+    from kdkit.config import ENGINE_KEYS, ConfigKey, _method_declarations, _section_kind
+
+    _, declared, sections = _method_declarations(method, kdkit.get_plugin_manager())
+    missing = []
+
+    def walk(node, path):
+        if isinstance(node, dict) and node:
+            for key, sub in node.items():
+                walk(sub, f"{path}.{key}" if path else key)
+        elif isinstance(node, list) and node and isinstance(node[0], dict):
+            walk(node[0], f"{path}[]")
+        else:
+            parent, _, key = path.rpartition(".")
+            kind = _section_kind(parent, sections)
+            if kind is not None and key not in ENGINE_KEYS.get(kind, {"name"}) and not isinstance(node, ConfigKey):
+                return  # a component option (student.width): the component documents it
+            if not isinstance(node, ConfigKey) or not node.help or node.type is None:
+                missing.append(path)
+
+    walk(declared, "")
+    assert not missing, f"{method}: keys without a typed, documented declaration: {missing}"
+
+
+def test_keys_the_method_declares_in_a_component_section_stay_when_the_component_changes():
+    from kdkit.config import ConfigKey
+
+    defaults = {"data": {**METHOD_DEFAULTS["data"], "augment": ConfigKey("weak", "the student's augmentation")}}
+    cfg = resolve_config(defaults, None, ["data.name=folder"], registry_lookup=lambda kind: _TwoComponents())
+    assert cfg["data"]["augment"] == "weak" and "per_class" not in cfg["data"]  # the old dataset's option goes

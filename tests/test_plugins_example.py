@@ -180,7 +180,7 @@ def test_feature_term_from_the_installed_plugin_trains_end_to_end(installed_exam
     assert ref.returncode == 0, ref.stderr[-3000:]
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert [t["loss"] for t in summary["distill"]["terms"]] == ["mse_logits", "pooled_cosine"]
-    assert summary["distill"]["teacher_cache"] is False  # feature terms run the teacher online
+    assert summary["distill"]["teacher_cache"] is True  # un-augmented data: logits and tapped features cached
     lines = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     student = [x for x in lines if x["stage"] == "student" and "train.pooled_cosine" in x]
     assert len(student) == 2 and student[-1]["train.pooled_cosine"] < student[0]["train.pooled_cosine"] + 1.0

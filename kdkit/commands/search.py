@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from kdkit.engine import distributed as dist_utils
     from kdkit.retrieval import load_codes, search, shard_range, sharded_search
 
     if args.k < 1:
@@ -44,23 +44,17 @@ def run(args: argparse.Namespace) -> int:
     db, _ = load_codes(args.db, mmap=True)
     if queries.shape[1] != db.shape[1]:
         raise KdkitError(f"--queries has {queries.shape[1] * 8}-bit codes but --db has {db.shape[1] * 8}-bit codes")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    started = False
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-            started = True
-        rank = dist.get_rank()
-        start, end = shard_range(db.shape[0], rank, world)
-        shard = torch.from_numpy(np.array(db[start:end]))
-        dist_t, idx_t = sharded_search(torch.from_numpy(queries), shard, args.k, start, args.batch_size)
-    else:
-        rank = 0
-        dist_t, idx_t = search(torch.from_numpy(queries), torch.from_numpy(np.array(db)), args.k,
-                               args.batch_size)
-    try:
+    # the search runs on CPU: under torchrun the engine starts a gloo group and ends it on exit
+    with dist_utils.torchrun_process_group("cpu") as distributed:
+        if distributed:
+            rank, world = dist_utils.rank(), dist_utils.world_size()
+            start, end = shard_range(db.shape[0], rank, world)
+            shard = torch.from_numpy(np.array(db[start:end]))
+            dist_t, idx_t = sharded_search(torch.from_numpy(queries), shard, args.k, start, args.batch_size)
+        else:
+            rank, world = 0, 1
+            dist_t, idx_t = search(torch.from_numpy(queries), torch.from_numpy(np.array(db)), args.k,
+                                   args.batch_size)
         if rank == 0:
             if args.out:
                 out = Path(args.out)
@@ -70,9 +64,4 @@ def run(args: argparse.Namespace) -> int:
                       + (f", {world} shards" if world > 1 else "") + f" -> {out}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"indices": idx_t.tolist(), "distances": dist_t.tolist()}))
-    finally:
-        if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     return 0

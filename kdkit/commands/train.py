@@ -16,12 +16,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run in place, with its saved config")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit")
+    parser.add_argument("--help-config", action="store_true",
+                        help="list the method's config keys (what each allows, its value, a one-line help) and exit")
 
 
 def run(args: argparse.Namespace) -> int:
+    method = args.plugin if (args.plugin or args.resume) else "kd"
+    if args.help_config:
+        if args.resume:
+            from kdkit.errors import ConfigError
+
+            raise ConfigError("--help-config lists a method's keys: use it with --plugin NAME, not --resume")
+        from kdkit.config import method_config_help
+
+        print(method_config_help(method, args.config, args.sets), end="")
+        return 0
     from kdkit.engine import train
 
-    method = args.plugin if (args.plugin or args.resume) else "kd"
     result = train(method=method, config_file=args.config, sets=args.sets, out=args.out, resume=args.resume,
                    print_config=args.print_config)
     if args.print_config:

@@ -6,7 +6,7 @@
   :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage);
 * :class:`Distiller` — the objective ``alpha * CE + sum_i weight_i * term_i``; every term is a
   registered loss called with one :class:`DistillInputs` (``distill.terms``, :class:`TermSpec`,
-  :func:`distill_terms`, :func:`build_distiller`, :func:`build_term_loss`);
+  :func:`distill_section` (the declared ``distill`` keys), :func:`distill_terms`, :func:`build_distiller`, :func:`build_term_loss`);
 * :class:`DistillStep` — a student stage's ``step_fn``: student and teacher outputs, taps, the
   objective, the per-epoch teacher weights (:func:`check_taps` resolves paths early);
 * :class:`TeacherAgreement` — the guard that teacher outputs belong to their samples
@@ -17,7 +17,7 @@ Importing this package is cheap; torch loads when a piece is first used.
 from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
-           "build_term_loss", "TermSpec", "distill_terms", "DistillStep", "build_distiller", "check_taps",
+           "build_term_loss", "TermSpec", "distill_section", "distill_terms", "DistillStep", "build_distiller", "check_taps",
            "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
@@ -27,6 +27,7 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "TeacherCombiner": "kdkit.distill.combine", "Distiller": "kdkit.distill.distiller",
          "DistillInputs": "kdkit.distill.distiller", "build_term_loss": "kdkit.distill.distiller",
          "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms",
+         "distill_section": "kdkit.distill.terms",
          "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
          "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",

@@ -2,7 +2,8 @@
 
 :class:`DistillStep` is a stage's ``step_fn``: it runs the student (its tapped features captured),
 asks the method for the teachers' logits of the batch (online, from a cache keyed by the sample
-index, from a table, ...), collects the teachers' tapped features, lets the
+index, from a table, ...), collects the teachers' features (from their taps when they ran, from
+their :class:`~kdkit.TeacherCache` by the batch's sample indices when cached), lets the
 :class:`~kdkit.engine.TeacherAgreement` guard look at the first batches and returns the
 :class:`~kdkit.distill.Distiller`'s ``(loss, logs)``.  :func:`build_distiller` turns a ``distill``
 config section into the objective.
@@ -33,16 +34,35 @@ def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict |
     return Distiller(specs, [build_term_loss(registry, s) for s in specs], combiner, alpha, temperature)
 
 
-def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence[nn.Module | None]):
-    """``(student taps or None, [teacher taps or None])`` for the module paths the terms name."""
+def _is_cached(teacher) -> bool:
+    """Is ``teacher`` a :class:`kdkit.TeacherCache` (features looked up by sample index) rather than
+    a network to tap?"""
+    from kdkit.engine.data import TeacherCache
+
+    return isinstance(teacher, TeacherCache)
+
+
+def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence):
+    """``(student taps or None, [teacher feature source or None])`` for the module paths the terms
+    name: a source is the :class:`FeatureTaps` of a teacher network, or a teacher's cache."""
     paths = distiller.student_paths()
     student_taps = FeatureTaps(student, paths, owner="student") if paths else None
-    teacher_taps: list[FeatureTaps | None] = []
+    teacher_taps: list = []
     for i, (teacher, tpaths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
         if tpaths and teacher is None:
             raise ConfigError(f"config key distill.terms: teacher {i} has no feature maps to tap "
                               f"({', '.join(tpaths)}); feature terms need a teacher network")
-        teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}") if tpaths else None)
+        if not tpaths:
+            teacher_taps.append(None)
+        elif _is_cached(teacher):
+            missing = [p for p in tpaths if p not in teacher.paths]
+            if missing:
+                held = ", ".join(teacher.paths) or "no module"
+                raise ConfigError(f"teacher {i}: its cache holds the outputs of {held}, not of {', '.join(missing)}, "
+                                  "which distill.terms taps; build the cache with those paths (TeacherCache(paths=...))")
+            teacher_taps.append(teacher)
+        else:
+            teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}"))
     return student_taps, teacher_taps
 
 
@@ -59,8 +79,11 @@ class DistillStep:
     :param student: the student (its ``distiller.student_paths()`` are tapped).
     :param teacher_logits: ``teacher_logits(x, y, indices) -> [B x C per teacher]``, called under
         ``no_grad``; teachers it runs on ``x`` fill their taps.
-    :param teachers: the teacher modules whose features terms may tap (config order; ``None`` for
-        a teacher without image feature maps, e.g. a lookup table).
+    :param teachers: where feature terms get each teacher's features (config order): the teacher
+        module (tapped; its features come from the forward ``teacher_logits`` runs), a
+        :class:`kdkit.TeacherCache` built with the paths the terms tap (its features are looked up
+        by the batch's sample indices, and the teacher does not run), or ``None`` for a teacher
+        without image feature maps (e.g. a lookup table).
     :param agreement: the :class:`~kdkit.engine.TeacherAgreement` guard, or ``None``.
     :param validation: ``validation() -> iterable of ([B x C per teacher], labels)`` over the
         held-out split (``None`` without one): ``distill.combine: inv_val_loss`` weighs the
@@ -83,7 +106,8 @@ class DistillStep:
 
     @property
     def taps(self) -> list[FeatureTaps]:
-        return [t for t in [self.student_taps, *self.teacher_taps] if t is not None]
+        """The taps the stage attaches (the student's, the online teachers'; caches need none)."""
+        return [t for t in [self.student_taps, *self.teacher_taps] if isinstance(t, FeatureTaps)]
 
     def before_epoch(self, trainer, epoch: int) -> None:
         self.epoch, self.step = epoch, trainer.step
@@ -114,7 +138,8 @@ class DistillStep:
         s_feats = self.student_taps.pop() if self.student_taps is not None else {}
         with torch.no_grad():
             t_logits = list(self.teacher_logits(x, y, idx))
-        t_feats = [t.pop() if t is not None else {} for t in self.teacher_taps]
+        t_feats = [{} if t is None else t.pop() if isinstance(t, FeatureTaps) else t.features(idx)
+                   for t in self.teacher_taps]
         return s_logits, t_logits, y, idx, s_feats, t_feats
 
     def __call__(self, model, batch):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from kdkit.errors import ConfigError
 
-__all__ = ["TermSpec", "TERM_KEYS", "distill_terms", "agreement_samples", "check_distill"]
+__all__ = ["TermSpec", "TERM_KEYS", "distill_section", "distill_terms", "agreement_samples", "check_distill"]
 
 TERM_KEYS = ("loss", "weight", "name", "student", "teacher", "teacher_index", "options")
 
@@ -44,22 +44,39 @@ class TermSpec:
         return self.student is not None or self.teacher is not None
 
 
-def check_distill(distill: dict, defaults: dict | None = None, registry=None,
-                  num_teachers: int | None = None) -> list[TermSpec]:
-    """Check a ``distill`` section without building anything (so before a run directory exists):
-    ``alpha`` and ``temperature`` ranges, the ``combine`` rule, the terms (their losses registered when
-    ``registry(kind)`` is given, feature terms' ``teacher_index`` below ``num_teachers``) and
-    ``agreement_samples``.  Returns the terms."""
+def distill_section(**overrides) -> dict:
+    """The declared keys of a ``distill`` config section (:class:`kdkit.ConfigKey`), with
+    ``overrides`` as their defaults; a method adds its own keys to the returned mapping."""
+    from kdkit.config import ConfigKey
     from kdkit.distill import COMBINE_RULES
 
-    alpha, temperature = distill.get("alpha", 0.5), distill.get("temperature", 1.0)
-    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ConfigError(f"config key distill.alpha: must be in [0, 1], got {alpha}")
-    if not isinstance(temperature, (int, float)) or float(temperature) <= 0:
-        raise ConfigError(f"config key distill.temperature: must be > 0, got {temperature}")
-    if distill.get("combine", "avg_logits") not in COMBINE_RULES:
-        raise ConfigError(f"config key distill.combine: unknown rule {distill.get('combine')!r}; "
-                          f"valid: {', '.join(COMBINE_RULES)}")
+    keys = {
+        "alpha": ConfigKey(0.5, "weight of the cross-entropy term", range="[0, 1]"),
+        "temperature": ConfigKey(4.0, "softmax temperature T of logit terms", range="(0, inf)"),
+        "loss": ConfigKey("kl", "the classic single term: a name of the losses registry, weight 1 - alpha"),
+        "loss_options": ConfigKey({}, "options of distill.loss's factory", type=dict),
+        "terms": ConfigKey(None, "weighted terms instead of loss: [{loss, weight, student, teacher, "
+                                 "teacher_index, options, name}] (feature terms tap module paths)", type=list),
+        "combine": ConfigKey("avg_logits", "how several teachers combine", choices=COMBINE_RULES),
+        "ema_momentum": ConfigKey(0.9, "momentum of the ema_inv_loss teacher weights", range="[0, 1)"),
+        "teacher_cache": ConfigKey(None, "cache teacher logits and tapped features per sample (null: when the "
+                                         "training data is un-augmented and features fit in 2 GiB)", type=bool),
+        "agreement_samples": ConfigKey(512, "check teacher argmax against labels on this many training "
+                                            "samples, warn when far below its validation top-1 (0: off)",
+                                       range="[0, inf)"),
+    }
+    unknown = sorted(set(overrides) - set(keys))
+    if unknown:
+        raise TypeError(f"distill_section(): unknown key {unknown[0]!r}; valid: {', '.join(keys)}")
+    return {k: key.with_default(overrides[k]) if k in overrides else key for k, key in keys.items()}
+
+
+def check_distill(distill: dict, defaults: dict | None = None, registry=None,
+                  num_teachers: int | None = None) -> list[TermSpec]:
+    """Check the terms of a resolved ``distill`` section without building anything (so before a run
+    directory exists): their keys, their losses registered when ``registry(kind)`` is given, feature
+    terms' ``teacher_index`` below ``num_teachers``.  The section's other keys are checked by their
+    declarations (:func:`distill_section`).  Returns the terms."""
     specs = distill_terms(distill, defaults)
     if registry is not None:
         losses = registry("losses")
@@ -70,18 +87,13 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
             if spec.uses_features and spec.teacher_index >= num_teachers:
                 raise ConfigError(f"config key distill.terms ({spec.name}): teacher_index {spec.teacher_index}, "
                                   f"but there are {num_teachers} teachers (0-based)")
-    agreement_samples(distill)
     return specs
 
 
 def agreement_samples(distill: dict) -> int:
     """``distill.agreement_samples``: how many training samples the teacher-agreement guard checks
     (:class:`kdkit.distill.TeacherAgreement`; 0 turns it off)."""
-    value = distill.get("agreement_samples", 512)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"config key distill.agreement_samples: expected an integer >= 0 (0 turns the "
-                          f"teacher-agreement check off), got {value!r}")
-    return value
+    return int(distill.get("agreement_samples", 512))
 
 
 def _term(i: int, entry) -> TermSpec:

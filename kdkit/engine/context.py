@@ -10,7 +10,8 @@ from typing import Any, Iterable
 
 import torch
 
-from kdkit.config import ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, resolve_config, write_config
+from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, method_config_help,  # noqa: F401 - re-exported
+                          resolve_method_config, write_config)
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import atomic_write_text, derive_seed, load_checkpoint, seed_everything
@@ -23,7 +24,8 @@ __all__ = ["RunContext", "Method", "train", "evaluate_run", "resolve_method_conf
 class Method:
     """Optional base class of methods (duck typing is enough).
 
-    Subclasses implement ``default_config()`` (usually ``{**base_config(), ...}``) and
+    Subclasses implement ``default_config()`` (the declared keys: :func:`kdkit.base_config` plus the
+    method's own :class:`kdkit.ConfigKey` s) and
     ``run(ctx) -> summary``; ``evaluate(ctx) -> dict`` powers ``kdkit eval --run DIR``.
     ``component_sections`` maps extra config paths to registry kinds (see :mod:`kdkit.config`).
     """
@@ -283,25 +285,6 @@ def _manager():
 
 def _method_class(manager, name: str):
     return manager.registry("methods").get(name).factory
-
-
-def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None) -> dict:
-    manager = manager or _manager()
-    cls = _method_class(manager, method_name)
-    defaults = cls.default_config()
-    if not isinstance(defaults, dict):
-        raise KdkitError(f"method {method_name!r}: default_config() must return a dict")
-    defaults = {**defaults, "method": method_name}
-    from kdkit.config import COMPONENT_SECTIONS
-
-    sections = {**COMPONENT_SECTIONS, **(getattr(cls, "component_sections", None) or {})}
-    config = resolve_config(defaults, config_file, sets, component_sections=sections,
-                            registry_lookup=manager.registry)
-    config["method"] = method_name
-    check = getattr(cls, "check_config", None)
-    if callable(check):  # the method's own rules, checked before any run directory exists
-        check(config, manager.registry)
-    return config
 
 
 def _default_run_dir(method: str) -> Path:

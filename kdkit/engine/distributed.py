@@ -1,12 +1,15 @@
 """torch.distributed helpers: torchrun environment, rank-0 helpers, small collectives.
 
 ``torchrun --nproc_per_node=N -m kdkit train ...`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
-:func:`init_distributed` then starts a process group with ``nccl`` on CUDA and ``gloo`` on CPU.
+:func:`init_distributed` then starts a process group with ``nccl`` on CUDA and ``gloo`` on CPU, and
+:func:`shutdown_distributed` ends it.  They are the only place kdkit starts and stops process groups:
+a command that is not a training run (``kdkit search``) uses them through :func:`torchrun_process_group`.
 Every helper here is a no-op (or the identity) in a single process.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +20,7 @@ __all__ = [
     "env_world_size",
     "init_distributed",
     "shutdown_distributed",
+    "torchrun_process_group",
     "is_distributed",
     "rank",
     "world_size",
@@ -55,6 +59,24 @@ def shutdown_distributed() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+@contextmanager
+def torchrun_process_group(device_type: str):
+    """Run a block in the process group torchrun describes: started on entry by
+    :func:`init_distributed` (``nccl`` on CUDA, ``gloo`` otherwise; nothing when ``WORLD_SIZE`` is
+    1 or unset) and ended on exit, also on error, by :func:`shutdown_distributed`.  A group that was
+    already running on entry is left running.  Yields whether the block runs in several processes::
+
+        with torchrun_process_group("cpu") as distributed:
+            ...  # rank(), world_size(), collectives
+    """
+    started = not (dist.is_available() and dist.is_initialized()) and init_distributed(device_type)
+    try:
+        yield is_distributed()
+    finally:
+        if started:
+            shutdown_distributed()
 
 
 def is_distributed() -> bool:

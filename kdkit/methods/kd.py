@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 
 import kdkit
-from kdkit.config import base_config, train_section
-from kdkit.distill.terms import agreement_samples, check_distill
+from kdkit.config import ConfigKey, base_config, plain_defaults, train_section
+from kdkit.distill.terms import agreement_samples, check_distill, distill_section
 from kdkit.errors import ConfigError
 
 
@@ -54,21 +54,14 @@ class KDMethod:
         # sized to finish in < 3 minutes on 2 CPU cores on the embedded ``shapes`` data
         cfg["data"].update({"train_per_class": 200, "test_per_class": 50, "augment": "none"})
         cfg["train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
-        cfg["teachers"] = [{"name": "convnet", "train": True}]
+        cfg["teachers"] = [{
+            "name": ConfigKey("convnet", "teacher: a name of the teachers registry"),
+            "train": ConfigKey(True, "train the teacher first (false: load its `pretrained` weights file)"),
+        }]
         cfg["teacher_train"] = train_section(epochs=10, batch_size=64, lr=0.1, weight_decay=5e-4)
-        cfg["student"] = {"name": "convnet", "width": 8}
-        cfg["distill"] = {
-            "alpha": 0.5,  # weight of the cross-entropy term
-            "temperature": 4.0,
-            "loss": "kl",  # any registered loss: the classic single term, weight 1 - alpha
-            "loss_options": {},  # passed to the loss factory
-            "terms": None,  # or a list of weighted terms (kdkit.distill.terms), e.g. feature terms
-            "combine": "avg_logits",  # avg_logits | mean_loss | inv_val_loss | ema_inv_loss
-            "ema_momentum": 0.9,  # for ema_inv_loss
-            "teacher_cache": None,  # null: cache teacher logits when the training data is un-augmented
-            "agreement_samples": 512,  # check teacher argmax vs labels on this many samples (0: off)
-        }
-        cfg["baseline"] = {"enabled": False}  # also train the student without KD (stage "baseline")
+        cfg["student"] = {"name": ConfigKey("convnet", "student: a name of the students registry"), "width": 8}
+        cfg["distill"] = distill_section()
+        cfg["baseline"] = {"enabled": ConfigKey(False, "also train the student without distillation (stage baseline)")}
         return cfg
 
     @classmethod
@@ -77,13 +70,7 @@ class KDMethod:
         dcfg = config["distill"]
         if not config["teachers"]:
             raise ConfigError("config key teachers: at least one teacher is needed")
-        specs = check_distill(dcfg, cls.default_config()["distill"], registry, len(config["teachers"]))
-        if dcfg["teacher_cache"] not in (None, True, False):
-            raise ConfigError(f"config key distill.teacher_cache: expected null (auto), true or false, "
-                              f"got {dcfg['teacher_cache']!r}")
-        if any(s.teacher is not None for s in specs) and dcfg["teacher_cache"] is True:
-            raise ConfigError("config key distill.teacher_cache: the cache holds teacher logits only, and a "
-                              "term taps teacher features; set distill.teacher_cache=false (or null)")
+        check_distill(dcfg, plain_defaults(cls.default_config()["distill"]), registry, len(config["teachers"]))
 
     # --- pieces subclasses may override ---------------------------------------------------
 
@@ -110,12 +97,17 @@ class KDMethod:
         from kdkit.distill.step import DistillStep, build_distiller, check_taps
         from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed
         from kdkit.engine.agreement import TeacherAgreement
-        from kdkit.engine.data import make_eval_loader, to_device
+        from kdkit.engine.data import (
+            describe_caches,
+            feature_caches_fit,
+            make_eval_loader,
+            to_device,
+        )
 
         cfg = ctx.config
         dcfg = cfg["distill"]
         distiller = build_distiller(ctx.registry("losses"), dcfg, len(cfg["teachers"]),
-                                    self.default_config()["distill"])
+                                    plain_defaults(self.default_config()["distill"]))
         samples = agreement_samples(dcfg)
 
         train, val, test, classes = ctx.classification_data()
@@ -136,17 +128,23 @@ class KDMethod:
             summary["baseline"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
                                    "best_epoch": res.best_epoch}
 
-        # teacher outputs: cached once per sample index when the teacher's input is deterministic
+        # teacher outputs — the logits and the features the terms tap — cached once per sample index
+        # when the teacher's input is deterministic; null (auto) caches features only when they fit
         use_cache = dcfg["teacher_cache"]
-        if use_cache is None:  # features of every sample would not fit: feature terms run teachers online
-            use_cache = _is_deterministic(train) and not any(s.teacher is not None for s in distiller.specs)
+        if use_cache is None:
+            use_cache = _is_deterministic(train)
         caches = None
         if use_cache:
             view = _plain_view(train)
             bs = int(cfg["train"]["eval_batch_size"])
-            caches = [TeacherCache(t, view, ctx.device, bs) for t in teachers]
+            paths = distiller.teacher_paths(len(teachers))
+            caches = [TeacherCache(t, view, ctx.device, bs, paths=p) for t, p in zip(teachers, paths)]
+            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"kd: {m}")):
+                caches = None  # teachers run online, their taps give the features
+        if caches is not None:
             for c in caches:
                 c.build()
+            ctx.log(f"kd: {describe_caches(caches)}")
             if not _is_deterministic(train):
                 ctx.log("kd: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
@@ -165,8 +163,9 @@ class KDMethod:
                 b = to_device(b, ctx.device)
                 yield [t(b[0]) for t in teachers], b[1]
 
-        step = DistillStep(distiller, student, teacher_logits, teachers, agreement,
-                           validation if val is not None else None)
+        # feature terms read a cached teacher's features from its cache, an online teacher's from its taps
+        step = DistillStep(distiller, student, teacher_logits, caches if caches is not None else teachers,
+                           agreement, validation if val is not None else None)
         train_indexed = WithIndex(train)
         step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
                          derive_seed(ctx.seed, "init", "distill"))

@@ -118,5 +118,23 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     factory = functools.partial(build_model, name)
     functools.update_wrapper(factory, build_model)
     factory.__name__ = factory.__qualname__ = f"build_{name}"
-    factory.__doc__ = MODELS[name].description
+    # the model's own options, so that the config lists and type-checks them (student.width, ...)
+    own = [p for p in inspect.signature(MODELS[name].build).parameters.values() if p.name != "num_classes"]
+    common = [p for p in inspect.signature(build_model).parameters.values() if p.name in _COMMON_OPTIONS]
+    factory.__signature__ = inspect.Signature(
+        [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + common])
+    factory.__doc__ = MODELS[name].description + "\n\n" + "\n".join(
+        f":param {option}: {text}" for option, text in OPTION_HELP.items() if option in {p.name for p in own + common})
     return factory
+
+
+#: One line per model option (``kdkit train --help-config`` shows them).
+OPTION_HELP = {
+    "width": "channels of the first stage (later stages double it)",
+    "in_channels": "input channels (3: RGB images)",
+    "small_input": "CIFAR-style stem (3x3 conv, no max-pool) for 32 px inputs",
+    "pretrained": "weights file to load (a state dict or a checkpoint holding one)",
+    "pretrained_key": "key of the state dict inside the weights file (null: found automatically)",
+    "pretrained_strict": "every weight must match (false: load what matches, report the rest)",
+}

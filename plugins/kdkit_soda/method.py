@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import kdkit
-from kdkit import ConfigError, KdkitError, base_config, lazy_import, train_section
+from kdkit import ConfigError, ConfigKey, KdkitError, base_config, lazy_import, train_section
 
 from .data import make_splits
 
@@ -30,8 +30,6 @@ F = lazy_import("torch.nn.functional")
 features = lazy_import("kdkit_soda.features")
 hashing = lazy_import("kdkit_soda.hashing")
 
-SUPPORTED_BITS = (8, 16, 24, 32, 48, 64, 96, 128, 256)
-
 
 # --- the method ------------------------------------------------------------------------------
 
@@ -41,35 +39,61 @@ class SodaMethod:
     @classmethod
     def default_config(cls) -> dict:
         cfg = base_config()
-        cfg["seed"] = 0
         cfg["data"] = {"name": "soda_scenes", "root": None, "val_fraction": 0.1, "num_workers": 0}
         cfg["train"] = train_section(epochs=20, batch_size=128, eval_batch_size=4096, optimizer="adam", lr=1e-3,
                                      momentum=0.9, weight_decay=1e-5, scheduler="cosine", amp=False)
-        cfg["checkpoint"]["select_on"] = "val"
+        epochs = {"type": int, "range": "[1, inf)"}
         cfg["soda"] = {
-            "bits": [16, 32, 64, 128],
-            "alpha": 0.1,  # stage 1: weight of the binarisation penalty
-            "beta": 0.1,  # stage 2: weight of the binarisation penalty
-            "intra_weight": 1.0,  # stage 1 / baseline: weight of the intra-modal image<->image term
-            "fit_weight": 1.0,  # stage 2: weight of || h_text - b_image ||^2 / L (paired sample)
-            "student_intra_weight": 0.0,  # stage 2: weight of the intra-modal text<->text term (not in the paper)
-            "balance_weight": 0.0,  # optional bit-balance term ||mean(h)||^2
-            "theta_scale": 0.5,  # theta = scale * <h_a, h_b>  (DCMH: 0.5)
-            "similarity": "hard",  # hard: share >= 1 label | cosine: cosine of label vectors
-            "feature_norm": "standardize",  # z-score CLIP features with training-split statistics | l2 | none
-            "head_hidden": 512,  # 0: Linear->Dropout->tanh (the family's head); >0: one hidden layer
-            "dropout": 0.2,
-            "teacher_epochs": None,  # None: train.epochs
-            "student_epochs": None,
-            "baseline": True,  # also train the no-distillation baseline
-            "baseline_epochs": None,  # None: teacher_epochs + student_epochs (same training budget)
-            "eval_k": None,  # None: mAP@all; int: mAP@k in eval_variant
-            "eval_variant": "truncated",  # truncated (DCMH top-k) | dchmt (first min(k, R) relevant)
+            "bits": ConfigKey([16, 32, 64, 128], "code lengths (multiples of 8): a teacher, student and "
+                                                 "baseline per length", items=int, range="[8, inf)"),
+            "alpha": ConfigKey(0.1, "stage 1: weight of the binarisation penalty", range="[0, inf)"),
+            "beta": ConfigKey(0.1, "stage 2: weight of the binarisation penalty", range="[0, inf)"),
+            "intra_weight": ConfigKey(1.0, "stage 1 / baseline: weight of the intra-modal image<->image term",
+                                      range="[0, inf)"),
+            "fit_weight": ConfigKey(1.0, "stage 2: weight of ||h_text - b_image||^2 / L on the paired sample",
+                                    range="[0, inf)"),
+            "student_intra_weight": ConfigKey(0.0, "stage 2: weight of the text<->text term (not in the paper)",
+                                              range="[0, inf)"),
+            "balance_weight": ConfigKey(0.0, "weight of the bit-balance term ||mean(h)||^2", range="[0, inf)"),
+            "theta_scale": ConfigKey(0.5, "theta = scale * <h_a, h_b> (DCMH: 0.5)", range="(0, inf)"),
+            "similarity": ConfigKey("hard", "pair similarity: hard (share >= 1 label) | cosine (of label vectors)",
+                                    choices=("hard", "cosine")),
+            "feature_norm": ConfigKey("standardize", "CLIP features: z-score with training-split statistics, "
+                                                     "l2, or none", choices=("standardize", "l2", "none")),
+            "head_hidden": ConfigKey(512, "0: Linear->Dropout->tanh (the family's head); >0: one hidden layer",
+                                     range="[0, inf)"),
+            "dropout": ConfigKey(0.2, "dropout of the hashing heads", range="[0, 1)"),
+            "teacher_epochs": ConfigKey(None, "stage 1 epochs (null: train.epochs)", **epochs),
+            "student_epochs": ConfigKey(None, "stage 2 epochs (null: train.epochs)", **epochs),
+            "baseline": ConfigKey(True, "also train the no-distillation baseline"),
+            "baseline_epochs": ConfigKey(None, "baseline epochs (null: teacher_epochs + student_epochs, the same "
+                                               "budget)", **epochs),
+            "eval_k": ConfigKey(None, "null: mAP@all; k: mAP@k in eval_variant", **epochs),
+            "eval_variant": ConfigKey("truncated", "mAP@k: truncated (DCMH top-k) | dchmt (first min(k, R) "
+                                                   "relevant)", choices=("truncated", "dchmt")),
         }
-        cfg["clip"] = {"model": "tiny", "pretrained": None, "context_length": None, "batch_size": 128,
-                       "cache_dir": None}
-        cfg["prompt"] = {"template": "An image of {}.", "sep": ", ", "last_sep": " and ", "mode": "joined"}
+        cfg["clip"] = {
+            "model": ConfigKey("tiny", "open_clip architecture (ViT-B-32: the method family's), or tiny"),
+            "pretrained": ConfigKey(None, "null: random init; an open_clip tag or a local checkpoint file", type=str),
+            "context_length": ConfigKey(None, "text context length (null: the model's)", type=int, range="[1, inf)"),
+            "batch_size": ConfigKey(128, "CLIP encoding batch size", range="[1, inf)"),
+            "cache_dir": ConfigKey(None, "feature cache directory (null: the run's cache directory)", type=str),
+        }
+        cfg["prompt"] = {
+            "template": ConfigKey("An image of {}.", "prompt of a sample; {} receives its label names"),
+            "sep": ConfigKey(", ", "between label names"),
+            "last_sep": ConfigKey(" and ", "before the last label name"),
+            "mode": ConfigKey("joined", "joined: one prompt naming every label | mean: the mean of one prompt per "
+                                        "label", choices=("joined", "mean")),
+        }
         return cfg
+
+    @classmethod
+    def check_config(cls, config: dict, registry=None) -> None:
+        """Rules beyond the declared keys, checked when the config is resolved."""
+        for b in config["soda"]["bits"]:
+            if b % 8:
+                raise ConfigError(f"config key soda.bits: {b} is not a multiple of 8 (codes are packed bytes)")
 
     # --- data -----------------------------------------------------------------------------
 
@@ -108,9 +132,6 @@ class SodaMethod:
         cfg = ctx.config
         s = cfg["soda"]
         bits_list = [int(b) for b in s["bits"]]
-        for b in bits_list:
-            if b <= 0 or b % 8:
-                raise ConfigError(f"config key soda.bits: {b} is not a positive multiple of 8")
         select_on = cfg["checkpoint"].get("select_on", "val")
         data, splits, feats, labels = self._prepare(ctx)
         query = hashing.FeatureDataset(feats, labels, splits.query)
@@ -308,12 +329,9 @@ class SodaMethod:
         if texts is not None:
             if modality != "text":
                 raise KdkitError("--text-file encodes texts: use --modality text")
-            from .features import ClipEncoder
-
-            enc = ClipEncoder(cfg["clip"]["model"], cfg["clip"].get("pretrained") or None, ctx.device,
-                              cfg["clip"].get("context_length"), seed=int(cfg.get("seed", 0)))
+            enc = features.clip_encoder(cfg["clip"], ctx.device, seed=int(cfg.get("seed", 0)))
             self._prepare(ctx)  # the normalisation statistics of the run's training split
-            x = enc.encode_texts(texts)
+            x = enc.encode_texts(texts, normalize=False)
             if self._stats and "text" in self._stats:
                 mu, sd = self._stats["text"]
                 x = (x - mu) / sd

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import kdkit
 
-__all__ = ["kdkit_register_methods", "kdkit_register_text_relaxers", "kdkit_configure"]
+__all__ = ["kdkit_register_methods", "kdkit_register_text_relaxers"]
 
 
 def _method_class():
@@ -43,10 +43,3 @@ def kdkit_register_text_relaxers(register):
     register("wordnet", build_wordnet_relaxer,
              description="WordNet noun pool filtered by spherical K-means of CLIP image embeddings, "
                          "soft retrieval per image, offensive-lemma blocklist")
-
-
-@kdkit.hookimpl
-def kdkit_configure(config, run_dir):
-    """Check the method's values before the run directory is created (a bad ``--set`` leaves nothing behind)."""
-    if config.get("method") == "wordnet_relax":
-        _method_class()._check(config)

@@ -22,24 +22,13 @@ import csv
 import dataclasses
 import json
 import math
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from kdkit import ConfigError, DataError, KdkitError, base_config, train_section
+from kdkit import ConfigError, DataError, KdkitError, plain_defaults
 from kdkit.distill import check_distill
 
-LAMBDA_PRESETS = {"seed": (0.1, 0.01), "authors": (0.2, 0.005)}
-TX_TEXT = ("retrieved", "protocol")
-TX_CLIP = ("cached", "online")
+from kdkit_wordnet_relax.config import LAMBDA_PRESETS, default_config
 RELAXER_KEYS_METHOD = ("relaxer", "ratio", "tau", "sweep", "cache", "cache_dir")
-
-
-def packaged_defaults() -> dict:
-    """The packaged ``default.yaml`` as a dict."""
-    text = resources.files("kdkit_wordnet_relax").joinpath("default.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -179,54 +168,25 @@ class WordNetRelaxMethod:
 
     @classmethod
     def default_config(cls) -> dict:
-        y = packaged_defaults()
-        cfg = base_config()
-        for key in ("seed", "device"):
-            cfg[key] = y[key]
-        cfg["data"].update(y["data"])
-        cfg["clip"] = dict(y["clip"])
-        relax = dict(y["relax"])
-        cfg["relax"] = relax
-        tx = dict(y["tx"])
-        tx["train"] = train_section(**tx["train"])
-        cfg["tx"] = tx
-        cfg["teachers"] = [dict(t, train=True, pretrained=None) for t in y["teachers"]]
-        cfg["teacher_train"] = train_section(**y["teacher_train"])
-        cfg["student"] = dict(y["student"])
-        cfg["train"] = train_section(**y["train"])
-        cfg["distill"] = dict(y["distill"])
-        cfg["baseline"] = dict(y["baseline"])
-        return cfg
+        return default_config()
 
     # --- checks -----------------------------------------------------------------------------
     @classmethod
     def check_config(cls, config: dict, registry=None) -> None:
-        """Checked when the config is resolved, before a run directory exists."""
-        cls._check(config)
-        dist = config["distill"]
-        check_distill(dist, cls.default_config()["distill"], registry,
+        """Rules beyond the declared keys, checked when the config is resolved (before a run directory exists)."""
+        relax, dist = config["relax"], config["distill"]
+        sweep = relax["sweep"]
+        if len(set(sweep)) != len(sweep):
+            raise ConfigError(f"config key relax.sweep: duplicate ratios in {sweep}")
+        if not config["teachers"] and not dist["use_multimodal"]:
+            raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
+        check_distill(dist, plain_defaults(cls.default_config()["distill"]), registry,
                       len(config["teachers"]) + int(bool(dist["use_multimodal"])))
 
     @staticmethod
-    def _check(cfg: dict) -> list[float]:
-        relax, tx, dist = cfg["relax"], cfg["tx"], cfg["distill"]
-        sweep = [float(r) for r in (relax.get("sweep") or [])]
-        for r in sweep + [float(relax["ratio"])]:
-            if not 0.0 <= r <= 1.0:
-                raise ConfigError(f"config key relax.ratio / relax.sweep: ratios must be in [0, 1], got {r}")
-        if len(set(sweep)) != len(sweep):
-            raise ConfigError(f"config key relax.sweep: duplicate ratios in {sweep}")
-        if float(relax["tau"]) <= 0:
-            raise ConfigError(f"config key relax.tau: must be > 0, got {relax['tau']}")
-        if tx["preset"] not in LAMBDA_PRESETS:
-            raise ConfigError(f"config key tx.preset: expected one of {', '.join(LAMBDA_PRESETS)}, got {tx['preset']!r}")
-        if dist["tx_text"] not in TX_TEXT:
-            raise ConfigError(f"config key distill.tx_text: expected one of {', '.join(TX_TEXT)}, got {dist['tx_text']!r}")
-        if dist["tx_clip"] not in TX_CLIP:
-            raise ConfigError(f"config key distill.tx_clip: expected one of {', '.join(TX_CLIP)}, got {dist['tx_clip']!r}")
-        if not cfg["teachers"] and not dist["use_multimodal"]:
-            raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
-        return sweep or [float(relax["ratio"])]
+    def ratios(cfg: dict) -> list[float]:
+        """The relaxation ratios to train at: ``relax.sweep``, or ``[relax.ratio]``."""
+        return [float(r) for r in cfg["relax"]["sweep"]] or [float(cfg["relax"]["ratio"])]
 
     @staticmethod
     def lambdas(tx: dict) -> tuple[float, float]:
@@ -483,16 +443,16 @@ class WordNetRelaxMethod:
         from kdkit.distill import build_distiller
 
         return build_distiller(ctx.registry("losses"), ctx.config["distill"], num_teachers,
-                               self.default_config()["distill"])
+                               plain_defaults(self.default_config()["distill"]))
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        from kdkit import Stage
+        from kdkit import Stage, build_clip
 
-        from kdkit_wordnet_relax.clip_backend import TEMPLATES, build_clip
+        from kdkit_wordnet_relax.relaxer import TEMPLATES
 
         cfg = ctx.config
-        ratios = self._check(cfg)
+        ratios = self.ratios(cfg)
         distiller = self.build_distiller(ctx, len(cfg["teachers"]) + int(bool(cfg["distill"]["use_multimodal"])))
         sweep = bool(cfg["relax"].get("sweep"))
         relax = cfg["relax"]

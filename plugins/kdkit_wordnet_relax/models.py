@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from kdkit import ConfigError
 
-EMBEDDING_MODES = ("learnable", "fixed", "noise")
+from kdkit_wordnet_relax.config import EMBEDDING_MODES  # declared with the config
 
 
 class NounBank(nn.Module):

@@ -11,9 +11,8 @@ under ``kdkit_register_text_relaxers``)::
     vocab.info        # dict, merged into summary.json under "relax"
 
 ``image_embeddings`` are the L2-normalised CLIP embeddings of the training images and
-``encoder`` a :class:`kdkit_wordnet_relax.clip_backend.ClipEncoder` (``encode_words``,
-``identity``).  The method then does the per-image soft retrieval
-``t = normalize(softmax(v @ N.T / tau) @ N)``.
+``encoder`` a :class:`kdkit.ClipEncoder` (``encode_words``, ``identity``).  The method then
+does the per-image soft retrieval ``t = normalize(softmax(v @ N.T / tau) @ N)``.
 
 What :class:`WordNetRelaxer` does (the authors' pipeline, see docs/wordnet_relax.md):
 
@@ -42,16 +41,25 @@ from typing import Callable, Iterable, Sequence
 from kdkit import ConfigError, KdkitError
 
 from kdkit_wordnet_relax.blocklist import apply_blocklist, build_blocklist, normalize_lemma
-from kdkit_wordnet_relax.clip_backend import TEMPLATES
+from kdkit_wordnet_relax.config import POOLS, RELATIONS
 from kdkit_wordnet_relax.paths import digest, file_digest, load_keyed, save_keyed, tensor_digest
 
 log = logging.getLogger("kdkit.wordnet_relax")
 
-POOLS = ("all", "relations", "file")
-RELATIONS = ("hypernyms", "hyponyms", "siblings")
 
 #: Bump when the selection algorithm changes (it keys the caches).
 ALGORITHM_VERSION = 1
+
+#: The 7-template prompt ensemble of the authors' code (``relax.templates: null``).
+TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 
 
 @dataclass

@@ -151,7 +151,8 @@ def test_fitnet_term_in_a_kd_run(tmp_path, manager):
     sets = TINY + ["distill.terms=[{loss: kl, weight: 0.5}, "
                    "{loss: fitnet, weight: 5.0, student: features.7, teacher: features.7}]"]
     summary = train("kd", sets=sets, out=tmp_path / "run", manager=manager)
-    assert summary["distill"]["teacher_cache"] is False and len(summary["distill"]["terms"]) == 2
+    # un-augmented data: the cache holds the teacher's logits and features.7 (tests/methods/test_kd_feature_cache.py)
+    assert summary["distill"]["teacher_cache"] is True and len(summary["distill"]["terms"]) == 2
     last = torch.load(tmp_path / "run" / "checkpoints" / "student" / "last.pt", weights_only=True)
     regressor = last["extra_modules"]["distill"]["terms.fitnet.regressor.weight"]
     assert tuple(regressor.shape) == (8, 8, 1, 1)  # convnet width 4: 8 channels at features.7, both sides

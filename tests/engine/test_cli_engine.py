@@ -107,8 +107,12 @@ def test_config_file_and_set_precedence_reach_the_run(tmp_path, capsys):
     (["train", "--config", "/nonexistent/c.yaml"], "config file not found"),
     (["train", "--plugin", "nosuchmethod"], "unknown method 'nosuchmethod'; valid choices:"),
     (["train", "--set", "train.bogus=1"], "unknown config key 'train.bogus'; valid keys at train:"),
-    (["train", "--set", "train.lr=fast"], "config key train.lr: expected float, got str"),
-    (["train", "--set", "distill.combine=median"], "unknown rule 'median'"),
+    (["train", "--set", "train.lr=fast"], "config key train.lr: expected float in (0, inf), got str"),
+    (["train", "--set", "train.lr=0"], "config key train.lr: expected float in (0, inf), got 0.0"),
+    (["train", "--set", "train.optimizer=adagrad"], "config key train.optimizer: expected one of sgd, adam, adamw"),
+    (["train", "--set", "distill.combine=median"], "config key distill.combine: expected one of avg_logits"),
+    (["train", "--set", "device=gpu"], "config key device: expected str matching"),
+    (["train", "--set", "data.root=3"], "config key data.root: expected str or null, got int"),
     (["train", "--set", "student.name=nonet"], "unknown student 'nonet'"),
     (["eval", "--run", "/nonexistent/run"], "not a kdkit run directory"),
     (["plot", "/nonexistent/run"], "no metrics.jsonl"),
@@ -121,6 +125,7 @@ def test_user_errors_are_one_line_exit_2(args, message, capsys, tmp_path):
     err = [ln for ln in err if "warning: skipped broken plugin" not in ln and not ln.startswith("kdkit: method")
            and not ln.startswith("kd:")]
     assert len(err) == 1 and err[0].startswith("kdkit: error: ") and message in err[0], err
+    assert not (tmp_path / "r").exists()  # checked when the config is resolved: no run directory left behind
 
 
 def test_bad_yaml_file_is_a_user_error(tmp_path, capsys):
@@ -133,3 +138,22 @@ def test_bad_yaml_file_is_a_user_error(tmp_path, capsys):
 def test_existing_run_dir_is_not_overwritten(finished_run, capsys):
     assert _train(finished_run) == 2
     assert "already holds a run; use --resume" in capsys.readouterr().err
+
+
+def test_help_config_lists_the_keys_of_the_method_and_its_chosen_components(capsys, tmp_path):
+    assert main(["train", "--plugin", "kd", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[3:] if line.strip()}
+    assert "avg_logits|mean_loss|inv_val_loss|ema_inv_loss" in rows["distill.combine"]
+    assert "float in [0, 1]" in rows["distill.alpha"] and "weight of the cross-entropy term" in rows["distill.alpha"]
+    assert "sgd|adam|adamw" in rows["teacher_train.optimizer"]
+    assert "student.width" in rows  # the chosen student's option
+    assert not list(tmp_path.iterdir()) and not (tmp_path / "runs").exists()
+    # values follow --set, and another student brings its own options
+    assert main(["train", "--plugin", "kd", "--help-config", "--set", "train.lr=0.2",
+                 "--set", "student.name=resnet8"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[3:] if line.strip()}
+    assert rows["train.lr"][-len("peak learning rate".split()) - 1] == "0.2"
+    assert "student.width" not in rows or rows["student.name"][2] == "resnet8"
+    assert main(["train", "--plugin", "kd", "--help-config", "--set", "train.lr=-1"]) == 2
+    assert "config key train.lr: expected float in (0, inf)" in capsys.readouterr().err

@@ -11,13 +11,13 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 import kdkit
-from kdkit.config import base_config
+from kdkit.config import base_config, plain_defaults
 from kdkit.engine import RunContext, Stage, StageResult, TrainingError, freeze, load_checkpoint
 from kdkit.engine.checkpoint import capture_rng_state, restore_rng_state
 
 
 def _config(**train):
-    cfg = base_config()
+    cfg = plain_defaults(base_config())
     cfg["method"] = "test"
     cfg["device"] = "cpu"
     cfg["logging"]["progress"] = False

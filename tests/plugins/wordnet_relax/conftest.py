@@ -23,9 +23,9 @@ def _isolated_env(monkeypatch, wordnet_cache):
     monkeypatch.setenv("KDKIT_OFFLINE", "1")
     monkeypatch.setenv("KDKIT_CACHE_DIR", str(wordnet_cache))
     monkeypatch.setenv("KDKIT_BLOCK_PLUGINS", "soda")
-    from kdkit_wordnet_relax import clip_backend
+    from kdkit import clip
 
-    clip_backend.reset_warnings()
+    clip.reset_warnings()
     yield
 
 
@@ -57,7 +57,7 @@ def tiny(pool_file, tmp_path):
 def micro_clip():
     import warnings
 
-    from kdkit_wordnet_relax.clip_backend import build_clip
+    from kdkit import build_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from wr_helpers import needs_debian_wordnet
 
 from kdkit.errors import ConfigError
-from kdkit_wordnet_relax.relaxer import WordNetRelaxer, relation_lemmas, select_by_clusters
+from kdkit_wordnet_relax.relaxer import TEMPLATES, WordNetRelaxer, relation_lemmas, select_by_clusters
 
 
 class CountingEncoder:
@@ -23,6 +23,12 @@ class CountingEncoder:
     def encode_words(self, words, templates, progress=None):
         self.encoded += list(words)
         return self.enc.encode_words(words, templates, progress=progress)
+
+
+def test_templates_are_the_authors_seven():
+    assert len(TEMPLATES) == 7
+    assert TEMPLATES[0] == "itap of a {}." and TEMPLATES[-1] == "a photo of the small {}."
+    assert WordNetRelaxer().templates == list(TEMPLATES)
 
 
 def _images(micro_clip, n=40, seed=0):
@@ -97,7 +103,7 @@ def test_cache_hits_and_invalidation(pool_file, micro_clip, tmp_path):
     assert vocab.info["cache_hit"] is False
     import warnings
 
-    from kdkit_wordnet_relax.clip_backend import build_clip
+    from kdkit import build_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,67 @@
+"""``kdkit search``: one process and two gloo processes under torchrun give the same file, and the
+process group is the engine's (:func:`kdkit.engine.distributed.torchrun_process_group`)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from kdkit_engine_testutil import kdkit_cli
+
+
+def _codes(tmp_path, seed, n, nbytes=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 256, (5, nbytes), dtype=np.uint8)  # many exact ties
+    path = tmp_path / f"codes{seed}.npy"
+    np.save(path, centres[rng.integers(0, 5, n)])
+    return path
+
+
+def _run(argv):
+    from kdkit.commands import search
+
+    parser = argparse.ArgumentParser()
+    search.add_arguments(parser)
+    return search.run(parser.parse_args(argv))
+
+
+def test_single_process_search_starts_no_process_group(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from kdkit import ops
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    q, db = _codes(tmp_path, 0, 23), _codes(tmp_path, 1, 301)
+    assert _run(["--db", str(db), "--queries", str(q), "-k", "9", "--batch-size", "4",
+                 "--out", str(tmp_path / "r.npz")]) == 0
+    assert not dist.is_initialized()
+    res = np.load(tmp_path / "r.npz")
+    d, i = ops.hamming_topk(torch.from_numpy(np.load(q)), torch.from_numpy(np.load(db)), 9)
+    np.testing.assert_array_equal(res["indices"], i.numpy())
+    np.testing.assert_array_equal(res["distances"], d.numpy())
+
+
+def test_torchrun_process_group_is_a_no_op_in_one_process(monkeypatch):
+    import torch.distributed as dist
+
+    from kdkit.engine.distributed import torchrun_process_group
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with torchrun_process_group("cpu") as distributed:
+        assert distributed is False and not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_search_under_torchrun_equals_one_process(tmp_path):
+    q, db = _codes(tmp_path, 2, 40), _codes(tmp_path, 3, 1001)
+    args = ["search", "--db", str(db), "--queries", str(q), "-k", "50", "--batch-size", "16"]
+    one = kdkit_cli(args + ["--out", str(tmp_path / "one.npz")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = kdkit_cli(args + ["--out", str(tmp_path / "two.npz")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 shards" in two.stderr and two.stderr.count("kdkit search:") == 1  # rank 0 writes and reports
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    np.testing.assert_array_equal(a["indices"], b["indices"])
+    np.testing.assert_array_equal(a["distances"], b["distances"])
