@@ -537,29 +537,25 @@ def factory_options(factory) -> dict:
         elif param.default is not param.empty:
             default = _plain(param.default) if isinstance(param.default, (list, tuple, dict, Path)) else (
                 param.default if param.default is None or isinstance(param.default, (bool, int, float, str)) else None)
-            kinds = _annotation_types(param.annotation)
-            out[pname] = ConfigKey(default, type=kinds[0] if len(kinds) == 1 else kinds) if (
-                default is None and kinds) else default
+            kinds, nullable = _annotation_types(param.annotation)
+            out[pname] = ConfigKey(default, type=kinds[0] if len(kinds) == 1 else kinds, nullable=nullable) if (
+                kinds and (default is None or nullable)) else default
     return out
 
 
 _ANNOTATION_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": str, "dict": dict, "list": list}
 
 
-def _annotation_types(annotation) -> tuple:
-    """The config types of a simple annotation such as ``str | None`` (``()``: not a simple one).
-    It types a component option whose default is ``None``, which would otherwise take anything."""
+def _annotation_types(annotation) -> tuple[tuple, bool]:
+    """``(config types, null allowed)`` of a simple annotation such as ``str | None`` (``((), False)``:
+    not a simple one).  It types a component option whose default is ``None``, which would otherwise
+    take anything, and lets ``null`` through where the annotation allows it."""
     if annotation is inspect.Parameter.empty:
-        return ()
-    names = str(annotation).replace("typing.", "").replace("Optional[", "").rstrip("]").split("|")
-    kinds = []
-    for name in (n.strip().split("[")[0] for n in names):
-        if name == "None":
-            continue
-        if name not in _ANNOTATION_TYPES:
-            return ()
-        kinds.append(_ANNOTATION_TYPES[name])
-    return tuple(kinds)
+        return (), False
+    names = [n.strip().split("[")[0] for n in str(annotation).replace("typing.", "").split("|")]
+    if any(n not in _ANNOTATION_TYPES and n != "None" for n in names):
+        return (), False
+    return tuple(_ANNOTATION_TYPES[n] for n in names if n != "None"), "None" in names
 
 
 def _section_kind(path: str, sections: Mapping[str, str]) -> str | None:

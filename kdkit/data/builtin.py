@@ -8,32 +8,38 @@ from __future__ import annotations
 import kdkit
 
 
-def shapes(split: str, root: str | None = None, **options):
-    """Embedded offline default: procedurally generated figures named by WordNet nouns."""
-    from kdkit.data.shapes import ShapesDataset
+class DatasetFactory:
+    """The registry factory of a built-in dataset class, imported on first use.
 
-    return _call(ShapesDataset, "shapes", split, root, options)
+    Its signature is the class's own (``split``, ``root`` and the keyword options, ``transform``
+    left out), so that the config lists, type-checks and defaults the options of the chosen
+    dataset before a run starts; reading it imports the dataset module (torch), registering does not.
+    """
 
+    def __init__(self, name: str, module: str, class_name: str):
+        self.name, self.module, self.class_name = name, module, class_name
+        self.__name__ = self.__qualname__ = name
 
-def cifar100(split: str, root: str | None = None, **options):
-    """CIFAR-100 from torchvision's on-disk format (cifar-100-python/)."""
-    from kdkit.data.cifar import CIFAR100Dataset
+    def dataset_class(self):
+        import importlib
 
-    return _call(CIFAR100Dataset, "cifar100", split, root, options)
+        return getattr(importlib.import_module(self.module), self.class_name)
 
+    def __call__(self, split: str, root: str | None = None, **options):
+        return _call(self.dataset_class(), self.name, split, root, options)
 
-def cifar10(split: str, root: str | None = None, **options):
-    """CIFAR-10 from torchvision's on-disk format (cifar-10-batches-py/)."""
-    from kdkit.data.cifar import CIFAR10Dataset
+    @property
+    def __signature__(self):
+        import inspect
 
-    return _call(CIFAR10Dataset, "cifar10", split, root, options)
+        params = [p.replace(default=inspect.Parameter.empty) if name == "split" else p
+                  for name, p in inspect.signature(self.dataset_class().__init__).parameters.items()
+                  if name not in ("self", "transform")]
+        return inspect.Signature(params)
 
-
-def imagefolder(split: str, root: str | None = None, **options):
-    """torchvision ImageFolder layout ROOT/{train,val|test}/<class>/<image>."""
-    from kdkit.data.imagefolder import ImageFolderDataset
-
-    return _call(ImageFolderDataset, "imagefolder", split, root, options)
+    @property
+    def __doc__(self):  # the class's docstring: its ``:param NAME:`` lines document the options
+        return self.dataset_class().__doc__
 
 
 def _call(cls, name: str, split: str, root, options: dict):
@@ -53,10 +59,14 @@ def _call(cls, name: str, split: str, root, options: dict):
 
 
 DATASETS = {
-    "shapes": (shapes, "embedded offline default: seeded procedurally generated figures (10 WordNet-noun classes, 32 px)"),
-    "cifar100": (cifar100, "CIFAR-100 in torchvision's on-disk format (download only with data.download=true)"),
-    "cifar10": (cifar10, "CIFAR-10 in torchvision's on-disk format (download only with data.download=true)"),
-    "imagefolder": (imagefolder, "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
+    "shapes": (DatasetFactory("shapes", "kdkit.data.shapes", "ShapesDataset"),
+               "embedded offline default: seeded procedurally generated figures (10 WordNet-noun classes, 32 px)"),
+    "cifar100": (DatasetFactory("cifar100", "kdkit.data.cifar", "CIFAR100Dataset"),
+                 "CIFAR-100 in torchvision's on-disk format (download only with data.download=true)"),
+    "cifar10": (DatasetFactory("cifar10", "kdkit.data.cifar", "CIFAR10Dataset"),
+                "CIFAR-10 in torchvision's on-disk format (download only with data.download=true)"),
+    "imagefolder": (DatasetFactory("imagefolder", "kdkit.data.imagefolder", "ImageFolderDataset"),
+                    "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
 }
 
 

@@ -31,4 +31,17 @@ def test_registers_datasets():
 
 def test_unknown_option_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid options: .*train_per_class"):
-        builtin.shapes("train", None, nonsense=1)
+        builtin.DATASETS["shapes"][0]("train", None, nonsense=1)
+
+
+def test_dataset_factories_expose_their_options_without_importing_at_registration():
+    import inspect
+
+    from kdkit.config import factory_options
+
+    factory = builtin.DATASETS["cifar10"][0]
+    options = factory_options(factory)
+    assert "*" not in options and options["download"] is False and options["image_size"] == 32
+    assert "split" not in options and "transform" not in options  # the engine's and code-only arguments
+    assert options["augment"].nullable and options["augment"].default == "weak"  # `str | None = "weak"`
+    assert list(inspect.signature(factory).parameters)[:2] == ["split", "root"]
