@@ -471,33 +471,14 @@ def validate(value: Any, default: Any, path: str = "",
         return out
     if isinstance(default, ConfigKey):
         return default.check(value, where)
-    if default is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {where}: expected bool, got {_tname(value)} ({value!r})")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {where}: expected int, got {_tname(value)} ({value!r})")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {where}: expected float, got {_tname(value)} ({value!r})")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {where}: expected str, got {_tname(value)} ({value!r})")
-        return value
+    if default is None or isinstance(default, (bool, int, float, str)):
+        return ConfigKey(default).check(value, where)  # a plain default declares its own type
     if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {where}: expected list, got {_tname(value)} ({value!r})")
+        value = _check_type(value, list, where, "list")
         if default:
             template = default[0]
             return [validate(item, template, f"{path}.{i}", extra) for i, item in enumerate(value)]
-        return list(value)
+        return value
     return value
 
 
@@ -809,31 +790,36 @@ def get_path(config: Mapping, dotted: str, default=None):
 # --- a method's config --------------------------------------------------------------------
 
 def _method_declarations(method_name: str, manager) -> tuple[Any, dict, dict]:
-    """``(method class, declared keys, component sections)`` of a registered method."""
-    if manager is None:
-        import kdkit
-
-        manager = kdkit.get_plugin_manager()
-    cls = manager.registry("methods").get(method_name).factory
-    defaults = cls.default_config()
+    """``(method component, declared keys, component sections)`` of a method registered with ``manager``."""
+    component = manager.registry("methods").get(method_name)
+    defaults = component.factory.default_config()
     if not isinstance(defaults, dict):
         raise KdkitError(f"method {method_name!r}: default_config() must return a dict")
     declared = inherit_declarations({**defaults, "method": method_name}, base_config())
-    sections = {**COMPONENT_SECTIONS, **(getattr(cls, "component_sections", None) or {})}
-    return cls, declared, sections
+    sections = {**COMPONENT_SECTIONS, **(getattr(component.factory, "component_sections", None) or {})}
+    return component, declared, sections
+
+
+def _plugin_manager(manager):
+    if manager is not None:
+        return manager
+    import kdkit
+
+    return kdkit.get_plugin_manager()
 
 
 def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None) -> dict:
     """The validated config of ``kdkit train --plugin METHOD_NAME [--config FILE] [--set ...]``:
     every key checked against its declaration, then the method's own ``check_config(config,
     registry)`` rules — all before a run directory exists."""
-    cls, declared, sections = _method_declarations(method_name, manager)
-    registry = (manager or __import__("kdkit").get_plugin_manager()).registry
-    config = resolve_config(declared, config_file, sets, component_sections=sections, registry_lookup=registry)
+    manager = _plugin_manager(manager)
+    component, declared, sections = _method_declarations(method_name, manager)
+    config = resolve_config(declared, config_file, sets, component_sections=sections,
+                            registry_lookup=manager.registry)
     config["method"] = method_name
-    check = getattr(cls, "check_config", None)
+    check = getattr(component.factory, "check_config", None)
     if callable(check):
-        check(config, registry)
+        check(config, manager.registry)
     return config
 
 
@@ -841,11 +827,8 @@ def method_config_help(method_name: str, config_file=None, sets: Iterable[str] =
     """The text of ``kdkit train --plugin METHOD_NAME --help-config``: every key the method takes
     with what it allows, its value and a one-line help (after ``--config`` / ``--set``, so that the
     options of the chosen dataset, student and teachers are listed)."""
-    import kdkit
-
-    manager = manager or kdkit.get_plugin_manager()
-    _, declared, sections = _method_declarations(method_name, manager)
-    component = manager.registry("methods").get(method_name)
+    manager = _plugin_manager(manager)
+    component, declared, sections = _method_declarations(method_name, manager)
     rows = config_rows(declared, config_file, sets, component_sections=sections, registry_lookup=manager.registry)
     title = (f"kdkit train --plugin {method_name}: {component.description or 'a distillation method'}\n"
              "Config keys; set them with --set KEY=VALUE (dotted key, YAML value) or a --config FILE.")

@@ -349,8 +349,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         run_dir = Path(out) if out is not None else None
 
     device = resolve_device(config.get("device", "auto"))
-    started = dist_utils.init_distributed(device.type)
-    try:
+    with dist_utils.torchrun_process_group(device.type):
         if resume is None:
             if dist_utils.is_main():
                 if run_dir is None:
@@ -381,9 +380,6 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         manager.hook.kdkit_run_finished(run_dir=run_dir if ctx.is_main else None, summary=summary)
         ctx.close()
         return summary
-    finally:
-        if started:
-            dist_utils.shutdown_distributed()
 
 
 def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None):

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=N -m kdkit train ...`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
 :func:`init_distributed` then starts a process group with ``nccl`` on CUDA and ``gloo`` on CPU, and
 :func:`shutdown_distributed` ends it.  They are the only place kdkit starts and stops process groups:
-a command that is not a training run (``kdkit search``) uses them through :func:`torchrun_process_group`.
+``kdkit train`` and ``kdkit search`` use them through :func:`torchrun_process_group`.
 Every helper here is a no-op (or the identity) in a single process.
 """
 from __future__ import annotations
