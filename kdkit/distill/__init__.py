@@ -9,6 +9,8 @@
   :func:`distill_section` (the declared ``distill`` keys), :func:`distill_terms`, :func:`build_distiller`, :func:`build_term_loss`);
 * :class:`DistillStep` — a student stage's ``step_fn``: student and teacher outputs, taps, the
   objective, the per-epoch teacher weights (:func:`check_taps` resolves paths early);
+* :class:`KDMethod` — the ``kd`` method (teachers trained or loaded, optional baseline, a
+  distilled student), to subclass for a method that is kd with other ``distill`` defaults;
 * :class:`TeacherAgreement` — the guard that teacher outputs belong to their samples
   (``distill.agreement_samples``, :func:`agreement_samples`).
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
            "build_term_loss", "TermSpec", "distill_section", "distill_terms", "DistillStep", "build_distiller", "check_taps",
-           "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers"]
+           "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers", "KDMethod"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -31,7 +33,8 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
          "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
-         "TeacherAgreement": "kdkit.engine.agreement", "train_teachers": "kdkit.distill.teachers"}
+         "TeacherAgreement": "kdkit.engine.agreement", "train_teachers": "kdkit.distill.teachers",
+         "KDMethod": "kdkit.methods.kd"}
 
 
 def __getattr__(name):

@@ -36,11 +36,14 @@ class DistillInputs:
     :ivar teacher_index: which teacher ``teacher_logits`` belongs to (``None``: the mean).
     :ivar all_teacher_logits: every teacher's logits, in config order.
     :ivar student_feature / teacher_feature: the outputs of the modules the term names
-        (``student:`` / ``teacher:`` paths), ``None`` for logit terms.
+        (``student:`` / ``teacher:`` paths): a tensor for one path, a list of tensors (in the
+        term's order) for a list of paths, ``None`` for logit terms.
     :ivar student_features / teacher_features: every tapped output (``{path: tensor}``; one dict
         per teacher).
     :ivar labels / indices: the batch's labels and sample indices (position in the training split).
     :ivar temperature, epoch, step: ``distill.temperature``, the epoch and optimiser step.
+    :ivar num_samples: the size of the training split (``indices`` lie in ``[0, num_samples)``),
+        e.g. for a memory bank keyed by sample index; ``None`` when unknown.
     """
 
     student_logits: torch.Tensor
@@ -56,6 +59,7 @@ class DistillInputs:
     temperature: float = 1.0
     epoch: int = 0
     step: int = 0
+    num_samples: int | None = None
 
 
 def _legacy_positional(fn) -> bool:
@@ -89,6 +93,15 @@ def build_term_loss(registry, spec: TermSpec) -> Callable:
     return fn
 
 
+def _select(features: dict, paths):
+    """A term's tapped feature(s): one tensor for a path, a list for a list of paths."""
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        return features.get(paths)
+    return [features.get(p) for p in paths]
+
+
 class Distiller(nn.Module):
     """``ce_weight * CE(student_logits, labels) + sum_i weight_i * term_i(inputs)``.
 
@@ -114,6 +127,8 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleDict({s.name: fn for s, fn in zip(self.specs, self.losses) if isinstance(fn, nn.Module)})
         self.ce_weight = float(ce_weight)
         self.temperature = float(temperature)
+        #: the training split's size, handed to every term (``DistillInputs.num_samples``)
+        self.num_samples: int | None = None
 
     @property
     def has_modules(self) -> bool:
@@ -121,7 +136,8 @@ class Distiller(nn.Module):
         return len(self.terms) > 0
 
     def student_paths(self) -> list[str]:
-        return [s.student for s in self.specs if s.student is not None]
+        """The module paths to tap on the student (each once)."""
+        return list(dict.fromkeys(p for s in self.specs for p in TermSpec.path_list(s.student)))
 
     def teacher_paths(self, num_teachers: int) -> list[list[str]]:
         """The module paths to tap on each teacher (config order)."""
@@ -130,8 +146,9 @@ class Distiller(nn.Module):
             if s.uses_features and s.teacher_index >= num_teachers:
                 raise ConfigError(f"config key distill.terms ({s.name}): teacher_index {s.teacher_index}, but there "
                                   f"are {num_teachers} teachers (0-based)")
-            if s.teacher is not None and s.teacher not in paths[s.teacher_index]:
-                paths[s.teacher_index].append(s.teacher)
+            for p in TermSpec.path_list(s.teacher):
+                if p not in paths[s.teacher_index]:
+                    paths[s.teacher_index].append(p)
         return paths
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor,
@@ -142,7 +159,8 @@ class Distiller(nn.Module):
         teacher_features = list(teacher_features or [{} for _ in teacher_logits])
         base = DistillInputs(student_logits=student_logits, all_teacher_logits=teacher_logits,
                              student_features=student_features, teacher_features=teacher_features, labels=labels,
-                             indices=indices, temperature=self.temperature, epoch=epoch, step=step)
+                             indices=indices, temperature=self.temperature, epoch=epoch, step=step,
+                             num_samples=self.num_samples)
         ce = F.cross_entropy(student_logits, labels)
         loss = self.ce_weight * ce
         logs = {"ce": ce.detach()}
@@ -154,8 +172,9 @@ class Distiller(nn.Module):
                 i = spec.teacher_index
                 value = fn(dataclasses.replace(
                     base, teacher_logits=teacher_logits[i] if i < len(teacher_logits) else None, teacher_index=i,
-                    student_feature=student_features.get(spec.student) if spec.student else None,
-                    teacher_feature=teacher_features[i].get(spec.teacher) if spec.teacher else None))
+                    student_feature=_select(student_features, spec.student),
+                    teacher_feature=_select(teacher_features[i], spec.teacher) if i < len(teacher_features)
+                    else None))
             else:
                 if not teacher_logits:
                     raise ConfigError(f"distill term {spec.name} ({spec.loss}) distils logits, but there is no teacher")

@@ -155,7 +155,9 @@ class DistillStep:
         """Before the stage: let terms that own modules build them from the first batch of
         ``train_data`` (the stage's indexed training data), with the RNG seeded by ``seed`` (module
         initialisation draws from it) and the student in eval mode (neither BatchNorm statistics
-        nor dropout change).  Nothing happens when no term owns modules."""
+        nor dropout change).  It also tells the terms the size of the training split
+        (``DistillInputs.num_samples``); nothing else happens when no term owns modules."""
+        self.distiller.num_samples = len(train_data)
         if not self.distiller.has_modules:
             return
         from kdkit.engine.checkpoint import seed_everything

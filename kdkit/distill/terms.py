@@ -4,9 +4,12 @@
 
     {loss: kl, weight: 0.5}                                   # logits, through distill.combine
     {loss: fitnet, weight: 100, student: layer2, teacher: layer3, teacher_index: 0, options: {}}
+    {loss: at, weight: 1000, student: [layer1, layer2, layer3], teacher: [layer1, layer2, layer3]}
 
 ``loss`` names a registered loss, ``weight`` multiplies it, ``student`` / ``teacher`` name the
-modules whose outputs the term receives (feature taps, see :class:`kdkit.distill.FeatureTaps`),
+modules whose outputs the term receives (feature taps, see :class:`kdkit.distill.FeatureTaps`):
+one path gives the term one tensor, a list of paths a list of tensors in that order (methods
+that match several stages),
 ``teacher_index`` picks the teacher a feature term distils from, ``options`` go to the loss
 factory, ``name`` labels the term in logs (default: the loss name).  A term without ``student`` or
 ``teacher`` is a logit term: with several teachers it goes through ``distill.combine``.  The
@@ -34,14 +37,21 @@ class TermSpec:
     loss: str
     weight: float = 1.0
     name: str = ""
-    student: str | None = None
-    teacher: str | None = None
+    student: str | tuple[str, ...] | None = None
+    teacher: str | tuple[str, ...] | None = None
     teacher_index: int = 0
     options: dict = field(default_factory=dict)
 
     @property
     def uses_features(self) -> bool:
         return self.student is not None or self.teacher is not None
+
+    @staticmethod
+    def path_list(paths: str | tuple[str, ...] | None) -> list[str]:
+        """``student`` / ``teacher`` as a list of module paths (empty when not given)."""
+        if paths is None:
+            return []
+        return [paths] if isinstance(paths, str) else list(paths)
 
 
 def distill_section(**overrides) -> dict:
@@ -81,13 +91,32 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
     if registry is not None:
         losses = registry("losses")
         for spec in specs:
-            losses.get(spec.loss)  # an unknown name is a one-line error listing the registered losses
+            # an unknown name is a one-line error listing the registered losses
+            _check_options(spec, losses.get(spec.loss).factory)
     if num_teachers is not None:
         for spec in specs:
             if spec.uses_features and spec.teacher_index >= num_teachers:
                 raise ConfigError(f"config key distill.terms ({spec.name}): teacher_index {spec.teacher_index}, "
                                   f"but there are {num_teachers} teachers (0-based)")
     return specs
+
+
+def _check_options(spec: TermSpec, factory) -> None:
+    """A term's ``options`` must be keyword arguments of its loss factory (a factory taking
+    ``**options`` checks them itself)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(spec.options) - set(valid))
+    if unknown:
+        raise ConfigError(f"config key distill.terms ({spec.name}): loss {spec.loss!r} has no option {unknown[0]!r}; "
+                          f"valid options: {', '.join(valid) or '(none)'}")
 
 
 def agreement_samples(distill: dict) -> int:
@@ -109,9 +138,18 @@ def _term(i: int, entry) -> TermSpec:
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
         raise ConfigError(f"config key {where}.weight: expected a number, got {weight!r}")
+    paths = {}
     for key in ("student", "teacher"):
-        if entry.get(key) is not None and (not isinstance(entry[key], str) or not entry[key]):
-            raise ConfigError(f"config key {where}.{key}: expected a module path such as layer3, got {entry[key]!r}")
+        value = entry.get(key)
+        if isinstance(value, (list, tuple)):
+            if not value or not all(isinstance(p, str) and p for p in value):
+                raise ConfigError(f"config key {where}.{key}: expected module paths such as [layer1, layer2], "
+                                  f"got {value!r}")
+            value = tuple(value)
+        elif value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"config key {where}.{key}: expected a module path such as layer3 (or a list of "
+                              f"them), got {value!r}")
+        paths[key] = value
     index = entry.get("teacher_index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ConfigError(f"config key {where}.teacher_index: expected an integer >= 0, got {index!r}")
@@ -121,8 +159,8 @@ def _term(i: int, entry) -> TermSpec:
     name = entry.get("name") or loss
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(f"config key {where}.name: expected an identifier (letters, digits, _), got {name!r}")
-    return TermSpec(loss=loss, weight=float(weight), name=name, student=entry.get("student"),
-                    teacher=entry.get("teacher"), teacher_index=index, options=dict(options))
+    return TermSpec(loss=loss, weight=float(weight), name=name, student=paths["student"],
+                    teacher=paths["teacher"], teacher_index=index, options=dict(options))
 
 
 def distill_terms(distill: dict, defaults: dict | None = None) -> list[TermSpec]:

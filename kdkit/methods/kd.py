@@ -112,7 +112,8 @@ class KDMethod:
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
-        ctx.log(f"kd: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
+        name = cfg.get("method") or "kd"
+        ctx.log(f"{name}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
         if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
             check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
@@ -121,7 +122,7 @@ class KDMethod:
                         for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))])
         teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes)
 
-        summary: dict = {"method": "kd", "teachers": teacher_summary}
+        summary: dict = {"method": name, "teachers": teacher_summary}
         if cfg["baseline"]["enabled"]:
             base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
             res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test))
@@ -139,14 +140,14 @@ class KDMethod:
             bs = int(cfg["train"]["eval_batch_size"])
             paths = distiller.teacher_paths(len(teachers))
             caches = [TeacherCache(t, view, ctx.device, bs, paths=p) for t, p in zip(teachers, paths)]
-            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"kd: {m}")):
+            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"{name}: {m}")):
                 caches = None  # teachers run online, their taps give the features
         if caches is not None:
             for c in caches:
                 c.build()
-            ctx.log(f"kd: {describe_caches(caches)}")
+            ctx.log(f"{name}: {describe_caches(caches)}")
             if not _is_deterministic(train):
-                ctx.log("kd: teacher_cache=true with augmented training data: teachers see un-augmented images")
+                ctx.log(f"{name}: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_summary),
@@ -192,7 +193,8 @@ class KDMethod:
         rows = [(name, s.get("top1")) for name, s in summary.get("teachers", {}).items()]
         if "baseline" in summary:
             rows.append(("baseline (no KD)", summary["baseline"].get("top1")))
-        rows.append((f"student (kd, {summary['distill']['combine']})", summary["student"].get("top1")))
+        rows.append((f"student ({summary.get('method', 'kd')}, {summary['distill']['combine']})",
+                     summary["student"].get("top1")))
         width = max(len(r[0]) for r in rows)
         lines = ["", "results: test top-1 % (best epoch chosen on the " +
                  f"{summary['selection']['select_on']} split)", f"  {'model'.ljust(width)}  top-1"]

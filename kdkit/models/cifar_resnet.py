@@ -8,13 +8,21 @@
 * :class:`ConvNet` — three conv blocks and a linear head, for very fast tests.
 
 Every model exposes ``feature_dim`` (width of the penultimate features), ``forward_features(x)``
-(pooled features before the classifier) and ``classifier`` (the final ``nn.Linear``).
+(pooled features before the classifier) and ``classifier`` (the final ``nn.Linear``).  kdkit's
+own models compute the pooled features in a module ``pool``, so that a feature tap (``student:
+pool``) receives the penultimate embedding (``B x feature_dim``) that relational and contrastive
+distillation methods compare.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+
+def _global_pool() -> nn.Module:
+    """Global average pooling to ``B x C`` (a module, so that it can be tapped)."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
 class BasicBlock(nn.Module):
@@ -55,6 +63,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(2 * w, n, 2)
         self.layer3 = self._stage(4 * w, n, 2)
         self.feature_dim = 4 * w
+        self.pool = _global_pool()
         self.classifier = nn.Linear(4 * w, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -73,7 +82,7 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
@@ -93,10 +102,11 @@ class ConvNet(nn.Module):
             c = out
         self.features = nn.Sequential(*blocks)
         self.feature_dim = c
+        self.pool = _global_pool()
         self.classifier = nn.Linear(c, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)
+        return self.pool(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))

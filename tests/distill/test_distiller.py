@@ -33,6 +33,8 @@ def test_without_terms_the_classic_single_term():
     ([{"loss": "kl"}, {"loss": "kl"}], "two terms are named 'kl'"),
     ([{"loss": "kl", "name": "ce"}], "the name 'ce' is the cross-entropy term's"),
     ([{"loss": "kl", "student": 3}], r"distill.terms.0.student: expected a module path"),
+    ([{"loss": "kl", "teacher": []}], r"distill.terms.0.teacher: expected module paths such as \[layer1"),
+    ([{"loss": "kl", "teacher": ["layer1", 2]}], r"distill.terms.0.teacher: expected module paths"),
 ])
 def test_bad_terms_are_one_line_errors(terms, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -87,6 +89,29 @@ def test_every_term_is_weighted_and_logged_and_feature_terms_get_their_taps():
     assert seen["logits"] is ts[1] and seen["indices"] is idx and (seen["epoch"], seen["step"]) == (3, 41)
     loss.backward()
     assert fs.grad is not None and s.grad is not None
+
+
+def test_a_term_naming_a_list_of_paths_gets_a_list_of_features_in_that_order():
+    seen = {}
+
+    def probe(inputs):
+        seen.update(student=inputs.student_feature, teacher=inputs.teacher_feature, n=inputs.num_samples)
+        return sum((a - b).pow(2).mean() for a, b in zip(inputs.student_feature, inputs.teacher_feature))
+
+    (spec,) = distill_terms({**DEFAULTS, "terms": [{"loss": "probe", "student": ["b", "a"],
+                                                    "teacher": ["y", "x"]}]}, DEFAULTS)
+    assert spec.student == ("b", "a") and spec.teacher == ("y", "x")
+    distiller = Distiller([spec, TermSpec("p2", 1.0, "p2", student="a", teacher="x")], [probe, lambda i: 0 * i.student_feature.sum()],
+                          TeacherCombiner("avg_logits", 1), ce_weight=1.0, temperature=1.0)
+    assert distiller.student_paths() == ["b", "a"] and distiller.teacher_paths(1) == [["y", "x"]]
+    distiller.num_samples = 600
+    s, ts, y = _batch()
+    fs = {"a": torch.randn(6, 3), "b": torch.randn(6, 2)}
+    ft = [{"x": torch.randn(6, 3), "y": torch.randn(6, 2)}]
+    distiller(s, ts[:1], y, None, fs, ft)
+    assert [f is g for f, g in zip(seen["student"], [fs["b"], fs["a"]])] == [True, True]
+    assert [f is g for f, g in zip(seen["teacher"], [ft[0]["y"], ft[0]["x"]])] == [True, True]
+    assert seen["n"] == 600
 
 
 def test_ema_weights_update_once_per_batch_however_many_logit_terms():
@@ -174,3 +199,13 @@ def test_wrong_tap_paths_fail_before_any_teacher_trains(tmp_path, manager):
         train("kd", sets=TINY + ["distill.terms=[{loss: fitnet, student: features.77, teacher: features.7}]"],
               out=tmp_path / "b", manager=manager)
     assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_unknown_loss_options_fail_when_the_config_is_checked():
+    from kdkit.distill import check_distill
+
+    registry = kdkit.get_registry
+    with pytest.raises(ConfigError, match=r"loss 'kl' has no option 'scale'; valid options: scale_by_t2") as err:
+        check_distill({**DEFAULTS, "terms": [{"loss": "kl", "options": {"scale": 2}}]}, DEFAULTS, registry)
+    assert "\n" not in str(err.value)
+    check_distill({**DEFAULTS, "terms": [{"loss": "kl", "options": {"scale_by_t2": False}}]}, DEFAULTS, registry)

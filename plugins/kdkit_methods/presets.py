@@ -1,0 +1,85 @@
+"""One method per paper: kd's pipeline (teachers, optional baseline, a distilled student) with the
+paper's terms and weights as the ``distill`` defaults.
+
+``kdkit train --plugin dkd`` is ``kdkit train --plugin kd`` with ``distill`` set as below; every
+key can still be overridden (``--set distill.terms.0.weight=4``), and any of these losses can be
+combined with others in one ``distill.terms`` list.  Feature terms tap the stages of kdkit's
+CIFAR ResNets (``layer1``, ``layer2``, ``layer3``) and their pooled penultimate embedding
+(``pool``); for other models give the module paths (``kdkit.distill.module_paths(model)`` lists
+them).  The papers, formulas and defaults are in ``docs/methods.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGES = ["layer1", "layer2", "layer3"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A registered method: ``kd`` with these ``distill`` defaults."""
+
+    name: str
+    description: str
+    terms: list = field(default_factory=list)
+    #: the cross-entropy weight (``distill.alpha``)
+    alpha: float = 1.0
+    temperature: float = 4.0
+
+    def method(self):
+        """The method class registered under :attr:`name` (kdkit imported lazily: built when the
+        registry is, torch loads only when the method runs)."""
+        preset = self
+
+        from kdkit.distill import KDMethod  # cheap: kdkit.methods.kd imports no torch at module level
+
+        class PresetMethod(KDMethod):
+            __doc__ = f"{preset.description} (``kd`` with the paper's distill.terms; see docs/methods.md)"
+
+            @classmethod
+            def default_config(cls) -> dict:
+                from kdkit.distill import distill_section
+
+                config = super().default_config()
+                terms = [dict(term, options=dict(term.get("options", {}))) for term in preset.terms]
+                config["distill"] = distill_section(alpha=preset.alpha, temperature=preset.temperature, terms=terms)
+                return config
+
+        PresetMethod.__name__ = PresetMethod.__qualname__ = f"{preset.name.upper()}Method"
+        return PresetMethod
+
+
+def _stages(loss: str, weight: float, **options) -> dict:
+    return {"loss": loss, "weight": weight, "student": list(STAGES), "teacher": list(STAGES), "options": options}
+
+
+def _layer(loss: str, weight: float, path: str, **options) -> dict:
+    return {"loss": loss, "weight": weight, "student": path, "teacher": path, "options": options}
+
+
+PRESETS = (
+    Preset("dkd", "DKD, decoupled KD (Zhao et al. 2022): CE + alpha*TCKD + beta*NCKD with warm-up",
+           [{"loss": "dkd", "weight": 1.0, "options": {"alpha": 1.0, "beta": 8.0, "warmup": 20}}]),
+    Preset("dist", "DIST (Huang et al. 2022): CE + 2*(inter- + intra-class correlation of probabilities), tau 4",
+           [{"loss": "dist", "weight": 2.0, "options": {"beta": 1.0, "gamma": 1.0, "tau": 4.0}}]),
+    Preset("lskd", "logit-standardised KD (Sun et al. 2024): 0.1*CE + 9*KL of z-scored logits, T = 2",
+           [{"loss": "lskd", "weight": 9.0, "options": {}}], alpha=0.1, temperature=2.0),
+    Preset("fitnet", "FitNet (Romero et al. 2015): CE + 100*hint MSE through a regressor (layer2)",
+           [_layer("fitnet", 100.0, "layer2")]),
+    Preset("at", "attention transfer (Zagoruyko & Komodakis 2017): CE + 1000*AT over the three stages",
+           [_stages("at", 1000.0)]),
+    Preset("pkt", "PKT (Passalis & Tefas 2018): CE + 30000*KL of cosine-similarity distributions (pool)",
+           [_layer("pkt", 30000.0, "pool")]),
+    Preset("rkd", "RKD (Park et al. 2019): CE + 25*distance + 50*angle relations of the embedding (pool)",
+           [_layer("rkd", 1.0, "pool")]),
+    Preset("sp", "similarity-preserving KD (Tung & Mori 2019): CE + 3000*SP of the last stage (layer3)",
+           [_layer("sp", 3000.0, "layer3")]),
+    Preset("nst", "neuron selectivity transfer (Huang & Wang 2017): CE + 50*MMD of the last stage (layer3)",
+           [_layer("nst", 50.0, "layer3")]),
+    Preset("vid", "VID (Ahn et al. 2019): CE + variational information over the three stages",
+           [_stages("vid", 1.0)]),
+    Preset("crd", "CRD (Tian et al. 2020): CE + 0.8*NCE over a memory bank of embeddings (pool)",
+           [_layer("crd", 0.8, "pool")]),
+    Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
+           [_stages("reviewkd", 1.0)]),
+)
