@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kdkit.bench", "benchmark the compiled ops"),
     "encode": ("kdkit.commands.encode", "encode images or texts of a trained hashing run into packed codes"),
     "search": ("kdkit.commands.search", "batched Hamming top-k over a packed code database"),
+    "sweep": ("kdkit.commands.sweep", "run a reproduction sweep (cells x seeds) and tabulate mean ± std"),
 }
 
 EXIT_USAGE = 2

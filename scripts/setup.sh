@@ -14,16 +14,20 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 log() { printf '[kdkit setup] %s\n' "$*" >&2; }
 
-# Debian packages: WordNet 3.0 (nltk.download needs the internet, which these machines lack) and
-# SIMDe, with which the tests run the AVX2/AVX-512 kernels under emulation on any CPU.
-DEB_PACKAGES=(wordnet-base wordnet-sense-index libsimde-dev)
-if { [ ! -f /usr/share/wordnet/data.noun ] || [ ! -d /usr/include/simde ]; } && command -v apt-get >/dev/null 2>&1; then
+# Debian packages: WordNet 3.0 (nltk.download needs the internet, which these machines lack),
+# SIMDe, with which the tests run the AVX2/AVX-512 kernels under emulation on any CPU, and
+# Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist, read by data.name=fashion_mnist).
+DEB_PACKAGES=(wordnet-base wordnet-sense-index libsimde-dev dataset-fashion-mnist)
+if { [ ! -f /usr/share/wordnet/data.noun ] || [ ! -d /usr/include/simde ] ||
+     [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; } &&
+   command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
     log "installing Debian packages: ${DEB_PACKAGES[*]}"
     if ! { $SUDO apt-get install -y -q "${DEB_PACKAGES[@]}" >/dev/null 2>&1 ||
            { $SUDO apt-get update -q >/dev/null 2>&1 &&
              $SUDO apt-get install -y -q "${DEB_PACKAGES[@]}" >/dev/null 2>&1; }; }; then
-        log "WARNING: could not install ${DEB_PACKAGES[*]}; wordnet_relax will ask for nltk's wordnet data"
+        log "WARNING: could not install ${DEB_PACKAGES[*]}; wordnet_relax will ask for nltk's wordnet data" \
+            "and data.name=fashion_mnist for data.root"
     fi
 fi
 

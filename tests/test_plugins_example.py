@@ -149,6 +149,7 @@ def test_train_with_example_plugin_through_cli(installed_example, tmp_path):
         "--set", "distill.loss=mse_logits",
         "--set", "teacher_train.epochs=1",
         "--set", "train.epochs=1",
+        "--set", "data.name=shapes", "--set", "student.name=convnet", "--set", "student.width=8",
         "--set", "data.train_per_class=10",
         "--set", "data.test_per_class=5",
         timeout=300,
@@ -172,7 +173,7 @@ def test_feature_term_from_the_installed_plugin_trains_end_to_end(installed_exam
     import torch
 
     sets = ["teachers=[{name: example_tinynet, width: 4}]", "teacher_train.epochs=1", "train.epochs=2",
-            "data.train_per_class=10", "data.test_per_class=5",
+            "data.name=shapes", "student.name=convnet", "student.width=8", "data.train_per_class=10", "data.test_per_class=5",
             'distill.terms=[{loss: mse_logits, weight: 0.5}, {loss: pooled_cosine, weight: 2.0, '
             'student: features.10, teacher: "8"}]']
     args = [a for s in sets for a in ("--set", s)]

@@ -65,6 +65,10 @@ DATASETS = {
                  "CIFAR-100 in torchvision's on-disk format (download only with data.download=true)"),
     "cifar10": (DatasetFactory("cifar10", "kdkit.data.cifar", "CIFAR10Dataset"),
                 "CIFAR-10 in torchvision's on-disk format (download only with data.download=true)"),
+    "fashion_mnist": (DatasetFactory("fashion_mnist", "kdkit.data.mnist", "FashionMNIST"),
+                      "Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist); 10 WordNet-noun classes, 28 px"),
+    "mnist": (DatasetFactory("mnist", "kdkit.data.mnist", "MNIST"),
+              "MNIST digits from their IDX files (data.root: the files or torchvision's MNIST/raw)"),
     "imagefolder": (DatasetFactory("imagefolder", "kdkit.data.imagefolder", "ImageFolderDataset"),
                     "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
 }

@@ -81,5 +81,6 @@ PRESETS = (
     Preset("crd", "CRD (Tian et al. 2020): CE + 0.8*NCE over a memory bank of embeddings (pool)",
            [_layer("crd", 0.8, "pool")]),
     Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
-           [_stages("reviewkd", 1.0)]),
+           [{"loss": "reviewkd", "weight": 1.0, "student": [*STAGES, "pool"], "teacher": [*STAGES, "pool"],
+             "options": {}}]),
 )

@@ -75,7 +75,7 @@ class ABF(nn.Module):
         if self.att_conv is not None:
             if residual is None:
                 raise ValueError("ABF: a fusing module needs the deeper stage's fused map")
-            residual = F.interpolate(residual, size=tuple(x.shape[2:]), mode="bilinear")
+            residual = F.interpolate(residual, size=tuple(x.shape[2:]), mode="nearest")
             z = self.att_conv(torch.cat([x, residual], dim=1))
             x = x * z[:, 0:1] + residual * z[:, 1:2]
         return self.conv2(x), x

@@ -9,6 +9,7 @@ ROOT = HERE.parents[1]
 
 #: tiny kd runs: 10 classes x 8 training images (72 train / 8 val), convnet width 4 teacher + student
 TINY = [
+    "data.name=shapes", "baseline.enabled=false",
     "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
     "teachers=[{name: convnet, width: 4}]", "student.name=convnet", "student.width=4",
     "teacher_train.epochs=1", "train.epochs=2", "train.batch_size=16", "teacher_train.batch_size=16",

@@ -120,7 +120,7 @@ def test_every_step_sees_its_own_samples_cached_features(tmp_path, cache):
     from kdkit.engine import train
     from kdkit.plugins import plugin_manager_for_testing
 
-    sets = ["data.name=tagged_shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
+    sets = ["data.name=tagged_shapes", "baseline.enabled=false", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
             "student.name=probe", "teachers=[{name: oracle_tagged}]", "teacher_train.epochs=1",
             "teacher_train.batch_size=16", "train.epochs=2", "train.batch_size=16", "logging.progress=false",
             "distill.agreement_samples=0", f"distill.teacher_cache={cache}",

@@ -17,7 +17,7 @@ from kdkit_oracle_testplugin import RECORD, label_logits, sample_vector
 from kdkit.distill import COMBINE_RULES
 
 BASE = [
-    "data.name=tagged_shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
+    "data.name=tagged_shapes", "baseline.enabled=false", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
     "student.name=probe", "distill.loss=record_kl", "teacher_train.epochs=1", "teacher_train.batch_size=16",
     "train.epochs=2", "train.batch_size=16", "logging.progress=false",
 ]

@@ -56,5 +56,6 @@ def test_class_balanced_image_folders(tmp_path):
 
 def test_truncated_file_is_a_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--source",
-                        str(_source(tmp_path, truncate=100))], capture_output=True, text=True)
+                        str(_source(tmp_path, truncate=100)), "--train-per-class", "3", "--test-per-class", "2"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "truncated" in r.stderr

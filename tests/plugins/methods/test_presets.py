@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 NAMES = [p.name for p in PRESETS]
 FEATURE_PRESETS = [p.name for p in PRESETS if any("student" in t for t in p.terms)]
 #: CIFAR ResNet-8s at width 4 (stages layer1..3 and the pooled `pool` embedding), 10 classes x 8 images
-TINY = ["data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
+TINY = ["data.name=shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
         "teachers=[{name: resnet8, width: 4}]", "student.name=resnet8", "student.width=4",
         "teacher_train.epochs=1", "train.epochs=2", "train.batch_size=16", "teacher_train.batch_size=16",
         "train.lr=0.01", "logging.progress=false"]

@@ -1,0 +1,238 @@
+"""``kdkit sweep`` end to end on the embedded ``shapes`` data at tiny sizes: a 2 cells x 2 seeds sweep
+(one cell using the other's teacher through ``{cell:kd}``), its results and table checked against
+the runs' own metrics.jsonl, a sweep killed mid-run and resumed, ``--compare``, a failing cell, and
+bad sweep files (one-line errors, exit 2)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdkit import cli
+from kdkit import plugins as kp
+
+SWEEP = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "base": {"data.name": "shapes", "student.name": "convnet", "baseline.enabled": False, "data.train_per_class": 8, "data.test_per_class": 4, "teachers": [{"name": "convnet", "width": 4}],
+             "student.width": 4, "teacher_train.epochs": 1, "train.epochs": 2, "train.batch_size": 16,
+             "teacher_train.batch_size": 16, "logging.progress": False},
+    "cells": [  # the dependent cell first: the sweep must run kd before it
+        {"name": "frozen", "method": "kd",
+         "set": {"teachers.0.pretrained": "{cell:kd}/checkpoints/teacher.convnet/best.pt", "teachers.0.train": False}},
+        {"name": "kd", "method": "kd", "set": {"baseline.enabled": True},
+         "rows": {"teacher": "teacher.convnet", "baseline": "baseline", "kd": "student"}},
+    ],
+}
+ROWS = {"kd": {"teacher": "teacher.convnet", "baseline": "baseline", "kd": "student"}, "frozen": {"frozen": "student"}}
+ENV = {"KDKIT_BLOCK_PLUGINS": "soda,wordnet_relax", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def env():
+    mp = pytest.MonkeyPatch()
+    for k, v in ENV.items():
+        mp.setenv(k, v)
+    for var in (kp.ENV_MODULES, kp.ENV_DISABLE_AUTOLOAD):
+        mp.delenv(var, raising=False)
+    kp.reset_plugin_manager()
+    yield
+    kp.reset_plugin_manager()
+    mp.undo()
+
+
+def _sweep_file(directory: Path, data=None) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text("# a tiny sweep\n" + yaml.safe_dump(data or SWEEP, sort_keys=False))
+    return path
+
+
+def _main(argv):
+    return cli.main(["sweep", *map(str, argv)])
+
+
+@pytest.fixture(scope="module")
+def done(env, tmp_path_factory):
+    """The uninterrupted 2 x 2 sweep (4 runs), shared by the tests below."""
+    base = tmp_path_factory.mktemp("sweep")
+    cfg, out = _sweep_file(base), base / "out"
+    t0 = time.perf_counter()
+    assert _main([cfg, "--out", out]) == 0
+    return cfg, out, time.perf_counter() - t0
+
+
+def _lines(path: Path) -> list:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _stable(records):
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "wall_s"}, sort_keys=True) for r in records)
+
+
+def test_sweep_results_and_table_equal_the_runs_metrics(done):
+    cfg, out, _ = done
+    records = _lines(out / "results.jsonl")
+    assert len(records) == 2 * 3 + 2 * 1  # kd: 3 rows, frozen: 1 row, 2 seeds each
+    table = json.loads((out / "table.json").read_text())
+    assert [r["id"] for r in table["rows"]] == ["frozen", "teacher", "baseline", "kd"]
+    for cell, rows in ROWS.items():
+        for row, stage in rows.items():
+            best, last = [], []
+            for seed in (0, 1):
+                metrics = _lines(out / "runs" / cell / "default" / f"seed{seed}" / "metrics.jsonl")
+                test = [m for m in metrics if m["stage"] == stage and m.get("split") == "test"]
+                at_last = [m for m in metrics if m["stage"] == stage and m.get("split") == "test@last"]
+                epochs = [m["epoch"] for m in metrics if m["stage"] == stage and "split" not in m]
+                assert len(test) == 1 and len(at_last) == 1 and at_last[0]["epoch"] == max(epochs)
+                best.append(test[0]["test.top1"])
+                last.append(at_last[0]["test.top1"])
+                rec = next(r for r in records if (r["cell"], r["row"], r["seed"]) == (cell, row, seed))
+                assert (rec["method"], rec["stage"], rec["grid"], rec["best_epoch"], rec["test_top1_best"],
+                        rec["last_epoch"], rec["test_top1_last"]) == ("kd", stage, {}, test[0]["epoch"], best[-1],
+                                                                      max(epochs), last[-1])
+                assert rec["val_top1_best"] is not None and rec["wall_s"] > 0
+            t = next(r for r in table["rows"] if r["id"] == row)
+            assert t["best"]["n"] == t["last"]["n"] == 2 and t["cell"] == cell
+            assert t["best"]["mean"] == pytest.approx(statistics.fmean(best))
+            assert t["best"]["std"] == pytest.approx(statistics.stdev(best))
+            assert t["last"]["mean"] == pytest.approx(statistics.fmean(last))
+            assert t["last"]["std"] == pytest.approx(statistics.stdev(last))
+    md = (out / "table.md").read_text()
+    assert "test top-1 @ val-best" in md and "test top-1 @ last" in md and "| kd | kd | kd |" in md
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert yaml.safe_load((out / "sweep.yaml").read_text()) == yaml.safe_load(cfg.read_text())
+    log = (out / "sweep.log").read_text()
+    assert "[1/4] kd seed=0: running" in log and "~0:00:" in log and "left (3 run(s))" in log
+
+
+def test_cell_dependency_uses_the_other_cells_run_dir(done):
+    """``{cell:kd}``: frozen (first in the file) ran after kd, loaded the kd run's teacher of the same
+    seed and trained no teacher — its student is then the kd run's student, line for line."""
+    _, out, _ = done
+    log = (out / "sweep.log").read_text()
+    assert log.index("kd seed=1: finished") < log.index("frozen seed=0: running")
+    for seed in (0, 1):
+        kd, frozen = (out / "runs" / c / "default" / f"seed{seed}" for c in ("kd", "frozen"))
+        config = yaml.safe_load((frozen / "config.yaml").read_text())
+        assert config["teachers"][0]["pretrained"] == str(kd.resolve() / "checkpoints/teacher.convnet/best.pt")
+        assert config["teachers"][0]["train"] is False and config["seed"] == seed
+        fm = _lines(frozen / "metrics.jsonl")
+        assert {m["stage"] for m in fm} == {"student"}
+        teacher = json.loads((frozen / "summary.json").read_text())["teachers"]["teacher.convnet"]
+        kd_teacher = json.loads((kd / "summary.json").read_text())["teachers"]["teacher.convnet"]
+        assert teacher["top1"] == kd_teacher["top1"]
+        assert fm == [m for m in _lines(kd / "metrics.jsonl") if m["stage"] == "student"]
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_runs(done, tmp_path):
+    """An OUT where kd seed=0 is finished (copied from the uninterrupted sweep, to save a run): the
+    sweep is killed (its whole process group) while kd seed=1 trains; the same command again skips
+    the finished run twice (its files untouched), resumes the killed one with --resume, and ends
+    with the results of the uninterrupted sweep."""
+    cfg, ref_out, _ = done
+    out = tmp_path / "out"
+    first, second = out / "runs/kd/default/seed0", out / "runs/kd/default/seed1"
+    shutil.copytree(ref_out / "runs/kd/default/seed0", first)
+    shutil.copy2(ref_out / "sweep.yaml", out / "sweep.yaml")
+    before = {p: (os.stat(first / p).st_ino, os.stat(first / p).st_mtime_ns)
+              for p in ("metrics.jsonl", "summary.json", "train.log", "checkpoints/student/last.pt")}
+    argv = [sys.executable, "-m", "kdkit", "sweep", str(cfg), "--out", str(out), "--cells", "kd"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **ENV})
+    deadline = time.monotonic() + 240
+    try:
+        while not (second / "checkpoints/teacher.convnet/last.pt").exists():
+            assert proc.poll() is None, "the sweep ended before it was killed"
+            assert time.monotonic() < deadline, "the second run never wrote a checkpoint"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (second / "summary.json").exists() and (second / "config.yaml").is_file()
+
+    assert _main([cfg, "--out", out, "--cells", "kd"]) == 0
+    assert before == {p: (os.stat(first / p).st_ino, os.stat(first / p).st_mtime_ns) for p in before}
+    log = (out / "sweep.log").read_text()
+    assert log.count("[1/2] kd seed=0: done, skipped") == 2 and log.count("(1 done, 1 to run)") == 2
+    assert log.rindex("[2/2] kd seed=1: resuming") > log.rindex("[2/2] kd seed=1: running")
+    assert "(resumed)" in (second / "train.log").read_text()
+    ref = [r for r in _lines(ref_out / "results.jsonl") if r["cell"] == "kd"]
+    assert _stable(_lines(out / "results.jsonl")) == _stable(ref)
+    ref_rows = [r for r in json.loads((ref_out / "table.json").read_text())["rows"] if r["cell"] == "kd"]
+    assert json.loads((out / "table.json").read_text())["rows"] == ref_rows
+    # another sweep file into the same --out is refused
+    other = dict(SWEEP, seeds=[0, 1, 2])
+    assert _main([_sweep_file(tmp_path, other), "--out", out]) == 2
+
+
+def test_compare_with_a_stored_table(done, tmp_path, capsys):
+    cfg, out, _ = done
+    ref = json.loads((out / "table.json").read_text())
+    ref["rows"].append({"id": "not_run_here", "best": {"mean": 50.0}})
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    capsys.readouterr()
+    assert _main([cfg, "--out", out, "--compare", tmp_path / "ref.json", "--tolerance", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "compare: 4 row(s) within ±0.5 points, 0 outside" in captured.out
+    assert "not compared: not_run_here (not run)" in captured.out
+    assert captured.err.count("done, skipped") == 4  # nothing reran
+
+    moved = next(r for r in ref["rows"] if r["id"] == "kd")
+    moved["best"]["mean"] += 0.75
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    assert _main([cfg, "--out", out, "--compare", tmp_path / "ref.json", "--tolerance", "0.5", "--no-run"]) == 1
+    bad = [ln for ln in capsys.readouterr().out.splitlines() if "OUT OF BAND" in ln]
+    assert len(bad) == 1 and bad[0].startswith("  OUT OF BAND: kd: @val-best") and "> 0.5" in bad[0]
+    assert _main([cfg, "--out", out, "--compare", tmp_path / "ref.json", "--tolerance", "1", "--no-run"]) == 0
+
+
+def test_a_failing_run_does_not_stop_the_sweep(env, tmp_path, capsys):
+    data = {"seeds": [0], "base": SWEEP["base"], "cells": [
+        {"name": "broken", "method": "kd",
+         "set": {"teachers.0.pretrained": str(tmp_path / "missing.pt"), "teachers.0.train": False}},
+        {"name": "after", "method": "kd", "set": {"teachers.0.pretrained": "{cell:broken}/x.pt",
+                                                   "teachers.0.train": False}}]}
+    out = tmp_path / "out"
+    assert _main([_sweep_file(tmp_path, data), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "[1/2] broken seed=0: FAILED (exit 2)" in err and "missing.pt" in err
+    assert "[2/2] after seed=0: SKIPPED: needs cell broken" in err
+    assert "2 of 2 run(s) failed: broken seed=0 (exit 2: kdkit: error: pretrained weights file not found" in err
+    assert "missing.pt" in (out / "sweep.log").read_text() and (out / "table.md").is_file()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: [0]\ncells: [{name: a, method: kd, rows: {a: 3}}]\n", "rows.a: expected a stage name"),
+    ("seeds: 0\ncells: [{name: a, method: kd}]\n", "seeds: expected a non-empty list"),
+    ("seeds: [0]\ncells: [{name: a, method: kd}, {name: b, method: kd, set: {trian.lr: 1}}]\n",
+     "cell b (b seed=0): unknown config key 'trian'"),
+    ("seeds: [0]\ncells: [{name: a, method: nope}]\n", "nope"),
+    ("seeds: [0\n", "invalid YAML"),
+])
+def test_bad_sweep_files_exit_2_with_one_line(env, tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert _main([cfg, "--out", tmp_path / "out"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("kdkit: warning:")]
+    assert len(err) == 1 and err[0].startswith("kdkit: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+def test_slice_options_are_checked(env, done, tmp_path, capsys):
+    cfg, _, _ = done
+    assert _main([cfg, "--out", tmp_path / "o", "--cells", "nope"]) == 2
+    assert "--cells: no cell 'nope'" in capsys.readouterr().err
+    assert _main([cfg, "--out", tmp_path / "o", "--no-run"]) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "o", ignore_errors=True)

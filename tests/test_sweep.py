@@ -1,0 +1,199 @@
+"""kdkit.sweep without subprocesses: the sweep file's checks, the plan (grid points, slices,
+{cell:NAME} dependencies), the numbers read from metrics.jsonl, the table's statistics, the
+comparison with a reference table, and the last-epoch test hook the runs load."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdkit import sweep as ks
+from kdkit.errors import ConfigError
+
+BASE = {"seeds": [0, 1], "cells": [{"name": "kd", "method": "kd"}]}
+
+
+def _sweep(**changes):
+    data = json.loads(json.dumps(BASE))
+    data.update(changes)
+    return ks.parse_sweep(data, "s.yaml")
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, kdkit.sweep, kdkit.commands.sweep; assert 'torch' not in sys.modules, 'torch loaded'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd"}], "seed": 1}, r"unknown key 'seed' in the sweep file"),
+    ({"seeds": [], "cells": [{"name": "a", "method": "kd"}]}, r"seeds: expected a non-empty list"),
+    ({"seeds": [0, -1], "cells": [{"name": "a", "method": "kd"}]}, r"seeds: expected"),
+    ({"seeds": [0, True], "cells": [{"name": "a", "method": "kd"}]}, r"seeds: expected"),
+    ({"seeds": [1, 1], "cells": [{"name": "a", "method": "kd"}]}, r"repeats a seed"),
+    ({"seeds": [0], "cells": []}, r"cells: expected a non-empty list"),
+    ({"seeds": [0]}, r"cells: expected a non-empty list"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "lr": 1}]}, r"unknown key 'lr' in cells\[0\]"),
+    ({"seeds": [0], "cells": [{"name": "a/b", "method": "kd"}]}, r"cells\[0\].name"),
+    ({"seeds": [0], "cells": [{"name": "a"}]}, r"cells\[0\] \(a\).method"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd"}, {"name": "a", "method": "kd"}]},
+     r"duplicate cell name 'a'"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "rows": {}}]}, r"rows: expected a non-empty mapping"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "rows": {"x": 3}}]}, r"rows.x: expected a stage name"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd"}, {"name": "b", "method": "kd", "rows": {"a": "student"}}]},
+     r"row name also used by cell 'a'"),
+    ({"seeds": [0], "base": {"seed": 3}, "cells": [{"name": "a", "method": "kd"}]}, r"base.seed: 'seed' cannot"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"method": "dkd"}}]}, r"'method' cannot"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": ["train.lr=1"]}]}, r"set: expected a mapping"),
+    ({"seeds": [0], "grid": {"train.lr": []}, "cells": [{"name": "a", "method": "kd"}]}, r"grid.train.lr: expected"),
+    ({"seeds": [0], "grid": {"train.lr": [1, 1]}, "cells": [{"name": "a", "method": "kd"}]}, r"repeats a value"),
+    ({"seeds": [0], "base": {"train.lr": 1}, "grid": {"train.lr": [1, 2]}, "cells": [{"name": "a", "method": "kd"}]},
+     r"also set in base"),
+    ({"seeds": [0], "grid": {"train.lr": [1, 2]}, "cells": [{"name": "a", "method": "kd", "set": {"train.lr": 3}}]},
+     r"the grid varies train.lr"),
+    ({"seeds": [0], "base": {"x": "{cell:a}"}, "cells": [{"name": "a", "method": "kd"}]}, r"only allowed in a cell"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"x": "{cell:zz}/w.pt"}}]}, r"names no cell"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"x": "{cell:b}"}},
+                              {"name": "b", "method": "kd", "set": {"x": "{cell:a}"}, "rows": {"b": "student"}}]},
+     r"dependency cycle a -> b -> a"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"x": "{cell:a}"}}]}, r"dependency cycle a -> a"),
+])
+def test_bad_sweep_files_are_one_line_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        ks.parse_sweep(data, "bad.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("bad.yaml: ")
+
+
+def test_run_order_puts_dependencies_first_and_substitutes_their_run_dirs(tmp_path):
+    sweep = ks.parse_sweep({
+        "seeds": [3, 5], "base": {"train.epochs": 2}, "grid": {"train.lr": [0.1, 0.05]},
+        "cells": [{"name": "late", "method": "kd",
+                   "set": {"teachers.0.pretrained": "{cell:early}/checkpoints/t/best.pt", "teachers.0.train": False}},
+                  {"name": "early", "method": "kd", "rows": {"early": "student", "teacher": "teacher.convnet"}}]},
+        "s.yaml")
+    assert [c.name for c in sweep.cells] == ["early", "late"]
+    runs = ks.plan(sweep, tmp_path)
+    assert len(runs) == 2 * 2 * 2
+    assert [r.key for r in runs[:4]] == [("early", "g0-lr=0.1", 3), ("early", "g0-lr=0.1", 5),
+                                         ("early", "g1-lr=0.05", 3), ("early", "g1-lr=0.05", 5)]
+    late = next(r for r in runs if r.key == ("late", "g1-lr=0.05", 5))
+    early_dir = tmp_path.resolve() / "runs" / "early" / "g1-lr=0.05" / "seed5"
+    assert late.run_dir == tmp_path.resolve() / "runs" / "late" / "g1-lr=0.05" / "seed5"
+    assert late.sets == ["train.epochs=2", "train.lr=0.05", f"teachers.0.pretrained={early_dir}/checkpoints/t/best.pt",
+                         "teachers.0.train=false", "seed=5"]
+    assert late.label == "late seed=5 lr=0.05"
+    # a slice brings its dependencies; unknown names and seeds are errors
+    assert {r.cell.name for r in ks.plan(sweep, tmp_path, cells=["late"], seeds=[5])} == {"early", "late"}
+    assert {r.seed for r in ks.plan(sweep, tmp_path, seeds=[5])} == {5}
+    with pytest.raises(ConfigError, match="--cells: no cell 'nope'"):
+        ks.plan(sweep, tmp_path, cells=["nope"])
+    with pytest.raises(ConfigError, match="--seeds: seed 4 is not in the sweep"):
+        ks.plan(sweep, tmp_path, seeds=[4])
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-05, 1e20, 3, True, None, "a b", "0.1", "yes", [10, 20],
+                                   [{"name": "convnet", "width": 4}], {"a": 1}, "x: y", "/p/with space/{x}"])
+def test_set_items_parse_back_to_the_same_value(value):
+    from kdkit.config import parse_set
+
+    item = ks._set_item("a.b", value)
+    assert parse_set(item) == (["a", "b"], value)
+
+
+@pytest.fixture
+def fresh_manager(monkeypatch):
+    from kdkit import plugins as kp
+
+    monkeypatch.setenv(kp.ENV_BLOCK, "soda,wordnet_relax")
+    kp.reset_plugin_manager()
+    yield
+    kp.reset_plugin_manager()
+
+
+def test_check_configs_fails_on_a_typo_in_any_cell_and_refuses_selection_on_test(tmp_path, fresh_manager):
+    sweep = _sweep(cells=[{"name": "a", "method": "kd"}, {"name": "b", "method": "kd", "set": {"trian.lr": 0.1}}])
+    with pytest.raises(ConfigError, match=r"cell b \(b seed=0\): unknown config key 'trian'"):
+        ks.check_configs(ks.plan(sweep, tmp_path))
+    sweep = _sweep(cells=[{"name": "a", "method": "kd", "set": {"checkpoint.select_on": "test"}}])
+    with pytest.raises(ConfigError, match="select_on=test"):
+        ks.check_configs(ks.plan(sweep, tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def _metrics(path: Path, stage: str, vals: list, best: int, test_best: float, test_last: float | None):
+    lines = [{"stage": stage, "epoch": e, "val.top1": v} for e, v in enumerate(vals)]
+    if test_last is not None:
+        lines.append({"stage": stage, "epoch": len(vals) - 1, "split": ks.LAST_EPOCH_SPLIT, "test.top1": test_last})
+    lines.append({"stage": stage, "epoch": best, "split": "test", "test.top1": test_best})
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "metrics.jsonl", "a") as fh:
+        fh.writelines(json.dumps(x) + "\n" for x in lines)
+
+
+def test_stage_metrics_reads_best_and_last(tmp_path):
+    _metrics(tmp_path, "teacher.t", [50.0], 0, 40.0, None)  # one epoch, no hook record: best is last
+    _metrics(tmp_path, "student", [10.0, 30.0, 20.0], 1, 25.0, 22.0)
+    assert ks.stage_metrics(tmp_path, "student") == {
+        "best_epoch": 1, "test_top1_best": 25.0, "val_top1_best": 30.0, "last_epoch": 2, "test_top1_last": 22.0,
+        "val_top1_last": 20.0}
+    t = ks.stage_metrics(tmp_path, "teacher.t")
+    assert (t["best_epoch"], t["last_epoch"], t["test_top1_last"]) == (0, 0, 40.0)
+    with pytest.raises(ks.KdkitError, match=r"stage 'baseline' is not in metrics.jsonl \(stages: teacher.t, student\)"):
+        ks.stage_metrics(tmp_path, "baseline")
+
+
+def test_table_statistics_and_compare(tmp_path):
+    sweep = _sweep(seeds=[0, 1, 2], cells=[{"name": "kd", "method": "kd", "rows": {"kd": "student", "base": "baseline"}}])
+    runs = ks.plan(sweep, tmp_path)
+    best = {0: 60.0, 1: 62.5, 2: 61.0}
+    last = {0: 59.0, 1: 63.0, 2: 58.5}
+    for run in runs:
+        _metrics(run.run_dir, "student", [1.0, 2.0], 1, best[run.seed], last[run.seed])
+        _metrics(run.run_dir, "baseline", [1.0, 2.0], 0, 50.0 + run.seed, 51.0)
+        (run.run_dir / "summary.json").write_text("{}")
+        (run.run_dir / "config.yaml").write_text("checkpoint: {select_on: val}\n")
+    records, problems = ks.collect(sweep, runs, tmp_path)
+    assert not problems and len(records) == 3 * 2
+    table = ks.make_table(sweep, records, runs)
+    kd = next(r for r in table["rows"] if r["id"] == "kd")
+    assert kd["best"]["mean"] == pytest.approx(statistics.fmean(best.values()))
+    assert kd["best"]["std"] == pytest.approx(statistics.stdev(best.values()))
+    assert kd["last"]["mean"] == pytest.approx(statistics.fmean(last.values())) and kd["best"]["n"] == 3
+    assert kd["kind"] == "method" and next(r for r in table["rows"] if r["id"] == "base")["kind"] == "baseline"
+    text = ks.format_table(table)
+    assert "| kd | kd | kd | 61.17 ± 1.26 | 60.17 ± 2.47 |" in text and "val-best" in text
+    assert ks.plot_table(table, tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ref = json.loads(json.dumps(table))
+    ref["rows"].append({"id": "ghost", "best": {"mean": 1.0}})
+    lines, failed = ks.compare_tables(table, ref, 0.5)
+    assert failed == 0 and any("not compared: ghost (not run)" in ln for ln in lines)
+    next(r for r in ref["rows"] if r["id"] == "kd")["last"]["mean"] += 0.6
+    lines, failed = ks.compare_tables(table, ref, 0.5)
+    assert failed == 1 and next(ln for ln in lines if "OUT OF BAND" in ln).startswith("  OUT OF BAND: kd: ")
+    assert ks.compare_tables(table, ref, 0.7)[1] == 0
+
+
+def test_last_epoch_hook_adds_a_record_and_changes_nothing_else(tmp_path):
+    """The runs of a sweep load kdkit.sweep as a plugin: its only effect is a ``test@last`` line per
+    stage (RNG state restored: every other metrics line is identical to a run without it)."""
+    from kdkit_engine_testutil import TINY
+
+    import kdkit.sweep
+    from kdkit.engine import train
+    from kdkit.plugins import plugin_manager_for_testing
+
+    lines = {}
+    for name, plugins in (("plain", ()), ("hook", (kdkit.sweep,))):
+        with plugin_manager_for_testing(*plugins) as pm:
+            train(method="kd", sets=TINY, out=tmp_path / name, manager=pm)
+        lines[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    extra = [x for x in lines["hook"] if x.get("split") == ks.LAST_EPOCH_SPLIT]
+    assert [x for x in lines["hook"] if x.get("split") != ks.LAST_EPOCH_SPLIT] == lines["plain"]
+    assert [(x["stage"], x["epoch"]) for x in extra] == [("teacher.convnet", 0), ("student", 1)]
+    teacher_test = next(x for x in lines["plain"] if x["stage"] == "teacher.convnet" and x.get("split") == "test")
+    assert extra[0]["test.top1"] == teacher_test["test.top1"]  # one epoch: the best is the last
