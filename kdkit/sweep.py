@@ -643,7 +643,11 @@ def make_table(sweep: Sweep, records: list, runs: list) -> dict:
                     "select_on": "/".join(select_on), "seeds": [r["seed"] for r in recs],
                     "best": _stats([r["test_top1_best"] for r in recs]),
                     "last": _stats([r["test_top1_last"] for r in recs]),
-                    "val_best": _stats([r["val_top1_best"] for r in recs])})
+                    "val_best": _stats([r["val_top1_best"] for r in recs]),
+                    # per seed, so that a slice of the seeds can be compared with this table
+                    "per_seed": {str(r["seed"]): {"best": r["test_top1_best"], "last": r["test_top1_last"]}
+                                 for r in recs}})
+    _add_paired_gains(rows)
     return {
         "sweep": sweep.name, "metric": "test top-1 (%)",
         "selections": {"best": "test top-1 at the epoch with the best validation top-1 (checkpoint.select_on; "
@@ -651,6 +655,27 @@ def make_table(sweep: Sweep, records: list, runs: list) -> dict:
                        "last": "test top-1 at the last epoch"},
         "std": "sample standard deviation over seeds (n-1); null for one seed",
         "cells": ran_cells, "seeds": sorted({r.seed for r in runs}), "rows": rows}
+
+
+def _add_paired_gains(rows: list) -> None:
+    """Each method row's gain over the baseline row of its grid point, paired by seed (the baseline and
+    the distilled student of one seed share the data split and the initial weights, so the paired
+    difference is the spread that matters): ``gain`` = stats of ``method - baseline`` at val-best, plus
+    ``wins`` (seeds where the method is ahead).  Only when the grid point has exactly one baseline row."""
+    by_point: dict = {}
+    for r in rows:
+        by_point.setdefault(json.dumps(r["grid"], sort_keys=True), []).append(r)
+    for group in by_point.values():
+        baselines = [r for r in group if r["kind"] == "baseline"]
+        if len(baselines) != 1:
+            continue
+        base = baselines[0]["per_seed"]
+        for r in group:
+            if r["kind"] != "method":
+                continue
+            diffs = [v["best"] - base[s]["best"] for s, v in r["per_seed"].items()
+                     if s in base and v["best"] is not None and base[s]["best"] is not None]
+            r["gain"] = {**_stats(diffs), "wins": sum(d > 0 for d in diffs), "baseline": baselines[0]["id"]}
 
 
 def _pm(s: dict) -> str:
@@ -663,8 +688,9 @@ def format_table(table: dict) -> str:
     lines = [f"# {table['sweep']}: {table['metric']}", "",
              ("Mean ± sample std over seeds.  **val-best**: the epoch with the best validation top-1 "
               "(checkpoint.select_on=val); **last**: the last epoch.  No number is selected on the test split."), "",
-             "| row | cell | method | test top-1 @ val-best | test top-1 @ last | val top-1 @ val-best | n seeds |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | cell | method | test top-1 @ val-best | test top-1 @ last | val top-1 @ val-best "
+             "| gain over baseline (paired) | n seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     notes = set()
     for r in table["rows"]:
         name = r["id"]
@@ -672,8 +698,15 @@ def format_table(table: dict) -> str:
             name += " †"
             notes.add("† checkpoint.select_on=last: no validation split, the selected epoch is the last one.")
         n = str(r["best"]["n"]) + (f" (last: {r['last']['n']})" if r["last"]["n"] != r["best"]["n"] else "")
+        gain = r.get("gain")
+        gain_text = "-" if not gain or gain["mean"] is None else (
+            f"{gain['mean']:+.2f}" + (f" ± {gain['std']:.2f}" if gain["std"] is not None else "")
+            + f" ({gain['wins']}/{gain['n']})")
         lines.append(f"| {name} | {r['cell']} | {r['method']} | {_pm(r['best'])} | {_pm(r['last'])} | "
-                     f"{_pm(r['val_best'])} | {n} |")
+                     f"{_pm(r['val_best'])} | {gain_text} | {n} |")
+    if any(r.get("gain") for r in table["rows"]):
+        notes.add("gain over baseline (paired): mean ± std over seeds of (method - baseline) at val-best, each "
+                  "seed's student against the same seed's baseline; (k/n): seeds where the method is ahead.")
     lines += [""] + sorted(notes) + ([""] if notes else [])
     lines.append(f"seeds: {', '.join(map(str, table['seeds']))}; cells: {', '.join(table['cells'])}")
     return "\n".join(lines) + "\n"
@@ -732,8 +765,19 @@ def load_table(path: str | Path) -> dict:
     return table
 
 
+def _reference_mean(ref: dict, sel: str, seeds: list):
+    """The reference's mean of ``sel`` over ``seeds`` — the seeds this run has — when it stores per-seed
+    values for all of them (a slice of the seeds is compared seed for seed), else its mean over its own."""
+    per_seed = ref.get("per_seed") or {}
+    values = [(per_seed.get(str(s)) or {}).get(sel) for s in seeds]
+    if seeds and sorted(seeds) != sorted(ref.get("seeds") or []) and all(v is not None for v in values):
+        return statistics.fmean(float(v) for v in values)
+    return (ref.get(sel) or {}).get("mean")
+
+
 def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list, int]:
-    """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance``."""
+    """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance``; the
+    reference mean is taken over the seeds this table has where the reference stores them per seed."""
     ours = {r["id"]: r for r in table["rows"]}
     lines, failed, ok, skipped = [], 0, 0, []
     for ref in reference["rows"]:
@@ -744,7 +788,7 @@ def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list
             continue
         parts, bad = [], False
         for sel, title in (("best", "val-best"), ("last", "last")):
-            rm, m = (ref.get(sel) or {}).get("mean"), (mine.get(sel) or {}).get("mean")
+            rm, m = _reference_mean(ref, sel, mine.get("seeds") or []), (mine.get(sel) or {}).get("mean")
             if rm is None or m is None:
                 continue
             diff = m - rm

@@ -166,6 +166,11 @@ def test_table_statistics_and_compare(tmp_path):
     assert kd["kind"] == "method" and next(r for r in table["rows"] if r["id"] == "base")["kind"] == "baseline"
     text = ks.format_table(table)
     assert "| kd | kd | kd | 61.17 ± 1.26 | 60.17 ± 2.47 |" in text and "val-best" in text
+    # paired by seed against the baseline row: 60-50, 62.5-51, 61-52
+    gains = [best[s] - (50.0 + s) for s in (0, 1, 2)]
+    assert kd["gain"]["mean"] == pytest.approx(statistics.fmean(gains))
+    assert kd["gain"]["std"] == pytest.approx(statistics.stdev(gains)) and kd["gain"]["wins"] == 3
+    assert f"| +{statistics.fmean(gains):.2f} ± {statistics.stdev(gains):.2f} (3/3) |" in text
     assert ks.plot_table(table, tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ref = json.loads(json.dumps(table))
@@ -176,6 +181,16 @@ def test_table_statistics_and_compare(tmp_path):
     lines, failed = ks.compare_tables(table, ref, 0.5)
     assert failed == 1 and next(ln for ln in lines if "OUT OF BAND" in ln).startswith("  OUT OF BAND: kd: ")
     assert ks.compare_tables(table, ref, 0.7)[1] == 0
+
+    # a slice of the seeds is compared with the reference's values of those seeds, not its mean
+    records0 = [r for r in records if r["seed"] == 0]
+    slice_table = ks.make_table(sweep, records0, [r for r in runs if r.seed == 0])
+    kd0 = next(r for r in slice_table["rows"] if r["id"] == "kd")
+    assert kd0["seeds"] == [0] and kd0["best"]["mean"] == best[0]
+    reference = json.loads(json.dumps(table))
+    assert ks.compare_tables(slice_table, reference, 0.1)[1] == 0  # 60.0 vs seed 0's 60.0, not the mean 61.17
+    next(r for r in reference["rows"] if r["id"] == "kd")["per_seed"]["0"]["best"] = 60.5
+    assert ks.compare_tables(slice_table, reference, 0.4)[1] == 1
 
 
 def test_last_epoch_hook_adds_a_record_and_changes_nothing_else(tmp_path):

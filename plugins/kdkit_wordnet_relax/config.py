@@ -21,7 +21,11 @@ RELATIONS = ("hypernyms", "hyponyms", "siblings")
 def default_config() -> dict:
     cfg = base_config()
     cfg["data"].update({
-        "name": "shapes",  # kdkit's embedded offline dataset (10 classes named by WordNet nouns)
+        # real images (Debian's dataset-fashion-mnist, classes named by WordNet nouns): a class-balanced
+        # 2,000-image subset of the training split, the whole test split; data.name=shapes: the embedded set
+        "name": "fashion_mnist",
+        "train_per_class": 200,
+        "test_per_class": None,
         "augment": ConfigKey("weak", "augmentation of the student's (and the no-KD baseline's) training data"),
     })
     cfg["clip"] = {

@@ -31,7 +31,8 @@ def test_default_config_resolves_and_is_the_offline_recipe(manager):
     from kdkit.engine import resolve_method_config
 
     cfg = resolve_method_config("wordnet_relax", manager=manager)
-    assert cfg["data"]["name"] == "shapes"
+    assert cfg["data"]["name"] == "fashion_mnist" and cfg["data"]["train_per_class"] == 200
+    assert cfg["data"]["test_per_class"] is None
     assert cfg["relax"]["ratio"] == 1.0 and cfg["relax"]["tau"] == 0.005
     assert cfg["relax"]["num_clusters"] == 150 and cfg["relax"]["top_n"] == 5
     assert cfg["clip"]["model"] == "kdkit-tiny" and cfg["clip"]["pretrained"] is None

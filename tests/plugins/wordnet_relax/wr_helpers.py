@@ -30,7 +30,7 @@ whale shark eagle apple pear lemon tree flower leaf stone shell motherfucker
 
 #: Overrides for fast end-to-end runs (seconds): 60 training images, micro CLIP, convnets.
 TINY = [
-    "data.train_per_class=6", "data.test_per_class=3", "data.augment=none",
+    "data.name=shapes", "data.train_per_class=6", "data.test_per_class=3", "data.augment=none",
     "clip.model=kdkit-micro", "clip.batch_size=64",
     "relax.pool=file", "relax.niter=10", "relax.nredo=1", "relax.min_cluster_size=5", "relax.top_n=3",
     "teachers=[{name: convnet, width: 4, augment: strong}, {name: convnet, width: 4, augment: weak}]",
