@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,25 @@ from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.terms import TermSpec
 from kdkit.errors import ConfigError
 
-__all__ = ["DistillInputs", "Distiller", "build_term_loss"]
+__all__ = ["DistillInputs", "Distiller", "FeaturePair", "build_term_loss"]
+
+
+class FeaturePair(NamedTuple):
+    """One (student, teacher) feature pair of a term (:meth:`DistillInputs.feature_pairs`).
+
+    :ivar student: the student's tensor, float32 (gradients flow through it).
+    :ivar teacher: the teacher's tensor, float32 and detached.
+    :ivar where: ``""`` when the term names one module path per side, ``" (pair i of n)"`` when it
+        names lists — to append to a method's own error messages ("student feature (2, 8){where}").
+    """
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    where: str
+
+
+def _shape(x: torch.Tensor) -> tuple:
+    return tuple(x.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,12 @@ class DistillInputs:
     :ivar temperature, epoch, step: ``distill.temperature``, the epoch and optimiser step.
     :ivar num_samples: the size of the training split (``indices`` lie in ``[0, num_samples)``),
         e.g. for a memory bank keyed by sample index; ``None`` when unknown.
+
+    A feature term reads its features through :meth:`feature_pairs` — ``[(student, teacher,
+    where)]``, float32, the teacher detached — which raises the one-line :class:`kdkit.ConfigError`
+    for a missing side, a list on one side only, lists of different lengths, an entry that is not a
+    ``B x ...`` tensor, or different batch sizes; the method then checks what only it needs
+    (4-D maps, spatial sizes, one pair only, ...).
     """
 
     student_logits: torch.Tensor
@@ -60,6 +84,61 @@ class DistillInputs:
     epoch: int = 0
     step: int = 0
     num_samples: int | None = None
+
+    def feature_pairs(self, loss: str, example: str | None = None) -> list[FeaturePair]:
+        """The term's (student, teacher) feature pairs: one for one module path per side, one per
+        path (in the term's order) for lists of paths.
+
+        :param loss: the loss's registered name, for the error messages ("loss <loss> needs a
+            student feature: ...").
+        :param example: the term to suggest when a side has no feature (default
+            ``{loss: <loss>, student: layer3, teacher: layer3}``).
+        :returns: ``[FeaturePair(student, teacher, where)]`` (:class:`FeaturePair`): both sides
+            float32 (``.float()``, whatever the autocast or input dtype), the teacher detached;
+            ``where`` is ``""`` for single tensors and ``" (pair i of n)"`` for lists.
+        :raises kdkit.ConfigError: (one line) when either side is ``None`` (the term names no path),
+            one side is a list and the other a tensor, the lists differ in length or are empty, an
+            entry is ``None`` or not a tensor, a tensor has fewer than 2 dimensions (features are
+            ``B x D`` vectors or ``B x C x H x W`` maps), or a pair differs in batch size (naming
+            both shapes and the pair).
+        """
+        student, teacher = self.student_feature, self.teacher_feature
+        for which, value in (("student", student), ("teacher", teacher)):
+            if value is None:
+                hint = example or f"{{loss: {loss}, student: layer3, teacher: layer3}}"
+                raise ConfigError(f"loss {loss} needs a {which} feature: give the term a {which}: module path or list "
+                                  f"of paths (e.g. {hint})")
+        s_list, t_list = isinstance(student, (list, tuple)), isinstance(teacher, (list, tuple))
+        if s_list != t_list:
+            s_desc = f"a list of {len(student)} tensors" if s_list else "one tensor"
+            t_desc = f"a list of {len(teacher)} tensors" if t_list else "one tensor"
+            raise ConfigError(f"loss {loss}: the student feature is {s_desc} but the teacher feature is {t_desc}; "
+                              "give student: and teacher: the same number of module paths")
+        students, teachers = (list(student), list(teacher)) if s_list else ([student], [teacher])
+        if len(students) != len(teachers):
+            raise ConfigError(f"loss {loss}: {len(students)} student features but {len(teachers)} teacher features; "
+                              "give student: and teacher: the same number of module paths (they are paired in order)")
+        if not students:
+            raise ConfigError(f"loss {loss}: the term's student: and teacher: lists are empty; name at least one "
+                              "module path on each side")
+        pairs = []
+        for i, (s, t) in enumerate(zip(students, teachers)):
+            where = f" (pair {i + 1} of {len(students)})" if s_list else ""
+            for which, value in (("student", s), ("teacher", t)):
+                if value is None:
+                    raise ConfigError(f"loss {loss}: the {which} feature{where} is missing; check that the term's "
+                                      f"{which}: paths name modules that run in the forward pass")
+                if not isinstance(value, torch.Tensor):
+                    raise ConfigError(f"loss {loss}: the {which} feature{where} is a {type(value).__name__}, not a "
+                                      "tensor; tap a module whose output is a tensor")
+                if value.dim() < 2:
+                    raise ConfigError(f"loss {loss}: the {which} feature{where} has shape {_shape(value)}; expected "
+                                      "B x D vectors or B x C x H x W maps")
+            if s.shape[0] != t.shape[0]:
+                raise ConfigError(f"loss {loss}: student feature {_shape(s)} and teacher feature {_shape(t)}{where} "
+                                  "differ in batch size; both must come from the same batch")
+            pairs.append(FeaturePair(s.float(), t.detach().float(), where))
+        return pairs
 
 
 def _legacy_positional(fn) -> bool:

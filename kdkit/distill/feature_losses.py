@@ -10,14 +10,6 @@ from kdkit.errors import ConfigError
 __all__ = ["HintLoss"]
 
 
-def _feature(inputs, which: str) -> torch.Tensor:
-    value = getattr(inputs, f"{which}_feature")
-    if not isinstance(value, torch.Tensor):
-        raise ConfigError(f"loss fitnet needs a {which} feature: give the term a {which}: module path "
-                          f"(e.g. {{loss: fitnet, student: layer2, teacher: layer3}})")
-    return value
-
-
 class HintLoss(nn.Module):
     """FitNet's hint term; see :func:`kdkit.losses.fitnet`."""
 
@@ -38,7 +30,12 @@ class HintLoss(nn.Module):
                           f"{tuple(teacher.shape)}: expected two B x C x H x W maps or two B x C vectors")
 
     def forward(self, inputs) -> torch.Tensor:
-        student, teacher = _feature(inputs, "student"), _feature(inputs, "teacher")
+        pairs = inputs.feature_pairs("fitnet", example="{loss: fitnet, student: layer2, teacher: layer3}")
+        if len(pairs) != 1:
+            raise ConfigError(f"loss fitnet: the term pairs {len(pairs)} student and teacher features; a hint pairs "
+                              "one student layer with one teacher layer: give student: and teacher: one module path "
+                              "each (or one term per pair)")
+        student, teacher, _ = pairs[0]
         if self.regressor is None:
             self.regressor = self._build(student, teacher).to(student.device)
-        return F.mse_loss(self.regressor(student.float()), teacher.float())
+        return F.mse_loss(self.regressor(student), teacher)

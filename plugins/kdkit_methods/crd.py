@@ -4,6 +4,7 @@ See :class:`CRDLoss`.  :func:`nce_loss` is the NCE objective on given scores, fo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -65,23 +66,23 @@ def _first_occurrences(idx: torch.Tensor) -> torch.Tensor:
     return first.scatter_reduce(0, inverse, positions, reduce="amin")
 
 
-def _vector(value, which: str) -> torch.Tensor:
+def _one(value, which: str):
+    """A one-element list of features as its element (crd takes one feature per side)."""
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
             raise kdkit.ConfigError(f"loss crd takes one {which} feature (the penultimate, pooled one), got a list of "
                                     f"{len(value)}; give {which}: one module path (e.g. pool)")
-        value = value[0]
-    if value is None:
-        raise kdkit.ConfigError(f"loss crd needs a {which} feature: give the term a {which}: module path of the "
-                                f"penultimate feature (e.g. {{loss: crd, student: pool, teacher: pool}})")
-    if not isinstance(value, torch.Tensor):
-        raise kdkit.ConfigError(f"loss crd: the {which} feature is a {type(value).__name__}, not a tensor")
+        return value[0]
+    return value
+
+
+def _vector(value: torch.Tensor, which: str) -> torch.Tensor:
     if value.dim() == 4:
-        return value.float().mean(dim=(2, 3))  # global average pooling
+        return value.mean(dim=(2, 3))  # global average pooling
     if value.dim() != 2:
         raise kdkit.ConfigError(f"loss crd: the {which} feature has shape {tuple(value.shape)}; expected B x D vectors "
                                 "or B x C x H x W maps (global-average-pooled)")
-    return value.float()
+    return value
 
 
 def _int(name: str, value, low: int) -> int:
@@ -176,7 +177,10 @@ class CRDLoss(nn.Module):
         return min(self.nce_k, self.num_samples - 1)
 
     def _check(self, inputs):
-        f_s, f_t = _vector(inputs.student_feature, "student"), _vector(inputs.teacher_feature, "teacher").detach()
+        one = dataclasses.replace(inputs, student_feature=_one(inputs.student_feature, "student"),
+                                  teacher_feature=_one(inputs.teacher_feature, "teacher"))
+        ((f_s, f_t, _),) = one.feature_pairs("crd", example="{loss: crd, student: pool, teacher: pool}")
+        f_s, f_t = _vector(f_s, "student"), _vector(f_t, "teacher")
         idx, n = inputs.indices, inputs.num_samples
         if idx is None:
             raise kdkit.ConfigError("loss crd needs the batch's sample indices (DistillInputs.indices), the keys of its "

@@ -11,8 +11,9 @@ features ``inputs.student_feature`` / ``inputs.teacher_feature`` (:class:`kdkit.
   ``distiller_zoo/``, which mdistiller repeats), so the weights used there apply unchanged as the
   term's ``weight``.
 * The teacher feature is detached; both sides are computed in float32 with autocast disabled.
-* A missing feature, lists of different lengths, different batch sizes or a feature the method
-  cannot use is a one-line :class:`kdkit.ConfigError` naming the shapes.
+* A missing feature, lists of different lengths, different batch sizes
+  (:meth:`kdkit.distill.DistillInputs.feature_pairs`) or a feature the method cannot use is a
+  one-line :class:`kdkit.ConfigError` naming the shapes.
 """
 from __future__ import annotations
 
@@ -32,50 +33,6 @@ __all__ = ["ATLoss", "NSTLoss", "PKTLoss", "RKDLoss", "SPLoss"]
 
 def _shape(x: torch.Tensor) -> tuple:
     return tuple(x.shape)
-
-
-def _pairs(inputs, loss: str) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
-    """``[(student, teacher, where)]`` from the term's features: float32, the teacher detached.
-    ``where`` is "" for single tensors and " (pair i of n)" for lists, for error messages."""
-    student, teacher = inputs.student_feature, inputs.teacher_feature
-    for which, value in (("student", student), ("teacher", teacher)):
-        if value is None:
-            raise kdkit.ConfigError(
-                f"loss {loss} needs a {which} feature: give the term a {which}: module path or list of paths "
-                f"(e.g. {{loss: {loss}, student: layer3, teacher: layer3}})")
-    s_list, t_list = isinstance(student, (list, tuple)), isinstance(teacher, (list, tuple))
-    if s_list != t_list:
-        s_desc = f"a list of {len(student)} tensors" if s_list else "one tensor"
-        t_desc = f"a list of {len(teacher)} tensors" if t_list else "one tensor"
-        raise kdkit.ConfigError(
-            f"loss {loss}: the student feature is {s_desc} but the teacher feature is {t_desc}; give student: and "
-            "teacher: the same number of module paths")
-    students, teachers = (list(student), list(teacher)) if s_list else ([student], [teacher])
-    if len(students) != len(teachers):
-        raise kdkit.ConfigError(
-            f"loss {loss}: {len(students)} student features but {len(teachers)} teacher features; give student: "
-            "and teacher: the same number of module paths (they are paired in order)")
-    if not students:
-        raise kdkit.ConfigError(f"loss {loss}: the term's student: and teacher: lists are empty; name at least one "
-                                "module path on each side")
-    pairs = []
-    for i, (s, t) in enumerate(zip(students, teachers)):
-        where = f" (pair {i + 1} of {len(students)})" if s_list else ""
-        for which, value in (("student", s), ("teacher", t)):
-            if value is None:
-                raise kdkit.ConfigError(f"loss {loss}: the {which} feature{where} is missing; check that the term's "
-                                        f"{which}: paths name modules that run in the forward pass")
-            if not isinstance(value, torch.Tensor):
-                raise kdkit.ConfigError(f"loss {loss}: the {which} feature{where} is a {type(value).__name__}, not a "
-                                        "tensor; tap a module whose output is a tensor")
-            if value.dim() < 2:
-                raise kdkit.ConfigError(f"loss {loss}: the {which} feature{where} has shape {_shape(value)}; expected "
-                                        "B x D vectors or B x C x H x W maps")
-        if s.shape[0] != t.shape[0]:
-            raise kdkit.ConfigError(f"loss {loss}: student feature {_shape(s)} and teacher feature {_shape(t)}{where} "
-                                    "differ in batch size; both must come from the same batch")
-        pairs.append((s.float(), t.detach().float(), where))
-    return pairs
 
 
 def _no_autocast(device: torch.device):
@@ -130,7 +87,7 @@ class _FeatureLoss:
     name = ""
 
     def __call__(self, inputs) -> torch.Tensor:
-        pairs = _pairs(inputs, self.name)
+        pairs = inputs.feature_pairs(self.name)
         with _no_autocast(pairs[0][0].device):
             values = [self.pair(s, t, where) for s, t, where in pairs]
         return values[0] if len(values) == 1 else torch.stack(values).sum()

@@ -85,27 +85,13 @@ def _shape(x) -> tuple:
     return tuple(x.shape)
 
 
-def _stages(value, which: str) -> list[torch.Tensor]:
-    if value is None:
-        raise kdkit.ConfigError(
-            f"loss reviewkd needs the {which}'s stage features: give the term a {which}: list of module paths, "
-            f"shallow to deep (e.g. {{loss: reviewkd, student: [layer1, layer2, layer3, pool], "
-            f"teacher: [layer1, layer2, layer3, pool]}})")
-    stages = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not stages:
-        raise kdkit.ConfigError(f"loss reviewkd: the term's {which}: list is empty; name its stages shallow to deep")
-    out = []
-    for i, x in enumerate(stages):
-        if not isinstance(x, torch.Tensor):
-            raise kdkit.ConfigError(f"loss reviewkd: {which} stage {i + 1} of {len(stages)} is a {type(x).__name__}, "
-                                    "not a tensor; tap modules whose outputs are tensors")
-        if x.dim() == 2:
-            x = x[:, :, None, None]  # a pooled B x C feature is a 1 x 1 stage (the references' last one)
-        if x.dim() != 4:
-            raise kdkit.ConfigError(f"loss reviewkd: {which} stage {i + 1} of {len(stages)} has shape {_shape(x)}; "
-                                    "expected B x C x H x W maps (or pooled B x C vectors)")
-        out.append(x)
-    return out
+def _stage(x: torch.Tensor, which: str, where: str) -> torch.Tensor:
+    if x.dim() == 2:
+        x = x[:, :, None, None]  # a pooled B x C feature is a 1 x 1 stage (the references' last one)
+    if x.dim() != 4:
+        raise kdkit.ConfigError(f"loss reviewkd: {which} {where} has shape {_shape(x)}; "
+                                "expected B x C x H x W maps (or pooled B x C vectors)")
+    return x
 
 
 class ReviewKDLoss(nn.Module):
@@ -158,21 +144,24 @@ class ReviewKDLoss(nn.Module):
         self.abfs: nn.ModuleList | None = None
         self._channels: list[tuple[int, int]] | None = None
 
-    def _pairs(self, inputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        students = _stages(inputs.student_feature, "student")
-        teachers = _stages(inputs.teacher_feature, "teacher")
-        if len(students) != len(teachers):
-            raise kdkit.ConfigError(f"loss reviewkd: {len(students)} student stage(s) but {len(teachers)} teacher "
-                                    "stage(s); give student: and teacher: the same number of module paths")
-        for i, (s, t) in enumerate(zip(students, teachers)):
-            where = f"stage {i + 1} of {len(students)}"
-            if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+    def _stages(self, inputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The student and teacher stages (float32, the teacher detached), shallow to deep."""
+        pairs = inputs.feature_pairs(
+            "reviewkd", example="{loss: reviewkd, student: [layer1, layer2, layer3, pool], "
+                                "teacher: [layer1, layer2, layer3, pool]}, shallow to deep")
+        students, teachers = [], []
+        for i, (s, t, _) in enumerate(pairs):
+            where = f"stage {i + 1} of {len(pairs)}"
+            s, t = _stage(s, "student", where), _stage(t, "teacher", where)
+            if s.shape[2:] != t.shape[2:]:
                 raise kdkit.ConfigError(f"loss reviewkd: student {_shape(s)} and teacher {_shape(t)} at {where} differ "
-                                        "in batch or spatial size; pair stages of equal resolution")
-            if i and (s.shape[2] > students[i - 1].shape[2] or s.shape[3] > students[i - 1].shape[3]):
+                                        "in spatial size; pair stages of equal resolution")
+            if i and (s.shape[2] > students[-1].shape[2] or s.shape[3] > students[-1].shape[3]):
                 raise kdkit.ConfigError(f"loss reviewkd: {where} {_shape(s)} is larger than stage {i} "
-                                        f"{_shape(students[i - 1])}; list the stages shallow to deep")
-        return [s.float() for s in students], [t.detach().float() for t in teachers]
+                                        f"{_shape(students[-1])}; list the stages shallow to deep")
+            students.append(s)
+            teachers.append(t)
+        return students, teachers
 
     def _build(self, students, teachers, device) -> None:
         channels = [(s.shape[1], t.shape[1]) for s, t in zip(students, teachers)]
@@ -191,7 +180,7 @@ class ReviewKDLoss(nn.Module):
         return outputs
 
     def forward(self, inputs) -> torch.Tensor:
-        students, teachers = self._pairs(inputs)
+        students, teachers = self._stages(inputs)
         if self.abfs is None:
             self._build(students, teachers, students[0].device)
         channels = [(s.shape[1], t.shape[1]) for s, t in zip(students, teachers)]

@@ -47,38 +47,16 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, None, None] if x.dim() == 2 else x
 
 
-def _pairs(inputs) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
-    """``[(student, teacher, where)]``: one pair per tapped layer, float32, the teacher detached."""
-    student, teacher = inputs.student_feature, inputs.teacher_feature
-    for which, value in (("student", student), ("teacher", teacher)):
-        if value is None:
-            raise kdkit.ConfigError(
-                f"loss vid needs a {which} feature: give the term a {which}: module path or list of paths "
-                f"(e.g. {{loss: vid, student: [layer1, layer2, layer3], teacher: [layer1, layer2, layer3]}})")
-    s_list, t_list = isinstance(student, (list, tuple)), isinstance(teacher, (list, tuple))
-    students = list(student) if s_list else [student]
-    teachers = list(teacher) if t_list else [teacher]
-    if s_list != t_list or len(students) != len(teachers):
-        raise kdkit.ConfigError(
-            f"loss vid: {len(students)} student feature(s) but {len(teachers)} teacher feature(s); give student: "
-            "and teacher: the same number of module paths (they are paired in order)")
-    if not students:
-        raise kdkit.ConfigError("loss vid: the term's student: and teacher: lists are empty; name at least one "
-                                "module path on each side")
+def _layers(inputs) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+    """``[(student, teacher, where)]``: one pair per tapped layer (float32, the teacher detached:
+    :meth:`kdkit.distill.DistillInputs.feature_pairs`) as two maps of one spatial size."""
     pairs = []
-    for i, (s, t) in enumerate(zip(students, teachers)):
-        where = f" (pair {i + 1} of {len(students)})" if s_list else ""
-        for which, value in (("student", s), ("teacher", t)):
-            if not isinstance(value, torch.Tensor):
-                raise kdkit.ConfigError(f"loss vid: the {which} feature{where} is a {type(value).__name__}, not a "
-                                        "tensor; tap a module whose output is a tensor")
+    for s, t, where in inputs.feature_pairs(
+            "vid", example="{loss: vid, student: [layer1, layer2, layer3], teacher: [layer1, layer2, layer3]}"):
         if s.dim() not in (2, 4) or t.dim() != s.dim():
             raise kdkit.ConfigError(f"loss vid: student feature {_shape(s)} and teacher feature {_shape(t)}{where}: "
                                     "expected two B x C x H x W maps or two B x C vectors")
-        if s.shape[0] != t.shape[0]:
-            raise kdkit.ConfigError(f"loss vid: student feature {_shape(s)} and teacher feature {_shape(t)}{where} "
-                                    "differ in batch size; both must come from the same batch")
-        s, t = _as_map(s.float()), _as_map(t.detach().float())
+        s, t = _as_map(s), _as_map(t)
         (sh, sw), (th, tw) = s.shape[2:], t.shape[2:]
         if (sh, sw) != (th, tw):
             # RepDistiller/mdistiller: average-pool the larger map down to the smaller one
@@ -179,7 +157,7 @@ class VIDLoss(nn.Module):
         return [pred_variance(a, self.eps) for a in self.log_scales]
 
     def forward(self, inputs) -> torch.Tensor:
-        pairs = _pairs(inputs)
+        pairs = _layers(inputs)
         if self.regressors is None:
             self._build(pairs, pairs[0][0].device)
         self._check_layers(pairs)

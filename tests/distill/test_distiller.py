@@ -138,6 +138,57 @@ def test_a_loss_with_the_old_signature_still_works_for_logits_with_a_warning():
         build_term_loss(Registry(), TermSpec("legacy", 1.0, "legacy", student="x", teacher="y"))
 
 
+def _feature_error(student, teacher, *fragments, example=None) -> str:
+    with pytest.raises(ConfigError) as err:
+        DistillInputs(torch.zeros(2, 3), student_feature=student, teacher_feature=teacher).feature_pairs(
+            "demo", example=example)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("loss demo")
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_feature_pairs_pairs_float32_features_with_the_teacher_detached():
+    s = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 5, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    (pair,) = DistillInputs(torch.zeros(2, 3), student_feature=s, teacher_feature=t).feature_pairs("demo")
+    assert pair.where == "" and pair == (pair.student, pair.teacher, pair.where)
+    assert pair.student.dtype == pair.teacher.dtype == torch.float32
+    assert pair.student.requires_grad and not pair.teacher.requires_grad
+    torch.testing.assert_close(pair.student, s.float())
+    pair.student.sum().backward()
+    assert s.grad is not None and t.grad is None
+    # a list of paths: one pair per path, in order, each saying where it stands
+    a, b = torch.randn(2, 4), torch.randn(2, 6, 2, 2)
+    pairs = DistillInputs(torch.zeros(2, 3), student_feature=[a, b], teacher_feature=(b, a)).feature_pairs("demo")
+    assert [p.where for p in pairs] == [" (pair 1 of 2)", " (pair 2 of 2)"]
+    assert [(p.student.shape, p.teacher.shape) for p in pairs] == [(a.shape, b.shape), (b.shape, a.shape)]
+    # under autocast too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (pair,) = DistillInputs(torch.zeros(2, 3), student_feature=s.bfloat16(),
+                                teacher_feature=t).feature_pairs("demo")
+    assert pair.student.dtype == pair.teacher.dtype == torch.float32
+
+
+def test_feature_pairs_errors_are_one_line():
+    f = torch.randn(4, 3)
+    for missing in ("student", "teacher"):
+        s, t = (None, f) if missing == "student" else (f, None)
+        _feature_error(s, t, f"needs a {missing} feature", f"{missing}:", "{loss: demo, student: layer3")
+    _feature_error(None, f, "(e.g. {loss: demo, student: [a, b], teacher: [a, b]})",
+                   example="{loss: demo, student: [a, b], teacher: [a, b]}")
+    _feature_error([f, f], f, "student feature is a list of 2 tensors", "teacher feature is one tensor")
+    _feature_error(f, [f], "student feature is one tensor", "teacher feature is a list of 1 tensors")
+    _feature_error([f, f], [f], "2 student features but 1 teacher features", "same number of module paths")
+    _feature_error([], [], "lists are empty")
+    _feature_error([f, None], [f, f], "student feature (pair 2 of 2) is missing")
+    _feature_error(f, {"out": f}, "teacher feature is a dict, not a tensor")
+    _feature_error(torch.randn(4), f, "student feature has shape (4,)")
+    _feature_error(f, torch.randn(5, 3), "(4, 3)", "(5, 3)", "differ in batch size")
+    _feature_error([f, f], [f, torch.randn(5, 3)], "(4, 3)", "(5, 3)", "(pair 2 of 2)", "batch size")
+
+
 def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
     torch.manual_seed(0)
     fitnet = kdkit.get_registry("losses").build("fitnet")
@@ -161,6 +212,9 @@ def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
             DistillInputs(torch.zeros(4, 2), student_feature=torch.randn(4, 3, 4, 4), teacher_feature=teacher_map))
     with pytest.raises(ConfigError, match="needs a student feature"):
         kdkit.get_registry("losses").build("fitnet")(DistillInputs(torch.zeros(4, 2)))
+    with pytest.raises(ConfigError, match="pairs 2 student and teacher features; a hint pairs one"):
+        kdkit.get_registry("losses").build("fitnet")(DistillInputs(
+            torch.zeros(4, 2), student_feature=[student_map, student_map], teacher_feature=[teacher_map, teacher_map]))
 
 
 def test_fitnet_term_in_a_kd_run(tmp_path, manager):
