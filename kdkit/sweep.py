@@ -15,13 +15,13 @@ The sweep file (YAML, ``yaml.safe_load``)::
         method: kd                  # required: a name of the methods registry (--plugin)
         set: {baseline.enabled: true}          # optional: dotted key -> value (wins over base)
         rows:                       # optional: table row -> stage name (default {<name>: student})
-          teacher: teacher.convnet
+          teacher: teacher.resnet14
           baseline: baseline
           kd: student
       - name: kd_frozen
         method: kd
         set:
-          teachers.0.pretrained: "{cell:kd}/checkpoints/teacher.convnet/best.pt"
+          teachers.0.pretrained: "{cell:kd}/checkpoints/teacher.resnet14/best.pt"
           teachers.0.train: false
 
 Overrides apply in the order ``base``, grid point, the cell's ``set``, then ``seed=S`` (a later one
