@@ -114,8 +114,8 @@ class KDMethod:
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
-        name = cfg.get("method") or "kd"
-        ctx.log(f"{name}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
+        method = cfg.get("method") or "kd"
+        ctx.log(f"{method}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
         if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
             check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
@@ -124,7 +124,7 @@ class KDMethod:
                         for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))])
         teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes)
 
-        summary: dict = {"method": name, "teachers": teacher_summary}
+        summary: dict = {"method": method, "teachers": teacher_summary}
         if cfg["baseline"]["enabled"]:
             base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
             res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test))
@@ -142,14 +142,14 @@ class KDMethod:
             bs = int(cfg["train"]["eval_batch_size"])
             paths = distiller.teacher_paths(len(teachers))
             caches = [TeacherCache(t, view, ctx.device, bs, paths=p) for t, p in zip(teachers, paths)]
-            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"{name}: {m}")):
+            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"{method}: {m}")):
                 caches = None  # teachers run online, their taps give the features
         if caches is not None:
             for c in caches:
                 c.build()
-            ctx.log(f"{name}: {describe_caches(caches)}")
+            ctx.log(f"{method}: {describe_caches(caches)}")
             if not _is_deterministic(train):
-                ctx.log(f"{name}: teacher_cache=true with augmented training data: teachers see un-augmented images")
+                ctx.log(f"{method}: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(teacher_summary),
