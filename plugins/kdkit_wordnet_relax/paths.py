@@ -46,8 +46,10 @@ def load_keyed(path: Path, key: dict) -> Any | None:
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a truncated or foreign file is recomputed
+        # weights_only: tensors and plain containers only — a planted pickle in the cache directory (its file
+        # names are predictable digests) cannot run code; it is rejected and the entry recomputed
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated, foreign or unsafe file is recomputed
         return None
     if not isinstance(blob, dict) or blob.get("key") != json.loads(json.dumps(key, default=str)):
         return None
