@@ -49,12 +49,12 @@ class Preset:
         return PresetMethod
 
 
-def _stages(loss: str, weight: float, **options) -> dict:
-    return {"loss": loss, "weight": weight, "student": list(STAGES), "teacher": list(STAGES), "options": options}
+def _tapped(loss: str, weight: float, paths: str | list, **options) -> dict:
+    """A feature term tapping the same module path(s) — one, or a list — on student and teacher."""
+    def copy():
+        return list(paths) if isinstance(paths, list) else paths
 
-
-def _layer(loss: str, weight: float, path: str, **options) -> dict:
-    return {"loss": loss, "weight": weight, "student": path, "teacher": path, "options": options}
+    return {"loss": loss, "weight": weight, "student": copy(), "teacher": copy(), "options": options}
 
 
 PRESETS = (
@@ -65,22 +65,21 @@ PRESETS = (
     Preset("lskd", "logit-standardised KD (Sun et al. 2024): 0.1*CE + 9*KL of z-scored logits, T = 2",
            [{"loss": "lskd", "weight": 9.0, "options": {}}], alpha=0.1, temperature=2.0),
     Preset("fitnet", "FitNet (Romero et al. 2015): CE + 100*hint MSE through a regressor (layer2)",
-           [_layer("fitnet", 100.0, "layer2")]),
+           [_tapped("fitnet", 100.0, "layer2")]),
     Preset("at", "attention transfer (Zagoruyko & Komodakis 2017): CE + 1000*AT over the three stages",
-           [_stages("at", 1000.0)]),
+           [_tapped("at", 1000.0, STAGES)]),
     Preset("pkt", "PKT (Passalis & Tefas 2018): CE + 30000*KL of cosine-similarity distributions (pool)",
-           [_layer("pkt", 30000.0, "pool")]),
+           [_tapped("pkt", 30000.0, "pool")]),
     Preset("rkd", "RKD (Park et al. 2019): CE + 25*distance + 50*angle relations of the embedding (pool)",
-           [_layer("rkd", 1.0, "pool")]),
+           [_tapped("rkd", 1.0, "pool")]),
     Preset("sp", "similarity-preserving KD (Tung & Mori 2019): CE + 3000*SP of the last stage (layer3)",
-           [_layer("sp", 3000.0, "layer3")]),
+           [_tapped("sp", 3000.0, "layer3")]),
     Preset("nst", "neuron selectivity transfer (Huang & Wang 2017): CE + 50*MMD of the last stage (layer3)",
-           [_layer("nst", 50.0, "layer3")]),
+           [_tapped("nst", 50.0, "layer3")]),
     Preset("vid", "VID (Ahn et al. 2019): CE + variational information over the three stages",
-           [_stages("vid", 1.0)]),
+           [_tapped("vid", 1.0, STAGES)]),
     Preset("crd", "CRD (Tian et al. 2020): CE + 0.8*NCE over a memory bank of embeddings (pool)",
-           [_layer("crd", 0.8, "pool")]),
+           [_tapped("crd", 0.8, "pool")]),
     Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
-           [{"loss": "reviewkd", "weight": 1.0, "student": [*STAGES, "pool"], "teacher": [*STAGES, "pool"],
-             "options": {}}]),
+           [_tapped("reviewkd", 1.0, [*STAGES, "pool"])]),
 )
