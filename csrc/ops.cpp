@@ -24,7 +24,7 @@ TORCH_LIBRARY(kdkit, m) {
   // uint8 (Q, B), uint8 (N, B) codes, int64 (Q, W), (N, W) label bitsets -> float64 (Q,)
   // average precision of each query's ranking by (distance, index); relevant = a shared
   // label. k in [1, N] (N = mAP@all); variant "truncated" keeps the relevant items ranked
-  // in the top k, "dchmt" the first k relevant items. 0 where none is kept. CPU only.
+  // in the top k, "dchmt" the first k relevant items. 0 where none is kept.
   m.def(
       "hamming_average_precision(Tensor query_codes, Tensor db_codes, Tensor query_labels, "
       "Tensor db_labels, int k, str variant) -> Tensor");

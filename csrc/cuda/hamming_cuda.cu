@@ -1,4 +1,4 @@
-// CUDA kernels for kdkit::hamming_distance and kdkit::hamming_topk.
+// CUDA kernels for kdkit::hamming_distance, hamming_topk and hamming_average_precision.
 //
 // Codes are packed uint8 rows (faiss layout). The distance of a query to a
 // database code is popcount(q XOR d) summed over the row, an integer in
@@ -20,6 +20,9 @@
 //           (distance, index) order is total and the result deterministic,
 //           identical to the CPU op for any launch configuration.
 // Queries are processed in chunks so temporaries stay bounded.
+//
+// hamming_average_precision: one block per query, no (Q, N) matrix and no sort; see
+// average_precision_kernel in hamming_kernels.cuh.
 
 #include <torch/library.h>
 
@@ -39,6 +42,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <string>
 
 namespace kdkit {
 namespace {
@@ -198,11 +202,83 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_cod
   return std::make_tuple(out_dist, out_idx);
 }
 
+at::Tensor hamming_average_precision_cuda(const at::Tensor& query_codes, const at::Tensor& db_codes,
+                                          const at::Tensor& query_labels,
+                                          const at::Tensor& db_labels, int64_t k,
+                                          c10::string_view variant) {
+  const char* op = "hamming_average_precision";
+  check_pair(op, query_codes, db_codes);
+  for (const at::Tensor* labels : {&query_labels, &db_labels}) {
+    TORCH_CHECK(labels->device() == query_codes.device(), op,
+                ": labels must be on the codes' device ", query_codes.device(), ", got ",
+                labels->device());
+    TORCH_CHECK(labels->dim() == 2 && labels->scalar_type() == at::kLong, op,
+                ": labels must be 2-D int64 bitsets (rows, words), got ", labels->scalar_type(),
+                " of shape ", labels->sizes());
+  }
+  TORCH_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
+              query_labels.size(0), " rows but query_codes has ", query_codes.size(0));
+  TORCH_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
+              " rows but db_codes has ", db_codes.size(0));
+  TORCH_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
+              ": query_labels and db_labels must have the same number (> 0) of words, got ",
+              query_labels.size(1), " and ", db_labels.size(1));
+  const int64_t nq = query_codes.size(0), n = db_codes.size(0), bytes = query_codes.size(1);
+  TORCH_CHECK(n < (int64_t(1) << 31), op, ": at most 2^31 - 1 database codes, got ", n);
+  TORCH_CHECK(16 * bytes + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
+  TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
+  ApCut cut;
+  if (variant == "truncated") {
+    cut = k == n ? kApAll : kApTruncated;
+  } else if (variant == "dchmt") {
+    cut = k == n ? kApAll : kApFirstRelevant;
+  } else {
+    TORCH_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant),
+                "'");
+  }
+  const c10::cuda::CUDAGuard guard(query_codes.device());
+  const at::Tensor qc = query_codes.contiguous(), dc = db_codes.contiguous();
+  const at::Tensor ql = query_labels.contiguous(), dl = db_labels.contiguous();
+  at::Tensor out = at::empty({nq}, qc.options().dtype(at::kDouble));
+  if (nq == 0) return out;
+
+  const int nbins = static_cast<int>(8 * bytes + 1);
+  const int64_t count_bytes = int64_t(2) * kApRows * nbins * sizeof(int32_t);
+  const bool in_shared = count_bytes <= kApMaxSharedBytes;
+  // Wide codes: the counts go to global memory, a bounded number of queries at a time.
+  const int64_t chunk = in_shared ? nq
+                                  : std::max<int64_t>(1, std::min<int64_t>(
+                                                             nq, kTempBudgetBytes / count_bytes));
+  at::Tensor scratch;
+  if (!in_shared) scratch = at::empty({chunk * count_bytes / 4}, qc.options().dtype(at::kInt));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const u64* qlp = reinterpret_cast<const u64*>(ql.data_ptr<int64_t>());
+  const u64* dlp = reinterpret_cast<const u64*>(dl.data_ptr<int64_t>());
+  const int64_t wlab = ql.size(1);
+  dispatch_word(bytes, qc.data_ptr(), dc.data_ptr(), [&](auto tag) {
+    using Tag = decltype(tag);
+    using W = typename Tag::word;
+    const int64_t nw = bytes / static_cast<int64_t>(sizeof(W));
+    const W* qp = static_cast<const W*>(qc.data_ptr());
+    const W* dp = static_cast<const W*>(dc.data_ptr());
+    for (int64_t q0 = 0; q0 < nq; q0 += chunk) {
+      const int64_t rows = std::min(chunk, nq - q0);
+      average_precision_kernel<W, Tag::nw>
+          <<<static_cast<unsigned>(rows), kApThreads, in_shared ? count_bytes : 0, stream>>>(
+              qp, dp, qlp, dlp, in_shared ? nullptr : scratch.data_ptr<int32_t>(),
+              out.data_ptr<double>(), q0, n, nw, wlab, nbins, k, cut);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kdkit, CUDA, m) {
   m.impl("hamming_distance", &hamming_distance_cuda);
   m.impl("hamming_topk", &hamming_topk_cuda);
+  m.impl("hamming_average_precision", &hamming_average_precision_cuda);
 }
 
 }  // namespace kdkit

@@ -5,6 +5,7 @@
 // without a GPU (see the note in hamming_cuda.cu).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #ifndef KDKIT_DYN_SHARED
@@ -270,6 +271,171 @@ __global__ void topk_decode_kernel(const int64_t* __restrict__ keys, int64_t cou
   const int64_t key = keys[i];
   dist[i] = static_cast<int32_t>(key >> 32);
   idx[i] = key & 0xffffffffLL;
+}
+
+// ------------------------------------------------------------ average precision
+// One block of kApWarps warps per query; warp w owns the index-contiguous database segment
+// [w * seg, (w + 1) * seg). The ranking is by (distance, index), so an item's rank is
+//   (items at a smaller distance) + (items at its distance in earlier segments)
+//   + (items at its distance earlier in its own segment) + 1,
+// and its rank among the relevant items likewise. Pass 1 counts, per segment, the items
+// and the relevant items at each distance; a prefix turns the counts into each segment's
+// starting cursor per distance; pass 2 walks each segment in index order, 32 items at a
+// time, ranks them with a warp match on the distance, and advances the cursors.
+// The sum of hit / rank runs in a fixed order (per thread, then a fixed tree), so the
+// result is deterministic; it equals the CPU op's up to the order of a double sum.
+
+constexpr int kApWarps = 8;
+constexpr int kApThreads = 32 * kApWarps;
+constexpr int kApRows = kApWarps + 1;             // per-segment rows + one row of totals
+constexpr int kApMaxSharedBytes = 48 * 1024;      // counts in shared memory up to here
+// Which relevant items an AP keeps: all; those ranked in the top k; the first k.
+enum ApCut : int { kApAll = 0, kApTruncated = 1, kApFirstRelevant = 2 };
+
+__device__ __forceinline__ bool ap_relevant(const u64* __restrict__ qlab,
+                                            const u64* __restrict__ dlab, int64_t j,
+                                            int64_t wlab) {
+  u64 any = 0;
+  for (int64_t w = 0; w < wlab; ++w) any |= qlab[w] & dlab[j * wlab + w];
+  return any != 0;
+}
+
+// counts: 2 * kApRows * nbins int32 (items, then relevant items), in dynamic shared memory
+// when `scratch` is null, else the block's slice of `scratch`.
+template <typename W, int NW>
+__global__ void __launch_bounds__(kApThreads)
+average_precision_kernel(const W* __restrict__ q, const W* __restrict__ db,
+                         const u64* __restrict__ qlabels, const u64* __restrict__ dlabels,
+                         int32_t* __restrict__ scratch, double* __restrict__ out, int64_t q0,
+                         int64_t n, int64_t nw, int64_t wlab, int nbins, int64_t k,
+                         ApCut cut) {
+  KDKIT_DYN_SHARED(int32_t, sh_counts);
+  __shared__ double sh_sum[kApWarps];
+  __shared__ int32_t sh_kept[kApWarps];
+  __shared__ int32_t sh_any_relevant;
+  const int64_t qi = q0 + blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const u32 lane_lt = (1u << lane) - 1u;
+  int32_t* __restrict__ cnt =
+      scratch == nullptr ? sh_counts
+                         : scratch + static_cast<int64_t>(blockIdx.x) * 2 * kApRows * nbins;
+  int32_t* __restrict__ rel = cnt + kApRows * nbins;
+  for (int i = threadIdx.x; i < 2 * kApRows * nbins; i += kApThreads) cnt[i] = 0;
+  __syncthreads();
+
+  QueryCode<W, NW> qc;
+  qc.load(q + qi * nw, nw);
+  const u64* __restrict__ qlab = qlabels + qi * wlab;
+  const int64_t seg = (n + kApWarps - 1) / kApWarps;
+  const int64_t s0 = std::min<int64_t>(n, warp * seg), s1 = std::min<int64_t>(n, s0 + seg);
+  int32_t* __restrict__ my_cnt = cnt + warp * nbins;
+  int32_t* __restrict__ my_rel = rel + warp * nbins;
+
+  // pass 1: per-segment counts by distance
+  for (int64_t j = s0 + lane; j < s1; j += 32) {
+    const int d = qc.dist(db + j * nw, nw);
+    atomicAdd(&my_cnt[d], 1);
+    if (ap_relevant(qlab, dlabels, j, wlab)) atomicAdd(&my_rel[d], 1);
+  }
+  __syncthreads();
+
+  // prefix: within each distance over segments (row kApWarps takes the totals) ...
+  int32_t* __restrict__ tot_cnt = cnt + kApWarps * nbins;
+  int32_t* __restrict__ tot_rel = rel + kApWarps * nbins;
+  for (int d = threadIdx.x; d < nbins; d += kApThreads) {
+    int32_t c = 0, r = 0;
+    for (int w = 0; w < kApWarps; ++w) {
+      const int32_t cw = cnt[w * nbins + d], rw = rel[w * nbins + d];
+      cnt[w * nbins + d] = c;
+      rel[w * nbins + d] = r;
+      c += cw;
+      r += rw;
+    }
+    tot_cnt[d] = c;
+    tot_rel[d] = r;
+  }
+  __syncthreads();
+  // ... then over distances (the totals become "before distance d")
+  if (threadIdx.x == 0) {
+    int32_t before = 0, before_rel = 0;
+    for (int d = 0; d < nbins; ++d) {
+      const int32_t c = tot_cnt[d], r = tot_rel[d];
+      tot_cnt[d] = before;
+      tot_rel[d] = before_rel;
+      before += c;
+      before_rel += r;
+    }
+    sh_any_relevant = before_rel > 0;
+  }
+  __syncthreads();
+  if (!sh_any_relevant) {  // uniform: no relevant item, AP 0
+    if (threadIdx.x == 0) out[qi] = 0.0;
+    return;
+  }
+  for (int d = threadIdx.x; d < nbins; d += kApThreads) {
+    const int32_t bc = tot_cnt[d], br = tot_rel[d];
+    for (int w = 0; w < kApWarps; ++w) {
+      cnt[w * nbins + d] += bc;
+      rel[w * nbins + d] += br;
+    }
+  }
+  __syncthreads();
+
+  // pass 2: exact ranks in index order, 32 items at a time per segment
+  double sum = 0.0;
+  int32_t kept = 0;
+  for (int64_t b = s0; b < s1; b += 32) {
+    const int64_t j = b + lane;
+    const bool valid = j < s1;
+    const int d = valid ? qc.dist(db + j * nw, nw) : -1;
+    const bool r = valid && ap_relevant(qlab, dlabels, j, wlab);
+    const u32 same = __match_any_sync(0xffffffffu, d);
+    const u32 rel_lanes = __ballot_sync(0xffffffffu, r);
+    int32_t add_cnt = 0, add_rel = 0;
+    if (valid) {
+      if (r) {
+        const int32_t rank = my_cnt[d] + __popc(same & lane_lt) + 1;
+        const int32_t hit = my_rel[d] + __popc(same & rel_lanes & lane_lt) + 1;
+        const bool keep = cut == kApAll || (cut == kApTruncated ? rank <= k : hit <= k);
+        if (keep) {
+          sum += static_cast<double>(hit) / static_cast<double>(rank);
+          ++kept;
+        }
+      }
+      if (lane == 31 - __clz(same)) {  // the group's last lane advances its cursors
+        add_cnt = __popc(same);
+        add_rel = __popc(same & rel_lanes);
+      }
+    }
+    __syncwarp();
+    if (add_cnt != 0) {
+      my_cnt[d] += add_cnt;
+      my_rel[d] += add_rel;
+    }
+    __syncwarp();
+  }
+
+  // fixed-order reduction: lanes by shuffle, then warps in order
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    sum += __shfl_down_sync(0xffffffffu, sum, o);
+    kept += __shfl_down_sync(0xffffffffu, kept, o);
+  }
+  if (lane == 0) {
+    sh_sum[warp] = sum;
+    sh_kept[warp] = kept;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0.0;
+    int64_t m = 0;
+    for (int w = 0; w < kApWarps; ++w) {
+      s += sh_sum[w];
+      m += sh_kept[w];
+    }
+    out[qi] = m > 0 ? s / static_cast<double>(m) : 0.0;
+  }
 }
 
 }  // namespace hamming_detail

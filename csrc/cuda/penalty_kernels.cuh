@@ -13,6 +13,7 @@ namespace penalty_detail {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxBlocks = 2048;  // fixed cap: partial-sum layout depends on numel only
+constexpr int kUnroll = 4;            // independent loads per thread per loop step
 
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
@@ -42,9 +43,7 @@ penalty_forward_kernel(const scalar_t* __restrict__ h, scalar_t* __restrict__ lo
   __shared__ acc_t sh[kWarps];
   acc_t sum = acc_t(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += stride) {
-    const acc_t x = static_cast<acc_t>(h[i]);
+  auto one = [&](int64_t i, acc_t x) {
     const acc_t e = x - (x >= acc_t(0) ? acc_t(1) : acc_t(-1));
     const acc_t sq = e * e;
     if (loss_elem != nullptr) {
@@ -53,7 +52,18 @@ penalty_forward_kernel(const scalar_t* __restrict__ h, scalar_t* __restrict__ lo
       sum += sq;
     }
     grad[i] = static_cast<scalar_t>(acc_t(2) * e * grad_scale);
+  };
+  int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  // kUnroll loads in flight per thread (one alone leaves the memory system idle); the
+  // elements are still summed in the order of the plain grid-stride loop.
+  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
+    acc_t x[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) x[u] = static_cast<acc_t>(h[i + u * stride]);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) one(i + u * stride, x[u]);
   }
+  for (; i < n; i += stride) one(i, static_cast<acc_t>(h[i]));
   if (partial != nullptr) {
     const acc_t total = block_reduce_sum<acc_t>(sum, sh);
     if (threadIdx.x == 0) partial[blockIdx.x] = total;
@@ -79,8 +89,18 @@ penalty_backward_kernel(const scalar_t* __restrict__ grad_output, bool go_scalar
                         int64_t n) {
   const acc_t g0 = go_scalar ? static_cast<acc_t>(grad_output[0]) : acc_t(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += stride) {
+  int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  for (; i + (kUnroll - 1) * stride < n; i += kUnroll * stride) {
+    acc_t f[kUnroll], g[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      f[u] = static_cast<acc_t>(grad_factor[i + u * stride]);
+      g[u] = go_scalar ? g0 : static_cast<acc_t>(grad_output[i + u * stride]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) out[i + u * stride] = static_cast<scalar_t>(g[u] * f[u]);
+  }
+  for (; i < n; i += stride) {
     const acc_t g = go_scalar ? g0 : static_cast<acc_t>(grad_output[i]);
     out[i] = static_cast<scalar_t>(g * static_cast<acc_t>(grad_factor[i]));
   }

@@ -190,6 +190,88 @@ def test_raw_ops_zero_queries_like_cpu():
         assert td.shape == (0, 3) and ti.shape == (0, 3)
 
 
+# ------------------------------------------------------------------ hamming_average_precision
+
+def _labels(n: int, ncls: int, p: float, seed: int) -> torch.Tensor:
+    return ops.pack_labels(torch.rand((n, ncls), generator=_gen(seed)) < p)
+
+
+def _ap_both(q, db, ql, dl, k, variant):
+    cpu = ops.hamming_average_precision(q, db, ql, dl, k, variant)
+    gpu = ops.hamming_average_precision(q.to(CUDA), db.to(CUDA), ql.to(CUDA), dl.to(CUDA), k, variant)
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float64
+    # Same kept items and terms; only the order of the double sum differs.
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=1e-15)
+    return gpu
+
+
+@pytest.mark.parametrize("variant", ["truncated", "dchmt"])
+@pytest.mark.parametrize("kind", ["random", "clustered", "two"])
+@pytest.mark.parametrize("nbytes,ncls", [(1, 3), (8, 10), (16, 80), (12, 130), (64, 21)])
+def test_average_precision_matches_cpu(kind, nbytes, ncls, variant):
+    n = 3 * 1024 + 37  # segments of unequal length, tie groups across segments
+    db, q = _codes(kind, n, nbytes, 40), _codes(kind, 19, nbytes, 41)
+    dl, ql = _labels(n, ncls, 0.15, 42), _labels(19, ncls, 0.15, 43)
+    ql[3] = 0  # a query without labels: AP 0
+    for k in (1, 2, 50, 1000, n - 1, None):
+        _ap_both(q, db, ql, dl, k, variant)
+
+
+def test_average_precision_small_databases_and_every_k():
+    for n in (1, 2, 7, 31, 33, 257):
+        db, q = _codes("two", n, 8, 44 + n), _codes("two", 5, 8, 45 + n)
+        dl, ql = _labels(n, 4, 0.4, 46), _labels(5, 4, 0.4, 47)
+        for k in range(1, n + 1, max(1, n // 9)):
+            for variant in ("truncated", "dchmt"):
+                _ap_both(q, db, ql, dl, k, variant)
+
+
+def test_average_precision_wide_codes_count_in_global_memory():
+    # 1024 bytes -> 8,193 distance bins: the counts do not fit in shared memory.
+    db, q = _codes("clustered", 2000, 1024, 48), _codes("clustered", 6, 1024, 49)
+    dl, ql = _labels(2000, 5, 0.3, 50), _labels(6, 5, 0.3, 51)
+    for k in (10, None):
+        _ap_both(q, db, ql, dl, k, "truncated")
+
+
+def test_average_precision_unaligned_strided_many_queries_deterministic():
+    big_db, big_q = _codes("two", 5000, 12, 52), _codes("two", 3000, 12, 53)
+    dl, ql = _labels(5000, 7, 0.2, 54), _labels(3000, 7, 0.2, 55)
+    for q, db in [(big_q[:, 4:], big_db[:, 4:]), (big_q[:, 1:6], big_db[:, 3:8]), (big_q, big_db)]:
+        first = _ap_both(q, db, ql, dl, 100, "dchmt")
+        again = ops.hamming_average_precision(q.to(CUDA), db.to(CUDA), ql.to(CUDA), dl.to(CUDA), 100, "dchmt")
+        assert torch.equal(first, again)
+
+
+def test_average_precision_hand_computed_on_cuda():
+    # Ranking (distance, index): item 1 (d=0, rel), item 0 (d=1, -), item 2 (d=1, rel): AP = (1/1 + 2/3) / 2
+    db = torch.tensor([[0b1], [0b0], [0b1000]], dtype=torch.uint8, device=CUDA)
+    q = torch.tensor([[0b0]], dtype=torch.uint8, device=CUDA)
+    dl = ops.pack_labels(torch.tensor([[0, 1], [1, 0], [1, 1]], device=CUDA))
+    ql = ops.pack_labels(torch.tensor([[1, 0]], device=CUDA))
+    ap = ops.hamming_average_precision(q, db, ql, dl)
+    assert ap.item() == pytest.approx((1 + 2 / 3) / 2, abs=1e-15)
+
+
+def test_average_precision_opcheck_and_raw_checks_cuda():
+    q, db = _codes("two", 6, 8, 56).to(CUDA), _codes("two", 300, 8, 57).to(CUDA)
+    ql, dl = _labels(6, 9, 0.3, 58).to(CUDA), _labels(300, 9, 0.3, 59).to(CUDA)
+    kd = torch.ops.kdkit
+    for k, variant in ((300, "truncated"), (17, "truncated"), (17, "dchmt")):
+        torch.library.opcheck(kd.hamming_average_precision.default, (q, db, ql, dl, k, variant))
+    for fn, match in [(lambda: kd.hamming_average_precision(q, db, ql, dl, 0, "truncated"), "k"),
+                      (lambda: kd.hamming_average_precision(q, db, ql, dl, 301, "dchmt"), "k"),
+                      (lambda: kd.hamming_average_precision(q, db, ql, dl, 5, "other"), "variant"),
+                      (lambda: kd.hamming_average_precision(q, db, ql.cpu(), dl, 5, "dchmt"), "device"),
+                      (lambda: kd.hamming_average_precision(q, db, ql[:, :0], dl[:, :0], 5, "dchmt"), "words"),
+                      (lambda: kd.hamming_average_precision(q, db, ql[:2], dl, 5, "dchmt"), "rows")]:
+        with pytest.raises(RuntimeError, match=match):
+            fn()
+    empty = kd.hamming_average_precision(q[:0], db, ql[:0], dl, 5, "truncated")
+    assert empty.shape == (0,) and empty.device.type == "cuda"
+    torch.cuda.synchronize()
+
+
 # ------------------------------------------------------------------ bad input
 
 def test_public_api_errors_on_cuda():
@@ -260,7 +342,7 @@ def _penalty_input(shape, dtype, seed):
 def test_binarization_penalty_matches_cpu(dtype, reduction, shape):
     h = _penalty_input(shape, dtype, 30)
     # CPU kernels take float32: compute there on the same (already rounded) values
-    h_cpu = h.float().requires_grad_(True)
+    h_cpu = h.float().clone().requires_grad_(True)  # clone: h itself stays a plain tensor
     h_gpu = h.to(CUDA).requires_grad_(True)
     loss_cpu = ops.binarization_penalty(h_cpu, reduction)
     loss_gpu = ops.binarization_penalty(h_gpu, reduction)

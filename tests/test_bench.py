@@ -1,0 +1,62 @@
+"""``kdkit bench``: every peer setting timed, ratios against the faster faiss setting, the mAP case
+checked against the sort-based evaluator, the penalty's bandwidth reported (tiny sizes: this
+checks what is measured and reported, not speed)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdkit import bench
+
+TINY = ["--json", "--n", "3000", "--q", "6", "--k", "5", "--bits", "64", "128", "--map-q", "12",
+        "--map-n", "400", "--penalty-rows", "2048", "--repeat", "1", "--no-torch-topk"]
+
+
+def _run(capsys, *args):
+    assert bench.main([*TINY, *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_faiss_is_timed_with_both_k_selections_and_the_ratio_uses_the_faster(capsys):
+    pytest.importorskip("faiss")
+    out = _run(capsys, "--cases", "topk-random", "topk-clustered")
+    for case in ("topk-random", "topk-clustered"):
+        for bits in (64, 128):
+            rows = {r["method"]: r for r in out["results"] if r["case"] == case and r["bits"] == bits}
+            assert set(rows) == {"kdkit", "faiss-heap", "faiss-counting"}
+            assert rows["kdkit"]["code_pairs_per_s"] == pytest.approx(6 * 3000 / rows["kdkit"]["median_s"])
+            (ratio,) = [r for r in out["ratios"] if r["case"] == case and r["bits"] == bits]
+            best = min(("faiss-heap", "faiss-counting"), key=lambda m: rows[m]["median_s"])
+            assert ratio["peer"] == "faiss" and ratio["setting"] == best
+            assert ratio["peer_s"] == rows[best]["median_s"]
+            assert ratio["speedup"] == pytest.approx(rows[best]["median_s"] / rows["kdkit"]["median_s"])
+    checks = [c for c in out["checks"] if c["peer"].startswith("faiss")]
+    assert len(checks) == 8 and all(c["ok"] for c in checks)
+
+
+def test_map_case_agrees_with_the_sort_based_evaluator(capsys):
+    out = _run(capsys, "--cases", "map")
+    methods = [r["method"] for r in out["results"]]
+    assert methods == ["kdkit", "torch-sort"]
+    (check,) = out["checks"]
+    assert check["ok"] and "largest per-query difference" in check["detail"]
+    (ratio,) = out["ratios"]
+    assert ratio["peer"] == "torch-sort" and ratio["q"] == 12 and ratio["n"] == 400
+
+
+def test_penalty_reports_bandwidth_against_a_copy(capsys):
+    out = _run(capsys, "--cases", "penalty")
+    rows = {r["method"]: r for r in out["results"]}
+    assert {"kdkit", "copy-of-h"} <= set(rows)
+    nbytes = 2048 * 64 * 4
+    bw = out["penalty_bandwidth"]
+    assert bw["kdkit_GB_per_s"] == pytest.approx(4 * nbytes / rows["kdkit"]["median_s"] / 1e9)
+    assert bw["copy_GB_per_s"] == pytest.approx(2 * nbytes / rows["copy-of-h"]["median_s"] / 1e9)
+    assert bw["fraction_of_copy"] == pytest.approx(bw["kdkit_GB_per_s"] / bw["copy_GB_per_s"])
+
+
+def test_bad_sizes_are_one_line_errors(capsys):
+    assert bench.main(["--map-n", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--map-n must be >= 1" in err
