@@ -540,17 +540,13 @@ def run(args: argparse.Namespace) -> int:
     from kdkit.errors import KdkitError
 
     # resolve sizes
-    if args.quick:
-        args.n = args.n or QUICK["n"]
-        args.q = args.q or QUICK["q"]
-        args.k = args.k or QUICK["k"]
-        args.penalty_rows = args.penalty_rows or QUICK["penalty_rows"]
-        args.map_q = args.map_q or QUICK["map_q"]
-    args.n = args.n or DEFAULT_N
-    args.q = args.q or DEFAULT_Q
-    args.k = args.k or DEFAULT_K
-    args.penalty_rows = args.penalty_rows or DEFAULT_PENALTY_SHAPE[0]
-    args.map_q = args.map_q or DEFAULT_MAP["map_q"]
+    # None = not given (0 is an error below, not "the default")
+    sizes = dict(QUICK) if args.quick else {}
+    defaults = {"n": DEFAULT_N, "q": DEFAULT_Q, "k": DEFAULT_K, "penalty_rows": DEFAULT_PENALTY_SHAPE[0],
+                "map_q": DEFAULT_MAP["map_q"]}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, sizes.get(name, default))
     args.bits = list(args.bits or DEFAULT_BITS)
     args.repeat = args.repeat if args.repeat is not None else (3 if args.quick else 5)
     for name in ("n", "q", "k", "penalty_rows", "penalty_cols", "repeat", "map_q", "map_n"):

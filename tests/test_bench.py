@@ -56,7 +56,8 @@ def test_penalty_reports_bandwidth_against_a_copy(capsys):
     assert bw["fraction_of_copy"] == pytest.approx(bw["kdkit_GB_per_s"] / bw["copy_GB_per_s"])
 
 
-def test_bad_sizes_are_one_line_errors(capsys):
-    assert bench.main(["--map-n", "0"]) == 2
+@pytest.mark.parametrize("flag", ["--n", "--q", "--k", "--map-q", "--map-n", "--penalty-rows", "--repeat"])
+def test_a_zero_size_is_a_one_line_error_not_the_default(capsys, flag):
+    assert bench.main(["--quick", flag, "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--map-n must be >= 1" in err
+    assert err.count("\n") == 0 and f"{flag} must be >= 1, got 0" in err
