@@ -4,8 +4,11 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; only the module of the command being run is imported, so
 ``kdkit --help`` imports neither torch nor any plugin.
 
-Exit status: 0 success; 2 user error (``kdkit: error: ...`` on stderr, traceback only with
-``--debug``) or usage error; 130 interrupted; anything else a bug (with its traceback).
+Exit status: 0 success; 2 user error or usage error (one line ``kdkit: error: ...`` on stderr,
+traceback only with ``--debug``): a :class:`~kdkit.errors.KdkitError`, a bad command line, or an
+``OSError`` of the environment (missing file, permission, disk full); 1 a bug in kdkit or a plugin
+(its traceback and a "please report" line); 130 interrupted; 141 stdout closed early (``| head``).
+A command may return another status of its own (``kdkit sweep``: 1 when a run failed).
 """
 from __future__ import annotations
 
@@ -32,8 +35,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("kdkit.commands.sweep", "run a reproduction sweep (cells x seeds) and tabulate mean ± std"),
 }
 
+EXIT_BUG = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+
+BUG_REPORT = (f"{PROG}: internal error: this is a bug in kdkit or a plugin; please report it with the "
+              "traceback above")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line pointing at --help (the usage text would bury the problem)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -87,7 +102,7 @@ def _import_command(name: str):
 
 def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, object | None]:
     """The parser; only the subcommand named in ``argv`` gets its full arguments."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="kdkit: plugin-based knowledge distillation for PyTorch.",
         epilog="Run 'kdkit COMMAND --help' for the options of a command.",
@@ -95,7 +110,7 @@ def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, obj
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _global_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, suppress=True)
 
     selected = _selected_command(argv)
@@ -112,6 +127,8 @@ def build_parser(argv: Sequence[str] = ()) -> tuple[argparse.ArgumentParser, obj
 def _user_error(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
+    # one line even when a file name or a quoted value holds a line break
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -137,9 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser, module = build_parser(argv)
         try:
-            args = parser.parse_args(argv)
+            args, unknown = parser.parse_known_args(argv)
         except SystemExit as exc:  # --help, --version, usage errors (status 2)
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+        if unknown:  # named against the subcommand whose --help lists the valid options
+            prog = f"{PROG} {args.command}" if getattr(args, "command", None) else PROG
+            print(f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')",
+                  file=sys.stderr)
+            return EXIT_USAGE
         debug = bool(getattr(args, "debug", False))
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -165,7 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError):
             pass
-        return 1
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # the environment (disk full, read-only file system), not kdkit
+        return _user_error(_os_error_message(exc), debug)
+    except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, and who to tell
+        traceback.print_exc()
+        print(BUG_REPORT, file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -263,7 +264,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _local_file(pretrained) -> Path | None:
-    path = Path(str(pretrained)).expanduser()
+    path = Path(os.path.expanduser(str(pretrained)))  # Path.expanduser raises for an unknown ~user
     return path if path.is_file() else None
 
 

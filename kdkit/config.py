@@ -14,8 +14,9 @@ Precedence, highest first: ``--set a.b=value`` > ``--config FILE`` > the method'
   (missing keys are filled from it, unknown keys are errors);
 * *component sections* (``data`` -> datasets, ``student`` -> students, ``teachers[]`` ->
   teachers, ...) additionally accept the keyword options of the selected component's factory
-  (``inspect.signature``: defaults, simple annotations such as ``str | None`` as types); a
-  factory taking ``**options`` makes the section open.  Choosing another component drops the
+  (``inspect.signature``: defaults, simple annotations such as ``str | None`` as types; a
+  ``config_keys`` attribute of the factory declares options exactly); a factory taking
+  ``**options`` makes the section open.  Choosing another component drops the
   default component's options and brings the chosen one's.
 
 Values of ``--set`` are parsed as YAML scalars or flow collections (``--set train.lr=0.1``,
@@ -31,6 +32,7 @@ import dataclasses
 import inspect
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,8 @@ class ConfigKey:
     :param items: the type of a list's items; for a list, ``choices``, ``range`` and ``pattern``
         constrain its items.
     :param nullable: ``null`` is allowed too (implied by a ``null`` default).
+    :param file: a value other than ``null`` / ``""`` names an existing file (a weights file, a word
+        list); checked when a run's config is resolved, so a missing file stops it before anything trains.
     """
 
     default: Any
@@ -109,6 +113,7 @@ class ConfigKey:
     pattern: str | None = None
     items: Any = None
     nullable: bool = False
+    file: bool = False
 
     def __post_init__(self):
         if self.type is None and self.default is not None:
@@ -130,6 +135,8 @@ class ConfigKey:
             text = f"list of {_allowed(self.items, self.choices, self.range, self.pattern)}"
         else:
             text = _allowed(self.type, self.choices, self.range, self.pattern)
+        if self.file:
+            text = "path of an existing file"
         return f"{text} or null" if self.nullable and text != "any" else text
 
     def check(self, value, where: str):
@@ -307,20 +314,63 @@ def train_section(**overrides) -> dict:
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file with ``yaml.safe_load``; errors are one-line :class:`ConfigError`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    data = _parse_yaml(text, f"invalid YAML in {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+#: Values a config document may expand to; far above any real config, far below what aliases of
+#: aliases ("billion laughs") or a self-referencing alias expand to when the config is walked.
+MAX_YAML_VALUES = 100_000
+
+
+def _parse_yaml(text: str, what: str, with_position: bool = True):
+    """``yaml.safe_load(text)``; malformed or pathological YAML is a one-line :class:`ConfigError`
+    starting with ``what``."""
+    try:
+        data = yaml.safe_load(io.StringIO(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and with_position else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{what}{at}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{what}: collections nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values such as `2020-13-45`, `!!int x`, a 5000-digit int
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{what}: a value cannot be read ({problem})") from None
+    _check_expanded_size(data, what)
+    return data
+
+
+def _check_expanded_size(data, what: str) -> None:
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{what}: the document expands to more than {MAX_YAML_VALUES} values "
+                              "(aliases of aliases, or an alias inside itself)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
 
 
 def dump_yaml(config: Mapping) -> str:
@@ -352,13 +402,10 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or not key.isprintable() or any(not part for part in key.split(".")):  # no line breaks in messages
         raise ConfigError(f"--set: invalid key {key!r} in {item!r}")
-    try:
-        value = yaml.safe_load(io.StringIO(raw)) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {problem}") from None
+    value = _parse_yaml(raw, f"--set {key}: value {raw!r} is not valid YAML", with_position=False) if raw.strip() \
+        else None
     if raw.strip() and isinstance(value, dict) and not raw.strip().startswith("{"):
         # "a=b: c" would silently become a mapping; almost certainly a mistake
         raise ConfigError(f"--set {key}: value {raw!r} parses as a mapping; quote it or use {{...}}")
@@ -434,11 +481,13 @@ def _tname(value) -> str:
 
 
 def validate(value: Any, default: Any, path: str = "",
-             extra: Callable[[str, Any], dict | None] | None = None) -> Any:
+             extra: Callable[[str, Any], dict | None] | None = None, *, check_files: bool = True) -> Any:
     """Check ``value`` against the schema ``default``; return it (ints promoted where floats are expected).
 
     ``extra(path, section) -> dict | None`` may return additional defaults for the mapping at
     ``path`` (the options of a component); ``{"*": ...}`` in that dict means "open".
+    ``check_files=False`` skips the existence of :attr:`ConfigKey.file` paths (a sweep plans runs
+    whose weights an earlier run writes).
     """
     where = path or "<root>"
     if isinstance(default, dict):
@@ -449,12 +498,17 @@ def validate(value: Any, default: Any, path: str = "",
         schema = dict(default)
         is_open = False
         if extra is not None:
-            more = extra(path, value)
+            # a section that names no component (`--set student={}`) has the declared one's options
+            named = value if "name" in value or "name" not in schema else {
+                **value, "name": plain_defaults(schema["name"])}
+            more = extra(path, named)
             if more:
                 is_open = "*" in more
                 for k, v in more.items():
                     if k != "*" and k not in schema:
                         schema[k] = v
+                    elif isinstance(v, ConfigKey) and not isinstance(schema.get(k), (ConfigKey, dict, list)):
+                        schema[k] = v.with_default(schema[k])  # a method's plain default keeps the declaration
         out = {}
         for key, sub in value.items():
             subpath = f"{path}.{key}" if path else str(key)
@@ -464,22 +518,35 @@ def validate(value: Any, default: Any, path: str = "",
                     continue
                 valid = ", ".join(str(k) for k in schema)
                 raise ConfigError(f"unknown config key {subpath!r}; valid keys at {where}: {valid}")
-            out[key] = validate(sub, schema[key], subpath, extra)
+            out[key] = validate(sub, schema[key], subpath, extra, check_files=check_files)
         for key, sub in schema.items():  # defaults of the keys not given by the user
             if key not in out:
                 out[key] = plain_defaults(sub)
         return out
     if isinstance(default, ConfigKey):
-        return default.check(value, where)
+        value = default.check(value, where)
+        if default.file and check_files and value:
+            _check_file(value, where)
+        return value
     if default is None or isinstance(default, (bool, int, float, str)):
         return ConfigKey(default).check(value, where)  # a plain default declares its own type
     if isinstance(default, (list, tuple)):
         value = _check_type(value, list, where, "list")
         if default:
             template = default[0]
-            return [validate(item, template, f"{path}.{i}", extra) for i, item in enumerate(value)]
+            return [validate(item, template, f"{path}.{i}", extra, check_files=check_files)
+                    for i, item in enumerate(value)]
         return value
     return value
+
+
+def _check_file(value, where: str) -> None:
+    path = Path(os.path.expanduser(str(value)))  # os.path's leaves an unknown ~user as it is
+    shown = value if str(value).isprintable() else repr(value)
+    if path.is_dir():
+        raise ConfigError(f"config key {where}: {shown} is a directory; give a file")
+    if not path.is_file():
+        raise ConfigError(f"config key {where}: file not found: {shown} (kdkit never downloads it; give a local file)")
 
 
 def component_options(kind: str, name: str, registry_lookup=None) -> dict | None:
@@ -504,6 +571,10 @@ def component_options(kind: str, name: str, registry_lookup=None) -> dict | None
 
 
 def factory_options(factory) -> dict:
+    """The keyword options of ``factory``: from its signature, typed by defaults and simple
+    annotations; a ``config_keys`` attribute (option -> :class:`ConfigKey`) declares options exactly
+    (a model's ``pretrained`` is an existing file)."""
+    declared = getattr(factory, "config_keys", None) or {}
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         sig = inspect.signature(target)
@@ -519,8 +590,10 @@ def factory_options(factory) -> dict:
             default = _plain(param.default) if isinstance(param.default, (list, tuple, dict, Path)) else (
                 param.default if param.default is None or isinstance(param.default, (bool, int, float, str)) else None)
             kinds, nullable = _annotation_types(param.annotation)
+            # the annotation types the option when it says more than the default (`warmup: float = 20`)
             out[pname] = ConfigKey(default, type=kinds[0] if len(kinds) == 1 else kinds, nullable=nullable) if (
-                kinds and (default is None or nullable)) else default
+                kinds and (default is None or nullable or type(default) not in kinds)) else default
+    out.update({name: key for name, key in declared.items() if name in out or "*" in out})
     return out
 
 
@@ -567,25 +640,27 @@ def _component_extra(sections: Mapping[str, str], registry_lookup=None):
 
 
 def resolve_config(defaults: Mapping, config_file: str | Path | None = None, sets: Iterable[str] = (),
-                   component_sections: Mapping[str, str] | None = None, registry_lookup=None) -> dict:
+                   component_sections: Mapping[str, str] | None = None, registry_lookup=None, *,
+                   check_files: bool = True) -> dict:
     """defaults <- YAML file <- ``--set`` items, validated against ``defaults``.
 
     ``defaults`` is a tree of :class:`ConfigKey` declarations (plain values are keys whose type is
     their default's).  ``component_sections`` (default :data:`COMPONENT_SECTIONS`) names the
     sections checked against a component factory's options; ``registry_lookup(kind)`` returns the
-    registry.
+    registry.  ``check_files=False``: see :func:`validate`.
     """
-    return _resolve(defaults, config_file, sets, component_sections, registry_lookup)[1]
+    return _resolve(defaults, config_file, sets, component_sections, registry_lookup, check_files)[1]
 
 
-def _resolve(defaults, config_file, sets, component_sections, registry_lookup) -> tuple[dict, dict]:
+def _resolve(defaults, config_file, sets, component_sections, registry_lookup,
+             check_files: bool = True) -> tuple[dict, dict]:
     """``(schema, config)``: the declarations that apply once the chosen components are known, and the config."""
     user: dict = load_yaml(config_file) if config_file else {}
     sets = list(sets or ())
     merged = apply_sets(merge(plain_defaults(dict(defaults)), user), sets)
     sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
     schema, merged = _follow_chosen_components(dict(defaults), merged, user, sets, sections)
-    return schema, validate(merged, schema, "", _component_extra(sections, registry_lookup))
+    return schema, validate(merged, schema, "", _component_extra(sections, registry_lookup), check_files=check_files)
 
 
 # --- --help-config ------------------------------------------------------------------------
@@ -598,7 +673,7 @@ def config_rows(defaults: Mapping, config_file: str | Path | None = None, sets: 
     ``:param NAME:`` lines).  Values are those of the config (its defaults unless ``--config`` /
     ``--set`` changed them)."""
     sections = dict(COMPONENT_SECTIONS) if component_sections is None else dict(component_sections)
-    schema, config = _resolve(defaults, config_file, sets, sections, registry_lookup)
+    schema, config = _resolve(defaults, config_file, sets, sections, registry_lookup, check_files=False)
     rows: list[tuple[str, str, str, str]] = []
 
     component_options = _component_extra(sections, registry_lookup)
@@ -629,7 +704,9 @@ def config_rows(defaults: Mapping, config_file: str | Path | None = None, sets: 
             parent, _, key = path.rpartition(".")
             kind = None if declared is None else dict if isinstance(declared, dict) else type(declared)
             name = (section or {}).get("name")
-            rows.append((path, _allowed(kind, None, None, None), _show(value),
+            own = (component_options(parent, section) or {}).get(key) if section else None
+            allowed = own.describe() if isinstance(own, ConfigKey) else _allowed(kind, None, None, None)
+            rows.append((path, allowed, _show(value),
                          _option_help(_section_kind(parent, sections), name, key, registry_lookup)))
 
     walk(schema, config, "")
@@ -755,12 +832,13 @@ def _follow_chosen_components(defaults: dict, merged: dict, user: dict, sets: li
             template = d_node[0]
             switched = False
             for i, item in enumerate(m_node):
-                if isinstance(item, dict) and item.get("name") != name_of(template):
+                if isinstance(item, dict) and item.get("name", name_of(template)) != name_of(template):
                     m_node[i] = rebuilt(template, item, tuple(base.split(".")) + (str(i),), kind)
                     switched = True
             if switched and parent_d is not None:
                 parent_d[leaf] = [engine_only(template, kind)] + d_node[1:]
-        elif isinstance(d_node, dict) and isinstance(m_node, dict) and m_node.get("name") != name_of(d_node):
+        elif (isinstance(d_node, dict) and isinstance(m_node, dict)
+              and m_node.get("name", name_of(d_node)) != name_of(d_node)):
             if parent_m is not None and parent_d is not None:
                 parent_m[leaf] = rebuilt(d_node, m_node, tuple(base.split(".")), kind)
                 parent_d[leaf] = engine_only(d_node, kind)
@@ -791,6 +869,8 @@ def get_path(config: Mapping, dotted: str, default=None):
 
 def _method_declarations(method_name: str, manager) -> tuple[Any, dict, dict]:
     """``(method component, declared keys, component sections)`` of a method registered with ``manager``."""
+    if not isinstance(method_name, str) or not method_name:  # e.g. `method: [kd]` in a run's config.yaml
+        raise ConfigError(f"config key method: expected a method name, got {_tname(method_name)} ({method_name!r})")
     component = manager.registry("methods").get(method_name)
     defaults = component.factory.default_config()
     if not isinstance(defaults, dict):
@@ -808,14 +888,20 @@ def _plugin_manager(manager):
     return kdkit.get_plugin_manager()
 
 
-def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None) -> dict:
+def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None, *,
+                          check_files: bool = True) -> dict:
     """The validated config of ``kdkit train --plugin METHOD_NAME [--config FILE] [--set ...]``:
-    every key checked against its declaration, then the method's own ``check_config(config,
-    registry)`` rules — all before a run directory exists."""
+    every key checked against its declaration (files named by :attr:`ConfigKey.file` keys exist
+    unless ``check_files=False``), then the method's own ``check_config(config, registry)`` rules
+    — all before a run directory exists.  The method is chosen by ``METHOD_NAME`` (``--plugin``):
+    a ``method`` key naming another one is an error."""
     manager = _plugin_manager(manager)
     component, declared, sections = _method_declarations(method_name, manager)
     config = resolve_config(declared, config_file, sets, component_sections=sections,
-                            registry_lookup=manager.registry)
+                            registry_lookup=manager.registry, check_files=check_files)
+    if config["method"] not in ("", method_name):
+        raise ConfigError(f"config key method is {config['method']!r} but the method run is {method_name!r}: "
+                          f"choose the method with --plugin NAME (and drop the method key or make it match)")
     config["method"] = method_name
     check = getattr(component.factory, "check_config", None)
     if callable(check):

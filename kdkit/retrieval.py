@@ -24,9 +24,7 @@ __all__ = ["save_codes", "load_codes", "search", "merge_topk", "shard_range", "s
 
 def save_codes(path: str | Path, codes, meta: dict | None = None) -> Path:
     """Write ``codes`` (uint8 ``(N, L/8)``) to ``path`` (``.npy``) and ``meta`` to ``path + ".json"``."""
-    path = Path(path)
-    if path.suffix != ".npy":
-        path = path.with_name(path.name + ".npy")
+    path = code_file_path(path)
     arr = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ValueError(f"codes must be uint8 (N, L/8), got {arr.dtype} {arr.shape}")
@@ -39,6 +37,12 @@ def save_codes(path: str | Path, codes, meta: dict | None = None) -> Path:
     info.update(meta or {})
     Path(str(path) + ".json").write_text(json.dumps(_jsonable(info), indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def code_file_path(path: str | Path) -> Path:
+    """The file :func:`save_codes` writes for ``path``: ``.npy`` is appended unless already there."""
+    path = Path(path)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 
 def _jsonable(v):
@@ -64,9 +68,22 @@ def load_codes(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, dict]:
         raise DataError(f"cannot read code file {path}: {exc}") from None
     if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] == 0:
         raise DataError(f"{path}: expected packed uint8 codes (N, L/8), got dtype {arr.dtype} shape {arr.shape}")
-    meta_path = Path(str(path) + ".json")
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    return arr, meta
+    return arr, _load_sidecar(Path(str(path) + ".json"))
+
+
+def _load_sidecar(meta_path: Path) -> dict:
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    # ValueError covers bad JSON and over-long integers; RecursionError deeply nested brackets
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(f"corrupt code metadata {meta_path}: {type(exc).__name__}: {exc}; "
+                        "fix or delete it (it is optional)") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"corrupt code metadata {meta_path}: expected a JSON object, found {type(meta).__name__}; "
+                        "fix or delete it (it is optional)")
+    return meta
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:

@@ -40,7 +40,7 @@ no run directory is created), and a config whose ``checkpoint.select_on`` is ``t
 Runs: each run is ``python -m kdkit --plugins-module kdkit.sweep train --plugin METHOD --out
 OUT/runs/<cell>/<grid-id>/seed<S> --set ...`` in a subprocess (a crashed run does not stop the
 sweep; the tail of its output goes into ``OUT/sweep.log``, its dependents are skipped, and the
-sweep exits 1 at the end naming the failed runs).  ``<grid-id>`` is ``default`` without a grid,
+sweep exits 3 at the end naming the failed runs).  ``<grid-id>`` is ``default`` without a grid,
 else ``g<i>-<key=value,...>``.  The child's output is in ``OUT/logs/<cell>/<grid-id>/seed<S>.log``.
 
 Resume: running the same command again skips every run whose directory holds a ``summary.json``
@@ -69,14 +69,13 @@ top-1 at the validation-best epoch and at the last epoch, n seeds) and ``table.p
 
 ``--compare REF.json --tolerance T``: rows present in both tables are compared; a row whose mean
 (at either selection) is more than ``T`` points from the reference's leaves its band — one line
-each, exit 1.  Reference rows not in this sweep are listed as not compared.  ``--no-run``
+each, exit 3.  Reference rows not in this sweep are listed as not compared.  ``--no-run``
 aggregates (and compares) an existing ``OUT`` without running anything.
 
 Importing this module does not import torch.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
@@ -96,6 +95,7 @@ import yaml
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.hookspecs import hookimpl
+from kdkit.paths import lock_directory
 
 __all__ = ["Sweep", "Cell", "GridPoint", "RunSpec", "load_sweep", "parse_sweep", "plan", "check_configs",
            "run_status", "stage_metrics", "collect", "make_table", "format_table", "compare_tables",
@@ -103,6 +103,9 @@ __all__ = ["Sweep", "Cell", "GridPoint", "RunSpec", "load_sweep", "parse_sweep",
 
 #: ``split`` of the metrics.jsonl record holding a stage's test metrics at its last epoch.
 LAST_EPOCH_SPLIT = "test@last"
+#: exit status of a sweep that ran but has failed runs or rows out of band: a result, neither a
+#: user error (2) nor a kdkit bug (1)
+RESULTS_FAILED = 3
 #: the copy of the sweep file kept in OUT.
 SWEEP_FILE = "sweep.yaml"
 
@@ -422,7 +425,8 @@ def check_configs(runs: list, manager=None) -> dict:
     configs = {}
     for run in runs:
         try:
-            config = resolve_method_config(run.cell.method, None, run.sets, manager)
+            # weights named by {cell:NAME} appear when that cell has run: checked when this run starts
+            config = resolve_method_config(run.cell.method, None, run.sets, manager, check_files=not run.cell.deps)
         except KdkitError as exc:
             raise type(exc)(f"cell {run.cell.name} ({run.label}): {exc}") from None
         if get_path(config, "checkpoint.select_on", "val") == "test":
@@ -841,22 +845,6 @@ def _prepare_out(sweep: Sweep, out: Path, create: bool) -> None:
     _write_text(copy_path, text)
 
 
-@contextlib.contextmanager
-def _lock(out: Path):
-    """One sweep at a time per OUT (released by the OS when the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(out / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise KdkitError(f"--out {out}: another kdkit sweep is running there") from None
-        yield
-
-
 def _write_results(out: Path, records: list) -> None:
     _write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
@@ -865,7 +853,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
               seeds: Iterable[int] | None = None, compare: str | Path | None = None, tolerance: float = 1.0,
               no_run: bool = False, plugin_modules: Iterable[str] = (), manager=None,
               echo: Callable[[str], None] | None = None, stdout: Callable[[str], None] | None = None) -> int:
-    """``kdkit sweep``; returns the exit status (0, or 1 for failed runs / rows out of band)."""
+    """``kdkit sweep``; returns the exit status (0, or :data:`RESULTS_FAILED` for failed runs / rows out of band)."""
     stdout = stdout or (lambda m: print(m, flush=True))
     if tolerance is None or not tolerance >= 0:
         raise ConfigError(f"--tolerance must be a number >= 0 (points of top-1), got {tolerance}")
@@ -877,7 +865,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     check_configs(plan(sweep, out), manager)
     _prepare_out(sweep, out, create=not no_run)
     log = _Log(out / "sweep.log", echo)
-    with _lock(out):
+    with lock_directory(out, f"sweep directory {out}", "wait for it to finish or choose another --out"):
         return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, list(plugin_modules))
 
 
@@ -941,18 +929,18 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
     for p in problems:
         log(f"kdkit sweep: {p}")
     if problems:
-        status_code = 1
+        status_code = RESULTS_FAILED
     if failed:
         names = "; ".join(f"{k[0]} seed={k[2]}" + (f" {k[1]}" if k[1] != "default" else "") + f" ({v})"
                           for k, v in failed.items())
         log(f"kdkit sweep: {len(failed)} of {total} run(s) failed: {names}")
-        status_code = 1
+        status_code = RESULTS_FAILED
     if reference is not None:
         lines, out_of_band = compare_tables(table, reference, tolerance)
         for line in lines:
             stdout(line)
         if out_of_band:
-            status_code = 1
+            status_code = RESULTS_FAILED
     done = sum(run_status(r.run_dir) == "done" for r in runs)
     log(f"kdkit sweep: {done}/{total} run(s) done in {_fmt_time(time.perf_counter() - t_start)}; "
         f"results in {out / 'results.jsonl'}, table in {out / 'table.md'}")

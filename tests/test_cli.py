@@ -134,10 +134,12 @@ def test_keyboard_interrupt_exits_130(fake_command, capsys):
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_bugs_keep_their_traceback(fake_command):
+def test_bugs_keep_their_traceback_exit_1_and_ask_for_a_report(fake_command, capsys):
     fake_command.to_raise = ZeroDivisionError("a bug")
-    with pytest.raises(ZeroDivisionError):
-        cli.main(["fake"])
+    assert cli.main(["fake"]) == 1
+    err = capsys.readouterr().err.rstrip().splitlines()
+    assert err[0] == "Traceback (most recent call last):" and err[-2] == "ZeroDivisionError: a bug"
+    assert err[-1] == cli.BUG_REPORT and "please report" in err[-1]
 
 
 def test_missing_command_module_is_reported(monkeypatch, capsys):

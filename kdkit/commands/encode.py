@@ -13,9 +13,10 @@ Two sources:
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from kdkit.errors import KdkitError
+from kdkit.errors import DataError, KdkitError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from kdkit.retrieval import save_codes
+    from kdkit.retrieval import code_file_path, save_codes
 
     if bool(args.run) == bool(args.features):
         raise KdkitError("give exactly one of --run DIR or --features FILE")
@@ -46,11 +47,15 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.features)
         if not path.is_file():
             raise KdkitError(f"--features: file not found: {path}")
-        x = np.load(path, allow_pickle=False)
-        if x.ndim != 2 or x.shape[1] % 8 or x.shape[1] == 0:
-            raise KdkitError(f"--features {path}: expected a 2-D array (N, L) with L a multiple of 8, got {x.shape}")
-        codes = ops.pack_bits(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-        out = save_codes(args.out, codes, {"source": str(path), "rule": "bit set where value >= 0"})
+        out_path = code_file_path(args.out)
+        if out_path.resolve() == path.resolve() or (out_path.exists() and os.path.samefile(out_path, path)):
+            raise KdkitError(f"--out {args.out} is the --features input {path}; writing the codes there would "
+                             "overwrite it: choose another --out")
+        x = _load_features(path)
+        # compare in numpy (exact for every real dtype, no float32 rounding to -0.0); bool is the bit itself
+        signs = x if x.dtype == np.bool_ else x >= 0
+        codes = ops.pack_bits(torch.from_numpy(np.ascontiguousarray(signs))).numpy()
+        out = save_codes(out_path, codes, {"source": str(path), "rule": "bit set where value >= 0"})
         print(f"kdkit encode: {codes.shape[0]} codes of {codes.shape[1] * 8} bits -> {out}")
         return 0
     if not args.modality or not args.bits:
@@ -76,6 +81,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"kdkit encode: {codes.shape[0]} {args.modality} codes of {codes.shape[1] * 8} bits -> {out}"
           + (f" (labels: {out.with_name(out.stem + '.labels.npy')})" if labels is not None else ""))
     return 0
+
+
+def _load_features(path: Path):
+    """The ``--features`` array: real numbers ``(N, L)``, L a positive multiple of 8, no NaN."""
+    import numpy as np
+
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    # np.load takes anything else for a pickle and blames that, even for a text file
+    if magic != b"\x93NUMPY":
+        raise DataError(f"--features {path}: not a .npy file (no NUMPY header); "
+                        "give a float array (N, L) saved with numpy.save")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a corrupt header or body
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"--features {path}: cannot read the .npy file ({reason}); "
+                        "give a float array (N, L) saved with numpy.save") from None
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"--features {path}: dtype {x.dtype} is not real numbers; give a float array (N, L)")
+    if x.ndim != 2 or x.shape[1] % 8 or x.shape[1] == 0:
+        raise DataError(f"--features {path}: expected a 2-D array (N, L) with L a multiple of 8, got {x.shape}")
+    if x.dtype.kind == "f":
+        nan_rows = np.flatnonzero(np.isnan(x).any(axis=1))
+        if nan_rows.size:
+            raise DataError(f"--features {path}: {nan_rows.size} rows hold NaN (first: row {nan_rows[0]}); "
+                            "NaN has no sign to binarise: fix or drop those rows")
+    return x
 
 
 def _open_run(run_dir: Path, device):

@@ -21,14 +21,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise KdkitError(f"{run_dir}: no metrics.jsonl (is it a kdkit run directory?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KdkitError(f"{path} is not UTF-8 text (a damaged file?)") from None
     records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             raise KdkitError(f"{path}: line {i} is not JSON") from None
+        # the trainer writes one object per evaluation: {"stage": str, "epoch": int, "<split>.<metric>": ...}
+        if not (isinstance(record, dict) and isinstance(record.get("stage"), str)
+                and isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool)):
+            raise KdkitError(f"{path}: line {i} is not a kdkit metrics record (an object with a stage name "
+                             "and an integer epoch)")
+        records.append(record)
     return records
 
 
@@ -49,6 +59,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     families: dict[str, list[str]] = {}
     for k in keys:  # "train.loss", "val.loss" -> family "loss"
         families.setdefault(k.split(".", 1)[1], []).append(k)
+    if not families:
+        raise KdkitError(f"{run_dir}/metrics.jsonl has no numeric metrics to plot")
     stages = list(dict.fromkeys(r["stage"] for r in records))
     fig, axes = plt.subplots(len(families), 1, figsize=(7, 2.6 * len(families)), squeeze=False)
     for ax, (family, fkeys) in zip(axes[:, 0], families.items()):

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run only these cells (and the cells they depend on)")
     parser.add_argument("--seeds", metavar="S,T", type=_seeds, default=None, help="run only these seeds")
     parser.add_argument("--compare", metavar="REF.json", default=None,
-                        help="compare the table with a stored table.json; exit 1 when a row leaves its band")
+                        help="compare the table with a stored table.json; exit 3 when a row leaves its band")
     parser.add_argument("--tolerance", metavar="T", type=float, default=1.0,
                         help="band of --compare: |mean - reference mean| <= T points of top-1 (default 1.0)")
     parser.add_argument("--no-run", action="store_true",

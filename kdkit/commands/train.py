@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: runs/<method>-<timestamp>)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run in place, with its saved config")
+    parser.add_argument("--accept-config-change", action="store_true",
+                        help="with --resume: continue even though RUN_DIR/config.yaml was edited since the run "
+                             "started (the rest of the run uses the edited config)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit")
     parser.add_argument("--help-config", action="store_true",
@@ -21,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    method = args.plugin if (args.plugin or args.resume) else "kd"
+    method = args.plugin if (args.plugin is not None or args.resume) else "kd"  # --plugin '' names no method
     if args.help_config:
         if args.resume:
             from kdkit.errors import ConfigError
@@ -33,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from kdkit.engine import train
 
+    if args.accept_config_change and not args.resume:
+        from kdkit.errors import KdkitError
+
+        raise KdkitError("--accept-config-change only applies to --resume RUN_DIR")
     result = train(method=method, config_file=args.config, sets=args.sets, out=args.out, resume=args.resume,
-                   print_config=args.print_config)
+                   print_config=args.print_config, accept_config_change=args.accept_config_change)
     if args.print_config:
         print(result, end="")
     return 0

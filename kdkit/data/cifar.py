@@ -13,6 +13,7 @@ naming the path.
 from __future__ import annotations
 
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Callable
 
@@ -43,18 +44,60 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_memo_indices(f) -> None:
+    """CPython's unpickler grows its memo table to the largest index a PUT names, so five corrupt
+    bytes (``LONG_BINPUT 10**9``) cost gigabytes.  A pickler numbers the memo from 0, one entry per
+    opcode at most: a larger index is corruption.  ``pickletools.genops`` reads, never runs."""
+    opcodes, largest = 0, -1
+    for opcode, arg, _pos in pickletools.genops(f):
+        opcodes += 1
+        if opcode.name in _MEMO_OPCODES:
+            largest = max(largest, int(arg))
+    if largest >= opcodes:
+        raise pickle.UnpicklingError(f"memo index {largest} in a pickle of {opcodes} opcodes")
+    f.seek(0)
+
+
 def read_pickle(path: Path) -> dict:
     """One CIFAR pickle as a ``dict`` with ``str`` keys (``encoding="latin1"`` like torchvision)."""
     try:
         with open(path, "rb") as f:
+            _check_memo_indices(f)
             obj = _SafeUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise DataError(f"CIFAR file missing: {path}") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable pickle is a corrupt file
-        raise DataError(f"corrupt CIFAR file {path}: {type(exc).__name__}: {exc}") from None
+        reason = " ".join(str(exc).split())  # one line: some unpickling errors span two
+        raise DataError(f"corrupt CIFAR file {path}: {type(exc).__name__}: {reason}") from None
     if not isinstance(obj, dict):
         raise DataError(f"corrupt CIFAR file {path}: expected a dict, found {type(obj).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__
+
+
+def _int_list(values, key: str, path: Path, display: str) -> list[int]:
+    """Labels: a list (or integer array) of ints; bools, floats and strings are corruption."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu" and values.ndim == 1:
+        return [int(v) for v in values]
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise DataError(f"corrupt {display} file {path}: {key!r} must be a list of integers, found "
+                        f"{_describe(values)}")
+    return values
+
+
+def _str_list(values, key: str, path: Path, display: str) -> list[str]:
+    """Class names: a list of (byte) strings."""
+    if not isinstance(values, list) or not all(isinstance(v, (str, bytes)) for v in values):
+        raise DataError(f"corrupt {display} file {path}: {key!r} must be a list of names, found {_describe(values)}")
+    return [_str(v) for v in values]
 
 
 def _str(v) -> str:
@@ -117,32 +160,35 @@ class _CIFARBase(TensorImageDataset):
         for name in files:
             path = folder / name
             entry = read_pickle(path)
-            try:
-                data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                lab = list(entry[self.label_key])
-            except KeyError as exc:
-                raise DataError(f"corrupt {self.display} file {path}: no key {exc.args[0]!r}") from None
-            except ValueError as exc:
-                raise DataError(f"corrupt {self.display} file {path}: {exc}") from None
+            for key in ("data", self.label_key):
+                if key not in entry:
+                    raise DataError(f"corrupt {self.display} file {path}: no key {key!r}")
+            data = entry["data"]
+            # a float or object array would be cast to bytes silently
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
+                raise DataError(f"corrupt {self.display} file {path}: 'data' must be a uint8 array of 3072 values "
+                                f"per image, found {_describe(data)}")
+            data = data.reshape(-1, 3, 32, 32)
+            lab = _int_list(entry[self.label_key], self.label_key, path, self.display)
             if len(lab) != len(data):
                 raise DataError(f"corrupt {self.display} file {path}: {len(data)} images but {len(lab)} labels")
             datas.append(data)
-            labels += [int(v) for v in lab]
+            labels += lab
             if "coarse_labels" in entry:
-                coarse += [int(v) for v in entry["coarse_labels"]]
+                coarse += _int_list(entry["coarse_labels"], "coarse_labels", path, self.display)
         meta_path = folder / tv.meta["filename"]
         meta = read_pickle(meta_path)
-        try:
-            self.raw_classes = [_str(c) for c in meta[tv.meta["key"]]]
-        except KeyError:
-            raise DataError(f"corrupt {self.display} file {meta_path}: no key {tv.meta['key']!r}") from None
+        if tv.meta["key"] not in meta:
+            raise DataError(f"corrupt {self.display} file {meta_path}: no key {tv.meta['key']!r}")
+        self.raw_classes = _str_list(meta[tv.meta["key"]], tv.meta["key"], meta_path, self.display)
         if labels and (min(labels) < 0 or max(labels) >= len(self.raw_classes)):
             raise DataError(
                 f"corrupt {self.display} data in {folder}: labels outside 0..{len(self.raw_classes) - 1}"
             )
         self.classes = [text_name(c) for c in self.raw_classes]
         self.coarse_targets = coarse if len(coarse) == len(labels) else None
-        self.coarse_classes = [text_name(_str(c)) for c in meta.get("coarse_label_names", [])] or None
+        coarse_names = _str_list(meta.get("coarse_label_names", []), "coarse_label_names", meta_path, self.display)
+        self.coarse_classes = [text_name(c) for c in coarse_names] or None
         self.images = torch.from_numpy(np.concatenate(datas) if datas else np.zeros((0, 3, 32, 32), np.uint8))
         self.targets = labels
         self.root = str(folder)

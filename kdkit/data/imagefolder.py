@@ -40,7 +40,8 @@ def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, st
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             mapping = json.loads(text)
-        except json.JSONDecodeError as exc:
+        # ValueError: also over-long integers; RecursionError: deeply nested brackets
+        except (ValueError, RecursionError) as exc:
             raise DataError(f"class map file {path} is not valid JSON: {exc}") from None
         if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
             raise DataError(f"class map file {path}: expected a JSON object of folder name -> class name")
@@ -58,6 +59,11 @@ def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, st
             name = name.split(",")[0].strip()
         mapping[folder.strip()] = name
     return mapping
+
+
+def _shown(name: str) -> str:
+    """A folder name for a one-line message: quoted when it holds a newline or other control character."""
+    return name if name.isprintable() else repr(name)
 
 
 class ImageFolderDataset(ImageClassificationDataset):
@@ -117,11 +123,19 @@ class ImageFolderDataset(ImageClassificationDataset):
             raise DataError(f"cannot read image folder {folder}: {exc}") from None
         extra = sorted(set(inner.classes) - set(class_dirs))
         if extra:
-            raise DataError(f"{folder} has class folders missing from {train_folder}: {', '.join(extra[:5])}")
+            raise DataError(f"{folder} has class folders missing from {train_folder}: "
+                            f"{', '.join(map(_shown, extra[:5]))}")
         to_label = {c: i for i, c in enumerate(class_dirs)}
         self.samples = [(p, to_label[inner.classes[t]]) for p, t in inner.samples]
         if not self.samples:
             raise DataError(f"no images found under {folder}")
+        # torchvision refuses a class folder without images; an imageless class would silently widen the head
+        empty = sorted(set(inner.classes) - {inner.classes[t] for _, t in inner.samples})
+        if empty:
+            raise DataError(f"class folder {_shown(str(folder / empty[0]))} holds no image"
+                            + (f" (nor do {len(empty) - 1} more: {', '.join(map(_shown, empty[1:4]))}"
+                               f"{', ...' if len(empty) > 4 else ''})" if len(empty) > 1 else "")
+                            + "; add images or remove the folder")
         self.targets = [t for _, t in self.samples]
         self.raw_classes = class_dirs
         mapping = read_class_map(class_map, first_name=class_map_first) if class_map else {}
@@ -135,11 +149,13 @@ class ImageFolderDataset(ImageClassificationDataset):
         self._init_transform(split, image_size, augment, normalize, transform)
 
     def _raw(self, index: int):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         path = self.samples[index][0]
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        # not only OSError: a truncated header is a ValueError, a 179 M-pixel claim a DecompressionBombError
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file
+            reason = " ".join(str(exc).split())
+            raise DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}") from None

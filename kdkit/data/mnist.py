@@ -110,7 +110,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         what = "truncated" if found < expected else "has trailing bytes"
         raise DataError(f"corrupt IDX file {path}: {what}: the header gives {' x '.join(map(str, shape))} "
                         f"{dtype.name} ({expected} bytes of data) but the file holds {found}")
-    return np.frombuffer(payload, dtype, offset=data_start).reshape(shape)
+    try:
+        return np.frombuffer(payload, dtype, offset=data_start).reshape(shape)
+    except ValueError:  # e.g. 0 x 2**32-1 x 2**32-1: no data, but a shape numpy cannot address
+        raise DataError(f"corrupt IDX file {path}: the header gives an impossible shape "
+                        f"{' x '.join(map(str, shape))}") from None
 
 
 def first_per_class(labels: np.ndarray, per_class: int, class_names: Sequence[str], *, what: str = "") -> np.ndarray:

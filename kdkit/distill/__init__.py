@@ -20,7 +20,7 @@ from __future__ import annotations
 
 __all__ = ["FeatureTaps", "module_paths", "TeacherCombiner", "COMBINE_RULES", "Distiller", "DistillInputs",
            "build_term_loss", "TermSpec", "distill_section", "distill_terms", "DistillStep", "build_distiller", "check_taps",
-           "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers", "KDMethod"]
+           "TeacherAgreement", "agreement_samples", "check_distill", "train_teachers", "check_teachers", "KDMethod"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -34,6 +34,7 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
          "TeacherAgreement": "kdkit.engine.agreement", "train_teachers": "kdkit.distill.teachers",
+         "check_teachers": "kdkit.distill.teachers",
          "KDMethod": "kdkit.methods.kd"}
 
 

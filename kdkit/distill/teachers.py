@@ -5,7 +5,16 @@ from typing import Callable, Sequence
 
 from kdkit.errors import ConfigError
 
-__all__ = ["train_teachers"]
+__all__ = ["train_teachers", "check_teachers"]
+
+
+def check_teachers(teachers: Sequence[dict], where: str = "teachers") -> None:
+    """The rule :func:`train_teachers` follows, checked when the config is resolved: a teacher that
+    is not trained (``train: false``) is loaded from its ``pretrained`` weights file."""
+    for i, tcfg in enumerate(teachers):
+        if not tcfg.get("train", True) and not tcfg.get("pretrained"):
+            raise ConfigError(f"config key {where}.{i}: train: false needs pretrained weights "
+                              f"(set {where}.{i}.pretrained=/path/to/weights.pt)")
 
 
 def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], num_classes: int, test,
@@ -25,8 +34,9 @@ def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], nu
     """
     from kdkit.engine import Stage, freeze
 
+    check_teachers(teachers)
     out = []
-    for i, (tcfg, sname) in enumerate(zip(teachers, stage_names)):
+    for tcfg, sname in zip(teachers, stage_names):
         section = model_options(tcfg) if model_options is not None else tcfg
         model = ctx.build_model("teachers", section, num_classes, seed_tag=sname)
         if tcfg.get("train", True):
@@ -36,9 +46,6 @@ def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], nu
             result = {**res.test_metrics, "stage": sname, "val_top1": res.best_metrics.get("top1"),
                       "best_epoch": res.best_epoch}
         else:
-            if not tcfg.get("pretrained"):
-                raise ConfigError(f"config key teachers.{i}: train: false needs pretrained weights "
-                                  f"(set teachers.{i}.pretrained=/path/to/weights.pt)")
             freeze(model.to(ctx.device))
             result = {**ctx.evaluate(model, test, eval_fn=eval_fn), "stage": None, "pretrained": tcfg["pretrained"]}
         out.append((freeze(model.to(ctx.device)), result))

@@ -90,9 +90,10 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
     specs = distill_terms(distill, defaults)
     if registry is not None:
         losses = registry("losses")
-        for spec in specs:
+        for i, spec in enumerate(specs):
             # an unknown name is a one-line error listing the registered losses
-            _check_options(spec, losses.get(spec.loss).factory)
+            where = f"distill.terms.{i}.options" if distill.get("terms") is not None else "distill.loss_options"
+            _check_options(spec, losses.get(spec.loss).factory, where)
     if num_teachers is not None:
         for spec in specs:
             if spec.uses_features and spec.teacher_index >= num_teachers:
@@ -101,10 +102,12 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
     return specs
 
 
-def _check_options(spec: TermSpec, factory) -> None:
-    """A term's ``options`` must be keyword arguments of its loss factory (a factory taking
-    ``**options`` checks them itself)."""
+def _check_options(spec: TermSpec, factory, where: str) -> None:
+    """A term's ``options`` must be keyword arguments of its loss factory, of the types its signature
+    declares (a factory taking ``**options`` checks them itself)."""
     import inspect
+
+    from kdkit.config import factory_options, validate
 
     try:
         params = inspect.signature(factory).parameters
@@ -117,6 +120,8 @@ def _check_options(spec: TermSpec, factory) -> None:
     if unknown:
         raise ConfigError(f"config key distill.terms ({spec.name}): loss {spec.loss!r} has no option {unknown[0]!r}; "
                           f"valid options: {', '.join(valid) or '(none)'}")
+    declared = factory_options(factory)
+    validate(dict(spec.options), {k: declared[k] for k in spec.options if k in declared}, where)
 
 
 def agreement_samples(distill: dict) -> int:

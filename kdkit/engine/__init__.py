@@ -17,9 +17,10 @@ A method is a class registered with ``kdkit_register_methods(register)``::
 
 Inside ``run``: build data/models through ``ctx``, describe each trained thing as a
 :class:`Stage`, call ``ctx.fit(stage)`` -> :class:`StageResult`.  Checkpoints (atomic
-``checkpoints/<stage>/{last,best}.pt``), ``metrics.jsonl``, best-on-validation selection, exact
-resume (finished stages are skipped with their best weights loaded, an unfinished one continues
-from ``last.pt``), DDP, AMP, NaN handling and the lifecycle hooks are the engine's business.
+``checkpoints/<stage>/{last,best}.pt``, the previous ``last.pt`` kept as ``last.prev.pt``),
+``metrics.jsonl``, best-on-validation selection, exact resume (finished stages are skipped with
+their best weights loaded, an unfinished one continues from ``last.pt``), DDP, AMP, NaN handling
+and the lifecycle hooks are the engine's business.
 
 Rules for exact resume: build models with ``ctx.build_model`` (seeded per name), keep any state
 that changes during training in ``stage.model`` or ``stage.extra_modules`` (buffers are fine),

@@ -1,8 +1,10 @@
 """The run context handed to methods, and the ``train`` / ``evaluate_run`` entry points."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +16,9 @@ from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_ya
                           resolve_method_config, write_config)
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import atomic_write_text, derive_seed, load_checkpoint, seed_everything
+from kdkit.engine.checkpoint import (WriteError, atomic_write_text, derive_seed, load_checkpoint, load_last_checkpoint,
+                                     seed_everything)
+from kdkit.engine.checkpoint import CheckpointError
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
 from kdkit.engine.trainer import Stage, StageResult, Trainer
 
@@ -129,16 +133,11 @@ class RunContext:
             self._log_file = None
 
     def _prepare_metrics(self) -> None:
-        """On resume, cut ``metrics.jsonl`` back to what the newest checkpoint had written."""
+        """On resume, cut ``metrics.jsonl`` back to what the checkpoints resumed from had written."""
         keep = 0
-        ckpts = self.run_dir / "checkpoints"
-        if self.resume and ckpts.is_dir():
-            for last in ckpts.glob("*/last.pt"):
-                try:
-                    state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-                except Exception as exc:  # noqa: BLE001 - atomic writes make this a real corruption
-                    raise KdkitError(f"cannot read checkpoint {last}: {exc}") from exc
-                keep = max(keep, int(state.get("metrics_lines", 0)))
+        if self.resume:
+            points = _resume_points(self.run_dir)
+            keep = max((int(state.get("metrics_lines", 0)) for state, _ in points.values()), default=0)
         dist_utils.barrier()
         if self.is_main and self.metrics_path.exists():
             lines = self.metrics_path.read_bytes().split(b"\n")
@@ -267,12 +266,19 @@ class RunContext:
         if not path.exists():
             raise KdkitError(f"no best checkpoint for stage {stage_name!r} in {self.run_dir} ({path} is missing)")
         state = load_checkpoint(path, map_location=self.device)
-        model.load_state_dict(state["model"])
-        for k, sd in (state.get("extra_modules") or {}).items():
-            if extra_modules and k in extra_modules:
-                extra_modules[k].load_state_dict(sd)
+        try:
+            model.load_state_dict(state["model"])
+            for k, sd in (state.get("extra_modules") or {}).items():
+                if extra_modules and k in extra_modules:
+                    extra_modules[k].load_state_dict(sd)
+            metrics = dict(state.get("metrics") or {})
+        # a readable file that is not this stage's checkpoint (torch's message spans several lines)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise CheckpointError(f"checkpoint {path} does not fit stage {stage_name!r}'s model "
+                                  f"({reason[:200]}{'...' if len(reason) > 200 else ''})") from None
         model.to(self.device)
-        return dict(state.get("metrics") or {})
+        return metrics
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -288,13 +294,20 @@ def _method_class(manager, name: str):
 
 
 def _default_run_dir(method: str) -> Path:
+    """A new ``runs/<method>-<timestamp>[-i]``, created here (mkdir is atomic: no two runs share one)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{method}-{stamp}"
     path, i = base, 1
-    while path.exists():
-        i += 1
-        path = Path(f"{base}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            i += 1
+            path = Path(f"{base}-{i}")
+        except OSError as exc:
+            raise KdkitError(f"cannot create the run directory {path} ({exc.strerror}); "
+                             "choose a writable one with --out") from None
 
 
 def _configure_determinism(config: dict, device: torch.device) -> None:
@@ -311,13 +324,175 @@ def _configure_determinism(config: dict, device: torch.device) -> None:
             setter(True, warn_only=True)
 
 
+# --- the run directory: claimed under a lock, resumed from consistent checkpoints -------------
+
+#: config keys that may change between a run and its resume without changing what it computes
+_RESUME_FREE_KEYS = ("device", "logging", "data.root")
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run worth keeping: a finished run or a stage checkpoint.  What a
+    run that failed (or was killed) before its first checkpoint left behind may be reused."""
+    return (run_dir / "summary.json").is_file() or any((run_dir / "checkpoints").glob("*/*.pt"))
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of atomic writes a killed process left (safe: the caller holds the run's lock)."""
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/*/.*.tmp")]:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _resume_points(run_dir: Path) -> dict[str, tuple[dict, Path]]:
+    """Per stage folder of ``checkpoints/``, the state a resume continues from and its file
+    (``last.pt``, else ``last.prev.pt``: :func:`~kdkit.engine.checkpoint.load_last_checkpoint`)."""
+    points: dict[str, tuple[dict, Path]] = {}
+    ckpts = run_dir / "checkpoints"
+    for stage_dir in sorted(ckpts.iterdir()) if ckpts.is_dir() else ():
+        state, source = load_last_checkpoint(stage_dir / "last.pt", mmap=True)
+        if state is not None:
+            points[stage_dir.name] = (state, source)
+    lines = {name: int(state.get("metrics_lines", 0)) for name, (state, _) in points.items()}
+    for name, (state, source) in points.items():
+        newer = sorted(other for other, n in lines.items() if n > lines[name])
+        if source.name != "last.pt" and not state.get("finished") and newer:
+            # an earlier stage going back in time would replay its epochs after the later stages'
+            raise KdkitError(f"cannot resume {run_dir} exactly: {source.parent / 'last.pt'} is unreadable and its "
+                             f"previous version predates the checkpoints of {', '.join(newer)}; delete "
+                             f"{' and '.join(str(ckpts / n) for n in newer)} to train them again, or start the "
+                             "run again with a fresh --out")
+    return points
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _config_changes(started: dict, now: dict) -> list[str]:
+    """Dotted keys whose values differ (``"train.epochs (2 -> 3)"``), keys in :data:`_RESUME_FREE_KEYS` aside."""
+    def plain(config):
+        return _flat(json.loads(json.dumps(config, sort_keys=True, default=str)))
+
+    old, new = plain(started), plain(now)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == free or key.startswith(free + ".") for free in _RESUME_FREE_KEYS):
+            continue
+        if key not in old or key not in new or old[key] != new[key]:
+            a, b = (repr(side[key]) if key in side else "unset" for side in (old, new))
+            shown = f"{key} ({a} -> {b})"
+            changes.append(shown if len(shown) <= 80 else key)
+    return changes
+
+
+def _edited_config(run_dir: Path, config: dict) -> list[str]:
+    """How the run's ``config.yaml`` (resolved: ``config``) differs from the config its newest
+    checkpoint was written with (nothing when no checkpoint records one)."""
+    points = _resume_points(run_dir)
+    if not points:
+        return []
+    newest, _ = max(points.values(), key=lambda point: int(point[0].get("metrics_lines", 0)))
+    started = newest.get("config")
+    return _config_changes(started, config) if isinstance(started, dict) else []
+
+
+def _summarize(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict, accept_config_change: bool):
+    """Create (or find) the run directory, lock it, then check what it holds; rank 0 only.
+
+    Returns ``(run_dir, created, lock, config_changes)``.  The order — create, lock, check — means
+    two processes started on one directory cannot both pass the check.
+    """
+    from kdkit.paths import lock_directory
+
+    created = False
+    if resume:
+        lock = lock_directory(run_dir, f"run directory {run_dir}",
+                              "wait for it to finish (or stop it) before resuming it")
+    else:
+        if run_dir is None:
+            run_dir, created = _default_run_dir(method), True
+        else:
+            try:
+                run_dir.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise KdkitError(f"--out {run_dir}: cannot create it ({exc.strerror}); "
+                                 "choose a directory you can write to") from None
+            if not run_dir.is_dir():
+                raise KdkitError(f"--out {run_dir} is a file, not a directory; choose another --out")
+        lock = lock_directory(run_dir, f"run directory {run_dir}", "wait for it to finish or choose another --out")
+    try:
+        changes: list[str] = []
+        if not resume and _holds_run(run_dir):
+            raise KdkitError(f"--out {run_dir} already holds a run; use --resume {run_dir} to continue it "
+                             "or choose another --out")
+        _remove_stale_temp_files(run_dir)
+        if resume:
+            changes = _edited_config(run_dir, config)
+            if changes and not accept_config_change:
+                raise KdkitError(f"--resume {run_dir}: config.yaml was edited since the run started "
+                                 f"({_summarize(changes)}); restore it, or pass --accept-config-change "
+                                 "to continue with the edited config")
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, created, lock, changes
+
+
+def _on_main(fn):
+    """``fn()`` on rank 0; every rank returns its result or raises its :class:`KdkitError` (as a
+    KdkitError with the same message), so no rank waits for a rank that gave up."""
+    if dist_utils.is_main():
+        try:
+            result = fn()
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, KdkitError) else f"rank 0 failed ({type(exc).__name__})"
+            dist_utils.broadcast_object((False, message))
+            raise
+        dist_utils.broadcast_object((True, None))
+        return result
+    ok, message = dist_utils.broadcast_object(None)
+    if not ok:
+        raise KdkitError(message)
+    return None
+
+
+def _disk_error(exc: BaseException, run_dir: Path) -> KdkitError | None:
+    """A failed write (disk full, read-only) as a one-line error that says how to go on."""
+    if isinstance(exc, WriteError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        message = f"cannot write into {run_dir}: {exc.strerror}"
+    else:
+        return None
+    if _holds_run(run_dir):
+        return KdkitError(f"{message}; then continue the run with: kdkit train --resume {run_dir}")
+    return KdkitError(f"{message}; then start the run again")
+
+
 def train(method: str | None = None, config_file: str | Path | None = None, sets: Iterable[str] = (),
           out: str | Path | None = None, resume: str | Path | None = None, print_config: bool = False,
-          manager: Any = None) -> dict | str:
+          manager: Any = None, accept_config_change: bool = False) -> dict | str:
     """Resolve the config and run a method; returns the summary (or the YAML with ``print_config``).
 
     ``resume=RUN_DIR`` reads ``RUN_DIR/config.yaml`` and continues the run in place; it cannot be
-    combined with ``config_file``/``sets``/``out``.
+    combined with ``config_file``/``sets``/``out``, and refuses a ``config.yaml`` edited since the
+    run started unless ``accept_config_change``.  The run directory is locked for the whole run
+    (:func:`kdkit.paths.lock_directory`); one left by a run that failed before its first checkpoint
+    may be used again, and one this call created is removed when the run fails before that.
     """
     manager = manager or _manager()
     sets = list(sets or ())
@@ -350,26 +525,41 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
 
     device = resolve_device(config.get("device", "auto"))
     with dist_utils.torchrun_process_group(device.type):
-        if resume is None:
-            if dist_utils.is_main():
-                if run_dir is None:
-                    run_dir = _default_run_dir(method)
-                if (run_dir / "config.yaml").exists():
-                    raise KdkitError(f"--out {run_dir} already holds a run; use --resume {run_dir} to continue it "
-                                     "or choose another --out")
-            run_dir = Path(dist_utils.broadcast_object(str(run_dir) if run_dir is not None else None))
-        device = resolve_device(config.get("device", "auto"))
-        _configure_determinism(config, device)
-        manager.hook.kdkit_configure(config=config, run_dir=run_dir if dist_utils.is_main() else None)
-        ctx = RunContext(config, run_dir, manager, device, resume=resume is not None)
-        if ctx.is_main and resume is None:
-            write_config(config, run_dir / "config.yaml")
-        ctx.log(f"kdkit: method {method}, run dir {run_dir}, device {device}"
-                + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
-                + (" (resumed)" if resume is not None else ""))
-        cls = _method_class(manager, method)
-        seed_everything(derive_seed(ctx.seed, "run"))
-        t0 = time.perf_counter()
+        claimed = _on_main(lambda: _claim_run_dir(run_dir, method, resume is not None, config, accept_config_change))
+        lock, created, changes = (claimed[2], claimed[1], claimed[3]) if claimed else (None, False, [])
+        run_dir = Path(dist_utils.broadcast_object(str(claimed[0]) if claimed else None))
+        try:
+            return _run(method, config, run_dir, resume is not None, changes, manager)
+        except BaseException as exc:
+            if dist_utils.is_main() and created and not _holds_run(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping; frees --out for a retry
+            error = _disk_error(exc, run_dir) if dist_utils.is_main() else None
+            if error is not None:
+                raise error from exc
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[str], manager: Any) -> dict:
+    """The body of :func:`train` once its run directory is claimed and locked."""
+    device = resolve_device(config.get("device", "auto"))
+    _configure_determinism(config, device)
+    manager.hook.kdkit_configure(config=config, run_dir=run_dir if dist_utils.is_main() else None)
+    ctx = RunContext(config, run_dir, manager, device, resume=resume)
+    if ctx.is_main and not resume:
+        write_config(config, run_dir / "config.yaml")
+    ctx.log(f"kdkit: method {method}, run dir {run_dir}, device {device}"
+            + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
+            + (" (resumed)" if resume else ""))
+    if changes:
+        ctx.log(f"warning: config.yaml was edited since the run started ({_summarize(changes)}); "
+                "continuing with the edited config (--accept-config-change)")
+    cls = _method_class(manager, method)
+    seed_everything(derive_seed(ctx.seed, "run"))
+    t0 = time.perf_counter()
+    try:
         summary = cls().run(ctx)
         if not isinstance(summary, dict):
             raise KdkitError(f"method {method!r}: run() must return a dict summary, got {type(summary).__name__}")
@@ -378,8 +568,9 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         dist_utils.barrier()
         ctx.log(f"kdkit: finished in {time.perf_counter() - t0:.1f}s; summary in {run_dir / 'summary.json'}")
         manager.hook.kdkit_run_finished(run_dir=run_dir if ctx.is_main else None, summary=summary)
+    finally:
         ctx.close()
-        return summary
+    return summary
 
 
 def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None):
@@ -397,7 +588,8 @@ def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None
     method = saved.get("method")
     if not method:
         raise KdkitError(f"--run {run_dir}: config.yaml names no method")
-    config = resolve_method_config(method, cfg_path, (), manager)
+    # eval reads the run's checkpoints: the weights it started from may have moved since
+    config = resolve_method_config(method, cfg_path, (), manager, check_files=False)
     if device:
         config["device"] = device
     ctx = RunContext.__new__(RunContext)

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import (capture_rng_state, derive_seed, load_checkpoint, restore_rng_state,
-                                     save_checkpoint, seed_everything)
+from kdkit.engine.checkpoint import (capture_rng_state, derive_seed, load_checkpoint, load_last_checkpoint,
+                                     restore_rng_state, save_checkpoint, seed_everything)
 from kdkit.engine.data import make_eval_loader, make_train_loader, to_device
 
 __all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "freeze",
@@ -245,6 +245,7 @@ class Trainer:
         self.scheduler = None
         self.scaler = None
         self.amp = bool(settings.get("amp", True)) and self.device.type == "cuda"
+        self._last_unreadable = False  # resumed from last.prev.pt: do not rotate the bad last.pt over it
 
     # --- building -------------------------------------------------------------------------
 
@@ -397,7 +398,11 @@ class Trainer:
 
     def _save(self, name: str, obj: dict) -> None:
         if self.is_main:
-            save_checkpoint(obj, self.ckpt_dir / name)
+            # last.pt keeps its previous version (resume's fallback), unless the current one is unreadable
+            keep_previous = name == "last.pt" and not self._last_unreadable
+            save_checkpoint(obj, self.ckpt_dir / name, keep_previous=keep_previous)
+            if name == "last.pt":
+                self._last_unreadable = False
 
     def _save_best(self, metrics: dict) -> None:
         self._save("best.pt", {
@@ -468,8 +473,10 @@ class Trainer:
 
     def _resume_state(self):
         """A finished stage's :class:`StageResult` (its best weights loaded), the ``last.pt`` state of
-        an unfinished one, or ``None`` for a fresh stage."""
-        state = load_checkpoint(self.last_path) if self.last_path.exists() else None
+        an unfinished one (``last.prev.pt``'s, with a warning, when ``last.pt`` is unreadable), or
+        ``None`` for a fresh stage."""
+        state, source = load_last_checkpoint(self.last_path, warn=self.ctx.log)
+        self._last_unreadable = source is not None and source != self.last_path
         if state is not None and state.get("finished"):
             if not self._load_best_weights(state):
                 self._load_weights(state)

@@ -19,6 +19,7 @@ import dataclasses
 
 import kdkit
 from kdkit.config import ConfigKey, base_config, plain_defaults, train_section
+from kdkit.distill.teachers import check_teachers
 from kdkit.distill.terms import agreement_samples, check_distill, distill_section
 from kdkit.errors import ConfigError
 
@@ -72,6 +73,7 @@ class KDMethod:
         dcfg = config["distill"]
         if not config["teachers"]:
             raise ConfigError("config key teachers: at least one teacher is needed")
+        check_teachers(config["teachers"])
         check_distill(dcfg, plain_defaults(cls.default_config()["distill"]), registry, len(config["teachers"]))
 
     # --- pieces subclasses may override ---------------------------------------------------

@@ -98,7 +98,7 @@ def load_weights(
     :returns: ``{"loaded": [...], "skipped": [...], "missing": [...]}`` parameter names.
     :raises DataError: missing or unreadable file, or weights that do not fit the model.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))  # as the config check of `pretrained` does
     if not os.path.isfile(path):
         raise DataError(f"pretrained weights file not found: {path} (kdkit never downloads weights; give a local file)")
     try:

@@ -19,6 +19,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from kdkit.config import ConfigKey
 from kdkit.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
@@ -126,6 +127,11 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
         + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + common])
     factory.__doc__ = MODELS[name].description + "\n\n" + "\n".join(
         f":param {option}: {text}" for option, text in OPTION_HELP.items() if option in {p.name for p in own + common})
+    # checked when the config is resolved: a missing weights file or a zero width stops the run
+    # before anything trains (not in torch, after a teacher trained)
+    factory.config_keys = {"pretrained": ConfigKey(None, OPTION_HELP["pretrained"], type=str, file=True)}
+    factory.config_keys.update({p.name: ConfigKey(p.default, OPTION_HELP[p.name], range="[1, inf)")
+                                for p in own if p.name in ("width", "in_channels")})
     return factory
 
 

@@ -51,6 +51,16 @@ def _check_tensor(op: str, name: str, t) -> None:
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def _index_arg(op: str, name: str, value) -> int:
+    """An int argument: ints and numpy/torch integer scalars, but not bool (True would mean 1)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}") from None
+
+
 def _check_codes(op: str, name: str, t) -> None:
     _check_tensor(op, name, t)
     if t.dtype != torch.uint8:
@@ -87,8 +97,8 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
         least significant bit first within each byte (faiss / ``numpy.packbits(...,
         bitorder="little")`` layout).
     Raises:
-        TypeError: x is not a real or bool tensor.  ValueError: x is not 2-D, or L is 0 or not a
-        multiple of 8.
+        TypeError: x is not a real or bool tensor.  ValueError: x is not 2-D, L is 0 or not a
+        multiple of 8, or x holds NaN (it has no sign; a RuntimeError inside ``torch.compile``).
     """
     _check_tensor("pack_bits", "x", x)
     if x.is_complex():
@@ -99,6 +109,13 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"pack_bits: x has L={x.shape[1]} columns; L must be a positive multiple of 8"
         )
+    # NaN >= 0 is False, so it would silently pack as a clear bit
+    if x.is_floating_point():
+        if torch.compiler.is_compiling():  # no data-dependent branch in a graph: a graph assert
+            torch._assert_async(~torch.isnan(x).any(), "pack_bits: x holds NaN; NaN has no sign to pack")
+        elif bool(torch.isnan(x).any()):
+            first_row = int(torch.isnan(x).any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"pack_bits: x holds NaN (first in row {first_row}); NaN has no sign to pack")
     return reference.pack_bits(x)
 
 
@@ -112,7 +129,7 @@ def unpack_bits(codes: torch.Tensor, L: int) -> torch.Tensor:  # noqa: N803
         raise TypeError(f"unpack_bits: codes must be uint8, got {codes.dtype}")
     if codes.dim() != 2:
         raise ValueError(f"unpack_bits: codes must be 2-D (N, B), got shape {tuple(codes.shape)}")
-    L = operator.index(L)  # noqa: N806
+    L = _index_arg("unpack_bits", "L", L)  # noqa: N806
     if not 1 <= L <= 8 * codes.shape[1]:
         raise ValueError(
             f"unpack_bits: L={L} out of range; expected 1 <= L <= {8 * codes.shape[1]} "
@@ -174,8 +191,8 @@ def hamming_average_precision(query_codes: torch.Tensor, db_codes: torch.Tensor,
             whole ranking (DCHMT/DSPH). Identical when k covers the database.
     Returns:
         float64 (Q,): AP per query (``sum hits_j / rank_j`` over the kept relevant items ``j``,
-        divided by their number); 0 where no item is kept. ``mean()`` is mAP. The compiled
-        kernel runs on CPU; other devices use the reference.
+        divided by their number); 0 where no item is kept. ``mean()`` is mAP. Compiled
+        kernels run on CPU and CUDA; other devices use the reference.
     """
     op = "hamming_average_precision"
     _check_pair(op, query_codes, db_codes)
@@ -202,7 +219,7 @@ def hamming_average_precision(query_codes: torch.Tensor, db_codes: torch.Tensor,
     if k < 1:
         raise ValueError(f"{op}: k must be >= 1, got {k}")
     k = min(k, n)
-    if query_codes.device.type == "cpu" and use_extension():
+    if _compiled_for(query_codes.device):
         return torch.ops.kdkit.hamming_average_precision(query_codes, db_codes, query_labels, db_labels, k, variant)
     return reference.hamming_average_precision(query_codes.contiguous(), db_codes.contiguous(), query_labels,
                                                db_labels, k, variant)
@@ -220,11 +237,7 @@ def hamming_topk(query_codes: torch.Tensor, db_codes: torch.Tensor, k: int):
         the same on CPU and CUDA and for any thread count. No Q x N matrix is materialised.
     """
     _check_pair("hamming_topk", query_codes, db_codes)
-    if isinstance(k, bool) or not isinstance(k, int):
-        try:
-            k = operator.index(k)
-        except TypeError:
-            raise TypeError(f"hamming_topk: k must be an int, got {type(k).__name__}") from None
+    k = _index_arg("hamming_topk", "k", k)
     n = db_codes.shape[0]
     if k < 1 or k > n:
         raise ValueError(

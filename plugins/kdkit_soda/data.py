@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -189,30 +190,53 @@ class MatFile:
         if self.hdf5:
             import h5py
 
-            self._h5 = h5py.File(self.path, "r")
-            self.keys = [k for k in self._h5.keys() if not k.startswith("#")]
+            try:
+                self._h5 = h5py.File(self.path, "r")
+                self.keys = [k for k in self._h5.keys() if not k.startswith("#")]
+            except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError, ...
+                raise DataError(f"cannot read {self.path} as a MATLAB v7.3 (HDF5) file: {_one_line(exc)}") from None
         else:
             import scipy.io
 
+            _check_v5_structure(self.path)
             try:
                 self._mat = scipy.io.loadmat(self.path)
             except Exception as exc:  # noqa: BLE001 - scipy raises many kinds
-                raise DataError(f"cannot read {self.path} as a .mat file: {exc}") from None
+                raise DataError(f"cannot read {self.path} as a .mat file: {_one_line(exc)}") from None
             self.keys = [k for k in self._mat if not k.startswith("__")]
 
     def pick(self, candidates: Sequence[str], what: str) -> str:
         for k in candidates:
             if k in self.keys:
                 return k
+        # a corrupt file's names can hold any bytes: quote odd ones, keep the message one short line
+        found = [k if k.isprintable() and len(k) <= 40 else repr(k[:40]) for k in self.keys[:8]]
+        more = f", ... ({len(self.keys)} in all)" if len(self.keys) > 8 else ""
         raise DataError(f"{self.path}: no {what} key; expected one of {', '.join(candidates)}, "
-                        f"found {', '.join(self.keys) or '(none)'}")
+                        f"found {', '.join(found) or '(none)'}{more}")
 
     def array(self, key: str) -> np.ndarray:
+        try:
+            return self._array(key)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt HDF5 object fails in many ways
+            raise DataError(f"cannot read {key!r} from {self.path}: {_one_line(exc)}") from None
+
+    def _array(self, key: str) -> np.ndarray:
         if self.hdf5:
+            import h5py
+
             ds = self._h5[key]
+            if not isinstance(ds, h5py.Dataset):
+                raise DataError(f"{self.path}: {key!r} is an HDF5 group, not an array")
+            _check_fits_in_memory(ds, key, self.path)
             arr = ds[()]
             if arr.dtype == object:  # MATLAB cell array of strings: references
-                return np.array([_h5_string(self._h5[ref]) for ref in np.ravel(arr, order="F")], dtype=object)
+                cells = [self._h5[ref] for ref in np.ravel(arr, order="F")]
+                for cell in cells:
+                    _check_fits_in_memory(cell, key, self.path)
+                return np.array([_h5_string(cell) for cell in cells], dtype=object)
             if ds.attrs.get("MATLAB_class", b"") in (b"char", "char"):
                 return np.array(["".join(map(chr, np.ravel(arr)))], dtype=object)
             return np.transpose(arr)  # h5py reads MATLAB's column-major arrays transposed
@@ -223,6 +247,41 @@ class MatFile:
             self._h5.close()
 
 
+def _check_v5_structure(path: Path) -> None:
+    """Refuse a corrupt v5 file that would crash scipy's reader (see :mod:`kdkit_soda.matv5`)."""
+    import scipy.io.matlab
+
+    from kdkit_soda.matv5 import v5_problem
+
+    try:
+        major = scipy.io.matlab.matfile_version(str(path))[0]
+    except Exception:  # noqa: BLE001 - not a v5 file: loadmat reports it
+        return
+    if major != 1:
+        return
+    with open(path, "rb") as fh:
+        problem = v5_problem(fh, path.stat().st_size)
+    if problem:
+        raise DataError(f"cannot read {path} as a .mat file: corrupt MATLAB v5 data: {problem}")
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_fits_in_memory(ds, key: str, path: Path) -> None:
+    """A corrupt header can claim a huge array (HDF5 fills unwritten chunks): refuse it before reading."""
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return
+    needed = math.prod(ds.shape or ()) * ds.dtype.itemsize
+    if needed > limit:
+        raise DataError(f"{path}: {key!r} claims {needed / 2**30:.1f} GiB ({' x '.join(map(str, ds.shape))}), "
+                        f"more than this machine's memory ({limit / 2**30:.1f} GiB); is the file corrupt?")
+
+
 def _h5_string(ds) -> str:
     arr = np.asarray(ds[()])
     if arr.dtype.kind in "ui":
@@ -230,7 +289,7 @@ def _h5_string(ds) -> str:
     return str(arr)
 
 
-def _strings(arr: np.ndarray, n_expected: int | None = None) -> list[str]:
+def _strings(arr: np.ndarray, n_expected: int | None = None, source: str = "") -> list[str]:
     """MATLAB char matrices, cell arrays and numpy string arrays -> list of Python strings."""
     arr = np.asarray(arr)
     if arr.dtype.kind in "US":
@@ -247,7 +306,42 @@ def _strings(arr: np.ndarray, n_expected: int | None = None) -> list[str]:
                 item = "".join(np.ravel(item).astype(str)) if item.size else ""
             out.append(str(item).strip())
         return out
-    raise DataError(f"expected strings, got an array of dtype {arr.dtype}")
+    raise DataError(f"{source or 'array'}: expected strings, got an array of dtype {arr.dtype}")
+
+
+def _numbers(arr, ndim: int, source: str) -> np.ndarray:
+    """A numeric array of ``ndim`` dimensions (labels, bag of words, images), or a DataError naming ``source``."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{source}: expected numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise DataError(f"{source}: expected a {ndim}-D array, got shape {arr.shape}")
+    # NaN != 0 would make a label, and NaN/inf features are garbage: refuse them (one pass, floats only)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{source}: holds NaN or infinite values")
+    return arr
+
+
+def _float32(arr: np.ndarray, source: str) -> np.ndarray:
+    """Bag-of-words features as float32; a value past float32's range would become inf."""
+    with np.errstate(over="ignore"):
+        out = np.asarray(arr, np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"{source}: values beyond the float32 range")
+    return out
+
+
+def _read_lines(path: Path, what: str) -> str:
+    """A UTF-8 text file (captions, class names, vocabulary); errors name the file and line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{what} {path}, line {line}: not UTF-8; save the file as UTF-8") from None
 
 
 def _rows_first(arr: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -316,7 +410,7 @@ def _read_classes(root: Path, classes_file, n_classes: int, default_names: Seque
             path = root / path
         if not path.is_file():
             raise DataError(f"classes file not found: {path}")
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [ln.strip() for ln in _read_lines(path, "classes file").splitlines() if ln.strip()]
         if len(names) != n_classes:
             raise DataError(f"{path} lists {len(names)} class names but the labels have {n_classes} columns")
         return names
@@ -344,9 +438,11 @@ def load_clip_layout(root: Path, name: str, family: str, on_no_label="drop", on_
     sample), ``index.mat`` (image paths) and ``label.mat`` (multi-hot), with the alternative keys."""
     root = Path(root)
     label_mat = MatFile(root / "label.mat")
-    labels = np.asarray(label_mat.array(label_mat.pick(LABEL_KEYS, "label")))
+    label_key = label_mat.pick(LABEL_KEYS, "label")
+    labels = _numbers(label_mat.array(label_key), 2, f"{label_mat.path}:{label_key}")
     index_mat = MatFile(root / "index.mat")
-    paths = _strings(index_mat.array(index_mat.pick(INDEX_KEYS, "image index")))
+    index_key = index_mat.pick(INDEX_KEYS, "image index")
+    paths = _strings(index_mat.array(index_key), source=f"{index_mat.path}:{index_key}")
     n = len(paths)
     labels = _rows_first(labels, n, "labels")
     bow = None
@@ -355,15 +451,16 @@ def load_clip_layout(root: Path, name: str, family: str, on_no_label="drop", on_
         key = cap_mat.pick(CAPTION_KEYS, "caption")
         raw = cap_mat.array(key)
         if raw.dtype.kind in "fiub" and raw.ndim == 2:  # a bag-of-words matrix
-            bow = _rows_first(np.asarray(raw, np.float32), n, "captions")
+            bow = _rows_first(_float32(_numbers(raw, 2, f"{cap_mat.path}:{key}"), f"{cap_mat.path}:{key}"), n,
+                              "captions")
             texts = None
             n_text = bow.shape[0]
         else:
-            texts = _strings(raw, n)
+            texts = _strings(raw, n, f"{cap_mat.path}:{key}")
             n_text = len(texts)
         cap_source = f"{root / 'caption.mat'}:{key}"
     elif (root / "caption.txt").is_file():
-        texts = (root / "caption.txt").read_text(encoding="utf-8").split("\n")
+        texts = _read_lines(root / "caption.txt", "caption file").split("\n")
         if texts and texts[-1] == "":
             texts = texts[:-1]
         n_text = len(texts)
@@ -410,11 +507,11 @@ def load_dcmh_layout(root: Path, name: str, family: str, file: str | None = None
         fi, fy, fl = DCMH_FILES[family]
         mats = {"I": MatFile(root / fi), "Y": MatFile(root / fy), "L": MatFile(root / fl)}
     lkey = mats["L"].pick(("LAll", "labels", "category"), "label")
-    labels = np.asarray(mats["L"].array(lkey))
+    labels = _numbers(mats["L"].array(lkey), 2, f"{mats['L'].path}:{lkey}")
     ikey = mats["I"].pick(("IAll", "images"), "image")
-    images = np.asarray(mats["I"].array(ikey))
+    images = _numbers(mats["I"].array(ikey), 4, f"{mats['I'].path}:{ikey}")
     ykey = mats["Y"].pick(("YAll", "tags", "caption"), "text")
-    bow = np.asarray(mats["Y"].array(ykey))
+    bow = _numbers(mats["Y"].array(ykey), 2, f"{mats['Y'].path}:{ykey}")
     n_img = _image_count(images)
     labels = _rows_first(labels, n_img, "labels")
     bow = _rows_first(bow, n_img, "YAll")
@@ -426,13 +523,14 @@ def load_dcmh_layout(root: Path, name: str, family: str, file: str | None = None
         vpath = Path(vocab_file) if Path(vocab_file).is_absolute() else root / vocab_file
         if not vpath.is_file():
             raise DataError(f"vocabulary file not found: {vpath}")
-        vocab = [ln.strip() for ln in vpath.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        vocab = [ln.strip() for ln in _read_lines(vpath, "vocabulary file").splitlines() if ln.strip()]
         if len(vocab) != bow.shape[1]:
             raise DataError(f"{vpath} lists {len(vocab)} tags but {ykey} has {bow.shape[1]} columns")
         texts = [" ".join(vocab[j] for j in np.flatnonzero(row)) for row in bow]
     default = MIRFLICKR_CLASSES if family == "mirflickr" else NUSWIDE_TC10_CLASSES
     classes = _read_classes(root, classes_file, labels.shape[1], default)
-    return _clean(name, images, texts, labels, classes, np.asarray(bow, np.float32), str(root), on_no_label,
+    bow = _float32(bow, f"{mats['Y'].path}:{ykey}")
+    return _clean(name, images, texts, labels, classes, bow, str(root), on_no_label,
                   on_empty_caption, empty_placeholder)
 
 
@@ -450,51 +548,99 @@ def _images_nhwc(images: np.ndarray, n: int, source: str) -> np.ndarray:
         out = np.transpose(images, (0, 2, 3, 1))
     else:
         raise DataError(f"{source}: cannot find the colour axis (size 3) in image array of shape {images.shape}")
+    if out.dtype != np.uint8 and out.size and (out.min() < 0 or out.max() > 255):
+        raise DataError(f"{source}: image values must lie in 0..255, found {out.min()}..{out.max()}")
     return np.ascontiguousarray(out.astype(np.uint8))
+
+
+#: The most classes a manifest's integer labels may name: labels are a dense ``(N, C)`` matrix,
+#: so a stray huge index must not allocate it.
+MAX_CLASSES = 100_000
 
 
 def load_jsonl(path: Path, name: str = "jsonl", classes: Sequence[str] | None = None, on_no_label="drop",
                on_empty_caption="placeholder", empty_placeholder="", ) -> CrossModalData:
     """A JSONL manifest: one ``{"image": path, "text": str, "labels": [name or index, ...]}`` per line;
-    image paths are relative to the manifest's folder."""
+    image paths are relative to the manifest's folder.  Integer labels are class indices below
+    :data:`MAX_CLASSES`."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.jsonl"
     if not path.is_file():
         raise DataError(f"missing file: {path}")
-    rows = []
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows, line_numbers = [], []
+    # JSON Lines separates records by "\n" only (str.splitlines would also split at U+2028 etc.)
+    for ln, raw_line in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = raw_line.decode("utf-8-sig" if ln == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{ln}: not UTF-8 (byte {exc.start + 1} of the line); save the manifest "
+                            "as UTF-8") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{ln}: invalid JSON: {exc.msg}") from None
-        for key in ("image", "text", "labels"):
-            if key not in row:
-                raise DataError(f"{path}:{ln}: missing key {key!r}")
-        if not isinstance(row["labels"], list):
-            raise DataError(f"{path}:{ln}: 'labels' must be a list")
-        rows.append(row)
+        # ValueError: also over-long integers; RecursionError: deeply nested brackets
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else _one_line(exc)
+            raise DataError(f"{path}:{ln}: invalid JSON: {reason}") from None
+        rows.append(_manifest_row(row, f"{path}:{ln}", classes))
+        line_numbers.append(ln)
     if not rows:
         raise DataError(f"{path}: no samples")
     if classes is None:
-        names = sorted({str(lab) for r in rows for lab in r["labels"] if not isinstance(lab, int)})
+        names = sorted({lab for r in rows for lab in r["labels"] if isinstance(lab, str)})
         n_int = max([lab for r in rows for lab in r["labels"] if isinstance(lab, int)], default=-1) + 1
         classes = names if names else [f"category {i}" for i in range(n_int)]
     classes = list(classes)
     pos = {c: i for i, c in enumerate(classes)}
     labels = np.zeros((len(rows), len(classes)), np.uint8)
-    for i, r in enumerate(rows):
+    for i, (r, ln) in enumerate(zip(rows, line_numbers)):
         for lab in r["labels"]:
-            j = lab if isinstance(lab, int) else pos.get(str(lab))
+            j = lab if isinstance(lab, int) else pos.get(lab)
             if j is None or not 0 <= j < len(classes):
-                raise DataError(f"{path}: sample {i} has unknown label {lab!r}")
+                raise DataError(f"{path}:{ln}: unknown label {lab!r} (classes: {len(classes)}, indices 0.."
+                                f"{len(classes) - 1})")
             labels[i, j] = 1
     images = [str((path.parent / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]) for r in rows]
-    texts = [str(r["text"] or "") for r in rows]
+    texts = [r["text"] or "" for r in rows]
     return _clean(name, images, texts, labels, classes, None, str(path), on_no_label, on_empty_caption,
                   empty_placeholder)
+
+
+def _manifest_row(row, where: str, classes: Sequence[str] | None) -> dict:
+    """One manifest record, checked: image a path, text a string (or null), labels names or indices."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object {{\"image\", \"text\", \"labels\"}}, "
+                        f"found {_json_kind(row)}")
+    for key in ("image", "text", "labels"):
+        if key not in row:
+            raise DataError(f"{where}: missing key {key!r}")
+    if not isinstance(row["image"], str) or not row["image"].strip() or "\0" in row["image"]:
+        raise DataError(f"{where}: 'image' must be a non-empty file path string, found {_json_kind(row['image'])}")
+    if row["text"] is not None and not isinstance(row["text"], str):
+        raise DataError(f"{where}: 'text' must be a string, found {_json_kind(row['text'])}")
+    if not isinstance(row["labels"], list):
+        raise DataError(f"{where}: 'labels' must be a list")
+    bound = MAX_CLASSES if classes is None else len(classes)
+    for lab in row["labels"]:
+        # bool is an int in Python but not a class index; floats and nested lists are not names
+        if isinstance(lab, bool) or not isinstance(lab, (str, int)):
+            raise DataError(f"{where}: label {lab!r} is neither a class name (string) nor a class index (integer)")
+        if isinstance(lab, int) and not 0 <= lab < bound:
+            raise DataError(f"{where}: class index {lab} out of range 0..{bound - 1}"
+                            + (f" (at most {MAX_CLASSES} classes)" if classes is None else ""))
+    return row
+
+
+def _json_kind(value) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 # --- the embedded default: procedural multi-label scenes ---------------------------------------
@@ -669,7 +815,7 @@ def jsonl_factory(split: str, root: str | None, manifest: str = "manifest.jsonl"
         cpath = Path(classes_file) if Path(classes_file).is_absolute() else path.parent / classes_file
         if not cpath.is_file():
             raise DataError(f"classes file not found: {cpath}")
-        classes = [ln.strip() for ln in cpath.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        classes = [ln.strip() for ln in _read_lines(cpath, "classes file").splitlines() if ln.strip()]
     data = load_jsonl(path, "crossmodal_jsonl", classes, on_no_label, on_empty_caption, empty_placeholder)
     ds = _view(data, split, "jsonl", split_preset, query_size, train_size, split_seed, val_fraction)
     ds.family = "jsonl"

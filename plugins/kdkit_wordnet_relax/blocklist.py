@@ -59,7 +59,7 @@ def build_blocklist(use_default: bool = True, extra: Iterable[str] | str | None 
         extra = [extra]
     for item in extra:
         item_s = str(item)
-        path = Path(item_s).expanduser()
+        path = Path(os.path.expanduser(item_s))  # an unknown ~user: not found, no crash
         if path.is_file() or item_s.endswith(".txt"):
             if not path.is_file():
                 raise ConfigError(f"relax.blocklist_extra: file {item_s!r} does not exist")

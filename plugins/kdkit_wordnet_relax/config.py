@@ -49,7 +49,7 @@ def default_config() -> dict:
         "sweep": ConfigKey([], "ratios to train T_x and the student at, once each (writes the paper's Figure 2), "
                                "e.g. [0, 0.5, 1]", items=float, range="[0, 1]"),
         "pool": ConfigKey("all", "noun pool: every WordNet noun, the classes' relations, or a file", choices=POOLS),
-        "pool_file": ConfigKey(None, "pool=file: a file with one noun per line", type=str),
+        "pool_file": ConfigKey(None, "pool=file: a file with one noun per line", type=str, file=True),
         "pool_size": ConfigKey(1000, "OFFLINE CAP: a seeded random sample of the pool (0: the whole pool, as the "
                                      "paper)", range="[0, inf)"),
         "relations": ConfigKey(list(RELATIONS), "pool=relations: which relations of each class", items=str,
@@ -94,7 +94,7 @@ def default_config() -> dict:
         {"name": ConfigKey("resnet8", "T_m: a name of the teachers registry"),
          "augment": ConfigKey("strong", "augmentation of this teacher's training data"),
          "train": ConfigKey(True, "train the teacher (false: load its `pretrained` weights file)"),
-         "pretrained": ConfigKey(None, "weights file of the teacher", type=str)},
+         "pretrained": ConfigKey(None, "weights file of the teacher", type=str, file=True)},
         {"name": "resnet8", "augment": "weak", "train": True, "pretrained": None},
     ]
     cfg["teacher_train"] = train_section(epochs=5, batch_size=64, lr=0.05, weight_decay=0.0005, scheduler="cosine")

@@ -22,10 +22,11 @@ import csv
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 from kdkit import ConfigError, DataError, KdkitError, plain_defaults
-from kdkit.distill import check_distill
+from kdkit.distill import check_distill, check_teachers
 
 from kdkit_wordnet_relax.config import LAMBDA_PRESETS, default_config
 RELAXER_KEYS_METHOD = ("relaxer", "ratio", "tau", "sweep", "cache", "cache_dir")
@@ -182,6 +183,15 @@ class WordNetRelaxMethod:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
         check_distill(dist, plain_defaults(cls.default_config()["distill"]), registry,
                       len(config["teachers"]) + int(bool(dist["use_multimodal"])))
+        check_teachers(config["teachers"])
+        if relax["pool"] == "file" and not relax["pool_file"]:
+            raise ConfigError("config key relax.pool=file needs relax.pool_file (a file with one noun per line)")
+        if registry is not None:  # names used after the teachers trained: checked now
+            registry("text_relaxers").get(relax["relaxer"])
+            backbone, teachers = config["tx"]["backbone"], registry("teachers")
+            if backbone != "mlp" and backbone not in teachers:
+                raise ConfigError(f"config key tx.backbone: unknown backbone {backbone!r}; valid choices: mlp, "
+                                  f"{', '.join(teachers.names())}")
 
     @staticmethod
     def ratios(cfg: dict) -> list[float]:
@@ -204,7 +214,9 @@ class WordNetRelaxMethod:
         relax = cfg["relax"]
         if not relax.get("cache", True):
             return None
-        return Path(relax["cache_dir"]).expanduser() if relax.get("cache_dir") else cache_root() / "wordnet_relax"
+        if not relax.get("cache_dir"):
+            return cache_root() / "wordnet_relax"
+        return Path(os.path.expanduser(relax["cache_dir"]))  # Path.expanduser raises for an unknown ~user
 
     # --- data -------------------------------------------------------------------------------
     def _splits(self, ctx, augment: str | None, test):

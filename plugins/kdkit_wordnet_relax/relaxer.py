@@ -33,6 +33,7 @@ What :class:`WordNetRelaxer` does (the authors' pipeline, see docs/wordnet_relax
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +262,7 @@ class WordNetRelaxer:
             words, details = relation_lemmas(self._wordnet(), class_names, self.relations, self.senses)
             info["senses"] = {k: v.get("synset") for k, v in details.items()}
         else:
-            path = Path(str(self.pool_file)).expanduser()
+            path = Path(os.path.expanduser(str(self.pool_file)))  # an unknown ~user: not found, no crash
             if not path.is_file():
                 raise ConfigError(f"relax.pool_file: {path} does not exist")
             words = sorted({normalize_lemma(l) for l in path.read_text(encoding="utf-8").splitlines()

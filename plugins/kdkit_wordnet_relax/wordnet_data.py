@@ -80,7 +80,7 @@ def offline() -> bool:
 
 def nltk_data_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The ``nltk_data`` directory inside kdkit's cache (``<cache>/nltk_data``)."""
-    return Path(cache_dir).expanduser() / "nltk_data" if cache_dir else cache_root() / "nltk_data"
+    return Path(os.path.expanduser(cache_dir)) / "nltk_data" if cache_dir else cache_root() / "nltk_data"
 
 
 def _add_data_path(path: Path) -> None:

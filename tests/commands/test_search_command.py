@@ -65,3 +65,16 @@ def test_search_under_torchrun_equals_one_process(tmp_path):
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     np.testing.assert_array_equal(a["indices"], b["indices"])
     np.testing.assert_array_equal(a["distances"], b["distances"])
+
+
+@pytest.mark.parametrize("sidecar", [b"{bad", b"\xff\xfe{}", b"[1, 2]", b"[" * 100_000, b"1" * 5000],
+                         ids=["bad-json", "not-utf8", "not-an-object", "deep-nesting", "huge-int"])
+def test_a_corrupt_sidecar_is_a_one_line_error(tmp_path, capsys, sidecar):
+    from kdkit.cli import main
+
+    db = _codes(tmp_path, 4, 10)
+    (tmp_path / (db.name + ".json")).write_bytes(sidecar)
+    status = main(["search", "--db", str(db), "--queries", str(db), "--json"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("\n") == 1 and f"corrupt code metadata {db}.json" in err, err

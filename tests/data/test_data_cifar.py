@@ -142,3 +142,47 @@ def test_cifar10_layout(tmp_path):
     ds = CIFAR10Dataset("train", str(tmp_path))
     assert len(ds) == 10 and ds.classes == names and int(ds.images[9].max()) == 5
     assert CIFAR10Dataset("test", str(tmp_path)).targets == [0, 1, 2]
+
+
+def test_a_huge_memo_index_is_refused_before_it_allocates(tmp_path):
+    """Five corrupt bytes (LONG_BINPUT 10**9) made CPython's unpickler fill a 16 GB memo table; 2 * 10**8 keeps
+    the check affordable: 3 GB without the fix."""
+    import resource
+
+    folder = write_cifar100(tmp_path)
+    valid = (folder / "test").read_bytes()
+    assert valid.count(b"q\x00") >= 1  # BINPUT 0 right after the top dict
+    (folder / "test").write_bytes(valid.replace(b"q\x00", b"r" + (2 * 10**8).to_bytes(4, "little"), 1))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"corrupt CIFAR file .*test: UnpicklingError: memo index 200000000"):
+        CIFAR100Dataset("test", str(tmp_path))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: under 1 GB
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data", None, r"'data' must be a uint8 array of 3072 values per image, found NoneType"),
+    ("data", np.zeros((5, 3072), np.float64), r"'data' must be a uint8 array .*found float64 array"),
+    ("fine_labels", [0, 1, "2", 3, 4], r"'fine_labels' must be a list of integers"),
+    ("fine_labels", [0, 1, None, 3, 4], r"'fine_labels' must be a list of integers"),
+    ("fine_labels", 5, r"'fine_labels' must be a list of integers, found int"),
+    ("coarse_labels", [0.5] * 5, r"'coarse_labels' must be a list of integers"),
+])
+def test_fields_of_the_wrong_kind_are_data_errors(tmp_path, field, value, message):
+    folder = write_cifar100(tmp_path)
+    with open(folder / "test", "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry[field] = value
+    _dump(folder / "test", entry)
+    with pytest.raises(DataError, match=message):
+        CIFAR100Dataset("test", str(tmp_path))
+
+
+def test_class_names_must_be_strings_and_errors_are_one_line(tmp_path):
+    folder = write_cifar100(tmp_path)
+    _dump(folder / "meta", {"fine_label_names": [None] * 5})
+    with pytest.raises(DataError, match=r"'fine_label_names' must be a list of names"):
+        CIFAR100Dataset("test", str(tmp_path))
+    (folder / "meta").write_bytes(b"\x80\x02P0\n.")  # a persistent id: pickle's message spans two lines
+    with pytest.raises(DataError) as info:
+        CIFAR100Dataset("test", str(tmp_path))
+    assert "\n" not in str(info.value)

@@ -161,6 +161,9 @@ CORRUPTIONS = {
     "trailing bytes": ("labels", lambda good: good + b"\0", True, ("trailing bytes",)),
     "short header": ("images", lambda good: good[:10], True, ("truncated header",)),
     "empty file": ("labels", lambda good: b"", False, ("shorter than",)),
+    # found by the fuzz target: no data bytes needed, but numpy cannot address the shape
+    "impossible shape": ("images", lambda good: good[:4] + struct.pack(">3I", 2**32 - 1, 0, 2**32 - 1), False,
+                         ("impossible shape", "4294967295 x 0 x 4294967295")),
 }
 
 

@@ -75,3 +75,56 @@ def test_bad_inputs(tmp_path):
     idx = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("9.png")][0]
     with pytest.raises(DataError, match="9.png"):
         ds[idx]
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    # torchvision's ImageFolder refuses it too; kdkit used to make it a class no image belongs to
+    make_tree(tmp_path)
+    (tmp_path / "train" / "n09999999").mkdir()
+    (tmp_path / "train" / "n09999999" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"class folder .*train/n09999999 holds no image; add images or remove"):
+        ImageFolderDataset("train", str(tmp_path), image_size=8)
+
+
+def test_class_map_json_nested_too_deep_is_a_data_error(tmp_path):
+    deep = tmp_path / "map.json"
+    deep.write_text('{"a": ' + '[' * 100_000)
+    with pytest.raises(DataError, match="is not valid JSON"):
+        read_class_map(deep)
+
+
+def test_a_decompression_bomb_image_is_a_data_error(tmp_path):
+    # a valid PNG header claiming 30000 x 30000 pixels: PIL refuses it with a non-OSError exception
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    make_tree(tmp_path, splits=("train",), per_class=1)
+    bomb = tmp_path / "train" / "n01440764" / "0.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    ds = ImageFolderDataset("train", str(tmp_path), image_size=8)
+    with pytest.raises(DataError,
+                       match=r"cannot read image .*0.png: DecompressionBombError: Image size \(900000000 pixels\)"):
+        ds[0]
+
+
+def test_folder_names_with_control_characters_keep_the_message_on_one_line(tmp_path):
+    make_tree(tmp_path, splits=("train",), per_class=1)
+    (tmp_path / "train" / "bad\nname").mkdir()
+    with pytest.raises(DataError) as info:
+        ImageFolderDataset("train", str(tmp_path), image_size=8)
+    assert "\n" not in str(info.value) and "bad\\nname'" in str(info.value)
+
+
+def test_a_png_with_a_truncated_header_is_a_data_error(tmp_path):
+    # found by tests/fuzz/test_fuzz_imagefolder.py: PIL raises ValueError("Truncated IHDR chunk"), not OSError
+    make_tree(tmp_path, splits=("train",), per_class=1)
+    png = tmp_path / "train" / "n01440764" / "0.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0cIHDR\x00\x00\x00\x04\x00\x00\x00\x04\x08\x02\x00\x00\x00&\x93"
+                    b"\t)\x00\x00\x00\x0cIDATx\x9cc` \x1d\x00\x00\x004\x00\x01v^\xae\xc3\x00\x00\x00\x00IEND\xaeB`\x82")
+    ds = ImageFolderDataset("train", str(tmp_path), image_size=8)
+    with pytest.raises(DataError, match=r"cannot read image .*0.png: ValueError: Truncated IHDR chunk"):
+        ds[0]

@@ -208,12 +208,30 @@ def test_noncontiguous_inputs():
         (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8), 0), ValueError, r"k=0 out of range; expected 1 <= k <= 3"),
         (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8), 4), ValueError, r"k=4 out of range"),
         (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8), 1.5), TypeError, "k must be an int"),
+        # bool is an int subclass: True must not silently mean k=1 (issue 12)
+        (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8), True), TypeError, "k must be an int, got bool"),
+        (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8), torch.tensor(True)), TypeError, "k must be an int"),
+        (ops.unpack_bits, (torch.zeros(2, 2, dtype=torch.uint8), True), TypeError, "unpack_bits: L must be an int, got bool"),
+        (ops.pack_bits, (torch.tensor([[0.5] * 8, [1.0] * 7 + [float("nan")]]),), ValueError, r"pack_bits: x holds NaN \(first in row 1\)"),
         (ops.hamming_topk, (torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8, device="meta"), 1), ValueError, "query_codes is on cpu but db_codes is on meta"),
     ],
 )
 def test_bad_inputs_name_the_argument(fn, args, exc, pattern):
     with pytest.raises(exc, match=pattern):
         fn(*args)
+
+
+def test_integer_scalars_still_work_as_k_and_l():
+    q = torch.zeros(2, 8, dtype=torch.uint8)
+    assert ops.hamming_topk(q, q, np.int64(2))[0].shape == (2, 2)
+    assert ops.hamming_topk(q, q, torch.tensor(2))[0].shape == (2, 2)
+    assert ops.unpack_bits(q, np.int32(5)).shape == (2, 5)
+
+
+def test_pack_bits_nan_check_spares_infinities_and_ints():
+    x = torch.tensor([[float("inf"), float("-inf")] * 4])
+    assert ops.pack_bits(x).tolist() == [[0b01010101]]
+    assert ops.pack_bits(torch.tensor([[-1, 0] * 4])).tolist() == [[0b10101010]]
 
 
 @needs_ext

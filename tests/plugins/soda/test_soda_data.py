@@ -3,6 +3,10 @@ the JSONL manifest, bad data and the split presets."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -137,6 +141,145 @@ def test_jsonl_manifest(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"image": "x", "text": "y"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: missing key 'labels'"):
         D.jsonl_factory("all", str(tmp_path), manifest="bad.jsonl")
+
+
+
+@pytest.mark.parametrize("line, message", [
+    (b"5", r"bad.jsonl:2: expected a JSON object .*found a number"),
+    (b"null", r"bad.jsonl:2: expected a JSON object .*found null"),
+    (b'["image", "text", "labels"]', r"bad.jsonl:2: expected a JSON object .*found a list"),
+    (b'{"image": "a.png", "text": "caf\xe9", "labels": ["cat"]}', r"bad.jsonl:2: not UTF-8"),
+    (b'{"image": "a.png", "text": "t", "labels": [["cat"]]}', r"bad.jsonl:2: label \[\'cat\'\] is neither"),
+    (b'{"image": "a.png", "text": "t", "labels": [1.5]}', r"bad.jsonl:2: label 1.5 is neither"),
+    (b'{"image": "a.png", "text": "t", "labels": [true]}', r"bad.jsonl:2: label True is neither"),
+    (b'{"image": "a.png", "text": "t", "labels": [1000000000000]}',
+     r"bad.jsonl:2: class index 1000000000000 out of range 0..99999 \(at most 100000 classes\)"),
+    (b'{"image": 7, "text": "t", "labels": [0]}', r"bad.jsonl:2: 'image' must be a non-empty file path"),
+    (b'{"image": "a.png", "text": {"t": 1}, "labels": [0]}', r"bad.jsonl:2: 'text' must be a string"),
+    (b"[" * 100_000, r"bad.jsonl:2: invalid JSON: RecursionError"),
+], ids=["number", "null", "list", "not-utf8", "nested-label", "float-label", "bool-label", "huge-index",
+        "image-not-string", "text-not-string", "deep-nesting"])
+def test_jsonl_bad_lines_are_named_by_line(tmp_path, line, message):
+    """Issue 12: no TypeError/UnicodeDecodeError traceback, no class named "['cat']" or "1.5", no
+    10**12-entry class list."""
+    good = b'{"image": "a.png", "text": "t", "labels": [0]}'
+    (tmp_path / "bad.jsonl").write_bytes(good + b"\n" + line + b"\n")
+    with pytest.raises(DataError, match=message):
+        D.jsonl_factory("all", str(tmp_path), manifest="bad.jsonl")
+
+
+def test_jsonl_lines_are_split_at_newlines_only(tmp_path):
+    # U+2028 is a legal character inside a JSON string; str.splitlines would cut the record there
+    (tmp_path / "m.jsonl").write_text('\ufeff{"image": "a.png", "text": "a\u2028b", "labels": [1]}\n', "utf-8")
+    ds = D.jsonl_factory("all", str(tmp_path), manifest="m.jsonl")
+    assert ds.data.texts == ["a\u2028b"] and ds.classes == ["category 0", "category 1"]
+
+
+def test_a_fake_hdf5_mat_file_is_a_data_error(tmp_path):
+    (tmp_path / "label.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + b"not really hdf5" * 4)
+    (tmp_path / "index.mat").write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(DataError, match=r"cannot read .*label.mat as a MATLAB v7.3 \(HDF5\) file"):
+        D.mirflickr_factory("all", str(tmp_path))
+
+
+def test_mat_arrays_of_the_wrong_kind_are_data_errors(tmp_path):
+    n = 4
+    paths = _write_images(tmp_path, n)
+    scipy.io.savemat(tmp_path / "index.mat", {"index": np.array(paths, dtype=object)})
+    (tmp_path / "caption.txt").write_text("\n".join(f"c{i}" for i in range(n)))
+    scipy.io.savemat(tmp_path / "label.mat", {"category": np.array(["a", "b", "c", "d"], dtype=object)})
+    with pytest.raises(DataError, match=r"label.mat:category: expected numbers, got an array of dtype object"):
+        D.mirflickr_factory("all", str(tmp_path))
+    with h5py.File(tmp_path / "label.mat", "w") as f:
+        f.create_group("category")
+    with pytest.raises(DataError, match=r"label.mat: 'category' is an HDF5 group, not an array"):
+        D.mirflickr_factory("all", str(tmp_path))
+    with h5py.File(tmp_path / "label.mat", "w") as f:  # a header claiming 2**60 bytes, no data written
+        f.create_dataset("category", shape=(2**30, 2**27), dtype=np.uint8, chunks=(1, 1024))
+    with pytest.raises(DataError, match=r"label.mat: 'category' claims .* GiB .*more than this machine's memory"):
+        D.mirflickr_factory("all", str(tmp_path))
+
+
+
+def _v5_bytes(arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, arrays)
+    return buffer.getvalue()
+
+
+_PATHS = np.array([f"images/im{i}.png" for i in range(4)], dtype=object)
+#: (valid file, a tag inside it, the corrupt tag): each corrupt file crashed scipy 1.17 with SIGSEGV
+_SCIPY_CRASHES = {
+    "unknown-type-code": (_v5_bytes({"category": np.eye(4, 3, dtype=np.uint8)}),
+                          b"\x02\x00\x00\x00\x0c\x00\x00\x00", b"\x80\x00\x00\x00\x0c\x00\x00\x00"),
+    "dims-of-9-bytes": (_v5_bytes({"index": _PATHS}), b"\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x0e",
+                        b"\x05\x00\x00\x00\x09\x00\x00\x00\x01\x00\x00\x00\x0e"),
+    "dims-of-1-byte": (_v5_bytes({"index": _PATHS}), b"\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x0e",
+                       b"\x05\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0e"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SCIPY_CRASHES))
+def test_v5_files_that_crash_scipy_are_refused_first(tmp_path, case):
+    valid, tag, corrupt_tag = _SCIPY_CRASHES[case]
+    assert tag in valid
+    path = tmp_path / "label.mat"
+    path.write_bytes(valid.replace(tag, corrupt_tag, 1))
+    # a child process: without the check this is a segmentation fault, not an exception
+    code = ("import sys; from pathlib import Path; from kdkit.errors import DataError\n"
+            "from kdkit_soda.data import MatFile\n"
+            "try:\n    MatFile(Path(sys.argv[1]))\nexcept DataError as exc:\n    print(exc)")
+    child = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=str(Path(D.__file__).parents[1])))
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert f"cannot read {path} as a .mat file: corrupt MATLAB v5 data" in child.stdout
+
+
+def test_the_v5_check_passes_valid_files_of_every_class():
+    import io
+
+    import scipy.sparse
+
+    from kdkit_soda.matv5 import v5_problem
+
+    arrays = {"paths": _PATHS, "double": np.eye(3), "complex": np.ones((2, 2)) * 1j, "text": "hello",
+              "struct": {"a": _PATHS, "b": {"c": np.ones(2)}}, "cells": np.array([_PATHS, _PATHS], dtype=object),
+              "bool": np.array([True, False]), "empty": np.zeros((0, 3)), "sparse": scipy.sparse.csc_matrix(np.eye(3)),
+              "int64": np.arange(3, dtype=np.int64), "empty_cell": np.array([], dtype=object)}
+    for compression in (False, True):
+        buffer = io.BytesIO()
+        scipy.io.savemat(buffer, arrays, do_compression=compression)
+        assert v5_problem(io.BytesIO(buffer.getvalue()), len(buffer.getvalue())) is None
+    # MATLAB- and Octave-written files of scipy's own test suite (objects, function handles, ...)
+    data_dir = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
+    checked = 0
+    for path in sorted(data_dir.glob("*.mat")):
+        try:
+            if scipy.io.matlab.matfile_version(str(path))[0] != 1:
+                continue
+            scipy.io.loadmat(path)
+        except Exception:  # noqa: BLE001 - files scipy refuses itself
+            continue
+        with open(path, "rb") as fh:
+            assert v5_problem(fh, path.stat().st_size) is None, path.name
+        checked += 1
+    assert checked > 50 or not data_dir.is_dir()
+
+
+def test_text_files_that_are_not_utf8_are_named_with_the_line(tmp_path):
+    n = 3
+    paths = _write_images(tmp_path, n)
+    scipy.io.savemat(tmp_path / "index.mat", {"index": np.array(paths, dtype=object)})
+    scipy.io.savemat(tmp_path / "label.mat", {"category": _labels(n)})
+    (tmp_path / "caption.txt").write_bytes(b"one\ntwo caf\xe9\nthree\n")
+    with pytest.raises(DataError, match=r"caption file .*caption.txt, line 2: not UTF-8"):
+        D.mirflickr_factory("all", str(tmp_path))
+    (tmp_path / "caption.txt").write_text("one\ntwo\nthree\n")
+    (tmp_path / "classes.txt").write_bytes(b"a\nb\nc\n\xff\n")
+    with pytest.raises(DataError, match=r"classes file .*classes.txt, line 4: not UTF-8"):
+        D.mirflickr_factory("all", str(tmp_path), classes_file="classes.txt")
 
 
 def test_split_presets_follow_the_reference_rule():
