@@ -12,9 +12,7 @@ differ only where the evaluator's unstable sort orders ties differently).
 """
 from __future__ import annotations
 
-import time
 
-import numpy as np
 import pytest
 import torch
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kdkit.errors import ConfigError, DataError, KdkitError
+from kdkit.paths import user_path
 from kdkit.lazy import lazy_import
 
 torch = lazy_import("torch")
@@ -264,7 +264,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _local_file(pretrained) -> Path | None:
-    path = Path(os.path.expanduser(str(pretrained)))  # Path.expanduser raises for an unknown ~user
+    path = user_path(str(pretrained))
     return path if path.is_file() else None
 
 

@@ -32,7 +32,6 @@ import dataclasses
 import inspect
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from kdkit.errors import ConfigError, KdkitError
+from kdkit.paths import user_path
 
 __all__ = [
     "ConfigKey",
@@ -541,7 +541,7 @@ def validate(value: Any, default: Any, path: str = "",
 
 
 def _check_file(value, where: str) -> None:
-    path = Path(os.path.expanduser(str(value)))  # os.path's leaves an unknown ~user as it is
+    path = user_path(str(value))
     shown = value if str(value).isprintable() else repr(value)
     if path.is_dir():
         raise ConfigError(f"config key {where}: {shown} is a directory; give a file")

@@ -10,6 +10,12 @@ from pathlib import Path
 LOCK_FILE = ".lock"
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` / ``~user`` expanded as a shell would.  An unknown ``~user`` stays as typed,
+    so the caller's "not found" error names it (``Path.expanduser`` raises RuntimeError instead)."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def cache_root() -> Path:
     """kdkit's cache directory: ``$KDKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdkit``, else ``~/.cache/kdkit``.
 
@@ -18,10 +24,10 @@ def cache_root() -> Path:
     """
     env = os.environ.get("KDKIT_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return user_path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
-        return Path(xdg).expanduser() / "kdkit"
+        return user_path(xdg) / "kdkit"
     return Path.home() / ".cache" / "kdkit"
 
 

@@ -311,3 +311,13 @@ def test_process_bug_exits_1_with_traceback_and_a_report_line(tmp_path):
     lines = proc.stderr.rstrip("\n").splitlines()
     assert lines[0] == "Traceback (most recent call last):" and lines[-2] == "KeyError: 'missing'"
     assert lines[-1] == cli.BUG_REPORT
+
+
+def test_a_data_root_under_an_unknown_user_is_not_found_not_a_crash(tmp_path, capsys):
+    # The dataset is opened when the run starts (after its first log line), so this is no table row.
+    out = tmp_path / "run"
+    code = cli.main(["train", "--plugin", "kd", "--out", str(out), "--set", "data.name=fashion_mnist",
+                     "--set", "data.root=~kdkit_no_such_user/fm"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("kdkit: error: Fashion-MNIST train split not found")
+    assert "in ~kdkit_no_such_user/fm" in last and not out.exists()

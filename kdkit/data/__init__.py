@@ -15,12 +15,10 @@ __all__ = ["default_data_root", "ImageClassificationDataset", "build_transform"]
 def default_data_root() -> Path:
     """Where datasets live when ``data.root`` is not set: ``$KDKIT_DATA``, else ``data/`` in
     :func:`kdkit.paths.cache_root`."""
-    env = os.environ.get("KDKIT_DATA")
-    if env:
-        return Path(env).expanduser()
-    from kdkit.paths import cache_root
+    from kdkit.paths import cache_root, user_path
 
-    return cache_root() / "data"
+    env = os.environ.get("KDKIT_DATA")
+    return user_path(env) if env else cache_root() / "data"
 
 
 def __getattr__(name):  # lazy: importing kdkit.data does not import torch

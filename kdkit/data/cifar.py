@@ -22,6 +22,7 @@ import torch
 
 from kdkit.data.base import TensorImageDataset, check_split
 from kdkit.errors import DataError
+from kdkit.paths import user_path
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -132,7 +133,7 @@ class _CIFARBase(TensorImageDataset):
         check_split(split, self.name)
         tv = getattr(tvd, self.tv_class_name)
         base = tv.base_folder
-        root_path = Path(root).expanduser() if root else _default_root()
+        root_path = user_path(root) if root else _default_root()
         folder = root_path if (root_path.name == base and not (root_path / base).is_dir()) else root_path / base
         files = [name for name, _ in (tv.train_list if split == "train" else tv.test_list)]
         needed = files + [tv.meta["filename"]]

@@ -24,13 +24,14 @@ from typing import Callable
 
 from kdkit.data.base import ImageClassificationDataset, check_split
 from kdkit.errors import DataError
+from kdkit.paths import user_path
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, str]:
     """Parse a JSON or text folder -> class-name mapping file (see the module docstring)."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise DataError(f"class map file not found: {path}")
     try:
@@ -101,7 +102,7 @@ class ImageFolderDataset(ImageClassificationDataset):
         check_split(split, "imagefolder")
         if not root:
             raise DataError("dataset 'imagefolder' needs a root folder: --set data.root=PATH (holding train/ and val/ or test/)")
-        base = Path(root).expanduser()
+        base = user_path(root)
         if not base.is_dir():
             raise DataError(f"image folder root not found: {base} (set data.root to a folder holding train/ and val/ or test/)")
         if split == "train":

@@ -37,6 +37,7 @@ import torch
 
 from kdkit.data.base import TensorImageDataset, check_split
 from kdkit.errors import ConfigError, DataError
+from kdkit.paths import user_path
 
 #: Where Debian's ``dataset-fashion-mnist`` installs the four gzipped IDX files.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -212,7 +213,7 @@ class _IDXDataset(TensorImageDataset):
         self._init_transform(split, image_size, augment, normalize, transform)
 
     def _locate(self, split: str, root: str | None) -> tuple[Path, Path]:
-        bases = [Path(root).expanduser()] if root else self.default_roots()
+        bases = [user_path(root)] if root else self.default_roots()
         images_name, labels_name = split_file_names(split)
         partial = []
         for base in bases:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kdkit.data.base import TensorImageDataset, check_split
-from kdkit.errors import ConfigError, DataError
+from kdkit.errors import ConfigError
 
 #: Class names in label order: WordNet nouns (all in WordNet 3.0's noun index).  The first 10
 #: are the default set; ``num_classes`` takes a prefix of this table.

@@ -5,6 +5,7 @@ None), so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_torch_save",
     "load_checkpoint",
     "load_last_checkpoint",
+    "checkpoint_fits",
     "previous_checkpoint_path",
     "capture_rng_state",
     "restore_rng_state",
@@ -186,6 +188,19 @@ def load_last_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = Fal
         warn(f"warning: {problem}; continuing from its previous version {previous.name} "
              f"(epoch {int(state.get('epoch', 0))})")
     return state, previous
+
+
+@contextlib.contextmanager
+def checkpoint_fits(path: Path, what: str):
+    """Around loading a readable checkpoint's state into ``what`` (a model, optimizer, ...): a state
+    that does not fit (missing keys, other shapes, not a state dict) is a one-line
+    :class:`CheckpointError` naming the file, not torch's multi-line message."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise CheckpointError(f"checkpoint {path} does not fit {what} "
+                              f"({reason[:200]}{'...' if len(reason) > 200 else ''})") from None
 
 
 # --- RNG ----------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_ya
                           resolve_method_config, write_config)
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import (WriteError, atomic_write_text, derive_seed, load_checkpoint, load_last_checkpoint,
-                                     seed_everything)
-from kdkit.engine.checkpoint import CheckpointError
+from kdkit.engine.checkpoint import (WriteError, atomic_write_text, checkpoint_fits, derive_seed, load_checkpoint,
+                                     load_last_checkpoint, seed_everything)
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
 from kdkit.engine.trainer import Stage, StageResult, Trainer
 
@@ -266,17 +265,12 @@ class RunContext:
         if not path.exists():
             raise KdkitError(f"no best checkpoint for stage {stage_name!r} in {self.run_dir} ({path} is missing)")
         state = load_checkpoint(path, map_location=self.device)
-        try:
+        with checkpoint_fits(path, f"stage {stage_name!r}'s model"):
             model.load_state_dict(state["model"])
             for k, sd in (state.get("extra_modules") or {}).items():
                 if extra_modules and k in extra_modules:
                     extra_modules[k].load_state_dict(sd)
             metrics = dict(state.get("metrics") or {})
-        # a readable file that is not this stage's checkpoint (torch's message spans several lines)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise CheckpointError(f"checkpoint {path} does not fit stage {stage_name!r}'s model "
-                                  f"({reason[:200]}{'...' if len(reason) > 200 else ''})") from None
         model.to(self.device)
         return metrics
 

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import (capture_rng_state, derive_seed, load_checkpoint, load_last_checkpoint,
-                                     restore_rng_state, save_checkpoint, seed_everything)
+from kdkit.engine.checkpoint import (capture_rng_state, checkpoint_fits, derive_seed, load_checkpoint,
+                                     load_last_checkpoint, restore_rng_state, save_checkpoint, seed_everything)
 from kdkit.engine.data import make_eval_loader, make_train_loader, to_device
 
 __all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "freeze",
@@ -461,7 +461,8 @@ class Trainer:
         loader, sampler = self._train_loader()
         self._build(len(loader))
         if finished is not None:  # an unfinished stage: continue from its last.pt
-            self.load_state_dict(finished)
+            with checkpoint_fits(self._resumed_from, f"stage {self.stage.name!r}"):
+                self.load_state_dict(finished)
             self.ctx.log(f"[{self.stage.name}] resuming at epoch {self.epoch + 1}/{self.epochs} (step {self.step})")
         while self.epoch < self.epochs:
             t0 = time.perf_counter()
@@ -477,9 +478,11 @@ class Trainer:
         ``None`` for a fresh stage."""
         state, source = load_last_checkpoint(self.last_path, warn=self.ctx.log)
         self._last_unreadable = source is not None and source != self.last_path
+        self._resumed_from = source
         if state is not None and state.get("finished"):
-            if not self._load_best_weights(state):
-                self._load_weights(state)
+            with checkpoint_fits(source, f"stage {self.stage.name!r}"):
+                if not self._load_best_weights(state):
+                    self._load_weights(state)
             self.ctx.log(f"[{self.stage.name}] already finished; loaded its best weights")
             r = state["result"]
             return StageResult(dict(r["best_metrics"]), int(r["best_epoch"]), dict(r["final_metrics"]),

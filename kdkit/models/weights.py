@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdkit.errors import DataError
+from kdkit.paths import user_path
 
 log = logging.getLogger("kdkit.models")
 
@@ -98,7 +99,7 @@ def load_weights(
     :returns: ``{"loaded": [...], "skipped": [...], "missing": [...]}`` parameter names.
     :raises DataError: missing or unreadable file, or weights that do not fit the model.
     """
-    path = os.path.expanduser(os.fspath(path))  # as the config check of `pretrained` does
+    path = str(user_path(path))  # as the config check of `pretrained` does
     if not os.path.isfile(path):
         raise DataError(f"pretrained weights file not found: {path} (kdkit never downloads weights; give a local file)")
     try:

@@ -776,7 +776,7 @@ def _file_factory(family: str, display: str):
                 vocab_file: str | None = None, val_fraction: float = 0.1) -> CrossModalDataset:
         if not root:
             raise ConfigError(f"dataset {display}: set data.root to the folder holding the files")
-        r = Path(root).expanduser()
+        r = Path(os.path.expanduser(str(root)))  # an unknown ~user stays as typed: "not found" names it
         if not r.is_dir():
             raise DataError(f"dataset {display}: data.root {r} is not a directory")
         chosen = layout

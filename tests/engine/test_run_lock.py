@@ -232,6 +232,17 @@ def test_resume_refuses_an_edited_config_unless_accepted(finished_copy, capsys):
     assert code == 2 and err == ["kdkit: error: --accept-config-change only applies to --resume RUN_DIR"]
 
 
+def test_an_accepted_config_change_that_the_checkpoints_do_not_fit_is_one_line(finished_copy, capsys):
+    # a wider student: its checkpoints cannot be loaded into the new model
+    cfg_path = finished_copy / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["student"]["width"] = 8
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    code, err = _main(["train", "--accept-config-change", "--resume", str(finished_copy)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "checkpoints" in err[0] and "does not fit stage 'student'" in err[0] and "size mismatch" in err[0]
+
+
 # --- writes that fail ------------------------------------------------------------------------------
 
 def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
