@@ -39,14 +39,20 @@ export PYTHONUNBUFFERED=1 KDKIT_CACHE_DIR="${KDKIT_CACHE_DIR:-$(mktemp -d)}"
 START=$SECONDS
 STEP="start"
 FAILED=()
+ON_FAIL=""  # a command that explains a failure of the current step
 
 say() { echo "gpu-check [$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
 fail() {
     say "FAILED at step: $STEP (exit $1); see $LOG"
+    if [ -n "$ON_FAIL" ]; then
+        say "diagnosis:"
+        $ON_FAIL 2>&1 | tee -a "$LOG" || true
+        ON_FAIL=""
+    fi
     if [ "$KEEP_GOING" = 0 ]; then exit "$1"; fi
-    FAILED+=("$STEP")
+    if [ "${FAILED[*]: -1}" != "$STEP" ]; then FAILED+=("$STEP"); fi
 }
-step() { STEP="$1"; say "== $1"; }
+step() { STEP="$1"; ON_FAIL=""; say "== $1"; }
 # A failing command fails its step; with --keep-going the script goes on to the next command.
 run() {
     local rc=0
@@ -100,6 +106,8 @@ if [ "$DRY_RUN" = 1 ] && [ "$GPU" = 0 ]; then
 fi
 
 step "CUDA parity tests and the AMP training test"
+# Raw-op argument checks crashed (SIGSEGV) on one GPU image: say which kinds of check do.
+ON_FAIL="$PY scripts/raw_check_diagnosis.py"
 run "${PYTEST[@]}" -rs tests/ops/test_cuda.py tests/engine/test_trainer.py::test_amp_on_cuda_saves_scaler_state
 # A skip for want of CUDA on a GPU machine means the kernels were not tested (faiss, absent
 # from bare GPU images, may be skipped).
@@ -143,7 +151,7 @@ assert not bad, f"bench result checks failed: {bad}"
 EOF
 
 if [ "${#FAILED[@]}" != 0 ]; then
-    say "FAILED steps: ${FAILED[*]}; see $LOG"
+    say "FAILED steps: $(IFS=';'; echo "${FAILED[*]}"); see $LOG"
     exit 1
 fi
 say "all steps passed in $((SECONDS - START)) s; files in $OUTDIR"
