@@ -93,6 +93,12 @@ BAD_INVOCATIONS = {
     "student width 0": (_train("--set", "student.width=0"), "config key student.width: expected int in [1, inf)"),
     "teacher in_channels 0": (_train("--set", "teachers.0.in_channels=0"), "config key teachers.0.in_channels: "
                                                                            "expected int in [1, inf), got 0"),
+    "no training images per class": (_train("--set", "data.train_per_class=0"),
+                                     "config key data.train_per_class: expected int in [1, inf) or null, got 0"),
+    "null test images for shapes": (_train("--set", "data.name=shapes", "--set", "data.test_per_class=null"),
+                                    "config key data.test_per_class: expected int in [1, inf), got null"),
+    "zero-pixel Fashion-MNIST": (_train("--set", "data.name=fashion_mnist", "--set", "data.image_size=0"),
+                                 "config key data.image_size: expected int in [1, inf), got 0"),
     "missing teacher weights": (_train("--set", "teachers.0.pretrained={tmp}/nope.pt"),
                                 "config key teachers.0.pretrained: file not found: {tmp}/nope.pt"),
     "student weights a directory": (_train("--set", "student.pretrained={weights_dir}"),

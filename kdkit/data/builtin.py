@@ -38,8 +38,33 @@ class DatasetFactory:
         return inspect.Signature(params)
 
     @property
+    def config_keys(self) -> dict:
+        """Ranges of the options every built-in dataset shares, with the class's own defaults, so a
+        value such as ``train_per_class: 0`` is refused when the config is resolved, not when the
+        run opens its data (``kdkit.config.factory_options`` reads this)."""
+        import inspect
+
+        from kdkit.config import ConfigKey
+
+        params = inspect.signature(self.dataset_class().__init__).parameters
+        keys = {}
+        for name, help_text in _COUNTED_OPTIONS.items():
+            if name in params:
+                default = params[name].default
+                keys[name] = ConfigKey(default, help_text, type=int, nullable=default is None, range="[1, inf)")
+        return keys
+
+    @property
     def __doc__(self):  # the class's docstring: its ``:param NAME:`` lines document the options
         return self.dataset_class().__doc__
+
+
+#: options that count something (images, pixels), declared by :attr:`DatasetFactory.config_keys`
+_COUNTED_OPTIONS = {
+    "train_per_class": "images per class taken from the training split (null: all of them)",
+    "test_per_class": "images per class taken from the test split (null: all of them)",
+    "image_size": "side of the images in pixels",
+}
 
 
 def _call(cls, name: str, split: str, root, options: dict):

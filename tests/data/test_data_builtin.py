@@ -41,7 +41,7 @@ def test_dataset_factories_expose_their_options_without_importing_at_registratio
 
     factory = builtin.DATASETS["cifar10"][0]
     options = factory_options(factory)
-    assert "*" not in options and options["download"] is False and options["image_size"] == 32
+    assert "*" not in options and options["download"] is False and options["image_size"].default == 32 and options["image_size"].range == "[1, inf)"
     assert "split" not in options and "transform" not in options  # the engine's and code-only arguments
     assert options["augment"].nullable and options["augment"].default == "weak"  # `str | None = "weak"`
     assert list(inspect.signature(factory).parameters)[:2] == ["split", "root"]

@@ -246,8 +246,9 @@ def test_registered_with_options_and_without_importing_torch():
     from kdkit.data.builtin import DATASETS
 
     options = factory_options(DATASETS["fashion_mnist"][0])
-    assert options["image_size"] == 28 and options["augment"].default == "weak" and options["normalize"] is True
+    assert options["image_size"].default == 28 and options["augment"].default == "weak" and options["normalize"] is True
     assert options["train_per_class"].default is None and options["test_per_class"].default is None
+    assert options["train_per_class"].nullable and options["train_per_class"].range == "[1, inf)"
     assert factory_options(DATASETS["mnist"][0])["augment"].default == "none"
     assert ":param train_per_class:" in DATASETS["fashion_mnist"][0].__doc__
     with pytest.raises(ConfigError, match="valid options: .*train_per_class"):
