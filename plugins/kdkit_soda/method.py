@@ -194,7 +194,7 @@ class SodaMethod:
         meta = {"query": splits.query.tolist(), "retrieval": splits.retrieval.tolist(),
                 "train": splits.train.tolist(), "val": splits.val.tolist(), "seed": splits.seed,
                 "preset": splits.preset}
-        (Path(ctx.run_dir) / "splits.json").write_text(json.dumps(meta))
+        kdkit.atomic_write_text(Path(ctx.run_dir) / "splits.json", json.dumps(meta))
 
     # --- stages ---------------------------------------------------------------------------
 

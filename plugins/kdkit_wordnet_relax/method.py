@@ -20,12 +20,13 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 from pathlib import Path
 
-from kdkit import ConfigError, DataError, KdkitError, plain_defaults
+from kdkit import ConfigError, DataError, KdkitError, atomic_write_text, plain_defaults
 from kdkit.distill import check_distill, check_teachers
 
 from kdkit_wordnet_relax.config import LAMBDA_PRESETS, default_config
@@ -509,7 +510,7 @@ class WordNetRelaxMethod:
         v_train = emb.of(train)
         vocab = relaxer.build(classes, v_train, encoder, cache_dir=cache_dir, log=ctx.log)
         if ctx.is_main:
-            (ctx.run_dir / "relaxed_nouns.txt").write_text("\n".join(vocab.words) + "\n", encoding="utf-8")
+            atomic_write_text(ctx.run_dir / "relaxed_nouns.txt", "\n".join(vocab.words) + "\n")
 
         # unimodal teachers and the no-KD baseline (independent of the ratio)
         tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes)
@@ -662,14 +663,15 @@ def write_sweep(run_dir: Path, summary: dict, log=print) -> dict:
     """``sweep.csv``, ``sweep.md`` and (with matplotlib) ``sweep.png`` — the paper's Figure 2."""
     rows = summary["sweep"]
     run_dir = Path(run_dir)
-    with open(run_dir / "sweep.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["ratio", "teacher_top1", "teacher_top1_relaxed", "teacher_entropy", "student_top1",
-                    "baseline_top1"])
-        for r in rows:
-            w.writerow([r["ratio"], r["teacher_top1"], r["teacher_top1_relaxed"], r["teacher_entropy"],
-                        r["student_top1"], summary.get("baseline", {}).get("top1")])
-    (run_dir / "sweep.md").write_text(sweep_markdown(rows) + "\n", encoding="utf-8")
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["ratio", "teacher_top1", "teacher_top1_relaxed", "teacher_entropy", "student_top1",
+                "baseline_top1"])
+    for r in rows:
+        w.writerow([r["ratio"], r["teacher_top1"], r["teacher_top1_relaxed"], r["teacher_entropy"],
+                    r["student_top1"], summary.get("baseline", {}).get("top1")])
+    atomic_write_text(run_dir / "sweep.csv", table.getvalue())
+    atomic_write_text(run_dir / "sweep.md", sweep_markdown(rows) + "\n")
     files = {"csv": str(run_dir / "sweep.csv"), "markdown": str(run_dir / "sweep.md")}
     try:
         import matplotlib

@@ -23,10 +23,14 @@ def _isolated_env(monkeypatch, wordnet_cache):
     monkeypatch.setenv("KDKIT_OFFLINE", "1")
     monkeypatch.setenv("KDKIT_CACHE_DIR", str(wordnet_cache))
     monkeypatch.setenv("KDKIT_BLOCK_PLUGINS", "soda")
-    from kdkit import clip
+    from kdkit import clip, plugins
 
     clip.reset_warnings()
+    had_manager = plugins._manager is not None
     yield
+    # a process-wide manager built while soda was blocked would hide soda from later tests
+    if not had_manager:
+        plugins.reset_plugin_manager()
 
 
 @pytest.fixture
