@@ -26,7 +26,8 @@ import math
 import os
 from pathlib import Path
 
-from kdkit import ConfigError, DataError, KdkitError, atomic_write_text, plain_defaults
+import kdkit  # kdkit.atomic_write_text is looked up when called: it imports torch
+from kdkit import ConfigError, DataError, KdkitError, plain_defaults
 from kdkit.distill import check_distill, check_teachers
 
 from kdkit_wordnet_relax.config import LAMBDA_PRESETS, default_config
@@ -510,7 +511,7 @@ class WordNetRelaxMethod:
         v_train = emb.of(train)
         vocab = relaxer.build(classes, v_train, encoder, cache_dir=cache_dir, log=ctx.log)
         if ctx.is_main:
-            atomic_write_text(ctx.run_dir / "relaxed_nouns.txt", "\n".join(vocab.words) + "\n")
+            kdkit.atomic_write_text(ctx.run_dir / "relaxed_nouns.txt", "\n".join(vocab.words) + "\n")
 
         # unimodal teachers and the no-KD baseline (independent of the ratio)
         tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes)
@@ -670,8 +671,8 @@ def write_sweep(run_dir: Path, summary: dict, log=print) -> dict:
     for r in rows:
         w.writerow([r["ratio"], r["teacher_top1"], r["teacher_top1_relaxed"], r["teacher_entropy"],
                     r["student_top1"], summary.get("baseline", {}).get("top1")])
-    atomic_write_text(run_dir / "sweep.csv", table.getvalue())
-    atomic_write_text(run_dir / "sweep.md", sweep_markdown(rows) + "\n")
+    kdkit.atomic_write_text(run_dir / "sweep.csv", table.getvalue())
+    kdkit.atomic_write_text(run_dir / "sweep.md", sweep_markdown(rows) + "\n")
     files = {"csv": str(run_dir / "sweep.csv"), "markdown": str(run_dir / "sweep.md")}
     try:
         import matplotlib
