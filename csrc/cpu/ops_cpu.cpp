@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../ap_args.h"
 #include "cpu_ops.h"
 #include "isa_kernels.h"
 
@@ -577,8 +578,6 @@ namespace {
 
 constexpr int64_t kApChunk = 2048;  // distances computed per ISA call (8 KB, stays in L1)
 
-enum class ApCut { All, Truncated, FirstRelevant };
-
 template <ApCut kCut>
 int64_t ap_collect(const uint16_t* keys, int64_t n, uint64_t* cursor, int64_t k, uint32_t* hits,
                    uint32_t* ranks) {
@@ -618,32 +617,9 @@ static at::Tensor hamming_average_precision_cpu(const at::Tensor& query_codes, c
   check_codes(op, query_codes, db_codes);
   TORCH_CHECK(query_labels.device().is_cpu() && db_labels.device().is_cpu(), op,
               ": labels must be CPU tensors here, got ", query_labels.device(), " and ", db_labels.device());
-  TORCH_CHECK(query_labels.dim() == 2 && db_labels.dim() == 2, op,
-              ": labels must be 2-D int64 bitsets (rows, words), got ", query_labels.sizes(), " and ",
-              db_labels.sizes());
-  TORCH_CHECK(query_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
-              ": labels must be int64 bitsets, got ", query_labels.scalar_type(), " and ",
-              db_labels.scalar_type());
-  TORCH_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
-              query_labels.size(0), " rows but query_codes has ", query_codes.size(0));
-  TORCH_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
-              " rows but db_codes has ", db_codes.size(0));
-  TORCH_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
-              ": query_labels and db_labels must have the same number (> 0) of words, got ",
-              query_labels.size(1), " and ", db_labels.size(1));
+  const ApCut cut = check_ap_arguments(op, query_codes, db_codes, query_labels, db_labels, k, variant);
   const int64_t nq = query_codes.size(0), n = db_codes.size(0), B = query_codes.size(1);
   const int64_t W = query_labels.size(1), nbits = 8 * B;
-  TORCH_CHECK(n < ((int64_t)1 << 31), op, ": at most 2^31 - 1 database codes, got ", n);
-  TORCH_CHECK(2 * nbits + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
-  TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
-  ApCut cut;
-  if (variant == "truncated") {
-    cut = k == n ? ApCut::All : ApCut::Truncated;
-  } else if (variant == "dchmt") {
-    cut = k == n ? ApCut::All : ApCut::FirstRelevant;
-  } else {
-    TORCH_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant), "'");
-  }
   const at::Tensor q = query_codes.contiguous(), db = db_codes.contiguous();
   const at::Tensor ql = query_labels.contiguous(), dl = db_labels.contiguous();
   at::Tensor out = at::empty({nq}, q.options().dtype(at::kDouble));

@@ -37,12 +37,12 @@
 
 #include <cuda_runtime.h>
 
+#include "../ap_args.h"
 #include "hamming_kernels.cuh"
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <string>
 
 namespace kdkit {
 namespace {
@@ -208,34 +208,11 @@ at::Tensor hamming_average_precision_cuda(const at::Tensor& query_codes, const a
                                           c10::string_view variant) {
   const char* op = "hamming_average_precision";
   check_pair(op, query_codes, db_codes);
-  for (const at::Tensor* labels : {&query_labels, &db_labels}) {
-    TORCH_CHECK(labels->device() == query_codes.device(), op,
-                ": labels must be on the codes' device ", query_codes.device(), ", got ",
-                labels->device());
-    TORCH_CHECK(labels->dim() == 2 && labels->scalar_type() == at::kLong, op,
-                ": labels must be 2-D int64 bitsets (rows, words), got ", labels->scalar_type(),
-                " of shape ", labels->sizes());
-  }
-  TORCH_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
-              query_labels.size(0), " rows but query_codes has ", query_codes.size(0));
-  TORCH_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
-              " rows but db_codes has ", db_codes.size(0));
-  TORCH_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
-              ": query_labels and db_labels must have the same number (> 0) of words, got ",
-              query_labels.size(1), " and ", db_labels.size(1));
+  TORCH_CHECK(query_labels.device() == query_codes.device() && db_labels.device() == query_codes.device(),
+              op, ": labels must be on the codes' device ", query_codes.device(), ", got ",
+              query_labels.device(), " and ", db_labels.device());
+  const ApCut cut = check_ap_arguments(op, query_codes, db_codes, query_labels, db_labels, k, variant);
   const int64_t nq = query_codes.size(0), n = db_codes.size(0), bytes = query_codes.size(1);
-  TORCH_CHECK(n < (int64_t(1) << 31), op, ": at most 2^31 - 1 database codes, got ", n);
-  TORCH_CHECK(16 * bytes + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
-  TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
-  ApCut cut;
-  if (variant == "truncated") {
-    cut = k == n ? kApAll : kApTruncated;
-  } else if (variant == "dchmt") {
-    cut = k == n ? kApAll : kApFirstRelevant;
-  } else {
-    TORCH_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant),
-                "'");
-  }
   const c10::cuda::CUDAGuard guard(query_codes.device());
   const at::Tensor qc = query_codes.contiguous(), dc = db_codes.contiguous();
   const at::Tensor ql = query_labels.contiguous(), dl = db_labels.contiguous();

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../ap_args.h"  // ApCut
+
 #ifndef KDKIT_DYN_SHARED
 #define KDKIT_DYN_SHARED(T, name) extern __shared__ T name[]
 #endif
@@ -289,8 +291,6 @@ constexpr int kApWarps = 8;
 constexpr int kApThreads = 32 * kApWarps;
 constexpr int kApRows = kApWarps + 1;             // per-segment rows + one row of totals
 constexpr int kApMaxSharedBytes = 48 * 1024;      // counts in shared memory up to here
-// Which relevant items an AP keeps: all; those ranked in the top k; the first k.
-enum ApCut : int { kApAll = 0, kApTruncated = 1, kApFirstRelevant = 2 };
 
 __device__ __forceinline__ bool ap_relevant(const u64* __restrict__ qlab,
                                             const u64* __restrict__ dlab, int64_t j,
@@ -397,7 +397,7 @@ average_precision_kernel(const W* __restrict__ q, const W* __restrict__ db,
       if (r) {
         const int32_t rank = my_cnt[d] + __popc(same & lane_lt) + 1;
         const int32_t hit = my_rel[d] + __popc(same & rel_lanes & lane_lt) + 1;
-        const bool keep = cut == kApAll || (cut == kApTruncated ? rank <= k : hit <= k);
+        const bool keep = cut == ApCut::All || (cut == ApCut::Truncated ? rank <= k : hit <= k);
         if (keep) {
           sum += static_cast<double>(hit) / static_cast<double>(rank);
           ++kept;
