@@ -24,7 +24,7 @@ PROG = "kdkit"
 
 #: subcommand -> (module, one-line help).  Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("kdkit.commands.train", "train a distillation method (--plugin NAME selects it)"),
+    "train": ("kdkit.commands.train", "train a distillation method (--method NAME selects it)"),
     "eval": ("kdkit.commands.eval", "evaluate the checkpoints of a run directory"),
     "plot": ("kdkit.commands.plot", "write PNG training curves of a run directory"),
     "plugins": ("kdkit.commands.plugins", "list the installed plugins, their hooks and components"),

@@ -12,7 +12,7 @@ The sweep file (YAML, ``yaml.safe_load``)::
       train.lr: [0.1, 0.05]         #   product of the lists is run for every cell and seed
     cells:                          # required, non-empty: a cell = one method + its overrides
       - name: kd                    # required, unique, [A-Za-z0-9][A-Za-z0-9_.-]* (a directory)
-        method: kd                  # required: a name of the methods registry (--plugin)
+        method: kd                  # required: a name of the methods registry (--method)
         set: {baseline.enabled: true}          # optional: dotted key -> value (wins over base)
         rows:                       # optional: table row -> stage name (default {<name>: student})
           teacher: teacher.resnet14
@@ -37,7 +37,7 @@ with :func:`kdkit.config.resolve_method_config` (unknown keys, types, the method
 no run directory is created), and a config whose ``checkpoint.select_on`` is ``test`` is refused
 (a sweep table never selects on the test split).  Errors are one line (exit 2).
 
-Runs: each run is ``python -m kdkit --plugins-module kdkit.sweep train --plugin METHOD --out
+Runs: each run is ``python -m kdkit --plugins-module kdkit.sweep train --method METHOD --out
 OUT/runs/<cell>/<grid-id>/seed<S> --set ...`` in a subprocess (a crashed run does not stop the
 sweep; the tail of its output goes into ``OUT/sweep.log``, its dependents are skipped, and the
 sweep exits 3 at the end naming the failed runs).  ``<grid-id>`` is ``default`` without a grid,
@@ -515,7 +515,7 @@ def _run_child(run: RunSpec, status: str, out: Path, plugin_modules: list) -> tu
         if status == "restart":
             shutil.rmtree(run.run_dir)
         run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        cmd += ["train", "--plugin", run.cell.method, "--out", str(run.run_dir)]
+        cmd += ["train", "--method", run.cell.method, "--out", str(run.run_dir)]
         for item in run.sets:
             cmd += ["--set", item]
     log_path = _child_log(out, run)

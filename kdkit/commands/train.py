@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", metavar="NAME", default=None,
+    parser.add_argument("--method", metavar="NAME", default=None,
                         help="the method to run (default: kd; with --resume, the run's own method)")
+    parser.add_argument("--plugin", metavar="NAME", default=None, dest="plugin_alias",
+                        help="deprecated alias of --method NAME")
     parser.add_argument("--config", metavar="FILE", default=None, help="YAML config file (safe_load)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
                         help="override one config value, dotted key, YAML value (repeatable; wins over --config)")
@@ -23,13 +26,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list the method's config keys (what each allows, its value, a one-line help) and exit")
 
 
+def _chosen_method(args: argparse.Namespace) -> str | None:
+    """The method named by ``--method`` (or its deprecated alias ``--plugin``, which warns once on stderr)."""
+    chosen = args.method
+    if args.plugin_alias is not None:
+        print(f"kdkit: warning: --plugin {args.plugin_alias} is deprecated; use --method {args.plugin_alias}",
+              file=sys.stderr)
+        if chosen is not None and chosen != args.plugin_alias:
+            from kdkit.errors import KdkitError
+
+            raise KdkitError(f"--method {chosen} and --plugin {args.plugin_alias} name different methods: "
+                             f"give only --method NAME")
+        chosen = args.plugin_alias
+    return chosen
+
+
 def run(args: argparse.Namespace) -> int:
-    method = args.plugin if (args.plugin is not None or args.resume) else "kd"  # --plugin '' names no method
+    chosen = _chosen_method(args)
+    method = chosen if (chosen is not None or args.resume) else "kd"  # --method '' names no method
     if args.help_config:
         if args.resume:
             from kdkit.errors import ConfigError
 
-            raise ConfigError("--help-config lists a method's keys: use it with --plugin NAME, not --resume")
+            raise ConfigError("--help-config lists a method's keys: use it with --method NAME, not --resume")
         from kdkit.config import method_config_help
 
         print(method_config_help(method, args.config, args.sets), end="")
