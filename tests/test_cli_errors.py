@@ -110,33 +110,33 @@ BAD_INVOCATIONS = {
     "untrained teacher without weights": (_train("--set", "teachers.0.train=false"),
                                           "config key teachers.0: train: false needs pretrained weights"),
     "method set to another": (_train("--set", "method=dkd"), "config key method is 'dkd' but the method run is 'kd'"),
-    "empty --plugin": (_train("--plugin", ""), "no method selected: use --plugin NAME"),
-    "unknown method": (_train("--plugin", "hinton2015"), "unknown method 'hinton2015'; valid choices:"),
-    "term option of the wrong type": (_train("--plugin", "dkd", "--set", "distill.terms.0.options.alpha=abc"),
+    "empty --method": (_train("--method", ""), "no method selected: use --"),
+    "unknown method": (_train("--method", "hinton2015"), "unknown method 'hinton2015'; valid choices:"),
+    "term option of the wrong type": (_train("--method", "dkd", "--set", "distill.terms.0.options.alpha=abc"),
                                       "config key distill.terms.0.options.alpha: expected float, got str"),
-    "preset method set to kd": (_train("--plugin", "dkd", "--set", "method=kd"), "config key method is 'kd'"),
-    "wordnet_relax T_x lr": (_train("--plugin", "wordnet_relax", "--set", "tx.train.lr=-1"),
+    "preset method set to kd": (_train("--method", "dkd", "--set", "method=kd"), "config key method is 'kd'"),
+    "wordnet_relax T_x lr": (_train("--method", "wordnet_relax", "--set", "tx.train.lr=-1"),
                              "config key tx.train.lr: expected float in (0, inf)"),
-    "wordnet_relax T_x epochs 0": (_train("--plugin", "wordnet_relax", "--set", "tx.train.epochs=0"),
+    "wordnet_relax T_x epochs 0": (_train("--method", "wordnet_relax", "--set", "tx.train.epochs=0"),
                                    "config key tx.train.epochs: expected int in [1, inf), got 0"),
-    "wordnet_relax untrained teacher": (_train("--plugin", "wordnet_relax", "--set", "teachers.1.train=false"),
+    "wordnet_relax untrained teacher": (_train("--method", "wordnet_relax", "--set", "teachers.1.train=false"),
                                         "config key teachers.1: train: false needs pretrained weights"),
-    "wordnet_relax missing teacher weights": (_train("--plugin", "wordnet_relax", "--set",
+    "wordnet_relax missing teacher weights": (_train("--method", "wordnet_relax", "--set",
                                                      "teachers.0.pretrained={tmp}/nope.pt"),
                                               "config key teachers.0.pretrained: file not found"),
-    "wordnet_relax missing pool file": (_train("--plugin", "wordnet_relax", "--set", "relax.pool=file", "--set",
+    "wordnet_relax missing pool file": (_train("--method", "wordnet_relax", "--set", "relax.pool=file", "--set",
                                                "relax.pool_file={tmp}/nouns.txt"),
                                         "config key relax.pool_file: file not found: {tmp}/nouns.txt"),
-    "wordnet_relax pool file unset": (_train("--plugin", "wordnet_relax", "--set", "relax.pool=file"),
+    "wordnet_relax pool file unset": (_train("--method", "wordnet_relax", "--set", "relax.pool=file"),
                                       "relax.pool=file needs relax.pool_file"),
-    "wordnet_relax unknown backbone": (_train("--plugin", "wordnet_relax", "--set", "tx.backbone=vit9000"),
+    "wordnet_relax unknown backbone": (_train("--method", "wordnet_relax", "--set", "tx.backbone=vit9000"),
                                        "config key tx.backbone: unknown backbone 'vit9000'; valid choices: mlp,"),
-    "wordnet_relax unknown relaxer": (_train("--plugin", "wordnet_relax", "--set", "relax.relaxer=thesaurus"),
+    "wordnet_relax unknown relaxer": (_train("--method", "wordnet_relax", "--set", "relax.relaxer=thesaurus"),
                                       "unknown text relaxer 'thesaurus'"),
-    "soda epochs 0": (_train("--plugin", "soda", "--set", "train.epochs=0"), "config key train.epochs: expected int"),
-    "soda stage epochs 0": (_train("--plugin", "soda", "--set", "soda.teacher_epochs=0"),
+    "soda epochs 0": (_train("--method", "soda", "--set", "train.epochs=0"), "config key train.epochs: expected int"),
+    "soda stage epochs 0": (_train("--method", "soda", "--set", "soda.teacher_epochs=0"),
                             "config key soda.teacher_epochs: expected int in [1, inf) or null, got 0"),
-    "soda bits": (_train("--plugin", "soda", "--set", "soda.bits=[12]"), "config key soda.bits: 12 is not a multiple"),
+    "soda bits": (_train("--method", "soda", "--set", "soda.bits=[12]"), "config key soda.bits: 12 is not a multiple"),
     # --- config files
     "config not UTF-8": (_train("--config", "{latin1}"), "config file {latin1} is not UTF-8 text (byte 0xe9"),
     "config a directory": (_train("--config", "{tmp}"), "config file {tmp} is a directory"),
@@ -151,9 +151,9 @@ BAD_INVOCATIONS = {
     "config impossible date": (_train("--config", "{bad_date}"), "invalid YAML in {bad_date}: a value cannot be read "
                                                                  "(month must be in 1..12)"),
     "config 5000-digit int": (_train("--config", "{huge_int}"), "invalid YAML in {huge_int}: a value cannot be read"),
-    "config alias bomb": (_train("--plugin", "wordnet_relax", "--config", "{alias_bomb}"),
+    "config alias bomb": (_train("--method", "wordnet_relax", "--config", "{alias_bomb}"),
                           "the document expands to more than 100000 values"),
-    "config alias in itself": (_train("--plugin", "wordnet_relax", "--config", "{self_alias}"),
+    "config alias in itself": (_train("--method", "wordnet_relax", "--config", "{self_alias}"),
                                "the document expands to more than 100000 values"),
     # --- --set syntax
     "--set without =": (_train("--set", "seed"), "--set expects KEY=VALUE (dotted key), got 'seed'"),
@@ -225,14 +225,14 @@ def test_a_section_naming_no_component_is_the_declared_one(capsys):
     assert resolve_method_config("kd", sets=["teachers=[{}]"]) == resolve_method_config("kd")
 
 
-def test_the_method_key_may_repeat_the_plugin(capsys):
-    """A run's saved config.yaml names its method: passing it back with the same --plugin is fine."""
-    assert cli.main(["train", "--plugin", "dkd", "--set", "method=dkd", "--print-config"]) == 0
+def test_the_method_key_may_repeat_the_method_option(capsys):
+    """A run's saved config.yaml names its method: passing it back with the same --method is fine."""
+    assert cli.main(["train", "--method", "dkd", "--set", "method=dkd", "--print-config"]) == 0
     assert "method: dkd" in capsys.readouterr().out
 
 
 def test_help_config_does_not_need_the_weights_file(capsys):
-    assert cli.main(["train", "--plugin", "kd", "--help-config", "--set", "student.pretrained=/no/such.pt"]) == 0
+    assert cli.main(["train", "--method", "kd", "--help-config", "--set", "student.pretrained=/no/such.pt"]) == 0
     assert "student.pretrained" in capsys.readouterr().out
 
 
@@ -299,7 +299,7 @@ def _kdkit(*args, env=None, cwd=None):
 
 def test_process_exits_2_with_one_line_before_creating_the_run_dir(tmp_path):
     out = tmp_path / "run"
-    proc = _kdkit("train", "--plugin", "kd", "--set", "train.lr=-0.1", "--out", str(out))
+    proc = _kdkit("train", "--method", "kd", "--set", "train.lr=-0.1", "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr == "kdkit: error: config key train.lr: expected float in (0, inf), got -0.1\n"
     assert not out.exists()
@@ -322,7 +322,7 @@ def test_process_bug_exits_1_with_traceback_and_a_report_line(tmp_path):
 def test_a_data_root_under_an_unknown_user_is_not_found_not_a_crash(tmp_path, capsys):
     # The dataset is opened when the run starts (after its first log line), so this is no table row.
     out = tmp_path / "run"
-    code = cli.main(["train", "--plugin", "kd", "--out", str(out), "--set", "data.name=fashion_mnist",
+    code = cli.main(["train", "--method", "kd", "--out", str(out), "--set", "data.name=fashion_mnist",
                      "--set", "data.root=~kdkit_no_such_user/fm"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("kdkit: error: Fashion-MNIST train split not found")

@@ -13,7 +13,7 @@ from kdkit.cli import main
 
 
 def _train(out, *extra, sets=TINY):
-    args = ["train", "--plugin", "kd", "--out", str(out)]
+    args = ["train", "--method", "kd", "--out", str(out)]
     for s in sets:
         args += ["--set", s]
     return main([*args, *extra])
@@ -89,7 +89,7 @@ def test_plot_without_matplotlib_names_the_extra(finished_run, monkeypatch, caps
 
 def test_print_config_prints_yaml_and_exits(tmp_path, capsys):
     out = tmp_path / "never"
-    assert main(["train", "--plugin", "kd", "--out", str(out), "--set", "train.lr=0.2", "--print-config"]) == 0
+    assert main(["train", "--method", "kd", "--out", str(out), "--set", "train.lr=0.2", "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["train"]["lr"] == 0.2 and cfg["method"] == "kd" and "distill" in cfg
     assert not out.exists()
@@ -105,7 +105,7 @@ def test_config_file_and_set_precedence_reach_the_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--config", "/nonexistent/c.yaml"], "config file not found"),
-    (["train", "--plugin", "nosuchmethod"], "unknown method 'nosuchmethod'; valid choices:"),
+    (["train", "--method", "nosuchmethod"], "unknown method 'nosuchmethod'; valid choices:"),
     (["train", "--set", "train.bogus=1"], "unknown config key 'train.bogus'; valid keys at train:"),
     (["train", "--set", "train.lr=fast"], "config key train.lr: expected float in (0, inf), got str"),
     (["train", "--set", "train.lr=0"], "config key train.lr: expected float in (0, inf), got 0.0"),
@@ -141,7 +141,7 @@ def test_existing_run_dir_is_not_overwritten(finished_run, capsys):
 
 
 def test_help_config_lists_the_keys_of_the_method_and_its_chosen_components(capsys, tmp_path):
-    assert main(["train", "--plugin", "kd", "--help-config"]) == 0
+    assert main(["train", "--method", "kd", "--help-config"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[3:] if line.strip()}
     assert "avg_logits|mean_loss|inv_val_loss|ema_inv_loss" in rows["distill.combine"]
@@ -150,10 +150,10 @@ def test_help_config_lists_the_keys_of_the_method_and_its_chosen_components(caps
     assert "student.width" in rows  # the chosen student's option
     assert not list(tmp_path.iterdir()) and not (tmp_path / "runs").exists()
     # values follow --set, and another student brings its own options
-    assert main(["train", "--plugin", "kd", "--help-config", "--set", "train.lr=0.2",
+    assert main(["train", "--method", "kd", "--help-config", "--set", "train.lr=0.2",
                  "--set", "student.name=resnet8"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[3:] if line.strip()}
     assert rows["train.lr"][-len("peak learning rate".split()) - 1] == "0.2"
     assert "student.width" not in rows or rows["student.name"][2] == "resnet8"
-    assert main(["train", "--plugin", "kd", "--help-config", "--set", "train.lr=-1"]) == 2
+    assert main(["train", "--method", "kd", "--help-config", "--set", "train.lr=-1"]) == 2
     assert "config key train.lr: expected float in (0, inf)" in capsys.readouterr().err
