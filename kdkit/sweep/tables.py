@@ -1,0 +1,261 @@
+"""The results of a sweep: each finished run's numbers per row (:func:`stage_metrics`,
+:func:`collect` -> ``results.jsonl``), the mean ± std table (:func:`make_table` -> ``table.json``,
+:func:`format_table` -> ``table.md``) and its comparison with a stored table
+(:func:`load_table`, :func:`compare_tables`)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+import yaml
+
+from kdkit.errors import ConfigError, KdkitError
+from kdkit.sweep.hook import LAST_EPOCH_SPLIT
+from kdkit.sweep.runs import _read_wall, run_status
+from kdkit.sweep.spec import Sweep
+
+
+def _read_jsonl(path: Path) -> list:
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise KdkitError(f"{path}: a line is not JSON: {line[:80]!r}") from None
+    return out
+
+
+
+def stage_metrics(run_dir: Path, stage: str, records: list | None = None) -> dict:
+    """The numbers of one stage of a finished run, from its ``metrics.jsonl``: ``best_epoch``
+    (the trainer's selection), ``test_top1_best``, ``val_top1_best``, ``last_epoch``,
+    ``test_top1_last``, ``val_top1_last`` (``None`` where the run has no such value)."""
+    records = _read_jsonl(Path(run_dir) / "metrics.jsonl") if records is None else records
+    mine = [r for r in records if r.get("stage") == stage]
+    epochs = [r for r in mine if "split" not in r]
+    tests = [r for r in mine if r.get("split") == "test"]
+    lasts = [r for r in mine if r.get("split") == LAST_EPOCH_SPLIT]
+    if not epochs and not tests:
+        stages = ", ".join(dict.fromkeys(str(r.get("stage")) for r in records)) or "none"
+        raise KdkitError(f"{run_dir}: stage {stage!r} is not in metrics.jsonl (stages: {stages})")
+    best = tests[-1] if tests else None
+    best_epoch = int(best["epoch"]) if best is not None else None
+    last_epoch = max(int(r["epoch"]) for r in epochs) if epochs else best_epoch
+    by_epoch = {int(r["epoch"]): r for r in epochs}
+    test_last = None
+    if lasts and int(lasts[-1]["epoch"]) == last_epoch:
+        test_last = lasts[-1].get("test.top1")
+    elif best is not None and best_epoch == last_epoch:
+        test_last = best.get("test.top1")
+    return {"best_epoch": best_epoch, "test_top1_best": best.get("test.top1") if best else None,
+            "val_top1_best": by_epoch.get(best_epoch, {}).get("val.top1"), "last_epoch": last_epoch,
+            "test_top1_last": test_last, "val_top1_last": by_epoch.get(last_epoch, {}).get("val.top1")}
+
+
+
+def row_kind(stage: str) -> str:
+    if stage.startswith("teacher"):
+        return "teacher"
+    if stage == "baseline":
+        return "baseline"
+    return "method"
+
+
+
+def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
+    """``(records, problems)`` for the finished runs: one record per run x row."""
+    from kdkit.config import get_path
+
+    records, problems = [], []
+    for run in runs:
+        if run_status(run.run_dir) != "done":
+            continue
+        metrics = _read_jsonl(run.run_dir / "metrics.jsonl")
+        try:
+            config = yaml.safe_load((run.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+        for row, stage in run.cell.rows.items():
+            try:
+                m = stage_metrics(run.run_dir, stage, metrics)
+            except KdkitError as exc:
+                problems.append(f"{run.label} row {row}: {exc}")
+                continue
+            records.append({
+                "sweep": sweep.name, "cell": run.cell.name, "method": run.cell.method, "row": row,
+                "stage": stage, "kind": row_kind(stage), "grid": dict(run.point.values), "grid_id": run.point.id,
+                "seed": run.seed, "run_dir": os.path.relpath(run.run_dir, Path(out).resolve()),
+                "select_on": get_path(config, "checkpoint.select_on", "val"), **m,
+                "wall_s": _read_wall(out, run)})
+    return records, problems
+
+
+
+def _stats(values: list) -> dict:
+    values = [float(v) for v in values if v is not None]
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values), "values": values}
+
+
+
+def row_id(row: str, point_label: str) -> str:
+    return f"{row} [{point_label}]" if point_label else row
+
+
+
+def make_table(sweep: Sweep, records: list, runs: list) -> dict:
+    """``table.json``: per row and grid point, mean ± sample std over seeds of the test top-1 at the
+    validation-best epoch (``best``) and at the last epoch (``last``), and the validation top-1."""
+    points = {p.id: p for p in sweep.grid_points()}
+    selected = {r.cell.name for r in runs}
+    ran_cells = [c.name for c in sweep.file_order if c.name in selected]
+    rows = []
+    for cell in sweep.file_order:
+        if cell.name not in ran_cells:
+            continue
+        for row, stage in cell.rows.items():
+            for point in points.values():
+                recs = [r for r in records if r["cell"] == cell.name and r["row"] == row and r["grid_id"] == point.id]
+                select_on = sorted({r["select_on"] for r in recs}) or ["val"]
+                rows.append({
+                    "id": row_id(row, point.label), "row": row, "cell": cell.name, "method": cell.method,
+                    "stage": stage, "kind": row_kind(stage), "grid": dict(point.values),
+                    "select_on": "/".join(select_on), "seeds": [r["seed"] for r in recs],
+                    "best": _stats([r["test_top1_best"] for r in recs]),
+                    "last": _stats([r["test_top1_last"] for r in recs]),
+                    "val_best": _stats([r["val_top1_best"] for r in recs]),
+                    # per seed, so that a slice of the seeds can be compared with this table
+                    "per_seed": {str(r["seed"]): {"best": r["test_top1_best"], "last": r["test_top1_last"]}
+                                 for r in recs}})
+    _add_paired_gains(rows)
+    return {
+        "sweep": sweep.name, "metric": "test top-1 (%)",
+        "selections": {"best": "test top-1 at the epoch with the best validation top-1 (checkpoint.select_on; "
+                               "'last' where a run has no validation) — never selected on test",
+                       "last": "test top-1 at the last epoch"},
+        "std": "sample standard deviation over seeds (n-1); null for one seed",
+        "cells": ran_cells, "seeds": sorted({r.seed for r in runs}), "rows": rows}
+
+
+
+def _add_paired_gains(rows: list) -> None:
+    """Each method row's gain over the baseline row of its grid point, paired by seed (the baseline and
+    the distilled student of one seed share the data split and the initial weights, so the paired
+    difference is the spread that matters): ``gain`` = stats of ``method - baseline`` at val-best, plus
+    ``wins`` (seeds where the method is ahead).  Only when the grid point has exactly one baseline row."""
+    by_point: dict = {}
+    for r in rows:
+        by_point.setdefault(json.dumps(r["grid"], sort_keys=True), []).append(r)
+    for group in by_point.values():
+        baselines = [r for r in group if r["kind"] == "baseline"]
+        if len(baselines) != 1:
+            continue
+        base = baselines[0]["per_seed"]
+        for r in group:
+            if r["kind"] != "method":
+                continue
+            diffs = [v["best"] - base[s]["best"] for s, v in r["per_seed"].items()
+                     if s in base and v["best"] is not None and base[s]["best"] is not None]
+            r["gain"] = {**_stats(diffs), "wins": sum(d > 0 for d in diffs), "baseline": baselines[0]["id"]}
+
+
+
+def _pm(s: dict) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["std"] is not None else f"{s['mean']:.2f}"
+
+
+
+def format_table(table: dict) -> str:
+    lines = [f"# {table['sweep']}: {table['metric']}", "",
+             ("Mean ± sample std over seeds.  **val-best**: the epoch with the best validation top-1 "
+              "(checkpoint.select_on=val); **last**: the last epoch.  No number is selected on the test split."), "",
+             ("| row | cell | method | test top-1 @ val-best | test top-1 @ last | val top-1 @ val-best "
+              "| gain over baseline (paired) | n seeds |"),
+             "|---|---|---|---|---|---|---|---|"]
+    notes = set()
+    for r in table["rows"]:
+        name = r["id"]
+        if r["select_on"] != "val":
+            name += " †"
+            notes.add("† checkpoint.select_on=last: no validation split, the selected epoch is the last one.")
+        n = str(r["best"]["n"]) + (f" (last: {r['last']['n']})" if r["last"]["n"] != r["best"]["n"] else "")
+        gain = r.get("gain")
+        gain_text = "-" if not gain or gain["mean"] is None else (
+            f"{gain['mean']:+.2f}" + (f" ± {gain['std']:.2f}" if gain["std"] is not None else "")
+            + f" ({gain['wins']}/{gain['n']})")
+        lines.append(f"| {name} | {r['cell']} | {r['method']} | {_pm(r['best'])} | {_pm(r['last'])} | "
+                     f"{_pm(r['val_best'])} | {gain_text} | {n} |")
+    if any(r.get("gain") for r in table["rows"]):
+        notes.add("gain over baseline (paired): mean ± std over seeds of (method - baseline) at val-best, each "
+                  "seed's student against the same seed's baseline; (k/n): seeds where the method is ahead.")
+    lines += [""] + sorted(notes) + ([""] if notes else [])
+    lines.append(f"seeds: {', '.join(map(str, table['seeds']))}; cells: {', '.join(table['cells'])}")
+    return "\n".join(lines) + "\n"
+
+
+
+def load_table(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--compare: reference table not found: {path}")
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"--compare {path}: not JSON ({exc})") from None
+    if (not isinstance(table, dict) or not isinstance(table.get("rows"), list)
+            or not all(isinstance(r, dict) and "id" in r and isinstance(r.get("best"), dict) for r in table["rows"])):
+        raise ConfigError(f"--compare {path}: not a kdkit sweep table.json (no rows with id and best)")
+    return table
+
+
+
+def _reference_mean(ref: dict, sel: str, seeds: list):
+    """The reference's mean of ``sel`` over ``seeds`` — the seeds this run has — when it stores per-seed
+    values for all of them (a slice of the seeds is compared seed for seed), else its mean over its own."""
+    per_seed = ref.get("per_seed") or {}
+    values = [(per_seed.get(str(s)) or {}).get(sel) for s in seeds]
+    if seeds and sorted(seeds) != sorted(ref.get("seeds") or []) and all(v is not None for v in values):
+        return statistics.fmean(float(v) for v in values)
+    return (ref.get(sel) or {}).get("mean")
+
+
+
+def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list, int]:
+    """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance``; the
+    reference mean is taken over the seeds this table has where the reference stores them per seed."""
+    ours = {r["id"]: r for r in table["rows"]}
+    lines, failed, ok, skipped = [], 0, 0, []
+    for ref in reference["rows"]:
+        rid = ref["id"]
+        mine = ours.get(rid)
+        if mine is None:
+            skipped.append(f"{rid} (not run)")
+            continue
+        parts, bad = [], False
+        for sel, title in (("best", "val-best"), ("last", "last")):
+            rm, m = _reference_mean(ref, sel, mine.get("seeds") or []), (mine.get(sel) or {}).get("mean")
+            if rm is None or m is None:
+                continue
+            diff = m - rm
+            out = abs(diff) > tolerance
+            bad |= out
+            parts.append(f"@{title} {m:.2f} vs {rm:.2f} ({diff:+.2f}{' > ' if out else ' <= '}{tolerance:g})")
+        if not parts:
+            skipped.append(f"{rid} (no results)")
+            continue
+        failed += bad
+        ok += not bad
+        lines.append(f"  {'OUT OF BAND' if bad else 'ok'}: {rid}: " + "; ".join(parts))
+    if skipped:
+        lines.append(f"  not compared: {', '.join(skipped)}")
+    new = [rid for rid in ours if rid not in {r['id'] for r in reference['rows']}]
+    if new:
+        lines.append(f"  not in the reference: {', '.join(new)}")
+    lines.append(f"compare: {ok} row(s) within ±{tolerance:g} points, {failed} outside")
+    return lines, failed
+
