@@ -6,9 +6,18 @@ functions (argument names must match; a plugin may accept fewer arguments than l
 Two families:
 
 * **Registration hooks** ``kdkit_register_<kind>(register)``: called once when the plugin
-  manager builds its registries.  Call ``register(name, factory, description="...",
-  **metadata)`` once per component.  The host records which plugin registered what, rejects
-  duplicate names (naming both plugins) and lists valid choices for an unknown name.
+  manager builds its registries.  Call ``register(name, target, description="", options={...},
+  **metadata)`` once per component — the one way every component is declared:
+
+  - ``target``: a lazy import path ``"package.module:attribute"`` (imported when the component is
+    first built, so registering imports no torch) or the callable itself;
+  - ``options``: the keyword options the component takes, ``{name: kdkit.ConfigKey(default, help,
+    type=..., range=..., choices=...)}``.  The config checks a component section against it, ``kdkit
+    train --help-config`` lists it, and building through the registry checks and completes the
+    options.  Without ``options`` the section is open: every option is passed on unchecked.
+
+  The host records which plugin registered what, rejects duplicate names (naming both plugins)
+  and lists valid choices for an unknown name.
 * **Lifecycle hooks**: called by the trainer while a run proceeds.  They receive live objects
   and may change them (for example the learning rate of ``trainer.optimizer``); their return
   values are ignored.
@@ -29,9 +38,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def kdkit_register_teachers(register):
     """Register teacher model factories.
 
-    :param register: ``register(name, factory, description="")``.  ``factory(num_classes: int,
-        **options) -> torch.nn.Module`` builds the model; ``options`` come from the config
-        section of the teacher (for example ``pretrained``: a local weights file).
+    :param register: ``register(name, target, description="", options={...})``.
+        ``target(num_classes: int, **options) -> torch.nn.Module`` builds the model; ``options``
+        come from the config section of the teacher (for example ``pretrained``: a local weights file).
     """
 
 
@@ -39,8 +48,8 @@ def kdkit_register_teachers(register):
 def kdkit_register_students(register):
     """Register student model factories.
 
-    :param register: ``register(name, factory, description="")``, with the same factory
-        signature as for teachers: ``factory(num_classes: int, **options) -> torch.nn.Module``.
+    :param register: ``register(name, target, description="", options={...})``, with the same
+        signature as for teachers: ``target(num_classes: int, **options) -> torch.nn.Module``.
     """
 
 
@@ -48,7 +57,7 @@ def kdkit_register_students(register):
 def kdkit_register_text_relaxers(register):
     """Register text relaxers: components that turn class names into relaxed text embeddings.
 
-    :param register: ``register(name, factory, description="")``.  ``factory(**options)``
+    :param register: ``register(name, target, description="", options={...})``.  ``target(**options)``
         returns an object the method that uses it documents (``wordnet_relax`` documents its
         own interface).
     """
@@ -58,7 +67,7 @@ def kdkit_register_text_relaxers(register):
 def kdkit_register_losses(register):
     """Register distillation losses.
 
-    :param register: ``register(name, factory, description="")``.  ``factory(**options)``
+    :param register: ``register(name, target, description="", options={...})``.  ``target(**options)``
         returns a callable ``loss(inputs) -> Tensor``: ``inputs`` is a ``kdkit.distill.DistillInputs``
         (student and teacher logits, the term's tapped ``student_feature`` / ``teacher_feature``,
         labels, sample indices, temperature, epoch, step), the result a scalar already multiplied
@@ -72,7 +81,7 @@ def kdkit_register_losses(register):
 def kdkit_register_datasets(register):
     """Register datasets.
 
-    :param register: ``register(name, factory, description="")``.  ``factory(split: str,
+    :param register: ``register(name, target, description="", options={...})``.  ``target(split: str,
         root: str | None, **options)`` returns a ``torch.utils.data.Dataset`` for ``split`` in
         ``{"train", "test"}``; classification datasets expose ``classes: list[str]`` and
         yield ``(image_tensor, label)``.
@@ -81,9 +90,10 @@ def kdkit_register_datasets(register):
 
 @hookspec
 def kdkit_register_methods(register):
-    """Register distillation methods — what ``kdkit train --plugin NAME`` selects.
+    """Register distillation methods — what ``kdkit train --method NAME`` selects.
 
-    :param register: ``register(name, method_class, description="")``.  ``method_class`` has a
+    :param register: ``register(name, target, description="")``, ``target`` the method class or its
+        import path (methods take no ``options``: their keys are their config).  The class has a
         ``default_config() -> dict`` classmethod (the full config tree: ``kdkit.base_config()`` plus the
         method's keys, declared with ``kdkit.ConfigKey``), an optional ``check_config(config, registry)``
         classmethod (rules across keys, checked before a run directory exists) and

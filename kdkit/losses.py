@@ -10,6 +10,7 @@ the optimiser and the checkpoints include them).
 from __future__ import annotations
 
 import kdkit
+from kdkit.config.keys import ConfigKey
 
 
 def hinton_kd(student_logits, teacher_logits, temperature: float = 1.0, scale_by_t2: bool = True):
@@ -42,19 +43,14 @@ class LogitMSELoss:
         return F.mse_loss(inputs.student_logits.float(), inputs.teacher_logits.float())
 
 
-def fitnet(**options):
-    """FitNet's hint loss (Romero et al., 2015): ``mean((r(f_s) - f_t)^2)`` between the tapped
-    student feature ``f_s`` and teacher feature ``f_t``, ``r`` a regressor trained with the student
-    (a 1x1 convolution for ``B x C x H x W`` maps, a linear layer for ``B x C`` vectors), built on
-    the first batch from the two shapes.  Spatial sizes must match."""
-    from kdkit.distill.feature_losses import HintLoss
-
-    return HintLoss(**options)
-
-
 @kdkit.hookimpl
 def kdkit_register_losses(register):
-    register("kl", KLDivLoss, description="Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean")
-    register("mse", LogitMSELoss, description="mean squared error between student and teacher logits")
-    register("fitnet", fitnet, description="FitNet hint: MSE(regressor(student feature), teacher feature); "
-                                           "needs student: and teacher: module paths")
+    register("kl", KLDivLoss, description="Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean",
+             options={"scale_by_t2": ConfigKey(True, "multiply the KL by T^2 (Hinton et al.: keeps gradient "
+                                                     "magnitudes across temperatures)")})
+    register("mse", LogitMSELoss, description="mean squared error between student and teacher logits", options={})
+    # FitNet's hint loss (Romero et al., 2015): mean((r(f_s) - f_t)^2) between the tapped student and
+    # teacher features, r a regressor trained with the student, built on the first batch
+    register("fitnet", "kdkit.distill.feature_losses:HintLoss", options={},
+             description="FitNet hint: MSE(regressor(student feature), teacher feature); "
+                         "needs student: and teacher: module paths")

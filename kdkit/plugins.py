@@ -32,13 +32,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
 from kdkit import hookspecs
 from kdkit.errors import PluginError
-from kdkit.registry import KINDS, Component, Registry
+from kdkit.config.keys import ConfigKey
+from kdkit.registry import KINDS, Component, Registry, singular, check_target
 
 #: Entry-point group scanned for installed plugins.
 ENTRY_POINT_GROUP = "kdkit"
@@ -289,16 +290,22 @@ class PluginManager(pluggy.PluginManager):
         plugin_name = impl.plugin_name
         collected: list[Component] = []
 
-        def register(name: str, factory: Callable[..., Any], description: str = "",
-                     **metadata: Any) -> None:
+        def register(name: str, target: str | Callable[..., Any], description: str = "", *,
+                     options: Mapping[str, ConfigKey] | None = None, **metadata: Any) -> None:
             if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {plugin_name!r} registered a {kind[:-1]} with an "
+                raise PluginError(f"plugin {plugin_name!r} registered a {singular(kind)} with an "
                                   f"invalid name {name!r} (a non-empty string is required)")
-            if not callable(factory):
-                raise PluginError(f"plugin {plugin_name!r} registered {kind[:-1]} {name!r} with "
-                                  f"a factory that is not callable: {factory!r}")
-            collected.append(Component(kind=kind, name=name, factory=factory, plugin=plugin_name,
-                                       description=description or "", metadata=dict(metadata)))
+            where = f"plugin {plugin_name!r} registered {singular(kind)} {name!r}"
+            check_target(target, where)
+            if options is not None:
+                if not isinstance(options, Mapping) or not all(
+                        isinstance(k, str) and isinstance(v, ConfigKey) for k, v in options.items()):
+                    raise PluginError(f"{where} with options that are not a mapping of option name -> "
+                                      "kdkit.ConfigKey")
+                options = dict(options)
+            collected.append(Component(kind=kind, name=name, target=target, plugin=plugin_name,
+                                       description=description or "", declared_options=options,
+                                       metadata=dict(metadata)))
 
         try:
             impl.function(register=register) if "register" in impl.argnames else impl.function()

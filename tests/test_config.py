@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from kdkit.config import apply_sets, base_config, load_yaml, parse_set, plain_defaults, resolve_config, validate
+from kdkit.config import (ConfigKey, apply_sets, base_config, load_yaml, parse_set, plain_defaults, resolve_config,
+                          validate)
 from kdkit.errors import ConfigError, KdkitError
 
 DEFAULTS = {
@@ -91,7 +92,7 @@ def test_list_of_mappings_uses_first_item_as_template():
         apply_sets({"t": [1]}, ["t.3=2"])
 
 
-def test_component_sections_accept_factory_options():
+def test_component_sections_accept_declared_options():
     class Reg:
         def get(self, name):
             from kdkit.registry import Component
@@ -102,7 +103,10 @@ def test_component_sections_accept_factory_options():
             def open_factory(split, root=None, **options):
                 pass
 
-            return Component("datasets", name, factory if name == "strict" else open_factory, "test")
+            if name == "strict":
+                return Component("datasets", name, factory, "test",
+                                 declared_options={"size": ConfigKey(32), "augment": ConfigKey("weak")})
+            return Component("datasets", name, open_factory, "test")  # undeclared: open
 
     defaults = {"data": {"name": "strict", "root": None}}
     cfg = resolve_config(defaults, None, ["data.size=16"], registry_lookup=lambda kind: Reg())
@@ -170,11 +174,15 @@ class _TwoComponents:
             pass
 
         factories = {"procedural": procedural, "folder": folder, "small": small_net, "big": big_net}
+        options = {"procedural": {"per_class": ConfigKey(200), "image_size": ConfigKey(32)},
+                   "folder": {"image_size": ConfigKey(224), "train_dir": ConfigKey("train")},
+                   "small": {"width": ConfigKey(8)},
+                   "big": {"depth": ConfigKey(50), "pretrained": ConfigKey("")}}
         if name not in factories:
             from kdkit.errors import UnknownComponentError
 
             raise UnknownComponentError(f"unknown {name!r}")
-        return Component("x", name, factories[name], "test")
+        return Component("x", name, factories[name], "test", declared_options=options[name])
 
 
 METHOD_DEFAULTS = {
@@ -300,7 +308,8 @@ def test_every_key_of_the_builtin_methods_is_declared_with_help(method):
     """Like a docs-coverage test: every key a built-in method takes says what it allows and what it
     does; plain values are allowed only for a component's own options (documented by the component)."""
     import kdkit
-    from kdkit.config import ENGINE_KEYS, ConfigKey, _method_declarations, _section_kind
+    from kdkit.config import ENGINE_KEYS, ConfigKey
+    from kdkit.config.resolve import _method_declarations, _section_kind
 
     _, declared, sections = _method_declarations(method, kdkit.get_plugin_manager())
     missing = []

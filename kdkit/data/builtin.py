@@ -1,105 +1,94 @@
 """Internal default plugin: registers kdkit's built-in datasets.
 
-Factories follow the dataset contract ``factory(split, root, **options) -> Dataset`` and
-import their modules only when called (listing plugins stays cheap).
+Each dataset is its class's import path (imported when a run builds it: listing plugins stays cheap)
+plus its declared options; the class is called as ``cls(split, root, **options)``.
 """
 from __future__ import annotations
 
 import kdkit
+from kdkit.config.keys import ConfigKey
 
 
-class DatasetFactory:
-    """The registry factory of a built-in dataset class, imported on first use.
-
-    Its signature is the class's own (``split``, ``root`` and the keyword options, ``transform``
-    left out), so that the config lists, type-checks and defaults the options of the chosen
-    dataset before a run starts; reading it imports the dataset module (torch), registering does not.
-    """
-
-    def __init__(self, name: str, module: str, class_name: str):
-        self.name, self.module, self.class_name = name, module, class_name
-        self.__name__ = self.__qualname__ = name
-
-    def dataset_class(self):
-        import importlib
-
-        return getattr(importlib.import_module(self.module), self.class_name)
-
-    def __call__(self, split: str, root: str | None = None, **options):
-        return _call(self.dataset_class(), self.name, split, root, options)
-
-    @property
-    def __signature__(self):
-        import inspect
-
-        params = [p.replace(default=inspect.Parameter.empty) if name == "split" else p
-                  for name, p in inspect.signature(self.dataset_class().__init__).parameters.items()
-                  if name not in ("self", "transform")]
-        return inspect.Signature(params)
-
-    @property
-    def config_keys(self) -> dict:
-        """Ranges of the options every built-in dataset shares, with the class's own defaults, so a
-        value such as ``train_per_class: 0`` is refused when the config is resolved, not when the
-        run opens its data (``kdkit.config.factory_options`` reads this)."""
-        import inspect
-
-        from kdkit.config import ConfigKey
-
-        params = inspect.signature(self.dataset_class().__init__).parameters
-        keys = {}
-        for name, help_text in _COUNTED_OPTIONS.items():
-            if name in params:
-                default = params[name].default
-                keys[name] = ConfigKey(default, help_text, type=int, nullable=default is None, range="[1, inf)")
-        return keys
-
-    @property
-    def __doc__(self):  # the class's docstring: its ``:param NAME:`` lines document the options
-        return self.dataset_class().__doc__
+def _augment(default: str, help_text: str) -> ConfigKey:
+    return ConfigKey(default, help_text, type=str, nullable=True)
 
 
-#: options that count something (images, pixels), declared by :attr:`DatasetFactory.config_keys`
-_COUNTED_OPTIONS = {
-    "train_per_class": "images per class taken from the training split (null: all of them)",
-    "test_per_class": "images per class taken from the test split (null: all of them)",
-    "image_size": "side of the images in pixels",
+def _per_class(default, help_text: str) -> ConfigKey:
+    return ConfigKey(default, help_text, type=int, nullable=default is None, range="[1, inf)")
+
+
+def _image_size(default: int, help_text: str = "side of the yielded images in pixels") -> ConfigKey:
+    return ConfigKey(default, help_text, range="[1, inf)")
+
+
+_NORMALIZE = ConfigKey(True, "subtract the dataset's mean and divide by its std (else values in [0, 1])")
+
+_CIFAR_OPTIONS = {
+    "download": ConfigKey(False, "download the archive with torchvision when data.root lacks it (needs the internet)"),
+    "image_size": _image_size(32, "side of the yielded images (32: native; other sizes resize)"),
+    "augment": _augment("weak", "train split: weak (padded random crop + flip), none or strong (+ AutoAugment, "
+                                "cutout)"),
+    "normalize": _NORMALIZE,
+    "verify": ConfigKey(False, "check the archive's MD5 sums before reading"),
 }
 
+_IDX_OPTIONS = {
+    "image_size": _image_size(28, "side of the yielded images (28: native; other sizes resize)"),
+    "normalize": _NORMALIZE,
+}
 
-def _call(cls, name: str, split: str, root, options: dict):
-    import inspect
-
-    from kdkit.errors import ConfigError
-
-    params = inspect.signature(cls.__init__).parameters
-    valid = sorted(p for p in params if p not in ("self", "split", "root", "transform"))
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"dataset {name!r}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(valid)}"
-        )
-    return cls(split, root, **options)
-
-
+#: name -> (class import path, declared options, one-line description)
 DATASETS = {
-    "shapes": (DatasetFactory("shapes", "kdkit.data.shapes", "ShapesDataset"),
-               "embedded offline default: seeded procedurally generated figures (10 WordNet-noun classes, 32 px)"),
-    "cifar100": (DatasetFactory("cifar100", "kdkit.data.cifar", "CIFAR100Dataset"),
+    "shapes": ("kdkit.data.shapes:ShapesDataset", {
+        "num_classes": ConfigKey(10, "number of classes (a prefix of the shapes' WordNet nouns, at most 16)",
+                                 range="[1, inf)"),
+        "image_size": _image_size(32),
+        "train_per_class": _per_class(200, "images per class in the training split"),
+        "test_per_class": _per_class(50, "images per class in the test split"),
+        "seed": ConfigKey(0, "seed of the generator (the splits are independent draws)", range="[0, inf)"),
+        "augment": _augment("none", "train split: none (default: position, size and rotation are already "
+                                    "random), weak or strong"),
+        "normalize": _NORMALIZE,
+        "cache_dir": ConfigKey(None, "folder caching the generated arrays (null: memory only)", type=str),
+    }, "embedded offline default: seeded procedurally generated figures (10 WordNet-noun classes, 32 px)"),
+    "cifar100": ("kdkit.data.cifar:CIFAR100Dataset", _CIFAR_OPTIONS,
                  "CIFAR-100 in torchvision's on-disk format (download only with data.download=true)"),
-    "cifar10": (DatasetFactory("cifar10", "kdkit.data.cifar", "CIFAR10Dataset"),
+    "cifar10": ("kdkit.data.cifar:CIFAR10Dataset", _CIFAR_OPTIONS,
                 "CIFAR-10 in torchvision's on-disk format (download only with data.download=true)"),
-    "fashion_mnist": (DatasetFactory("fashion_mnist", "kdkit.data.mnist", "FashionMNIST"),
-                      "Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist); 10 WordNet-noun classes, 28 px"),
-    "mnist": (DatasetFactory("mnist", "kdkit.data.mnist", "MNIST"),
-              "MNIST digits from their IDX files (data.root: the files or torchvision's MNIST/raw)"),
-    "imagefolder": (DatasetFactory("imagefolder", "kdkit.data.imagefolder", "ImageFolderDataset"),
-                    "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
+    "fashion_mnist": ("kdkit.data.mnist:FashionMNIST", {
+        **_IDX_OPTIONS,
+        "augment": _augment("weak", "train split: weak (default: 3-px padded random crop + flip), none, strong "
+                                    "(+ AutoAugment, cutout)"),
+        "train_per_class": _per_class(None, "null: every training image; N: the first N of each class in file "
+                                            "order (balanced)"),
+        "test_per_class": _per_class(None, "null: every test image; N: the first N of each class in file order"),
+    }, "Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist); 10 WordNet-noun classes, 28 px"),
+    "mnist": ("kdkit.data.mnist:MNIST", {
+        **_IDX_OPTIONS,
+        "augment": _augment("none", "train split: none (default), weak or strong (both flip horizontally, which "
+                                    "mirrors digits)"),
+        "train_per_class": _per_class(None, "null: every training image; N: the first N of each digit in file "
+                                            "order (at most 5421)"),
+        "test_per_class": _per_class(None, "null: every test image; N: the first N of each digit in file order "
+                                           "(at most 892)"),
+    }, "MNIST digits from their IDX files (data.root: the files or torchvision's MNIST/raw)"),
+    "imagefolder": ("kdkit.data.imagefolder:ImageFolderDataset", {
+        "image_size": _image_size(224, "side of the yielded images (resized, centre-cropped for evaluation)"),
+        "augment": _augment("weak", "train split: weak (random resized crop + flip + rotation for large images), "
+                                    "none or strong"),
+        "normalize": ConfigKey(True, "subtract mean and divide by std (else values in [0, 1])"),
+        "mean": ConfigKey(None, "per-channel mean for normalize (null: ImageNet's)", type=list, items=float),
+        "std": ConfigKey(None, "per-channel std for normalize (null: ImageNet's)", type=list, items=float),
+        "class_map": ConfigKey(None, "folder -> class-name mapping file, JSON or text (null: folder names)",
+                               type=str),
+        "class_map_first": ConfigKey(True, "keep only the text before the first comma of a mapped name"),
+        "train_dir": ConfigKey("train", "folder of the train split under data.root"),
+        "test_dir": ConfigKey(None, "folder of the test split (null: test, else val)", type=str),
+    }, "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
 }
 
 
 @kdkit.hookimpl
 def kdkit_register_datasets(register):
-    for name, (factory, description) in DATASETS.items():
-        register(name, factory, description=description)
+    for name, (target, options, description) in DATASETS.items():
+        register(name, target, description=description, options=options)

@@ -11,7 +11,10 @@ __all__ = ["HintLoss"]
 
 
 class HintLoss(nn.Module):
-    """FitNet's hint term; see :func:`kdkit.losses.fitnet`."""
+    """FitNet's hint loss (Romero et al., 2015): ``mean((r(f_s) - f_t)^2)`` between the tapped student
+    feature ``f_s`` and teacher feature ``f_t``, ``r`` a regressor trained with the student (a 1x1
+    convolution for ``B x C x H x W`` maps, a linear layer for ``B x C`` vectors), built on the first
+    batch from the two shapes.  Spatial sizes must match.  Registered as ``fitnet`` (:mod:`kdkit.losses`)."""
 
     def __init__(self):
         super().__init__()

@@ -6,13 +6,13 @@ package is cheap: torch and torchvision load when a model is built.
 """
 from __future__ import annotations
 
-from kdkit.models.zoo import MODELS, ModelSpec, build_model, model_factory
+from kdkit.models.zoo import MODELS, ModelSpec, build_model, model_options
 
 __all__ = [
     "MODELS",
     "ModelSpec",
     "build_model",
-    "model_factory",
+    "model_options",
     "load_weights",
     "extract_state_dict",
     "classifier_prefix",

@@ -14,7 +14,6 @@ ResNets: 3x3 stride-1 stem and no max-pool, default False except ``cifar_resnet1
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -114,25 +113,25 @@ def build_model(
     return model
 
 
-def model_factory(name: str) -> Callable[..., nn.Module]:
-    """The registry factory of built-in model ``name``: ``factory(num_classes, **options)``."""
-    factory = functools.partial(build_model, name)
-    functools.update_wrapper(factory, build_model)
-    factory.__name__ = factory.__qualname__ = f"build_{name}"
-    # the model's own options, so that the config lists and type-checks them (student.width, ...)
-    own = [p for p in inspect.signature(MODELS[name].build).parameters.values() if p.name != "num_classes"]
-    common = [p for p in inspect.signature(build_model).parameters.values() if p.name in _COMMON_OPTIONS]
-    factory.__signature__ = inspect.Signature(
-        [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-        + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + common])
-    factory.__doc__ = MODELS[name].description + "\n\n" + "\n".join(
-        f":param {option}: {text}" for option, text in OPTION_HELP.items() if option in {p.name for p in own + common})
-    # checked when the config is resolved: a missing weights file or a zero width stops the run
-    # before anything trains (not in torch, after a teacher trained)
-    factory.config_keys = {"pretrained": ConfigKey(None, OPTION_HELP["pretrained"], type=str, file=True)}
-    factory.config_keys.update({p.name: ConfigKey(p.default, OPTION_HELP[p.name], range="[1, inf)")
-                                for p in own if p.name in ("width", "in_channels")})
-    return factory
+def model_options(name: str) -> dict[str, ConfigKey]:
+    """The declared options of built-in model ``name``: its own (from its builder's keyword
+    parameters, one line of help each from :data:`OPTION_HELP`) and the weight-loading ones every
+    model takes.  Checked when the config is resolved: a missing weights file or a zero width stops
+    the run before anything trains."""
+    own = {p.name: p.default for p in inspect.signature(MODELS[name].build).parameters.values()
+           if p.name != "num_classes"}
+    options = {option: ConfigKey(default, OPTION_HELP[option], range="[1, inf)" if option in _COUNTED else None)
+               for option, default in own.items()}
+    options.update({
+        "pretrained": ConfigKey(None, OPTION_HELP["pretrained"], type=str, file=True),
+        "pretrained_key": ConfigKey(None, OPTION_HELP["pretrained_key"], type=str),
+        "pretrained_strict": ConfigKey(True, OPTION_HELP["pretrained_strict"]),
+    })
+    return options
+
+
+#: options that count channels: at least 1
+_COUNTED = ("width", "in_channels")
 
 
 #: One line per model option (``kdkit train --help-config`` shows them).

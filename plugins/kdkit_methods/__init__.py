@@ -1,7 +1,7 @@
 """Built-in kdkit plugin ``methods``: the catalogue of published distillation methods.
 
 Every method is a loss registered in the ``losses`` registry (usable in any ``distill.terms``)
-and a method preset registered in the ``methods`` registry (``kdkit train --plugin dkd``): kd's
+and a method preset registered in the ``methods`` registry (``kdkit train --method dkd``): kd's
 teacher/student pipeline with the paper's terms and weights as its ``distill`` defaults.  See
 ``docs/methods.md`` for the papers, formulas and defaults.
 
@@ -10,62 +10,83 @@ Uses only kdkit's public API; torch is imported only when a loss is built.
 from __future__ import annotations
 
 import kdkit
+from kdkit import ConfigKey
 
 __version__ = "0.1.0"
 
 
-class _LazyLoss:
-    """The registry factory of one loss class, imported when the loss is built.  Its signature is
-    the class's own (read on demand), so that kdkit checks a term's ``options`` before a run starts."""
-
-    def __init__(self, module: str, attr: str):
-        self.module, self.attr = f"kdkit_methods.{module}", attr
-        self.__name__ = self.__qualname__ = attr
-
-    def loss_class(self):
-        import importlib
-
-        return getattr(importlib.import_module(self.module), self.attr)
-
-    def __call__(self, **options):
-        return self.loss_class()(**options)
-
-    @property
-    def __signature__(self):
-        import inspect
-
-        return inspect.signature(self.loss_class())
-
-    @property
-    def __doc__(self):
-        return self.loss_class().__doc__
+def _weight(default: float, help_text: str) -> ConfigKey:
+    return ConfigKey(default, help_text, type=float, range="[0, inf)")
 
 
-#: name -> (module, class, one-line description) of every loss this plugin registers.
+def _positive(default, help_text: str, nullable: bool = False) -> ConfigKey:
+    return ConfigKey(default, help_text, type=float, range="(0, inf)", nullable=nullable)
+
+
+_POOL = ConfigKey(False, "average 4-D features over their spatial positions before flattening (false: flatten)")
+
+#: name -> (class import path, declared options, one-line description) of every loss this plugin
+#: registers.  Defaults follow the references (docs/methods.md); the classes document each option.
 LOSSES = {
-    "dkd": ("logit", "DKDLoss", "decoupled KD (Zhao et al. 2022): alpha*TCKD + beta*NCKD, linear warm-up"),
-    "dist": ("logit", "DISTLoss", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation of "
-                                  "probabilities"),
-    "lskd": ("logit", "LogitStandardKDLoss", "logit-standardised KD (Sun et al. 2024): KL of z-scored logits"),
-    "at": ("feature", "ATLoss", "attention transfer (Zagoruyko & Komodakis 2017): normalised spatial attention maps"),
-    "pkt": ("feature", "PKTLoss", "probabilistic knowledge transfer (Passalis & Tefas 2018): KL of cosine-"
-                                  "similarity distributions"),
-    "rkd": ("feature", "RKDLoss", "relational KD (Park et al. 2019): distance-wise + angle-wise relations"),
-    "sp": ("feature", "SPLoss", "similarity-preserving KD (Tung & Mori 2019): batch Gram matrices"),
-    "nst": ("feature", "NSTLoss", "neuron selectivity transfer (Huang & Wang 2017): polynomial-kernel MMD"),
-    "vid": ("vid", "VIDLoss", "variational information distillation (Ahn et al. 2019): Gaussian likelihood, "
-                              "learned variance"),
-    "crd": ("crd", "CRDLoss", "contrastive representation distillation (Tian et al. 2020): NCE over a memory "
-                              "bank"),
-    "reviewkd": ("reviewkd", "ReviewKDLoss", "knowledge review (Chen et al. 2021): attention-based fusion + "
-                                             "hierarchical context loss"),
+    "dkd": ("kdkit_methods.logit:DKDLoss", {
+        "alpha": _weight(1.0, "TCKD weight"),
+        "beta": _weight(8.0, "NCKD weight (8: the paper's CIFAR-100 resnet32x4 -> resnet8x4)"),
+        "temperature": _positive(None, "temperature T (null: distill.temperature)", nullable=True),
+        "warmup": _weight(20.0, "epochs of linear warm-up (20 on CIFAR-100, 1 on ImageNet)"),
+    }, "decoupled KD (Zhao et al. 2022): alpha*TCKD + beta*NCKD, linear warm-up"),
+    "dist": ("kdkit_methods.logit:DISTLoss", {
+        "beta": _weight(1.0, "inter-class weight"),
+        "gamma": _weight(1.0, "intra-class weight"),
+        "tau": _positive(1.0, "softmax temperature (null: distill.temperature)", nullable=True),
+    }, "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation of probabilities"),
+    "lskd": ("kdkit_methods.logit:LogitStandardKDLoss", {
+        "temperature": _positive(2.0, "base temperature T (null: distill.temperature)", nullable=True),
+        "eps": _positive(1e-7, "added to the standard deviation"),
+    }, "logit-standardised KD (Sun et al. 2024): KL of z-scored logits"),
+    "at": ("kdkit_methods.feature:ATLoss", {
+        "p": _positive(2.0, "exponent of the attention map (2: the paper's and the references')"),
+    }, "attention transfer (Zagoruyko & Komodakis 2017): normalised spatial attention maps"),
+    "pkt": ("kdkit_methods.feature:PKTLoss", {
+        "eps": _positive(1e-7, "added to the norms and similarities (the reference's 1e-7)"),
+        "pool": _POOL,
+    }, "probabilistic knowledge transfer (Passalis & Tefas 2018): KL of cosine-similarity distributions"),
+    "rkd": ("kdkit_methods.feature:RKDLoss", {
+        "distance_weight": _weight(25.0, "weight of the distance-wise relation (RepDistiller w_d)"),
+        "angle_weight": _weight(50.0, "weight of the angle-wise relation (RepDistiller w_a)"),
+        "squared": ConfigKey(False, "compare squared distances (mdistiller RKD.PDIST.SQUARED)"),
+        "eps": _positive(1e-12, "clamp of the squared distances (mdistiller RKD.PDIST.EPSILON)"),
+        "pool": _POOL,
+    }, "relational KD (Park et al. 2019): distance-wise + angle-wise relations"),
+    "sp": ("kdkit_methods.feature:SPLoss", {},
+           "similarity-preserving KD (Tung & Mori 2019): batch Gram matrices"),
+    "nst": ("kdkit_methods.feature:NSTLoss", {
+        "degree": ConfigKey(2, "degree d of the polynomial kernel (k(x, y) = (x.y + c)^d)", range="[1, inf)"),
+        "constant": _weight(0.0, "constant c of the polynomial kernel"),
+    }, "neuron selectivity transfer (Huang & Wang 2017): polynomial-kernel MMD"),
+    "vid": ("kdkit_methods.vid:VIDLoss", {
+        "init_pred_var": _positive(5.0, "initial variance (must exceed eps)"),
+        "eps": _positive(1e-5, "variance floor"),
+        "mid_channels": ConfigKey(None, "channels of the regressors (null: the teacher layer's)", type=int,
+                                  range="[1, inf)"),
+    }, "variational information distillation (Ahn et al. 2019): Gaussian likelihood, learned variance"),
+    "crd": ("kdkit_methods.crd:CRDLoss", {
+        "feat_dim": ConfigKey(128, "embedding size of the heads", range="[1, inf)"),
+        "nce_k": ConfigKey(16384, "negatives per sample (capped at the number of samples - 1)", range="[1, inf)"),
+        "nce_t": _positive(0.07, "temperature T of the scores"),
+        "nce_mom": ConfigKey(0.5, "momentum of the memory banks", type=float, range="[0, 1)"),
+    }, "contrastive representation distillation (Tian et al. 2020): NCE over a memory bank"),
+    "reviewkd": ("kdkit_methods.reviewkd:ReviewKDLoss", {
+        "mid_channels": ConfigKey(None, "fused width of the ABFs (null: min(512, the student's deepest channels))",
+                                  type=int, range="[1, inf)"),
+        "warmup_epochs": _weight(20.0, "epochs of linear warm-up (mdistiller WARMUP_EPOCHS)"),
+    }, "knowledge review (Chen et al. 2021): attention-based fusion + hierarchical context loss"),
 }
 
 
 @kdkit.hookimpl
 def kdkit_register_losses(register):
-    for name, (module, attr, description) in LOSSES.items():
-        register(name, _LazyLoss(module, attr), description=description)
+    for name, (target, options, description) in LOSSES.items():
+        register(name, target, description=description, options=options)
 
 
 @kdkit.hookimpl

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
 import torch
 import torch.distributed as dist
@@ -85,19 +84,6 @@ def _vector(value: torch.Tensor, which: str) -> torch.Tensor:
     return value
 
 
-def _int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise kdkit.ConfigError(f"loss crd: option {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
-            or float(value) <= 0):
-        raise kdkit.ConfigError(f"loss crd: option {name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 class CRDLoss(nn.Module):
     """Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020, arXiv:1910.10699),
     registered as ``crd``.
@@ -150,11 +136,9 @@ class CRDLoss(nn.Module):
 
     def __init__(self, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07, nce_mom: float = 0.5):
         super().__init__()
-        self.feat_dim = _int("feat_dim", feat_dim, 1)
-        self.nce_k = _int("nce_k", nce_k, 1)
-        self.nce_t = _positive("nce_t", nce_t)
-        if isinstance(nce_mom, bool) or not isinstance(nce_mom, numbers.Real) or not 0 <= float(nce_mom) < 1:
-            raise kdkit.ConfigError(f"loss crd: option nce_mom must be a number >= 0 and < 1, got {nce_mom!r}")
+        self.feat_dim = int(feat_dim)
+        self.nce_k = int(nce_k)
+        self.nce_t = float(nce_t)
         self.nce_mom = float(nce_mom)
         self.eps = 1e-7
         self.embed_s: nn.Linear | None = None

@@ -25,19 +25,8 @@ __all__ = ["DISTLoss", "DKDLoss", "LogitStandardKDLoss", "dist_relations", "dkd_
 
 
 # --------------------------------------------------------------------------------------------- checks
-def _number(loss: str, name: str, value, *, low: float = 0.0, low_open: bool = False,
-            allow_none: bool = False):
-    """``value`` as a float, or a one-line :class:`kdkit.ConfigError` naming the option and its range."""
-    interval = f"{'(' if low_open else '['}{low:g}, inf)"
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > low if low_open else value >= low
-    if not ok:
-        extra = " or null" if allow_none else ""
-        raise kdkit.ConfigError(f"loss {loss}: option {name} must be a number in {interval}{extra}, got {value!r}")
-    return float(value)
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _logits(loss: str, inputs):
@@ -143,10 +132,10 @@ class DKDLoss:
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float | None = None,
                  warmup: float = 20):
-        self.alpha = _number(self.name, "alpha", alpha)
-        self.beta = _number(self.name, "beta", beta)
-        self.temperature = _number(self.name, "temperature", temperature, low_open=True, allow_none=True)
-        self.warmup = _number(self.name, "warmup", warmup)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.temperature = _optional_float(temperature)
+        self.warmup = float(warmup)
 
     def __repr__(self) -> str:
         return (f"DKDLoss(alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
@@ -211,9 +200,9 @@ class DISTLoss:
     name = "dist"
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float | None = 1.0):
-        self.beta = _number(self.name, "beta", beta)
-        self.gamma = _number(self.name, "gamma", gamma)
-        self.tau = _number(self.name, "tau", tau, low_open=True, allow_none=True)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.tau = _optional_float(tau)
 
     def __repr__(self) -> str:
         return f"DISTLoss(beta={self.beta}, gamma={self.gamma}, tau={self.tau})"
@@ -257,8 +246,8 @@ class LogitStandardKDLoss:
     name = "lskd"
 
     def __init__(self, temperature: float | None = 2.0, eps: float = 1e-7):
-        self.temperature = _number(self.name, "temperature", temperature, low_open=True, allow_none=True)
-        self.eps = _number(self.name, "eps", eps, low_open=True)
+        self.temperature = _optional_float(temperature)
+        self.eps = float(eps)
 
     def __repr__(self) -> str:
         return f"LogitStandardKDLoss(temperature={self.temperature}, eps={self.eps:g})"

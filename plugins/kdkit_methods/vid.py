@@ -6,7 +6,6 @@ target and a variance), and :func:`pred_variance` the learned variance, for test
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn as nn
@@ -72,14 +71,6 @@ def _layers(inputs) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
     return pairs
 
 
-def _number(name: str, value, low: float, strict: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or (
-            float(value) <= low if strict else float(value) < low):
-        raise kdkit.ConfigError(f"loss vid: option {name} must be a number {'>' if strict else '>='} {low:g}, "
-                                f"got {value!r}")
-    return float(value)
-
-
 class VIDLoss(nn.Module):
     """Variational information distillation (Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019,
     arXiv:1904.05835), registered as ``vid``.
@@ -119,14 +110,10 @@ class VIDLoss(nn.Module):
 
     def __init__(self, init_pred_var: float = 5.0, eps: float = 1e-5, mid_channels: int | None = None):
         super().__init__()
-        self.eps = _number("eps", eps, 0.0)
-        self.init_pred_var = _number("init_pred_var", init_pred_var, 0.0)
+        self.eps = float(eps)
+        self.init_pred_var = float(init_pred_var)
         if self.init_pred_var <= self.eps:
             raise kdkit.ConfigError(f"loss vid: option init_pred_var ({init_pred_var!r}) must exceed eps ({eps!r})")
-        if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
-                                         or mid_channels < 1):
-            raise kdkit.ConfigError(f"loss vid: option mid_channels must be a positive integer or null (the teacher's "
-                                    f"channels), got {mid_channels!r}")
         self.mid_channels = mid_channels
         self.regressors: nn.ModuleList | None = None
         self.log_scales: nn.ParameterList | None = None

@@ -3,7 +3,7 @@ CLIP text embeddings (Guo et al., arXiv 2503.24017).
 
 Registers
 
-* the method ``wordnet_relax`` (``kdkit train --plugin wordnet_relax``), and
+* the method ``wordnet_relax`` (``kdkit train --method wordnet_relax``), and
 * the text relaxer ``wordnet`` (other plugins can register their own relaxers under the same
   hook and select them with ``--set relax.relaxer=NAME``).
 
@@ -18,28 +18,16 @@ import kdkit
 __all__ = ["kdkit_register_methods", "kdkit_register_text_relaxers"]
 
 
-def _method_class():
-    from kdkit_wordnet_relax.method import WordNetRelaxMethod
-
-    return WordNetRelaxMethod
-
-
-def build_wordnet_relaxer(**options):
-    """The ``wordnet`` text relaxer (:class:`kdkit_wordnet_relax.relaxer.WordNetRelaxer`)."""
-    from kdkit_wordnet_relax.relaxer import WordNetRelaxer
-
-    return WordNetRelaxer(**options)
-
-
 @kdkit.hookimpl
 def kdkit_register_methods(register):
-    register("wordnet_relax", _method_class(),
+    register("wordnet_relax", "kdkit_wordnet_relax.method:WordNetRelaxMethod",
              description="crossmodal KD with WordNet-relaxed CLIP text embeddings (arXiv 2503.24017): "
                          "T_m + T_x teachers, image-only student, label-leakage sweep")
 
 
 @kdkit.hookimpl
 def kdkit_register_text_relaxers(register):
-    register("wordnet", build_wordnet_relaxer,
+    # options=None: the method's `relax` section declares the relaxer's keys (kdkit_wordnet_relax.config)
+    register("wordnet", "kdkit_wordnet_relax.relaxer:WordNetRelaxer",
              description="WordNet noun pool filtered by spherical K-means of CLIP image embeddings, "
                          "soft retrieval per image, offensive-lemma blocklist")

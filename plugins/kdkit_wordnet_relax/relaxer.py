@@ -370,8 +370,3 @@ class WordNetRelaxer:
         if path is not None:
             save_keyed(path, key, {"words": selected, "embeddings": embeddings, "info": info})
         return RelaxedVocabulary(selected, embeddings, info)
-
-
-def build_wordnet_relaxer(**options) -> WordNetRelaxer:
-    """Registry factory of the ``wordnet`` text relaxer."""
-    return WordNetRelaxer(**options)

@@ -1,47 +1,40 @@
 """The built-in dataset plugin registers through the real hook spec."""
-import pluggy
 import pytest
 
-import kdkit.data.builtin as builtin
-from kdkit import hookspecs
 from kdkit.errors import ConfigError
 
 
-def collect(hook_name, module):
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm.register(module)
-    seen = {}
+def _datasets():
+    """The datasets registry of a plugin manager holding only kdkit's internal plugins."""
+    from kdkit.plugins import plugin_manager_for_testing
 
-    def register(name, factory, description=""):
-        assert name not in seen
-        seen[name] = (factory, description)
-
-    getattr(pm.hook, hook_name)(register=register)
-    return seen
+    with plugin_manager_for_testing() as pm:
+        return pm.registry("datasets")
 
 
 def test_registers_datasets():
-    seen = collect("kdkit_register_datasets", builtin)
-    assert {"shapes", "cifar100", "cifar10", "imagefolder"} <= set(seen)
-    assert all(desc for _, desc in seen.values())
-    ds = seen["shapes"][0]("test", None, test_per_class=2, image_size=16)
+    registry = _datasets()
+    assert {"shapes", "cifar100", "cifar10", "imagefolder", "fashion_mnist", "mnist"} <= set(registry.names())
+    assert all(c.description and c.plugin == "kdkit.data.builtin" for c in registry)
+    ds = registry.build("shapes", "test", None, test_per_class=2, image_size=16)
     assert len(ds) == 20 and ds.classes[0] == "circle"
 
 
 def test_unknown_option_lists_valid_ones():
-    with pytest.raises(ConfigError, match="valid options: .*train_per_class"):
-        builtin.DATASETS["shapes"][0]("train", None, nonsense=1)
+    with pytest.raises(ConfigError, match="dataset 'shapes': unknown option 'nonsense'; valid options: .*train_per_class"):
+        _datasets().build("shapes", "train", None, nonsense=1)
 
 
-def test_dataset_factories_expose_their_options_without_importing_at_registration():
-    import inspect
+def test_declared_options_are_checked_when_built():
+    with pytest.raises(ConfigError, match=r"dataset 'shapes': option image_size: expected int in \[1, inf\), got 0"):
+        _datasets().build("shapes", "train", None, image_size=0)
 
-    from kdkit.config import factory_options
 
-    factory = builtin.DATASETS["cifar10"][0]
-    options = factory_options(factory)
-    assert "*" not in options and options["download"] is False and options["image_size"].default == 32 and options["image_size"].range == "[1, inf)"
+def test_dataset_options_are_declared_without_importing_at_registration():
+    cifar = _datasets().get("cifar10")
+    assert isinstance(cifar.target, str)  # a lazy import path
+    options = cifar.options
+    assert not cifar.accepts_any and options["download"].default is False
+    assert options["image_size"].default == 32 and options["image_size"].range == "[1, inf)"
     assert "split" not in options and "transform" not in options  # the engine's and code-only arguments
-    assert options["augment"].nullable and options["augment"].default == "weak"  # `str | None = "weak"`
-    assert list(inspect.signature(factory).parameters)[:2] == ["split", "root"]
+    assert options["augment"].nullable and options["augment"].default == "weak"

@@ -242,17 +242,19 @@ def test_registered_with_options_and_without_importing_torch():
             "assert {'fashion_mnist', 'mnist'} <= set(b.DATASETS); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
-    from kdkit.config import factory_options
-    from kdkit.data.builtin import DATASETS
+    from kdkit.plugins import plugin_manager_for_testing
 
-    options = factory_options(DATASETS["fashion_mnist"][0])
-    assert options["image_size"].default == 28 and options["augment"].default == "weak" and options["normalize"] is True
+    with plugin_manager_for_testing() as pm:
+        registry = pm.registry("datasets")
+    options = registry.get("fashion_mnist").options
+    assert options["image_size"].default == 28 and options["augment"].default == "weak"
+    assert options["normalize"].default is True
     assert options["train_per_class"].default is None and options["test_per_class"].default is None
     assert options["train_per_class"].nullable and options["train_per_class"].range == "[1, inf)"
-    assert factory_options(DATASETS["mnist"][0])["augment"].default == "none"
-    assert ":param train_per_class:" in DATASETS["fashion_mnist"][0].__doc__
+    assert registry.get("mnist").options["augment"].default == "none"
+    assert "first N of each class" in options["train_per_class"].help
     with pytest.raises(ConfigError, match="valid options: .*train_per_class"):
-        DATASETS["fashion_mnist"][0]("train", None, per_class=3)
+        registry.build("fashion_mnist", "train", None, per_class=3)
 
 
 def test_class_names_resolve_through_wordnet_relax():
