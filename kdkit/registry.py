@@ -26,7 +26,11 @@ from kdkit.errors import ConfigError, PluginError, UnknownComponentError
 #: The component kinds, each filled by the hook ``kdkit_register_<kind>``.
 KINDS = ("teachers", "students", "text_relaxers", "losses", "datasets", "methods")
 
-__all__ = ["KINDS", "Component", "Registry", "load_target", "check_target", "singular"]
+#: The arguments of each kind's calling contract (:mod:`kdkit.hookspecs`): not options, so never
+#: checked against the declaration, whether given by position or by name.
+CONTRACT_ARGUMENTS = {"teachers": ("num_classes",), "students": ("num_classes",), "datasets": ("split", "root")}
+
+__all__ = ["KINDS", "CONTRACT_ARGUMENTS", "Component", "Registry", "load_target", "check_target", "singular"]
 
 
 def singular(kind: str) -> str:
@@ -114,9 +118,13 @@ class Component:
                 raise ConfigError(str(exc).replace(f"config key {path}", f"{owner}: option {name}", 1)) from None
         return checked
 
-    def build(self, *args, **options):
-        """``target(*args, **options)`` with ``options`` checked and completed by :meth:`check_options`."""
-        return self.factory(*args, **self.check_options(options))
+    def build(self, *args, **kwargs):
+        """``target(*args, **kwargs)`` with the options among ``kwargs`` checked and completed by
+        :meth:`check_options` (the kind's contract arguments, :data:`CONTRACT_ARGUMENTS`, pass as given)."""
+        contract = CONTRACT_ARGUMENTS.get(self.kind, ())
+        options = {k: v for k, v in kwargs.items() if k not in contract}
+        given = {k: v for k, v in kwargs.items() if k in contract}
+        return self.factory(*args, **given, **self.check_options(options))
 
 
 class Registry:

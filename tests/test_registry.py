@@ -121,3 +121,15 @@ def test_options_must_be_config_keys():
 
     with plugin_manager_for_testing(Plugin(), defaults=False) as pm, pytest.raises(PluginError, match="ConfigKey"):
         pm.registry("losses")
+
+
+def test_contract_arguments_are_not_options():
+    """``num_classes`` of a model and ``split`` / ``root`` of a dataset pass by name unchecked."""
+    registry = kdkit.get_registry("students")
+    model = registry.build("convnet", num_classes=3, width=4)
+    assert model.kdkit_name == "convnet" and model(__import__("torch").zeros(1, 3, 8, 8)).shape == (1, 3)
+    with pytest.raises(ConfigError, match="student 'convnet': unknown option 'depth'"):
+        registry.build("convnet", num_classes=3, depth=4)
+    dataset = kdkit.get_registry("datasets").build("shapes", split="test", root=None, test_per_class=1,
+                                                    image_size=8)
+    assert len(dataset) == 10

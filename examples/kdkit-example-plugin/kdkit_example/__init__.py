@@ -83,15 +83,24 @@ def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3,
     return model
 
 
+# Each component is declared once: what builds it (the callable, or a lazy "module:attribute" path)
+# and the options it takes.  kdkit checks a config's options against these declarations before a
+# run starts, lists them in `kdkit train --help-config`, and fills in their defaults.
 @kdkit.hookimpl
 def kdkit_register_losses(register):
     register("mse_logits", mse_logits,
-             description="MSE between centred logits (high-temperature limit of T^2*KL)")
-    register("pooled_cosine", pooled_cosine,
+             description="MSE between centred logits (high-temperature limit of T^2*KL)",
+             options={"center": kdkit.ConfigKey(True, "remove each row's mean from the logits first"),
+                      "scale": kdkit.ConfigKey(0.5, "factor of the mean squared error", range="(0, inf)")})
+    register("pooled_cosine", pooled_cosine, options={},
              description="1 - cosine of spatially pooled student/teacher features (projection trained)")
 
 
 @kdkit.hookimpl
 def kdkit_register_teachers(register):
     register("example_tinynet", example_tinynet,
-             description="three-layer CNN teacher for small images (example plugin)")
+             description="three-layer CNN teacher for small images (example plugin)",
+             options={"width": kdkit.ConfigKey(16, "channels of the first layer", range="[1, inf)"),
+                      "in_channels": kdkit.ConfigKey(3, "input channels", range="[1, inf)"),
+                      "pretrained": kdkit.ConfigKey(None, "local weights file (a state dict)", type=str,
+                                                    file=True)})
