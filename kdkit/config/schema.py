@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kdkit.config.keys import ConfigKey
 
-__all__ = ["base_config", "train_section", "COMPONENT_SECTIONS", "ENGINE_KEYS", "OPTIMIZERS", "SCHEDULERS",
+__all__ = ["base_config", "train_section", "TRAIN_KEYS", "COMPONENT_SECTIONS", "ENGINE_KEYS", "OPTIMIZERS", "SCHEDULERS",
            "SELECT_ON"]
 
 #: Config paths whose keys are extended with the options of a registered component.
@@ -63,7 +63,8 @@ def base_config() -> dict:
     }
 
 
-_TRAIN_KEYS = {
+#: The optimisation keys of one stage, declared once (:func:`train_section`, :class:`kdkit.config.settings.TrainSettings`).
+TRAIN_KEYS = {
     "epochs": ConfigKey(10, "training epochs of the stage", range="[1, inf)"),
     "batch_size": ConfigKey(64, "training batch size (global: split across DDP processes)", range="[1, inf)"),
     "eval_batch_size": ConfigKey(256, "batch size of evaluation and of teacher-output caching", range="[1, inf)"),
@@ -87,7 +88,7 @@ _TRAIN_KEYS = {
 def train_section(**overrides) -> dict:
     """The optimisation keys of one stage, with ``overrides`` as their defaults; ``train`` and every
     extra stage of a method (``teacher_train``, ...) use it."""
-    unknown = sorted(set(overrides) - set(_TRAIN_KEYS))
+    unknown = sorted(set(overrides) - set(TRAIN_KEYS))
     if unknown:
-        raise TypeError(f"train_section(): unknown key {unknown[0]!r}; valid: {', '.join(_TRAIN_KEYS)}")
-    return {k: key.with_default(overrides[k]) if k in overrides else key for k, key in _TRAIN_KEYS.items()}
+        raise TypeError(f"train_section(): unknown key {unknown[0]!r}; valid: {', '.join(TRAIN_KEYS)}")
+    return {k: key.with_default(overrides[k]) if k in overrides else key for k, key in TRAIN_KEYS.items()}
