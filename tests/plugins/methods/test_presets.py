@@ -66,7 +66,7 @@ def test_every_preset_is_a_registered_method_and_its_losses_are_registered(metho
 def test_every_preset_is_documented_in_docs_methods():
     text = (ROOT / "docs" / "methods.md").read_text()
     for name in NAMES:
-        assert f"--plugin {name}" in text, f"docs/methods.md does not show `kdkit train --plugin {name}`"
+        assert f"--method {name}" in text, f"docs/methods.md does not show `kdkit train --method {name}`"
 
 
 @pytest.mark.parametrize("name", NAMES)
