@@ -174,8 +174,9 @@ class Kdkit:
         from kdkit.config import plain_defaults
         from kdkit.distill.step import DistillStep, build_distiller
         from kdkit.distill.terms import agreement_samples
-        from kdkit.engine import RunContext, Stage, WithIndex, derive_seed
-        from kdkit.engine.agreement import TeacherAgreement
+        from kdkit.distill.agreement import TeacherAgreement
+        from kdkit.engine import RunContext, Stage, WithIndex
+        from kdkit.seeding import derive_seed
         from kdkit.methods.kd import KDMethod
 
         defaults = KDMethod.default_config()

@@ -8,6 +8,13 @@ anything else.
 
 Importing :mod:`kdkit` is cheap: the names below that need torch (the engine, the data helpers)
 are imported on first use, and the compiled ops, open_clip and nltk load only when used.
+
+Inside, the modules form layers, each importing only those below it (import-linter checks it,
+``docs/architecture.md`` explains it): ``cli`` > ``commands`` > ``sweep`` > ``methods`` | ``losses`` >
+``distill`` > ``engine`` > ``data`` | ``models`` | ``clip`` | ``retrieval`` | ``metrics`` | ``bench`` >
+``ops`` > ``plugins`` > ``registry`` | ``methodspec`` > ``config`` > ``seeding`` | ``files`` | ``paths`` |
+``lazy`` | ``hookspecs`` > ``errors``.  Distillation sits above the engine: the engine never imports
+:mod:`kdkit.distill`.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ _LAZY = {
     "base_config": "kdkit.config",
     "train_section": "kdkit.config",
     "plain_defaults": "kdkit.config",
-    "Method": "kdkit.engine.context",
+    "Method": "kdkit.methodspec",
     "RunContext": "kdkit.engine.context",
     "Stage": "kdkit.engine.trainer",
     "StageResult": "kdkit.engine.trainer",
@@ -35,15 +42,15 @@ _LAZY = {
     "classification_eval": "kdkit.engine.trainer",
     # data: the sample index, loaders, device transfer, the teacher-output cache
     "WithIndex": "kdkit.engine.data",
-    "TeacherCache": "kdkit.engine.data",
+    "TeacherCache": "kdkit.distill.cache",
     "make_eval_loader": "kdkit.engine.data",
     "dataset_classes": "kdkit.engine.data",
     "to_device": "kdkit.engine.data",
     # seeding, files, caches
-    "derive_seed": "kdkit.engine.checkpoint",
-    "seed_everything": "kdkit.engine.checkpoint",
-    "atomic_torch_save": "kdkit.engine.checkpoint",
-    "atomic_write_text": "kdkit.engine.checkpoint",
+    "derive_seed": "kdkit.seeding",
+    "seed_everything": "kdkit.seeding",
+    "atomic_torch_save": "kdkit.files",
+    "atomic_write_text": "kdkit.files",
     "cache_root": "kdkit.paths",
     # several processes
     "all_gather_with_grad": "kdkit.engine.distributed",

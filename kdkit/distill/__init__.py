@@ -33,7 +33,7 @@ _LAZY = {"FeatureTaps": "kdkit.distill.taps", "module_paths": "kdkit.distill.tap
          "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
          "DistillStep": "kdkit.distill.step",
          "build_distiller": "kdkit.distill.step", "check_taps": "kdkit.distill.step",
-         "TeacherAgreement": "kdkit.engine.agreement", "train_teachers": "kdkit.distill.teachers",
+         "TeacherAgreement": "kdkit.distill.agreement", "train_teachers": "kdkit.distill.teachers",
          "check_teachers": "kdkit.distill.teachers",
          "KDMethod": "kdkit.methods.kd"}
 

@@ -3,8 +3,8 @@
 :class:`DistillStep` is a stage's ``step_fn``: it runs the student (its tapped features captured),
 asks the method for the teachers' logits of the batch (online, from a cache keyed by the sample
 index, from a table, ...), collects the teachers' features (from their taps when they ran, from
-their :class:`~kdkit.TeacherCache` by the batch's sample indices when cached), lets the
-:class:`~kdkit.engine.TeacherAgreement` guard look at the first batches and returns the
+their :class:`~kdkit.distill.cache.TeacherCache` by the batch's sample indices when cached), lets the
+:class:`~kdkit.distill.agreement.TeacherAgreement` guard look at the first batches and returns the
 :class:`~kdkit.distill.Distiller`'s ``(loss, logs)``.  :func:`build_distiller` turns a ``distill``
 config section into the objective.
 """
@@ -35,9 +35,9 @@ def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict |
 
 
 def _is_cached(teacher) -> bool:
-    """Is ``teacher`` a :class:`kdkit.TeacherCache` (features looked up by sample index) rather than
+    """Is ``teacher`` a :class:`~kdkit.distill.cache.TeacherCache` (features looked up by sample index) rather than
     a network to tap?"""
-    from kdkit.engine.data import TeacherCache
+    from kdkit.distill.cache import TeacherCache
 
     return isinstance(teacher, TeacherCache)
 
@@ -81,10 +81,10 @@ class DistillStep:
         ``no_grad``; teachers it runs on ``x`` fill their taps.
     :param teachers: where feature terms get each teacher's features (config order): the teacher
         module (tapped; its features come from the forward ``teacher_logits`` runs), a
-        :class:`kdkit.TeacherCache` built with the paths the terms tap (its features are looked up
+        :class:`~kdkit.distill.cache.TeacherCache` built with the paths the terms tap (its features are looked up
         by the batch's sample indices, and the teacher does not run), or ``None`` for a teacher
         without image feature maps (e.g. a lookup table).
-    :param agreement: the :class:`~kdkit.engine.TeacherAgreement` guard, or ``None``.
+    :param agreement: the :class:`~kdkit.distill.agreement.TeacherAgreement` guard, or ``None``.
     :param validation: ``validation() -> iterable of ([B x C per teacher], labels)`` over the
         held-out split (``None`` without one): ``distill.combine: inv_val_loss`` weighs the
         teachers by their cross-entropy there, recomputed before every epoch.
@@ -162,8 +162,8 @@ class DistillStep:
         self.distiller.num_samples = len(train_data)
         if not self.distiller.has_modules:
             return
-        from kdkit.engine.checkpoint import seed_everything
         from kdkit.engine.data import make_eval_loader, to_device
+        from kdkit.seeding import seed_everything
 
         seed_everything(seed)
         batch = to_device(next(iter(make_eval_loader(train_data, batch_size))), device)

@@ -1,25 +1,25 @@
-"""Atomic, ``weights_only``-loadable checkpoints and RNG-state capture.
+"""Atomic, ``weights_only``-loadable checkpoints.
 
 Everything stored is a tensor or a primitive container (dict/list/tuple/str/int/float/bool/
-None), so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
+None), so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.  The atomic writes
+they go through are :mod:`kdkit.files`', the RNG state they hold is captured by
+:mod:`kdkit.seeding` (the names are importable from here too).
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
-import io
 import os
-import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from kdkit.errors import KdkitError
+# atomic writes and seeding live in low modules; their names stay importable from here
+from kdkit.files import (WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_text, first_line as _first_line,
+                         write_error as _write_error)
+from kdkit.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
 __all__ = [
     "WriteError",
@@ -39,10 +39,6 @@ __all__ = [
 ]
 
 
-class WriteError(KdkitError, OSError):
-    """A file could not be written (disk full, read-only, no permission); its previous version is kept."""
-
-
 class CheckpointError(KdkitError):
     """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint); ``problem`` is the
     message without the advice."""
@@ -50,71 +46,6 @@ class CheckpointError(KdkitError):
     def __init__(self, problem: str, advice: str = "restore it from a copy or train the run again"):
         super().__init__(f"{problem}; {advice}")
         self.problem = problem
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, OSError) and not isinstance(exc, KdkitError):
-            raise _write_error(path, exc) from exc
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_error(path: Path, exc: OSError) -> WriteError:
-    kept = "; its previous version is kept" if path.exists() else ""
-    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
-            errno.EROFS: "choose a writable directory", errno.EACCES: "choose a directory you can write to",
-            errno.EPERM: "choose a directory you can write to"}.get(exc.errno, "check the file system")
-    error = WriteError(f"cannot write {path}: {exc.strerror or _first_line(exc)}{kept}; {hint}")
-    error.errno = exc.errno
-    return error
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` into memory, then :func:`atomic_write_bytes` (never leaves a partial file):
-    checkpoints and every cache file kdkit or a plugin writes."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def previous_checkpoint_path(path: Path) -> Path:
@@ -201,53 +132,3 @@ def checkpoint_fits(path: Path, what: str):
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise CheckpointError(f"checkpoint {path} does not fit {what} "
                               f"({reason[:200]}{'...' if len(reason) > 200 else ''})") from None
-
-
-# --- RNG ----------------------------------------------------------------------------------
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any printable parts, e.g. ``derive_seed(seed, "student", epoch)``."""
-    digest = hashlib.sha256(repr(tuple(parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict:
-    """RNG states of python, numpy and torch as tensors / primitive containers."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
-        "numpy": {
-            "name": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": [],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    if not state:
-        return
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -16,34 +16,14 @@ from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_ya
                           resolve_method_config, write_config)
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import (WriteError, atomic_write_text, checkpoint_fits, derive_seed, load_checkpoint,
-                                     load_last_checkpoint, seed_everything)
+from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
 from kdkit.engine.trainer import Stage, StageResult, Trainer
+from kdkit.files import WriteError, atomic_write_text
+from kdkit.methodspec import Method  # noqa: F401 - re-exported
+from kdkit.seeding import derive_seed, seed_everything
 
 __all__ = ["RunContext", "Method", "train", "evaluate_run", "resolve_method_config", "resolve_device"]
-
-
-class Method:
-    """Optional base class of methods (duck typing is enough).
-
-    Subclasses implement ``default_config()`` (the declared keys: :func:`kdkit.base_config` plus the
-    method's own :class:`kdkit.ConfigKey` s) and
-    ``run(ctx) -> summary``; ``evaluate(ctx) -> dict`` powers ``kdkit eval --run DIR``.
-    ``component_sections`` maps extra config paths to registry kinds (see :mod:`kdkit.config`).
-    """
-
-    component_sections: dict[str, str] = {}
-
-    @classmethod
-    def default_config(cls) -> dict:
-        return base_config()
-
-    def run(self, ctx: "RunContext") -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def evaluate(self, ctx: "RunContext") -> dict:
-        raise KdkitError(f"method {ctx.config.get('method')!r} does not support 'kdkit eval'")
 
 
 class _NoHooks:

@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import (capture_rng_state, checkpoint_fits, derive_seed, load_checkpoint,
-                                     load_last_checkpoint, restore_rng_state, save_checkpoint, seed_everything)
+from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint, save_checkpoint
 from kdkit.engine.data import make_eval_loader, make_train_loader, to_device
+from kdkit.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
 __all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "freeze",
            "classification_step",

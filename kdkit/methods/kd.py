@@ -99,14 +99,11 @@ class KDMethod:
 
     def run(self, ctx) -> dict:
         from kdkit.distill.step import DistillStep, build_distiller, check_taps
-        from kdkit.engine import Stage, TeacherCache, WithIndex, derive_seed
-        from kdkit.engine.agreement import TeacherAgreement
-        from kdkit.engine.data import (
-            describe_caches,
-            feature_caches_fit,
-            make_eval_loader,
-            to_device,
-        )
+        from kdkit.distill.agreement import TeacherAgreement
+        from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
+        from kdkit.engine import Stage, WithIndex
+        from kdkit.engine.data import make_eval_loader, to_device
+        from kdkit.seeding import derive_seed
 
         cfg = ctx.config
         dcfg = cfg["distill"]

@@ -1,10 +1,10 @@
-"""kdkit.engine.agreement: the once-per-run check that teacher outputs belong to their samples."""
+"""kdkit.distill.agreement: the once-per-run check that teacher outputs belong to their samples."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdkit.engine.agreement import TeacherAgreement
+from kdkit.distill.agreement import TeacherAgreement
 
 
 def _batches(labels, logits, size):

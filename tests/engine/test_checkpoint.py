@@ -6,7 +6,9 @@ import os
 import pytest
 import torch
 
-from kdkit.engine.checkpoint import (atomic_write_bytes, derive_seed, load_checkpoint, save_checkpoint)
+from kdkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from kdkit.files import atomic_write_bytes
+from kdkit.seeding import derive_seed
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):

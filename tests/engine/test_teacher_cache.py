@@ -1,4 +1,4 @@
-"""kdkit.engine.TeacherCache with tapped features: what it stores equals what the teacher's taps give
+"""kdkit.distill.cache.TeacherCache with tapped features: what it stores equals what the teacher's taps give
 online, sample by sample, and a DistillStep hands every term the features of its own batch's samples."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import kdkit
 from kdkit.distill import DistillStep, FeatureTaps, TeacherCombiner
 from kdkit.distill.distiller import Distiller
 from kdkit.distill.terms import TermSpec
-from kdkit.engine import TeacherCache, WithIndex
-from kdkit.engine.data import describe_caches, feature_caches_fit
+from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
+from kdkit.engine import WithIndex
 from kdkit.errors import ConfigError
 
 N = 37

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 import kdkit
 from kdkit.config import base_config, plain_defaults
 from kdkit.engine import RunContext, Stage, StageResult, TrainingError, freeze, load_checkpoint
-from kdkit.engine.checkpoint import capture_rng_state, restore_rng_state
+from kdkit.seeding import capture_rng_state, restore_rng_state
 
 
 def _config(**train):

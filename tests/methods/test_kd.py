@@ -85,7 +85,8 @@ def test_ema_inverse_batch_loss_weights():
 
 
 def test_teacher_cache_matches_teacher_outputs():
-    from kdkit.engine import TeacherCache, WithIndex
+    from kdkit.distill.cache import TeacherCache
+    from kdkit.engine import WithIndex
 
     ds = kdkit.get_registry("datasets").build("shapes", "train", None, train_per_class=4, augment="none")
     teacher = kdkit.get_registry("teachers").build("convnet", 10, width=4).eval()

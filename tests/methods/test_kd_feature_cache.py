@@ -49,9 +49,9 @@ def test_fitnet_from_the_cache_follows_the_online_teacher(tmp_path, manager, mon
     auto = train("kd", sets=FITNET, out=tmp_path / "auto", manager=manager)  # un-augmented, small: cached
     assert auto["distill"]["teacher_cache"] is True
 
-    import kdkit.engine.data
+    import kdkit.distill.cache
 
-    monkeypatch.setattr(kdkit.engine.data, "AUTO_FEATURE_CACHE_BYTES", 1024)  # the features exceed the bound
+    monkeypatch.setattr(kdkit.distill.cache, "AUTO_FEATURE_CACHE_BYTES", 1024)  # the features exceed the bound
     big = train("kd", sets=FITNET, out=tmp_path / "big", manager=manager)
     assert big["distill"]["teacher_cache"] is False
     assert "exceed the bound, teachers run online" in (tmp_path / "big" / "train.log").read_text()

@@ -1,0 +1,94 @@
+"""Atomic file writes: a file is replaced whole or not at all (temp file in the same directory,
+fsync, ``os.replace``, fsync of the directory).  Every file a run, a sweep, the config or a plugin
+writes goes through here, so a crash or a full disk never leaves half a file.
+
+A low module: it imports only :mod:`kdkit.errors` (torch only inside :func:`atomic_torch_save`), so
+the config and every layer above may use it.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdkit.errors import KdkitError
+
+__all__ = ["WriteError", "write_error", "first_line", "atomic_write_bytes", "atomic_write_text",
+           "atomic_torch_save"]
+
+
+class WriteError(KdkitError, OSError):
+    """A file could not be written (disk full, read-only, no permission); its previous version is kept."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 160 characters), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, KdkitError):
+            raise write_error(path, exc) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """``exc`` (raised writing ``path``) as a one-line :class:`WriteError` that says what to do."""
+    kept = "; its previous version is kept" if path.exists() else ""
+    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
+            errno.EROFS: "choose a writable directory", errno.EACCES: "choose a directory you can write to",
+            errno.EPERM: "choose a directory you can write to"}.get(exc.errno, "check the file system")
+    error = WriteError(f"cannot write {path}: {exc.strerror or first_line(exc)}{kept}; {hint}")
+    error.errno = exc.errno
+    return error
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` into memory, then :func:`atomic_write_bytes` (never leaves a partial file):
+    checkpoints and every cache file kdkit or a plugin writes."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())

@@ -1,0 +1,76 @@
+"""The method protocol, declared once: what ``kdkit train --method NAME`` runs (as
+:mod:`kdkit.hookspecs` declares the hooks; the built-in methods themselves are in :mod:`kdkit.methods`).
+
+A *method* is a class registered with the ``kdkit_register_methods`` hook (:mod:`kdkit.hookspecs`).
+kdkit calls its members by name, so any class with them works; :class:`Method` (``kdkit.Method``)
+is their one declaration, with the types kdkit calls them with and the defaults of the optional
+ones — subclass it (``kdkit.distill.KDMethod`` and every built-in method do) and override what the
+method has:
+
+===========================  ==========  ==========================================================
+member                       required    called by
+===========================  ==========  ==========================================================
+``default_config()``         yes         config resolution: the full declared tree
+                                         (:func:`kdkit.base_config` plus the method's
+                                         :class:`kdkit.ConfigKey` s)
+``check_config(config,       no          config resolution, before a run directory exists: rules
+registry)``                              across keys
+``component_sections``       no          config resolution: extra ``{"config.path": "registry
+                                         kind"}`` sections (see :mod:`kdkit.config`)
+``run(ctx)``                 yes         ``kdkit train``: trains the stages, returns the summary
+                                         (``summary.json``)
+``evaluate(ctx)``            no          ``kdkit eval --run DIR``
+``encode(ctx, modality,      no          ``kdkit encode --run DIR``: packed binary codes
+bits, split, texts)``
+===========================  ==========  ==========================================================
+
+``ctx`` is the :class:`kdkit.RunContext` of the run; a distillation method's student stage is
+:class:`kdkit.distill.StudentStage`.  Importing this module is cheap (no torch): a plugin's method
+module may subclass :class:`Method` at import time.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from kdkit.errors import KdkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kdkit.engine.context import RunContext
+    from kdkit.registry import Registry
+
+__all__ = ["Method"]
+
+
+class Method:
+    """The members kdkit calls on a method (see the module docs); the optional ones have defaults here."""
+
+    #: extra config sections naming components: ``{"config.path": "registry kind"}``
+    component_sections: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """The full declared config tree: :func:`kdkit.base_config` plus the method's keys."""
+        from kdkit.config import base_config
+
+        return base_config()
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], registry: Callable[[str], "Registry"] | None = None) -> None:
+        """Rules beyond the declared keys, checked on the resolved ``config`` before a run directory
+        exists; raise :class:`kdkit.ConfigError`.  ``registry(kind)`` looks components up."""
+
+    def run(self, ctx: "RunContext") -> dict[str, Any]:  # pragma: no cover - abstract
+        """Train the method's stages (``ctx.fit``) and return the summary written to ``summary.json``."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx: "RunContext") -> dict[str, Any]:
+        """``kdkit eval --run DIR``: the best checkpoints of a finished run on the test split."""
+        raise KdkitError(f"method {ctx.config.get('method')!r} does not support 'kdkit eval'")
+
+    def encode(self, ctx: "RunContext", modality: str, bits: int, split: str = "retrieval",
+               texts: Sequence[str] | None = None) -> tuple["np.ndarray", Sequence[int] | None, dict[str, Any]]:
+        """``kdkit encode --run DIR``: ``(codes uint8 (N, bits / 8), dataset indices or None, metadata)``
+        of ``modality`` (``"image"`` | ``"text"``) on ``split``, or of ``texts`` when given."""
+        raise KdkitError(f"method {ctx.config.get('method')!r} of run {ctx.run_dir} does not support 'kdkit encode'")
