@@ -93,7 +93,7 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
         for i, spec in enumerate(specs):
             # an unknown name is a one-line error listing the registered losses
             where = f"distill.terms.{i}.options" if distill.get("terms") is not None else "distill.loss_options"
-            _check_options(spec, losses.get(spec.loss).factory, where)
+            _check_options(spec, losses.get(spec.loss), where)
     if num_teachers is not None:
         for spec in specs:
             if spec.uses_features and spec.teacher_index >= num_teachers:
@@ -102,26 +102,18 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
     return specs
 
 
-def _check_options(spec: TermSpec, factory, where: str) -> None:
-    """A term's ``options`` must be keyword arguments of its loss factory, of the types its signature
-    declares (a factory taking ``**options`` checks them itself)."""
-    import inspect
-
-    from kdkit.config import factory_options, validate
-
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
+def _check_options(spec: TermSpec, loss, where: str) -> None:
+    """A term's ``options`` against the options its loss declared when it was registered
+    (:attr:`kdkit.registry.Component.options`; a loss registered without ``options`` checks them itself)."""
+    if loss.accepts_any:
         return
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(spec.options) - set(valid))
+    declared = loss.options
+    unknown = sorted(set(spec.options) - set(declared))
     if unknown:
         raise ConfigError(f"config key distill.terms ({spec.name}): loss {spec.loss!r} has no option {unknown[0]!r}; "
-                          f"valid options: {', '.join(valid) or '(none)'}")
-    declared = factory_options(factory)
-    validate(dict(spec.options), {k: declared[k] for k in spec.options if k in declared}, where)
+                          f"valid options: {', '.join(declared) or '(none)'}")
+    for name, value in spec.options.items():
+        declared[name].check(value, f"{where}.{name}")
 
 
 def agreement_samples(distill: dict) -> int:
