@@ -113,7 +113,7 @@ BAD_INVOCATIONS = {
     "empty --method": (_train("--method", ""), "no method selected: use --"),
     "unknown method": (_train("--method", "hinton2015"), "unknown method 'hinton2015'; valid choices:"),
     "term option of the wrong type": (_train("--method", "dkd", "--set", "distill.terms.0.options.alpha=abc"),
-                                      "config key distill.terms.0.options.alpha: expected float, got str"),
+                                      "config key distill.terms.0.options.alpha: expected float in [0, inf), got str"),
     "preset method set to kd": (_train("--method", "dkd", "--set", "method=kd"), "config key method is 'kd'"),
     "wordnet_relax T_x lr": (_train("--method", "wordnet_relax", "--set", "tx.train.lr=-1"),
                              "config key tx.train.lr: expected float in (0, inf)"),

@@ -12,11 +12,17 @@ from kdkit.models import MODELS, build_model, load_weights
 
 
 def collect(hook_name):
+    """name -> registered target of the models plugin, through the real hook spec."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     pm.register(builtin)
     seen = {}
-    getattr(pm.hook, hook_name)(register=lambda name, factory, description="": seen.setdefault(name, factory))
+
+    def register(name, target, description="", *, options=None):
+        assert description and options is not None  # every built-in model declares its options
+        seen.setdefault(name, target)
+
+    getattr(pm.hook, hook_name)(register=register)
     return seen
 
 
