@@ -8,7 +8,7 @@ reproduce the runs docs/wordnet_relax.md reports, which went through the ``image
 
     sudo apt-get install dataset-fashion-mnist
     python scripts/fashion_mnist_imagefolder.py /tmp/fmnist --train-per-class 200 --test-per-class 50
-    kdkit train --plugin wordnet_relax --set data.name=imagefolder --set data.root=/tmp/fmnist \\
+    kdkit train --method wordnet_relax --set data.name=imagefolder --set data.root=/tmp/fmnist \\
         --set data.image_size=32
 
 The files are read (and the first N images of each class, in file order, picked) by

@@ -4,7 +4,7 @@
 #   1. build kdkit._C against that torch (pip --no-deps --no-build-isolation, CUDA forced,
 #      one architecture: the visible GPU's),
 #   2. the CUDA parity tests of every op and the AMP training test,
-#   3. a short `kdkit train --plugin kd` with device=cuda (AMP on),
+#   3. a short `kdkit train --method kd` with device=cuda (AMP on),
 #   4. `kdkit bench --device cuda --json`.
 # It stops at the first failing step with a line naming it. Everything lands in one folder:
 #   bash scripts/gpu-check.sh [OUTDIR]        (default: $OUT, else ./gpu-check-out)
@@ -117,9 +117,9 @@ if [ "$SKIPPED" != 0 ]; then
     fail 1
 fi
 
-step "kdkit train --plugin kd on CUDA (AMP)"
+step "kdkit train --method kd on CUDA (AMP)"
 RUN_DIR=$(mktemp -d)/kd-cuda
-run "$PY" -m kdkit train --plugin kd --out "$RUN_DIR" --set device=cuda --set data.name=shapes \
+run "$PY" -m kdkit train --method kd --out "$RUN_DIR" --set device=cuda --set data.name=shapes \
     --set data.train_per_class=100 --set data.test_per_class=50 --set teacher_train.epochs=4 \
     --set train.epochs=4 --set logging.progress=false
 run cp "$RUN_DIR/summary.json" "$OUTDIR/kd-cuda-summary.json"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Student vs no-KD baseline over finished runs (e.g. one per seed): per run, then mean ± std.
 
-    for s in 0 1 2; do kdkit train --plugin kd --set baseline.enabled=true --set seed=$s --out runs/kd-s$s; done
+    for s in 0 1 2; do kdkit train --method kd --set baseline.enabled=true --set seed=$s --out runs/kd-s$s; done
     python scripts/student_vs_baseline.py runs/kd-s0 runs/kd-s1 runs/kd-s2
 
 Reads each run's summary.json (test top-1 of the best-on-validation epoch, as the run reports it);

@@ -141,10 +141,10 @@ def _missing(module: str) -> bool:
 @pytest.mark.skipif(_missing("kdkit.methods.kd") or _missing("kdkit.commands.train"),
                     reason="the built-in kd method / kdkit train (engine) is not written yet")
 def test_train_with_example_plugin_through_cli(installed_example, tmp_path):
-    """`kdkit train --plugin kd` with the plugin's teacher (trained 1 epoch) and loss, tiny data."""
+    """`kdkit train --method kd` with the plugin's teacher (trained 1 epoch) and loss, tiny data."""
     out = tmp_path / "run"
     proc = _kdkit(
-        installed_example, "train", "--plugin", "kd", "--out", str(out),
+        installed_example, "train", "--method", "kd", "--out", str(out),
         "--set", "teachers=[{name: example_tinynet, width: 4}]",
         "--set", "distill.loss=mse_logits",
         "--set", "teacher_train.epochs=1",
@@ -177,7 +177,7 @@ def test_feature_term_from_the_installed_plugin_trains_end_to_end(installed_exam
             'distill.terms=[{loss: mse_logits, weight: 0.5}, {loss: pooled_cosine, weight: 2.0, '
             'student: features.10, teacher: "8"}]']
     args = [a for s in sets for a in ("--set", s)]
-    ref = _kdkit(installed_example, "train", "--plugin", "kd", "--out", str(tmp_path / "ref"), *args, timeout=300)
+    ref = _kdkit(installed_example, "train", "--method", "kd", "--out", str(tmp_path / "ref"), *args, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert [t["loss"] for t in summary["distill"]["terms"]] == ["mse_logits", "pooled_cosine"]
@@ -191,7 +191,7 @@ def test_feature_term_from_the_installed_plugin_trains_end_to_end(installed_exam
     assert tuple(projection.shape) == (16, 32)  # student features.10: 32 channels; teacher "8": 4 * width
     assert not any("project" in k for k in best["model"])  # the student's exported weights
 
-    killed = _kdkit(installed_example, "train", "--plugin", "kd", "--out", str(tmp_path / "run"), *args,
+    killed = _kdkit(installed_example, "train", "--method", "kd", "--out", str(tmp_path / "run"), *args,
                     timeout=300, KDTEST_KILL="after_step:student:1:2", KDKIT_PLUGINS="kdkit_engine_testplugin",
                     PYTHONPATH=os.pathsep.join([str(installed_example), str(Path(__file__).parent / "engine")]))
     assert killed.returncode < 0, killed.stderr[-2000:]

@@ -31,7 +31,7 @@ def kdkit(args, env=None, timeout=300):
 
 
 def _train_args(out: Path):
-    args = ["train", "--plugin", "kd", "--out", str(out)]
+    args = ["train", "--method", "kd", "--out", str(out)]
     for s in SETS:
         args += ["--set", s]
     return args

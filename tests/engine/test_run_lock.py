@@ -29,7 +29,7 @@ HOLD_LOCK = ("import sys, time; from kdkit.paths import lock_directory; "
 
 
 def _train_args(out: Path) -> list[str]:
-    return ["train", "--plugin", "kd", "--out", str(out)] + [x for s in SETS for x in ("--set", s)]
+    return ["train", "--method", "kd", "--out", str(out)] + [x for s in SETS for x in ("--set", s)]
 
 
 def _kdkit(args, crash: str | None = None):

@@ -241,7 +241,7 @@ def test_imagefolder_via_get_uint8(manager, tiny, tmp_path):
 
 
 def test_cli_default_command_reaches_the_plugin(tmp_path, tiny):
-    """`kdkit train --plugin wordnet_relax` through the real CLI (tiny overrides for speed)."""
+    """`kdkit train --method wordnet_relax` through the real CLI (tiny overrides for speed)."""
     import os
 
     env = dict(os.environ)
