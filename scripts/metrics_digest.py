@@ -20,10 +20,13 @@ one at a time (``--jobs``).
 The JSON written to ``--out`` maps each method to ``{"sha256": of metrics.jsonl's bytes, "lines": its
 line count, "summary_sha256": of summary.json with the volatile fields removed (see
 :func:`clean_summary`), "status": "ok" | "failed", "error": the last stderr line of a failed run,
-"wall_s", "run_dir", "sets"}``.  A run that fails is reported, not fatal.  ``--compare`` prints one
-row per method (same / DIFF / FAILED / missing) and exits 1 unless every method is the same on both
-sides; where both run directories still exist it names the first differing metrics line.  Without
-``--compare`` the exit status is 1 when a run failed.
+"wall_s", "run_dir", "sets"}``.  A run that fails is reported, not fatal (its entry keeps the digest of
+the metrics.jsonl it wrote before failing).  ``--update`` rewrites only the entries of the methods run
+in an existing ``--out`` file (to rerun one method).  ``--compare`` prints one row per method (same /
+DIFF / FAILED / missing) and exits 1 unless every method is the same on both sides (a method that
+fails with the same message after the same metrics on both sides counts as the same); where both run
+directories still exist it names the first differing metrics line.  Without ``--compare`` the exit
+status is 1 when a run failed.
 """
 from __future__ import annotations
 
@@ -143,7 +146,12 @@ def run_method(method: str, args, kdkit: list[str], flag: str, base_env: dict, s
         rc, stderr = None, f"cannot run {shlex.join(cmd)}: {exc}"
     entry["wall_s"] = round(time.monotonic() - start, 1)
     if rc != 0:
-        entry["error"] = (f"exit {rc}: " if rc is not None else "") + last_line(stderr)
+        entry["error"] = ((f"exit {rc}: " if rc is not None else "") + last_line(stderr)).replace(str(home), "<run>")
+        try:  # what the run wrote before it failed, so that two sides failing alike compare as the same
+            metrics = (run_dir / "metrics.jsonl").read_bytes()
+            entry.update(sha256=hashlib.sha256(metrics).hexdigest(), lines=metrics.count(b"\n"))
+        except OSError:
+            pass
     else:
         try:
             entry.update(digest_run(run_dir, (str(home), str(run_dir), str(cache))))
@@ -183,21 +191,25 @@ def compare(a: dict, b: dict, name_a: str, name_b: str, methods=None) -> tuple[s
         if ea is None or eb is None:
             result = "missing"
             detail = f"not in {name_a if ea is None else name_b}"
+        elif (ea.get("status") == eb.get("status") == "failed" and ea.get("error") == eb.get("error")
+              and "sha256" in ea and ea.get("sha256") == eb.get("sha256")):
+            result = "same"
+            detail = f"both fail alike after the same {ea['lines']} metrics lines: {ea['error']}"
         elif ea.get("status") != "ok" or eb.get("status") != "ok":
             result = "FAILED"
             detail = "; ".join(f"{n}: {e.get('error')}" for n, e in ((name_a, ea), (name_b, eb))
                                if e.get("status") != "ok")
         else:
-            metrics_same = ea["sha256"] == eb["sha256"] and ea["lines"] == eb["lines"]
-            summary_same = ea["summary_sha256"] == eb["summary_sha256"]
+            metrics_same = ea.get("sha256") == eb.get("sha256") and ea.get("lines") == eb.get("lines")
+            summary_same = ea.get("summary_sha256") == eb.get("summary_sha256")
             result = "same" if metrics_same and summary_same else "DIFF"
             parts = []
             if not metrics_same:
-                parts.append(f"metrics.jsonl differs ({ea['lines']} vs {eb['lines']} lines"
+                parts.append(f"metrics.jsonl differs ({ea.get('lines')} vs {eb.get('lines')} lines"
                              + (f"; first at {fd}" if (fd := _first_difference(ea, eb)) else "") + ")")
             if not summary_same:
                 parts.append("summary.json differs")
-            detail = "; ".join(parts) or f"{ea['lines']} lines"
+            detail = "; ".join(parts) or f"{ea.get('lines')} lines"
         all_same &= result == "same"
         rows.append((m, result, detail))
     width = max([len("method"), *(len(r[0]) for r in rows)])
@@ -231,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="directory for the runs' directories and caches "
                    "(default: a new temporary directory; every run gets a fresh subdirectory)")
     p.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    p.add_argument("--update", action="store_true",
+                   help="--out exists: replace only the entries of the methods run, keep the others")
     p.add_argument("--compare", nargs="+", metavar="JSON", default=None,
                    help="OTHER.json: compare these runs with it; A.json B.json: compare two files, run nothing")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
@@ -256,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(named - set(methods)):
         p.error(f"--set names methods that are not run: {', '.join(unknown)}")
     other = _load(args.compare[0]) if args.compare else None
+    if args.update and not args.out:
+        p.error("--update needs --out FILE")
+    earlier = _load(args.out) if args.update and Path(args.out).exists() else {}
 
     kdkit = shlex.split(args.kdkit)
     if kdkit and os.sep in kdkit[0] and Path(kdkit[0]).exists():
@@ -284,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {m: f.result() for m, f in futures.items()}
     log(f"total {time.monotonic() - start:.1f} s")
 
-    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+    text = json.dumps({**earlier, **results}, indent=2, sort_keys=True) + "\n"
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         log(f"wrote {args.out}")

@@ -60,9 +60,12 @@ def test_two_runs_agree_and_a_changed_digest_is_a_diff(tmp_path):
 
 
 def test_a_failed_run_is_reported_not_fatal(tmp_path):
-    r, out = _digest(tmp_path, "bad", sets=["no_such_section.key=1"])
+    (tmp_path / "bad.json").write_text(json.dumps({"soda": {"status": "ok"}}))
+    r, out = _digest(tmp_path, "bad", "--update", sets=["no_such_section.key=1"])
     assert r.returncode == 1
-    entry = json.loads(out.read_text())["kd"]
+    results = json.loads(out.read_text())
+    assert results["soda"] == {"status": "ok"}  # --update kept the entry of the method not run
+    entry = results["kd"]
     assert entry["status"] == "failed" and "unknown config key" in entry["error"]
     r = _script("--compare", out, out)
     assert r.returncode == 1 and "FAILED" in r.stdout
@@ -77,6 +80,11 @@ def test_per_method_sets_and_volatile_summary_fields():
     summary = {"seconds": 3.6, "map": {"16": {"i2t": 0.5}}, "cache": "/w/soda-x/cache/clip.pt"}
     cleaned = md.clean_summary(summary, ["/w/soda-x"])
     assert cleaned == {"map": {"16": {"i2t": 0.5}}, "cache": "<path>"}
+    failed = {"status": "failed", "error": "exit 2: kdkit: error: non-finite loss", "sha256": "ab", "lines": 6}
+    table, same = md.compare({"fitnet": failed}, {"fitnet": dict(failed)}, "old", "new")
+    assert same and "both fail alike" in table
+    table, same = md.compare({"fitnet": failed}, {"fitnet": {**failed, "lines": 7, "sha256": "cd"}}, "old", "new")
+    assert not same and "FAILED" in table
     crash = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'lr'\n"
              "kdkit: internal error: this is a bug in kdkit or a plugin; please report it with the traceback above\n")
     assert md.last_line(crash).endswith("traceback above [KeyError: 'lr']")
