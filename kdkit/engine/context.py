@@ -54,20 +54,25 @@ class RunContext:
     """What a method's ``run(ctx)`` works with (see the module docs of :mod:`kdkit.engine`)."""
 
     def __init__(self, config: dict, run_dir: str | Path, plugin_manager: Any = None,
-                 device: torch.device | None = None, resume: bool = False):
+                 device: torch.device | None = None, resume: bool = False, *, read_only: bool = False):
+        """``config`` is a resolved config (:func:`kdkit.config.resolve_method_config`).  ``read_only``:
+        a context that reads a finished run (``kdkit eval`` / ``encode``) as one process: no log file,
+        ``metrics.jsonl`` left as it is."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.plugin_manager = plugin_manager
         self.hook = plugin_manager.hook if plugin_manager is not None else _NoHooks()
-        self.device = device if device is not None else resolve_device(config.get("device", "auto"))
-        self.rank = dist_utils.rank()
-        self.world_size = dist_utils.world_size()
+        self.device = device if device is not None else resolve_device(config["device"])
+        self.rank = 0 if read_only else dist_utils.rank()
+        self.world_size = 1 if read_only else dist_utils.world_size()
         self.is_main = self.rank == 0
         self.resume = resume
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.metrics_lines = 0
         self.stage_results: dict[str, StageResult] = {}
         self._log_file = None
+        if read_only:
+            return
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")
@@ -77,7 +82,7 @@ class RunContext:
 
     @property
     def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+        return int(self.config["seed"])
 
     @property
     def cache_dir(self) -> Path:
@@ -176,7 +181,7 @@ class RunContext:
         default ``dataset.with_augment("none")`` when the dataset offers it.
         """
         if fraction is None:
-            fraction = float(get_path(self.config, "data.val_fraction", 0.1))
+            fraction = float(self.config["data"]["val_fraction"])
         if seed is None:
             seed = self.seed
         if eval_dataset is None and hasattr(dataset, "with_augment"):
@@ -203,7 +208,7 @@ class RunContext:
         selected on held-out training data; ``test``: the whole ``train_full`` and ``val = test``
         (optimistic, an explicit opt-in); ``last``: the whole ``train_full`` and no validation.
         """
-        select_on = get_path(self.config, "checkpoint.select_on", "val")
+        select_on = self.config["checkpoint"]["select_on"]
         if select_on == "val":
             return hold_out() if hold_out is not None else self.split_train_val(train_full)
         if select_on == "test":
@@ -226,8 +231,8 @@ class RunContext:
         from kdkit.engine.trainer import classification_eval
 
         if isinstance(data, torch.utils.data.Dataset):
-            bs = batch_size or int(get_path(self.config, "train.eval_batch_size", 256) or 256)
-            data = make_eval_loader(data, bs, int(get_path(self.config, "data.num_workers", 0) or 0))
+            bs = batch_size or int(self.config["train"]["eval_batch_size"])
+            data = make_eval_loader(data, bs, int(self.config["data"]["num_workers"]))
         was = model.training
         model.to(self.device).eval()
         with torch.no_grad():
@@ -285,7 +290,7 @@ def _default_run_dir(method: str) -> Path:
 
 
 def _configure_determinism(config: dict, device: torch.device) -> None:
-    if config.get("deterministic", True):
+    if config["deterministic"]:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
@@ -497,7 +502,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
             return dump_yaml(config)
         run_dir = Path(out) if out is not None else None
 
-    device = resolve_device(config.get("device", "auto"))
+    device = resolve_device(config["device"])
     with dist_utils.torchrun_process_group(device.type):
         claimed = _on_main(lambda: _claim_run_dir(run_dir, method, resume is not None, config, accept_config_change))
         lock, created, changes = (claimed[2], claimed[1], claimed[3]) if claimed else (None, False, [])
@@ -518,7 +523,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
 
 def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[str], manager: Any) -> dict:
     """The body of :func:`train` once its run directory is claimed and locked."""
-    device = resolve_device(config.get("device", "auto"))
+    device = resolve_device(config["device"])
     _configure_determinism(config, device)
     manager.hook.kdkit_configure(config=config, run_dir=run_dir if dist_utils.is_main() else None)
     ctx = RunContext(config, run_dir, manager, device, resume=resume)
@@ -566,12 +571,7 @@ def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None
     config = resolve_method_config(method, cfg_path, (), manager, check_files=False)
     if device:
         config["device"] = device
-    ctx = RunContext.__new__(RunContext)
-    # a read-only context: no log file, no metrics truncation
-    ctx.config, ctx.run_dir, ctx.plugin_manager, ctx.hook = config, run_dir, manager, manager.hook
-    ctx.device, ctx.rank, ctx.world_size, ctx.is_main, ctx.resume = (
-        resolve_device(config.get("device", "auto")), 0, 1, True, False)
-    ctx.metrics_path, ctx.metrics_lines, ctx.stage_results, ctx._log_file = run_dir / "metrics.jsonl", 0, {}, None
+    ctx = RunContext(config, run_dir, manager, read_only=True)
     return ctx, _method_class(manager, method)()
 
 

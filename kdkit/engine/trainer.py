@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from kdkit.config.settings import RunSettings, TrainSettings
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint, save_checkpoint
@@ -164,25 +165,25 @@ def _float(v) -> float:
 
 @dataclass(frozen=True)
 class TrainerOptions:
-    """What a :class:`Trainer` takes from the run's config, resolved once (:meth:`from_config`)."""
+    """What a :class:`Trainer` takes from the run's config, resolved once (:meth:`from_config`): the
+    declared values only (:mod:`kdkit.config.settings`), no defaults of its own."""
 
-    train: dict = field(default_factory=dict)  # the run's ``train`` section; ``Stage.optimizer`` overrides it
-    seed: int = 0
-    num_workers: int = 0
-    progress: bool = True  # tqdm bars (rank 0, on a terminal)
-    log_every: int = 0  # a log line every N steps (0: per epoch only)
-    select_on: str = "val"  # "last": no validation, best = last
-    save_best: bool = True  # False: best weights kept in memory and in last.pt, no best.pt
+    train: TrainSettings  # the run's ``train`` section; ``Stage.optimizer`` overrides it
+    seed: int
+    num_workers: int
+    progress: bool  # tqdm bars (rank 0, on a terminal)
+    log_every: int  # a log line every N steps (0: per epoch only)
+    select_on: str  # "last": no validation, best = last
+    save_best: bool  # False: best weights kept in memory and in last.pt, no best.pt
     config: dict = field(default_factory=dict)  # stored in checkpoints
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainerOptions":
-        logging, checkpoint = config.get("logging", {}) or {}, config.get("checkpoint", {}) or {}
-        return cls(train=dict(config.get("train", {}) or {}), seed=int(config.get("seed", 0) or 0),
-                   num_workers=int((config.get("data", {}) or {}).get("num_workers", 0) or 0),
-                   progress=bool(logging.get("progress", True)), log_every=int(logging.get("log_every", 0) or 0),
-                   select_on=str(checkpoint.get("select_on", "val")),
-                   save_best=bool(checkpoint.get("save_best", True)), config=config)
+        """From a resolved config (:func:`kdkit.config.resolve_method_config`)."""
+        run = RunSettings.from_config(config)
+        return cls(train=run.train, seed=run.seed, num_workers=run.data.num_workers, progress=run.logging.progress,
+                   log_every=run.logging.log_every, select_on=run.checkpoint.select_on,
+                   save_best=run.checkpoint.save_best, config=config)
 
 
 class TrainerHost(Protocol):
@@ -212,7 +213,7 @@ class Trainer:
     ``model``), ``extra_modules``, ``optimizer``, ``scheduler`` (``LambdaLR`` stepped per
     iteration, or ``None`` when ``scheduler: none`` — then hooks may set learning rates freely),
     ``scaler`` (CUDA AMP) , ``epoch`` (next epoch to run / being run), ``step`` (optimiser steps
-    done), ``epochs``, ``device``, ``settings`` (the merged optimisation settings),
+    done), ``epochs``, ``device``, ``settings`` (the stage's :class:`~kdkit.config.settings.TrainSettings`),
     ``is_main``, ``run_dir``, ``best`` (``{"value", "epoch", "metrics"}``).
     """
 
@@ -223,10 +224,9 @@ class Trainer:
         self.device = ctx.device
         self.is_main = ctx.is_main
         self.run_dir = ctx.run_dir
-        settings = dict(self.options.train)
-        settings.update(stage.optimizer or {})
+        settings = self.options.train.replace(stage.optimizer, f"stage {stage.name}: optimizer")
         self.settings = settings
-        self.epochs = int(stage.epochs if stage.epochs is not None else settings.get("epochs", 1))
+        self.epochs = int(stage.epochs if stage.epochs is not None else settings.epochs)
         if stage.select_mode not in ("max", "min"):
             raise ConfigError(f"stage {stage.name}: select_mode must be 'max' or 'min', got {stage.select_mode!r}")
         self.seed = derive_seed(self.options.seed, "stage", stage.name)
@@ -244,7 +244,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.scaler = None
-        self.amp = bool(settings.get("amp", True)) and self.device.type == "cuda"
+        self.amp = settings.amp and self.device.type == "cuda"
         self._last_unreadable = False  # resumed from last.prev.pt: do not rotate the bad last.pt over it
 
     # --- building -------------------------------------------------------------------------
@@ -272,11 +272,9 @@ class Trainer:
         groups = [g for g in groups if list(g["params"])]
         if not groups:
             raise KdkitError(f"stage {self.stage.name}: nothing to train (no parameter requires grad)")
-        name = str(s.get("optimizer", "sgd")).lower()
-        lr, wd = float(s.get("lr", 0.1)), float(s.get("weight_decay", 0.0))
+        name, lr, wd = s.optimizer, s.lr, s.weight_decay
         if name == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(s.get("momentum", 0.0)),
-                                             nesterov=bool(s.get("nesterov", False)), weight_decay=wd)
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=wd)
         elif name == "adam":
             self.optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
         elif name == "adamw":
@@ -299,12 +297,10 @@ class Trainer:
 
     def _build_scheduler(self, spe: int):
         s = self.settings
-        kind = str(s.get("scheduler", "none")).lower()
-        warm = int(round(float(s.get("warmup_epochs", 0) or 0) * spe))
+        kind = s.scheduler
+        warm = int(round(s.warmup_epochs * spe))
         total = max(1, self.epochs * spe)
-        gamma = float(s.get("gamma", 0.1))
-        milestones = sorted(int(m) for m in (s.get("milestones") or []))
-        step_size = int(s.get("step_size", 30) or 30)
+        gamma, milestones, step_size = s.gamma, sorted(s.milestones), s.step_size
         if kind in ("none", "constant") and warm == 0:
             return None
         if kind not in ("none", "constant", "cosine", "step", "multistep"):
@@ -425,7 +421,7 @@ class Trainer:
         if self.is_main:
             eval_fn = self.stage.eval_fn or classification_eval
             if isinstance(data, Dataset):
-                bs = int(self.settings.get("eval_batch_size") or self.settings.get("batch_size", 256))
+                bs = self.settings.eval_batch_size
                 data = make_eval_loader(data, bs, self.options.num_workers,
                                         self.stage.collate_fn)
             was = self.model.training
@@ -490,7 +486,7 @@ class Trainer:
         return state
 
     def _train_loader(self):
-        batch_size = int(self.settings.get("batch_size", 64))
+        batch_size = self.settings.batch_size
         world = self.ctx.world_size
         if batch_size % world:
             raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({world})")
@@ -563,7 +559,7 @@ class Trainer:
         else:
             loss.backward()
         dist_utils.all_reduce_grads(self._extra_params())
-        clip = self.settings.get("grad_clip")
+        clip = self.settings.grad_clip
         if clip:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)

@@ -127,8 +127,12 @@ def test_a_stage_attaches_its_taps_and_removes_them_when_it_ends(tmp_path, manag
 
     from kdkit.engine import RunContext, Stage, TrainingError
 
-    ctx = RunContext({"seed": 0, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "scheduler": "none"},
-                      "logging": {"progress": False}, "checkpoint": {}}, tmp_path / "run", manager)
+    from kdkit.config import base_config, resolve_config
+
+    config = resolve_config(base_config(), sets=["method=test", "device=cpu", "logging.progress=false",
+                                                 "train.epochs=1", "train.batch_size=8", "train.lr=0.01",
+                                                 "train.scheduler=none"], component_sections={})
+    ctx = RunContext(config, tmp_path / "run", manager)
     model = UsersOwn()
     taps = FeatureTaps(model, ["blocks.b"], owner="student")
     data = TensorDataset(torch.randn(16, 3, 4, 4), torch.randint(0, 3, (16,)))
