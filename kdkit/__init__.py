@@ -32,7 +32,6 @@ _LAZY = {
     "ConfigKey": "kdkit.config",
     "base_config": "kdkit.config",
     "train_section": "kdkit.config",
-    "plain_defaults": "kdkit.config",
     "Method": "kdkit.methodspec",
     "RunContext": "kdkit.engine.context",
     "Stage": "kdkit.engine.trainer",
@@ -40,11 +39,7 @@ _LAZY = {
     "TrainingError": "kdkit.engine.trainer",
     "freeze": "kdkit.engine.trainer",
     "classification_eval": "kdkit.engine.trainer",
-    # data: the sample index, loaders, device transfer, the teacher-output cache
-    "WithIndex": "kdkit.engine.data",
-    "TeacherCache": "kdkit.distill.cache",
-    "make_eval_loader": "kdkit.engine.data",
-    "dataset_classes": "kdkit.engine.data",
+    # data: device transfer (of a batch, for a stage's own eval_fn / step_fn)
     "to_device": "kdkit.engine.data",
     # seeding, files, caches
     "derive_seed": "kdkit.seeding",
@@ -63,6 +58,17 @@ _LAZY = {
     "build_clip": "kdkit.clip",
 }
 _RENAMED = {"is_main_process": "is_main"}
+
+#: names that left the public API with the one student stage (kdkit.distill.StudentStage does what
+#: they were public for); they still resolve, with a DeprecationWarning, for one release
+_DEPRECATED = {
+    "plain_defaults": ("kdkit.config", "kdkit.distill.StudentStage takes a method's declared distill section"),
+    "WithIndex": ("kdkit.engine.data", "kdkit.distill.StudentStage indexes the student's training data"),
+    "TeacherCache": ("kdkit.distill.cache", "kdkit.distill.StudentStage caches the teachers' outputs "
+                                            "(distill.teacher_cache)"),
+    "make_eval_loader": ("kdkit.engine.data", "use torch.utils.data.DataLoader(dataset, batch_size, shuffle=False)"),
+    "dataset_classes": ("kdkit.engine.data", "ctx.classification_data() returns the classes"),
+}
 
 __all__ = [
     "__version__",
@@ -92,6 +98,10 @@ def get_registry(kind: str):
 
 
 def __getattr__(name: str):
+    if name in _DEPRECATED:
+        from kdkit.lazy import deprecated_name
+
+        return deprecated_name("kdkit", name, *_DEPRECATED[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kdkit' has no attribute {name!r}")

@@ -38,3 +38,20 @@ class _LazyModule(types.ModuleType):
 def lazy_import(name: str) -> types.ModuleType:
     """A stand-in for ``importlib.import_module(name)`` that imports on first attribute access."""
     return _LazyModule(name)
+
+
+_WARNED: set[str] = set()
+
+
+def deprecated_name(namespace: str, name: str, module: str, advice: str):
+    """``module.name``, for a name that left the public API of ``namespace`` (kept one release): the
+    first access in a process emits a :class:`DeprecationWarning` saying what to use instead."""
+    import warnings
+
+    value = getattr(importlib.import_module(module), name)
+    qualified = f"{namespace}.{name}"
+    if qualified not in _WARNED:
+        _WARNED.add(qualified)
+        warnings.warn(f"{qualified} is deprecated and leaves kdkit's public API in the next release: {advice}",
+                      DeprecationWarning, stacklevel=3)
+    return value

@@ -4,11 +4,16 @@
   ``kdkit``, ``kdkit.distill`` and ``kdkit.ops`` — statically, and through ``lazy_import``.
 * Every public name resolves, and docs/writing-plugins.md documents it (after datasette's
   documentation-coverage test).
+* The public API is the set below; the names that left it (public only for a second copy of the
+  student stage, which ``kdkit.distill.StudentStage`` replaced) still resolve for one release, with
+  one DeprecationWarning each.
 """
 from __future__ import annotations
 
 import ast
+import importlib
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,3 +80,68 @@ def test_every_public_name_resolves_and_is_documented(namespace, name):
     text = DOCS.read_text(encoding="utf-8")
     assert re.search(rf"`({re.escape(namespace)}\.)?{re.escape(name)}[`(]", text), (
         f"{namespace}.{name} is public but docs/writing-plugins.md does not document it")
+
+
+#: the public API: what plugins may use besides kdkit.ops (an addition is argued in its commit)
+PUBLIC = {
+    "kdkit": {
+        "__version__", "hookimpl", "KdkitError", "ConfigError", "DataError", "PluginError", "UnknownComponentError",
+        "get_registry", "get_plugin_manager", "lazy_import",
+        "ConfigKey", "base_config", "train_section", "Method", "RunContext", "Stage", "StageResult", "TrainingError",
+        "freeze", "classification_eval", "to_device", "derive_seed", "seed_everything", "atomic_torch_save",
+        "atomic_write_text", "cache_root", "all_gather_with_grad", "all_reduce_mean", "is_main_process",
+        "mean_average_precision", "ClipEncoder", "build_clip",
+    },
+    "kdkit.distill": {
+        "StudentStage", "LogitsTeacher", "KDMethod", "FeatureTaps", "module_paths", "TeacherCombiner",
+        "COMBINE_RULES", "Distiller", "DistillInputs", "build_term_loss", "TermSpec", "distill_section",
+        "distill_terms",
+    },
+}
+
+#: names that left the public API -> the module that still defines them
+DEPRECATED = {
+    "kdkit": {"plain_defaults": "kdkit.config", "WithIndex": "kdkit.engine.data", "TeacherCache": "kdkit.distill.cache",
+              "make_eval_loader": "kdkit.engine.data", "dataset_classes": "kdkit.engine.data"},
+    "kdkit.distill": {"DistillStep": "kdkit.distill.step", "build_distiller": "kdkit.distill.step",
+                      "check_taps": "kdkit.distill.step", "TeacherAgreement": "kdkit.distill.agreement",
+                      "agreement_samples": "kdkit.distill.terms", "check_distill": "kdkit.distill.terms",
+                      "check_teachers": "kdkit.distill.teachers", "train_teachers": "kdkit.distill.teachers"},
+}
+
+
+@pytest.mark.parametrize("namespace", sorted(PUBLIC))
+def test_the_public_api_is_the_declared_set(namespace):
+    module = importlib.import_module(namespace)
+    assert set(module.__all__) == PUBLIC[namespace]
+    assert len(module.__all__) == len(set(module.__all__))
+
+
+@pytest.mark.parametrize("namespace, name", [(ns, n) for ns in sorted(DEPRECATED) for n in sorted(DEPRECATED[ns])])
+def test_a_name_that_left_the_api_still_resolves_with_one_deprecation_warning(namespace, name, monkeypatch):
+    import kdkit.lazy
+
+    monkeypatch.setattr(kdkit.lazy, "_WARNED", set())
+    module = importlib.import_module(namespace)
+    assert name not in module.__all__ and name not in dir(module)
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(namespace)}\.{name} is deprecated .*: .+"):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(DEPRECATED[namespace][name]), name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert getattr(module, name) is value  # once per process
+
+
+def test_the_method_protocol_is_declared_once_and_every_builtin_method_follows_it():
+    import typing
+
+    from kdkit.methods.kd import KDMethod
+    from kdkit_methods.presets import PRESETS
+    from kdkit_soda.method import SodaMethod
+    from kdkit_wordnet_relax.method import WordNetRelaxMethod
+
+    assert kdkit.Method is importlib.import_module("kdkit.engine").Method
+    members = {"default_config", "check_config", "run", "evaluate", "encode"}
+    assert members <= set(vars(kdkit.Method)) and "component_sections" in typing.get_type_hints(kdkit.Method)
+    for cls in (KDMethod, SodaMethod, WordNetRelaxMethod, *(p.method() for p in PRESETS)):
+        assert issubclass(cls, kdkit.Method), cls

@@ -6,7 +6,8 @@ Two sources:
 * ``--run DIR --modality image|text --bits L [--split query|retrieval|train|all]`` (or
   ``--text-file FILE``, one text per line): the run's method encodes them.  A method supports
   this by implementing ``encode(ctx, modality, bits, split=..., texts=None) -> (codes uint8
-  (N, L/8), dataset indices or None, metadata dict)`` (``soda`` does).
+  (N, L/8), dataset indices or None, metadata dict)`` (``soda`` does), declared with the rest of
+  the method protocol by :class:`kdkit.Method` (:mod:`kdkit.methodspec`).
 * ``--features FILE.npy``: a float array ``(N, L)`` is binarised (bit set where the value is
   ``>= 0``) and packed — no run needed.
 """

@@ -34,7 +34,7 @@ class TeacherCache:
 
     :param paths: module paths of ``model`` (as :class:`kdkit.distill.FeatureTaps` spells them)
         whose outputs are cached too, read with :meth:`features`.  Given to a
-        :class:`kdkit.distill.DistillStep` in place of the teacher module, the cache hands the
+        :class:`~kdkit.distill.step.DistillStep` in place of the teacher module, the cache hands the
         feature terms these outputs for the batch's sample indices and the teacher does not run.
         A tapped module must return one tensor whose first dimension is the batch.
     :param feature_dtype: the dtype features are stored in.  ``None`` (default): the dtype the

@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from kdkit.errors import ConfigError
 from kdkit.seeding import derive_seed
 
 __all__ = ["WithIndex", "split_train_val", "make_train_loader", "make_eval_loader", "dataset_classes", "to_device"]

@@ -10,41 +10,21 @@ without distillation, ``baseline.enabled``), then ``student``::
 ``T^2 * KL_batchmean(log_softmax(s/T) || softmax(t/T))``) and several teachers are combined by
 ``distill.combine`` (see :class:`TeacherCombiner`).
 
-It is the engine's reference method: paper plugins can subclass :class:`KDMethod` and override
-``build_teachers`` / ``distill_step`` or reuse :class:`TeacherCombiner`.
+The stages are those of :class:`kdkit.distill.StudentStage`, the student stage every distillation
+method runs; :class:`KDMethod` adds the data, the teachers' summary and the results table.  A method
+that is kd with other ``distill`` defaults subclasses it and overrides ``default_config`` (the
+presets of ``kdkit_methods`` do); ``build_teachers`` and ``student_stage`` are the other seams.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import kdkit
-from kdkit.config import ConfigKey, base_config, plain_defaults, train_section
-from kdkit.distill.teachers import check_teachers
-from kdkit.distill.terms import agreement_samples, check_distill, distill_section
-from kdkit.errors import ConfigError
+from kdkit.config import ConfigKey, base_config, train_section
+from kdkit.distill.stage import StudentStage
+from kdkit.distill.terms import distill_section
+from kdkit.methodspec import Method
 
 
-def _plain_view(dataset):
-    """The same samples as ``dataset`` without augmentation (index-aligned)."""
-    from torch.utils.data import Subset
-
-    if isinstance(dataset, Subset):
-        return Subset(_plain_view(dataset.dataset), dataset.indices)
-    if hasattr(dataset, "with_augment"):
-        return dataset.with_augment("none")
-    return dataset
-
-
-def _is_deterministic(dataset) -> bool:
-    from torch.utils.data import Subset
-
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    aug = getattr(dataset, "augment", None)
-    return aug in (None, "none", False)
-
-
-class KDMethod:
+class KDMethod(Method):
     """Hinton knowledge distillation from one or more teachers to a student."""
 
     component_sections: dict = {}
@@ -70,11 +50,7 @@ class KDMethod:
     @classmethod
     def check_config(cls, config: dict, registry=None) -> None:
         """The method's own rules, checked when the config is resolved (before a run directory exists)."""
-        dcfg = config["distill"]
-        if not config["teachers"]:
-            raise ConfigError("config key teachers: at least one teacher is needed")
-        check_teachers(config["teachers"])
-        check_distill(dcfg, plain_defaults(cls.default_config()["distill"]), registry, len(config["teachers"]))
+        StudentStage.check_config(config, cls.default_config()["distill"], registry)
 
     # --- pieces subclasses may override ---------------------------------------------------
 
@@ -83,107 +59,46 @@ class KDMethod:
         names = [t["name"] for t in teachers]
         return [f"teacher.{n}" if names.count(n) == 1 else f"teacher.{n}.{i}" for i, n in enumerate(names)]
 
-    def build_teachers(self, ctx, train, val, test, num_classes) -> tuple[list, dict]:
-        """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
-        from kdkit.distill.teachers import train_teachers
+    def student_stage(self, ctx) -> StudentStage:
+        """The run's :class:`~kdkit.distill.StudentStage` (this method's ``distill`` defaults, its teachers' names)."""
+        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(ctx.config["teachers"]))
 
-        cfg = ctx.config
+    def build_teachers(self, ctx, train, val, test, num_classes, stage: StudentStage | None = None) -> tuple[list, dict]:
+        """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
+        stage = stage if stage is not None else self.student_stage(ctx)
         models, summary = [], {}
-        names = self.teacher_stage_names(cfg["teachers"])
-        for sname, (model, r) in zip(names, train_teachers(ctx, cfg["teachers"], names, num_classes, test,
-                                                           lambda tcfg: (train, val), cfg["teacher_train"])):
+        for sname, (model, r) in zip(stage.teacher_names,
+                                     stage.train_teachers(num_classes, test, lambda tcfg: (train, val))):
             summary[sname] = ({"top1": r.get("top1"), "val_top1": r["val_top1"], "best_epoch": r["best_epoch"]}
                               if r["stage"] else {"top1": r["top1"], "pretrained": r["pretrained"]})
             models.append(model)
         return models, summary
 
     def run(self, ctx) -> dict:
-        from kdkit.distill.step import DistillStep, build_distiller, check_taps
-        from kdkit.distill.agreement import TeacherAgreement
-        from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
-        from kdkit.engine import Stage, WithIndex
-        from kdkit.engine.data import make_eval_loader, to_device
-        from kdkit.seeding import derive_seed
-
         cfg = ctx.config
         dcfg = cfg["distill"]
-        distiller = build_distiller(ctx.registry("losses"), dcfg, len(cfg["teachers"]),
-                                    plain_defaults(self.default_config()["distill"]))
-        samples = agreement_samples(dcfg)
+        stage = self.student_stage(ctx)  # the objective is built (and checked) before anything trains
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
         method = cfg.get("method") or "kd"
         ctx.log(f"{method}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
-        if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
-            check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
-                       [ctx.build_model("teachers", {k: v for k, v in t.items() if k != "pretrained"}, num_classes,
-                                        seed_tag=name)
-                        for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))])
-        teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes)
+        stage.check_taps(num_classes)  # wrong module paths: fail before training
+        teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes, stage)
 
         summary: dict = {"method": method, "teachers": teacher_summary}
         if cfg["baseline"]["enabled"]:
-            base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
-            res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test))
-            summary["baseline"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                                   "best_epoch": res.best_epoch}
+            summary["baseline"] = stage.fit_baseline(num_classes, train, val, test)
 
-        # teacher outputs — the logits and the features the terms tap — cached once per sample index
-        # when the teacher's input is deterministic; null (auto) caches features only when they fit
-        use_cache = dcfg["teacher_cache"]
-        if use_cache is None:
-            use_cache = _is_deterministic(train)
-        caches = None
-        if use_cache:
-            view = _plain_view(train)
-            bs = int(cfg["train"]["eval_batch_size"])
-            paths = distiller.teacher_paths(len(teachers))
-            caches = [TeacherCache(t, view, ctx.device, bs, paths=p) for t, p in zip(teachers, paths)]
-            if any(paths) and not feature_caches_fit(caches, dcfg["teacher_cache"], lambda m: ctx.log(f"{method}: {m}")):
-                caches = None  # teachers run online, their taps give the features
-        if caches is not None:
-            for c in caches:
-                c.build()
-            ctx.log(f"{method}: {describe_caches(caches)}")
-            if not _is_deterministic(train):
-                ctx.log(f"{method}: teacher_cache=true with augmented training data: teachers see un-augmented images")
-
-        student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
-        agreement = TeacherAgreement(list(teacher_summary),
-                                     [s.get("val_top1", s.get("top1")) for s in teacher_summary.values()],
-                                     ctx.log, samples)
-
-        def teacher_logits(x, y, idx):
-            if caches is not None:
-                return [c[idx] for c in caches]
-            return [t(x) for t in teachers]
-
-        def validation():
-            for b in make_eval_loader(val, int(cfg["train"]["eval_batch_size"])):
-                b = to_device(b, ctx.device)
-                yield [t(b[0]) for t in teachers], b[1]
-
-        # feature terms read a cached teacher's features from its cache, an online teacher's from its taps
-        step = DistillStep(distiller, student, teacher_logits, caches if caches is not None else teachers,
-                           agreement, validation if val is not None else None)
-        train_indexed = WithIndex(train)
-        step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
-                         derive_seed(ctx.seed, "init", "distill"))
-
-        res = ctx.fit(Stage(name="student", model=student, train_data=train_indexed, val_data=val,
-                            test_data=test, step_fn=step, taps=step.taps,
-                            extra_modules={"distill": distiller, "agreement": agreement},
-                            before_epoch_fn=step.before_epoch))
-        agreement.finish()
-        summary["student"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                              "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
+        student = stage.distil(num_classes, teachers, train, val, test,
+                               references={name: s.get("val_top1", s.get("top1")) for name, s in teacher_summary.items()})
+        distiller = student.distiller
+        summary["student"] = {**student.summary, "name": cfg["student"]["name"]}
         summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": distiller.ce_weight,
-                              "temperature": distiller.temperature, "teacher_cache": bool(caches is not None),
-                              "terms": [dataclasses.asdict(s) for s in distiller.specs],
-                              "teacher_weights": [float(w) for w in distiller.combiner.weights.tolist()],
-                              "teacher_agreement": agreement.report}
+                              "temperature": distiller.temperature, "teacher_cache": student.cached,
+                              "terms": student.terms, "teacher_weights": student.teacher_weights,
+                              "teacher_agreement": student.agreement}
         summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
         if ctx.is_main:
             print(self.results_table(summary), flush=True)

@@ -33,7 +33,7 @@ hashing = lazy_import("kdkit_soda.hashing")
 
 # --- the method ------------------------------------------------------------------------------
 
-class SodaMethod:
+class SodaMethod(kdkit.Method):
     """Two-stage SODA; ``run`` returns ``{"map": {bits: {"i2t", "t2i"}}, "baseline": ..., ...}``."""
 
     @classmethod

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -27,8 +26,8 @@ import os
 from pathlib import Path
 
 import kdkit  # kdkit.atomic_write_text is looked up when called: it imports torch
-from kdkit import ConfigError, DataError, KdkitError, plain_defaults
-from kdkit.distill import check_distill, check_teachers
+from kdkit import ConfigError, DataError, KdkitError
+from kdkit.distill import LogitsTeacher, StudentStage
 
 from kdkit_wordnet_relax.config import LAMBDA_PRESETS, default_config
 RELAXER_KEYS_METHOD = ("relaxer", "ratio", "tau", "sweep", "cache", "cache_dir")
@@ -164,7 +163,7 @@ class _Embeddings:
 
 # --- the method ---------------------------------------------------------------------------------
 
-class WordNetRelaxMethod:
+class WordNetRelaxMethod(kdkit.Method):
     """Crossmodal KD with WordNet-relaxed text embeddings (see the module docstring)."""
 
     component_sections: dict = {}
@@ -183,9 +182,8 @@ class WordNetRelaxMethod:
             raise ConfigError(f"config key relax.sweep: duplicate ratios in {sweep}")
         if not config["teachers"] and not dist["use_multimodal"]:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
-        check_distill(dist, plain_defaults(cls.default_config()["distill"]), registry,
-                      len(config["teachers"]) + int(bool(dist["use_multimodal"])))
-        check_teachers(config["teachers"])
+        StudentStage.check_config(config, cls.default_config()["distill"], registry,
+                                  extra_teachers=int(bool(dist["use_multimodal"])))
         if relax["pool"] == "file" and not relax["pool_file"]:
             raise ConfigError("config key relax.pool=file needs relax.pool_file (a file with one noun per line)")
         if registry is not None:  # names used after the teachers trained: checked now
@@ -235,20 +233,27 @@ class WordNetRelaxMethod:
             names.append(f"teacher.{tag}" if tags.count(tag) == 1 else f"teacher.{tag}.{i}")
         return names
 
-    def train_unimodal_teachers(self, ctx, test, num_classes):
-        """T_m: each teacher trained on its own augmentation of the training split (or loaded)."""
-        from kdkit.distill import train_teachers
+    @staticmethod
+    def teacher_model_options(tcfg: dict) -> dict:
+        """A T_m teacher's section for its factory: its config without ``augment`` (and without an unset
+        ``pretrained``)."""
+        return {k: v for k, v in tcfg.items() if k != "augment" and not (k == "pretrained" and v is None)}
 
+    def student_stage(self, ctx) -> StudentStage:
+        """The run's student stage: the T_m teachers of ``teachers``, then T_x (``distill.use_multimodal``)."""
         cfg = ctx.config
-        names = self.teacher_stage_names(cfg["teachers"])
-        trained = train_teachers(
-            ctx, cfg["teachers"], names, num_classes, test,
-            data=lambda tcfg: self._splits(ctx, tcfg.get("augment"), test), optimizer=cfg["teacher_train"],
-            eval_fn=image_eval,
-            model_options=lambda tcfg: {k: v for k, v in tcfg.items()
-                                        if k != "augment" and not (k == "pretrained" and v is None)})
+        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(cfg["teachers"]),
+                            model_options=self.teacher_model_options,
+                            extra_teachers=int(bool(cfg["distill"]["use_multimodal"])))
+
+    def train_unimodal_teachers(self, ctx, test, num_classes, stage: StudentStage | None = None):
+        """T_m: each teacher trained on its own augmentation of the training split (or loaded)."""
+        cfg = ctx.config
+        stage = stage if stage is not None else self.student_stage(ctx)
+        trained = stage.train_teachers(num_classes, test,
+                                       data=lambda tcfg: self._splits(ctx, tcfg.get("augment"), test), eval_fn=image_eval)
         models, summary = [], {}
-        for tcfg, sname, (model, r) in zip(cfg["teachers"], names, trained):
+        for tcfg, sname, (model, r) in zip(cfg["teachers"], stage.teacher_names, trained):
             key = "unimodal_" + sname.split(".", 1)[1].replace(".", "_")
             if r["stage"]:
                 summary[key] = {"top1": r.get("top1"), "val_top1": r["val_top1"], "entropy": r.get("entropy"),
@@ -387,87 +392,57 @@ class WordNetRelaxMethod:
         return torch.cat(out)
 
     def train_student(self, ctx, stage_name, train, val, test, tm_models, tx_parts, num_classes, encoder,
-                      to_pixels, teacher_references: dict):
-        """The image-only student; ``to_pixels`` maps a training batch back to ``[0, 1]`` images for
-        CLIP (``tx_clip: online``); ``teacher_references``: name -> held-out top-1 of every teacher
-        (T_m in order, then T_x) for the teacher-agreement check."""
-        from kdkit import Stage, WithIndex, derive_seed, make_eval_loader, to_device
-        from kdkit.distill import DistillStep, TeacherAgreement
-
+                      to_pixels, teacher_references: dict, stage: StudentStage | None = None):
+        """The image-only student, distilled from the T_m teachers and T_x by the student stage;
+        ``to_pixels`` maps a training batch back to ``[0, 1]`` images for CLIP (``tx_clip: online``);
+        ``teacher_references``: name -> held-out top-1 of every teacher (T_m in order, then T_x) for
+        the teacher-agreement check."""
         cfg = ctx.config
-        dist = cfg["distill"]
-        use_tx = tx_parts is not None
-        n_teachers = len(tm_models) + (1 if use_tx else 0)
-        distiller = self.build_distiller(ctx, n_teachers)
-        tau = float(cfg["relax"]["tau"])
+        stage = stage if stage is not None else self.student_stage(ctx)
+        teachers = list(tm_models)
+        if tx_parts is not None:
+            teachers.append(self.tx_teacher(ctx, tx_parts, encoder, to_pixels))
+        # the T_m teachers run on the student's batches (never cached); T_x has no image feature maps,
+        # so feature terms tap T_m teachers only
+        st = stage.distil(num_classes, teachers, train, val, test, references=teacher_references, name=stage_name,
+                          eval_fn=image_eval, cache=False, seed_tag=stage_name)
+        return {**st.summary, "name": cfg["student"]["name"], "stage": stage_name,
+                "teacher_weights": st.teacher_weights, "terms": st.terms, "teacher_agreement": st.agreement}
+
+    def tx_teacher(self, ctx, tx_parts, encoder, to_pixels) -> LogitsTeacher:
+        """T_x as the student stage sees it: on a training batch, its row of the logit table (``tx_clip:
+        cached``) or CLIP run on the batch's images (``online``), with the text of ``distill.tx_text``;
+        on the held-out split, the validation images' CLIP embeddings with retrieved text."""
+        dist = ctx.config["distill"]
+        tau = float(ctx.config["relax"]["tau"])
         online = dist["tx_clip"] == "online"
         protocol = dist["tx_text"] == "protocol"
-        if use_tx:
-            tx_model, bank, table, mask_train, v_val = tx_parts
-            table = table.to(ctx.device)
-            mask_train = mask_train.to(ctx.device)
-        student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
-        agreement = TeacherAgreement(list(teacher_references), list(teacher_references.values()), ctx.log,
-                                     int(dist["agreement_samples"]))
+        tx_model, bank, table, mask_train, v_val = tx_parts
+        table = table.to(ctx.device)
+        mask_train = mask_train.to(ctx.device)
 
-        def tx_logits(x, y, idx):
+        def logits(x, y, idx):
             if not online:
                 return table[idx]
             v = encoder.encode_images(to_pixels(x)).to(bank.class_emb.device)
             t = bank.text_for(v, y, mask_train[idx], tau) if protocol else bank.retrieve(v, tau)
             return tx_model(v, t).float()
 
-        def teacher_logits(x, y, idx):
-            logits = [t(x) for t in tm_models]
-            if use_tx:
-                logits.append(tx_logits(x, y, idx))
-            return logits
+        def validation_logits(x, y, start):  # the validation images' CLIP embeddings, in the same order
+            v = v_val[start:start + len(y)].to(ctx.device)
+            return tx_model(v, bank.retrieve(v, tau))
 
-        def validation():
-            start = 0
-            for b in make_eval_loader(val, int(cfg["train"]["eval_batch_size"])):
-                b = to_device(b, ctx.device)
-                logits = [t(b[0]) for t in tm_models]
-                if use_tx:  # T_x on the validation images' CLIP embeddings, in the same order
-                    v = v_val[start:start + len(b[1])].to(ctx.device)
-                    logits.append(tx_model(v, bank.retrieve(v, tau)))
-                start += len(b[1])
-                yield logits, b[1]
-
-        # T_x has no image feature maps: feature terms tap T_m teachers only
-        step = DistillStep(distiller, student, teacher_logits, list(tm_models) + ([None] if use_tx else []),
-                           agreement, validation if val is not None else None)
-        train_indexed = WithIndex(train)
-        step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
-                         derive_seed(ctx.seed, "init", "distill", stage_name))
-
-        res = ctx.fit(Stage(name=stage_name, model=student, train_data=train_indexed, val_data=val,
-                            test_data=test, step_fn=step, eval_fn=image_eval, taps=step.taps,
-                            extra_modules={"distill": distiller, "agreement": agreement},
-                            before_epoch_fn=step.before_epoch))
-        agreement.finish()
-        return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                "best_epoch": res.best_epoch, "name": cfg["student"]["name"], "stage": stage_name,
-                "teacher_weights": [float(w) for w in distiller.combiner.weights.tolist()],
-                "terms": [dataclasses.asdict(spec) for spec in distiller.specs],
-                "teacher_agreement": agreement.report}
-
-    def build_distiller(self, ctx, num_teachers: int):
-        """The student's objective from the ``distill`` section (checked before any stage runs)."""
-        from kdkit.distill import build_distiller
-
-        return build_distiller(ctx.registry("losses"), ctx.config["distill"], num_teachers,
-                               plain_defaults(self.default_config()["distill"]))
+        return LogitsTeacher(logits, validation_logits)
 
     # --- run --------------------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        from kdkit import Stage, build_clip
+        from kdkit import build_clip
 
         from kdkit_wordnet_relax.relaxer import TEMPLATES
 
         cfg = ctx.config
         ratios = self.ratios(cfg)
-        distiller = self.build_distiller(ctx, len(cfg["teachers"]) + int(bool(cfg["distill"]["use_multimodal"])))
+        stage = self.student_stage(ctx)  # the objective is built (and checked) before anything trains
         sweep = bool(cfg["relax"].get("sweep"))
         relax = cfg["relax"]
         templates = list(relax.get("templates") or TEMPLATES)
@@ -479,14 +454,7 @@ class WordNetRelaxMethod:
                             f"wordnet_relax needs them for the text side")
         classes = [str(c).replace("_", " ") for c in classes]
         num_classes = len(classes)
-        if any(spec.uses_features for spec in distiller.specs):  # wrong module paths: fail before training
-            from kdkit.distill import check_taps
-
-            tm = [ctx.build_model("teachers", {k: v for k, v in t.items() if k not in ("augment", "pretrained")},
-                                  num_classes, seed_tag=name)
-                  for t, name in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"]))]
-            check_taps(distiller, ctx.build_model("students", cfg["student"], num_classes, seed_tag="student"),
-                       tm + ([None] if cfg["distill"]["use_multimodal"] else []))
+        stage.check_taps(num_classes)  # wrong module paths: fail before training
         ctx.log(f"wordnet_relax: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; ratio(s) "
                 f"{', '.join(f'{r:g}' for r in ratios)}")
@@ -514,14 +482,11 @@ class WordNetRelaxMethod:
             kdkit.atomic_write_text(ctx.run_dir / "relaxed_nouns.txt", "\n".join(vocab.words) + "\n")
 
         # unimodal teachers and the no-KD baseline (independent of the ratio)
-        tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes)
+        tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes, stage)
         summary: dict = {"method": "wordnet_relax", "teachers": dict(teacher_summary)}
         if cfg["baseline"]["enabled"]:
-            base_model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
-            res = ctx.fit(Stage(name="baseline", model=base_model, train_data=train, val_data=val, test_data=test,
-                                eval_fn=image_eval))
-            summary["baseline"] = {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                                   "best_epoch": res.best_epoch, "name": cfg["student"]["name"]}
+            summary["baseline"] = {**stage.fit_baseline(num_classes, train, val, test, eval_fn=image_eval),
+                                   "name": cfg["student"]["name"]}
 
         y_train = _targets(train)
         to_pixels = getattr(train_base, "to_pixels", None)
@@ -548,7 +513,7 @@ class WordNetRelaxMethod:
                 references[tx_summary["stage"]] = tx_summary["val_top1" if cfg["distill"]["tx_text"] == "protocol"
                                                              else "val_top1_relaxed"]
             st = self.train_student(ctx, "student" + suffix, train, val, test, tm_models, tx_parts, num_classes,
-                                    encoder, to_pixels, references)
+                                    encoder, to_pixels, references, stage=stage)
             rows.append({"ratio": ratio, "teacher_top1": tx_summary["top1"] if tx_summary else None,
                          "teacher_top1_relaxed": tx_summary["top1_relaxed"] if tx_summary else None,
                          "teacher_entropy": tx_summary["entropy"] if tx_summary else None,

@@ -256,7 +256,7 @@ def test_wrong_tap_paths_fail_before_any_teacher_trains(tmp_path, manager):
 
 
 def test_unknown_loss_options_fail_when_the_config_is_checked():
-    from kdkit.distill import check_distill
+    from kdkit.distill.terms import check_distill
 
     registry = kdkit.get_registry
     with pytest.raises(ConfigError, match=r"loss 'kl' has no option 'scale'; valid options: scale_by_t2") as err:

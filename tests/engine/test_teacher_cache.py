@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import kdkit
-from kdkit.distill import DistillStep, FeatureTaps, TeacherCombiner
+from kdkit.distill import FeatureTaps, TeacherCombiner
+from kdkit.distill.step import DistillStep
 from kdkit.distill.distiller import Distiller
 from kdkit.distill.terms import TermSpec
 from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
