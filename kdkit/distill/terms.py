@@ -118,7 +118,7 @@ def _check_options(spec: TermSpec, loss, where: str) -> None:
 
 def agreement_samples(distill: dict) -> int:
     """``distill.agreement_samples``: how many training samples the teacher-agreement guard checks
-    (:class:`kdkit.distill.TeacherAgreement`; 0 turns it off)."""
+    (:class:`~kdkit.distill.agreement.TeacherAgreement`; 0 turns it off)."""
     return int(distill.get("agreement_samples", 512))
 
 
