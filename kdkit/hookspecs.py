@@ -93,11 +93,12 @@ def kdkit_register_methods(register):
     """Register distillation methods — what ``kdkit train --method NAME`` selects.
 
     :param register: ``register(name, target, description="")``, ``target`` the method class or its
-        import path (methods take no ``options``: their keys are their config).  The class has a
-        ``default_config() -> dict`` classmethod (the full config tree: ``kdkit.base_config()`` plus the
-        method's keys, declared with ``kdkit.ConfigKey``), an optional ``check_config(config, registry)``
-        classmethod (rules across keys, checked before a run directory exists) and
-        ``run(self, ctx) -> dict`` returning the run summary (see :mod:`kdkit.engine`).
+        import path (methods take no ``options``: their keys are their config).  The class implements
+        the method protocol, declared once by :class:`kdkit.Method` (subclass it): ``default_config()``
+        (the full config tree: ``kdkit.base_config()`` plus the method's keys, declared with
+        ``kdkit.ConfigKey``), optional ``check_config(config, registry)`` (rules across keys, checked
+        before a run directory exists), ``run(ctx) -> dict`` (the run summary) and, optionally,
+        ``evaluate(ctx)`` and ``encode(...)``.
     """
 
 
