@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+import yaml
 
 import kdkit
 from kdkit import cli
@@ -247,3 +248,43 @@ def test_info_lists_plugins_and_survives_plugin_errors(monkeypatch, capsys):
 
         data = info.collect()
     assert "registered twice" in data["plugins_error"]
+
+
+# --- `kdkit train --method NAME`; `--plugin NAME` is its deprecated alias (issue 19, item 6) ------------------
+
+WARNING = "kdkit: warning: --plugin dkd is deprecated; use --method dkd\n"
+
+
+def test_method_selects_the_method_without_a_warning(capsys):
+    assert cli.main(["train", "--method", "dkd", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["method"] == "dkd"
+    assert "deprecated" not in err, err
+
+
+def test_plugin_still_selects_the_method_and_warns_once(capsys):
+    assert cli.main(["train", "--method", "dkd", "--print-config"]) == 0
+    expected = capsys.readouterr().out
+    assert cli.main(["train", "--plugin", "dkd", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert out == expected
+    assert err.count("deprecated") == 1 and WARNING in err, err
+
+
+def test_plugin_alias_also_reaches_help_config(capsys):
+    assert cli.main(["train", "--plugin", "dkd", "--help-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "distill.terms" in out and err.count(WARNING) == 1, err
+
+
+def test_method_and_plugin_naming_different_methods_is_an_error(capsys):
+    assert cli.main(["train", "--method", "kd", "--plugin", "dkd", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert WARNING in err
+    assert "kdkit: error: --method kd and --plugin dkd name different methods" in err, err
+
+
+def test_help_names_method_and_calls_plugin_deprecated(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--method NAME the method to run" in out and "--plugin NAME deprecated alias of --method NAME" in out
