@@ -3,6 +3,15 @@ component option goes through (types, choices, ranges, patterns, files).
 
 This module imports neither YAML nor torch: registrations (``register(..., options={...})``) declare
 their options with it while ``kdkit plugins`` stays cheap.
+
+Why not pydantic or jsonargparse (both judged for issue 19): a kdkit config's shape depends on the
+components it chooses — ``data.name=imagefolder`` brings that dataset's options and drops the default
+dataset's, each teacher in a list brings its own — so a pydantic model would have to be built anew
+for every choice of every section, and its multi-line ``ValidationError`` reworded into kdkit's
+one-line, dotted-path errors (``config key train.lr: expected float in (0, inf), got -1.0``).
+jsonargparse derives options from signatures and docstrings, which is the scraping this declaration
+replaced, and brings its own CLI.  A declaration here is a small frozen dataclass; the engine's part
+of a resolved config is read through frozen typed views (:mod:`kdkit.config.settings`).
 """
 from __future__ import annotations
 
