@@ -44,3 +44,18 @@ def test_stage_overrides_are_checked_by_the_declarations():
         settings.replace({"lr": -1})
     with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
         settings.replace({"learning_rate": 0.1})
+
+
+def test_run_context_exposes_the_typed_settings(tmp_path):
+    from kdkit.engine import RunContext
+
+    config = plain_defaults(base_config())
+    config.update({"method": "test", "device": "cpu"})
+    config["train"]["lr"] = 0.2
+    ctx = RunContext(config, tmp_path / "run")
+    try:
+        assert ctx.settings.train.lr == 0.2 and ctx.settings.device == "cpu"
+        config["train"]["lr"] = 0.3  # e.g. a kdkit_configure hook
+        assert ctx.settings.train.lr == 0.3
+    finally:
+        ctx.close()

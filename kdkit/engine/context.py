@@ -14,6 +14,7 @@ import torch
 
 from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, method_config_help,  # noqa: F401 - re-exported
                           resolve_method_config, write_config)
+from kdkit.config.settings import RunSettings
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint
@@ -83,6 +84,12 @@ class RunContext:
     @property
     def seed(self) -> int:
         return int(self.config["seed"])
+
+    @property
+    def settings(self) -> RunSettings:
+        """The engine's part of the resolved config, typed and frozen: ``ctx.settings.train.lr`` (read
+        anew each time, so a ``kdkit_configure`` hook's changes to ``ctx.config`` show)."""
+        return RunSettings.from_config(self.config)
 
     @property
     def cache_dir(self) -> Path:
