@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
         texts = [ln.rstrip("\n") for ln in tpath.read_text(encoding="utf-8").splitlines()]
     ctx, method = _open_run(Path(args.run), args.device)
     if not hasattr(method, "encode"):
-        raise KdkitError(f"method {ctx.config.get('method')!r} of run {args.run} does not support 'kdkit encode'")
+        raise KdkitError(f"method {ctx.config['method']!r} of run {args.run} does not support 'kdkit encode'")
     codes, indices, meta = method.encode(ctx, args.modality, int(args.bits), split=args.split, texts=texts)
     meta = dict(meta or {})
     labels = meta.pop("labels", None)
-    meta.update({"run": str(args.run), "method": ctx.config.get("method")})
+    meta.update({"run": str(args.run), "method": ctx.config["method"]})
     if indices is not None:
         meta["indices"] = [int(i) for i in indices]
     out = save_codes(args.out, codes, meta)

@@ -21,7 +21,7 @@ Without ``distill.terms`` (``null``) the objective is the classic one: one term
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from kdkit.errors import ConfigError
 
@@ -92,7 +92,7 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
         losses = registry("losses")
         for i, spec in enumerate(specs):
             # an unknown name is a one-line error listing the registered losses
-            where = f"distill.terms.{i}.options" if distill.get("terms") is not None else "distill.loss_options"
+            where = f"distill.terms.{i}.options" if distill["terms"] is not None else "distill.loss_options"
             _check_options(spec, losses.get(spec.loss), where)
     if num_teachers is not None:
         for spec in specs:
@@ -119,7 +119,13 @@ def _check_options(spec: TermSpec, loss, where: str) -> None:
 def agreement_samples(distill: dict) -> int:
     """``distill.agreement_samples``: how many training samples the teacher-agreement guard checks
     (:class:`~kdkit.distill.agreement.TeacherAgreement`; 0 turns it off)."""
-    return int(distill.get("agreement_samples", 512))
+    return int(distill["agreement_samples"])
+
+
+def _entry_defaults() -> dict:
+    """What a key left out of a ``distill.terms`` entry means: :class:`TermSpec`'s defaults, the one
+    source (``loss`` has none, ``name`` and ``options`` are filled from ``loss`` and ``{}``)."""
+    return {f.name: None if f.default is MISSING else f.default for f in fields(TermSpec)}
 
 
 def _term(i: int, entry) -> TermSpec:
@@ -129,15 +135,16 @@ def _term(i: int, entry) -> TermSpec:
     unknown = sorted(set(entry) - set(TERM_KEYS))
     if unknown:
         raise ConfigError(f"unknown config key {where}.{unknown[0]!r}; valid keys of a term: {', '.join(TERM_KEYS)}")
-    loss = entry.get("loss")
+    entry = {**_entry_defaults(), **entry}
+    loss = entry["loss"]
     if not isinstance(loss, str) or not loss:
         raise ConfigError(f"config key {where}.loss: a registered loss name is required (kdkit plugins lists them)")
-    weight = entry.get("weight", 1.0)
+    weight = entry["weight"]
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
         raise ConfigError(f"config key {where}.weight: expected a number, got {weight!r}")
     paths = {}
     for key in ("student", "teacher"):
-        value = entry.get(key)
+        value = entry[key]
         if isinstance(value, (list, tuple)):
             if not value or not all(isinstance(p, str) and p for p in value):
                 raise ConfigError(f"config key {where}.{key}: expected module paths such as [layer1, layer2], "
@@ -147,13 +154,13 @@ def _term(i: int, entry) -> TermSpec:
             raise ConfigError(f"config key {where}.{key}: expected a module path such as layer3 (or a list of "
                               f"them), got {value!r}")
         paths[key] = value
-    index = entry.get("teacher_index", 0)
+    index = entry["teacher_index"]
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ConfigError(f"config key {where}.teacher_index: expected an integer >= 0, got {index!r}")
-    options = entry.get("options") or {}
+    options = entry["options"] or {}
     if not isinstance(options, dict):
         raise ConfigError(f"config key {where}.options: expected a mapping of loss options, got {options!r}")
-    name = entry.get("name") or loss
+    name = entry["name"] or loss
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(f"config key {where}.name: expected an identifier (letters, digits, _), got {name!r}")
     return TermSpec(loss=loss, weight=float(weight), name=name, student=paths["student"],
@@ -167,11 +174,11 @@ def distill_terms(distill: dict, defaults: dict | None = None) -> list[TermSpec]
     ``distill.loss`` / ``loss_options`` (which describe the classic single term) must be left at
     their defaults, so that no setting is silently ignored.
     """
-    terms = distill.get("terms")
+    terms = distill["terms"]
     if terms is None:
-        alpha = float(distill.get("alpha", 0.5))
-        return [TermSpec(loss=str(distill.get("loss", "kl")), weight=1.0 - alpha, name="kd",
-                         options=dict(distill.get("loss_options") or {}))]
+        alpha = float(distill["alpha"])
+        return [TermSpec(loss=str(distill["loss"]), weight=1.0 - alpha, name="kd",
+                         options=dict(distill["loss_options"]))]
     if not isinstance(terms, (list, tuple)):
         raise ConfigError(f"config key distill.terms: expected a list of terms like [{{loss: kl, weight: 0.5}}], "
                           f"got {terms!r}")
@@ -180,7 +187,7 @@ def distill_terms(distill: dict, defaults: dict | None = None) -> list[TermSpec]
                           "alone with baseline.enabled=true, or list at least one term)")
     defaults = defaults or {}
     for key in ("loss", "loss_options"):
-        if key in defaults and distill.get(key) != defaults[key]:
+        if key in defaults and distill[key] != defaults[key]:
             raise ConfigError(f"config key distill.{key} describes the single classic term and cannot be combined "
                               f"with distill.terms: put the loss and its options in a term "
                               f"(distill.terms.N.loss / .options)")

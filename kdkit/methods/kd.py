@@ -81,7 +81,7 @@ class KDMethod(Method):
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
-        method = cfg.get("method") or "kd"
+        method = cfg["method"]
         ctx.log(f"{method}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
         stage.check_taps(num_classes)  # wrong module paths: fail before training

@@ -168,7 +168,9 @@ class CRDLoss(nn.Module):
         idx, n = inputs.indices, inputs.num_samples
         if idx is None:
             raise kdkit.ConfigError("loss crd needs the batch's sample indices (DistillInputs.indices), the keys of its "
-                                    "memory bank; train with indexed data (kdkit.WithIndex)")
+                                    "memory bank; run it in the student stage (kdkit.distill.StudentStage indexes "
+                                    "the training data itself), or pass indices= to the Distiller when calling it "
+                                    "from a loop of your own")
         if n is None:
             raise kdkit.ConfigError("loss crd needs the size of the training split (DistillInputs.num_samples) for its "
                                     "memory bank; kdkit sets it when it materialises the terms (DistillStep.materialize)")

@@ -1,7 +1,7 @@
 """One method per paper: kd's pipeline (teachers, optional baseline, a distilled student) with the
 paper's terms and weights as the ``distill`` defaults.
 
-``kdkit train --plugin dkd`` is ``kdkit train --plugin kd`` with ``distill`` set as below; every
+``kdkit train --method dkd`` is ``kdkit train --method kd`` with ``distill`` set as below; every
 key can still be overridden (``--set distill.terms.0.weight=4``), and any of these losses can be
 combined with others in one ``distill.terms`` list.  Feature terms tap the stages of kdkit's
 CIFAR ResNets (``layer1``, ``layer2``, ``layer3``) and their pooled penultimate embedding
@@ -10,6 +10,7 @@ them).  The papers, formulas and defaults are in ``docs/methods.md``.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 STAGES = ["layer1", "layer2", "layer3"]
@@ -41,7 +42,7 @@ class Preset:
                 from kdkit.distill import distill_section
 
                 config = super().default_config()
-                terms = [dict(term, options=dict(term.get("options", {}))) for term in preset.terms]
+                terms = copy.deepcopy(preset.terms)  # each config owns its terms (options included)
                 config["distill"] = distill_section(alpha=preset.alpha, temperature=preset.temperature, terms=terms)
                 return config
 

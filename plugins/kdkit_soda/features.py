@@ -48,15 +48,15 @@ def label_prompts(labels: np.ndarray, classes: Sequence[str], template: str = "A
 
 
 def clip_encoder(clip_cfg: dict, device, seed: int = 0, log: Callable[[str], None] | None = None):
-    """The :class:`kdkit.ClipEncoder` of soda's ``clip`` section, random init seeded with the run's
+    """The :class:`kdkit.ClipEncoder` of soda's resolved ``clip`` section, random init seeded with the run's
     ``seed``.  Prompts go through open_clip's ``encode_text`` (``fast_text: false``), as soda's
     cached features always did."""
     from kdkit import build_clip
 
-    model = str(clip_cfg.get("model", "tiny"))
-    return build_clip({"model": MODEL_ALIASES.get(model, model), "pretrained": clip_cfg.get("pretrained") or None,
-                       "context_length": clip_cfg.get("context_length"), "seed": seed, "fast_text": False,
-                       "batch_size": int(clip_cfg.get("batch_size", 128))}, device=device, log_fn=log)
+    model = str(clip_cfg["model"])
+    return build_clip({"model": MODEL_ALIASES.get(model, model), "pretrained": clip_cfg["pretrained"] or None,
+                       "context_length": clip_cfg["context_length"], "seed": seed, "fast_text": False,
+                       "batch_size": int(clip_cfg["batch_size"])}, device=device, log_fn=log)
 
 
 def compute_features(data, clip_cfg: dict, prompt_cfg: dict, cache_dir: Path, device, log=print,
@@ -66,12 +66,11 @@ def compute_features(data, clip_cfg: dict, prompt_cfg: dict, cache_dir: Path, de
     ``text`` is the caption feature (or the bag-of-words vector when the dataset has no strings);
     ``label`` is the feature of the sample's label prompt (computed once per distinct label set).
     The cache file name hashes the dataset content, the model, the weights and the prompt settings.
+    ``clip_cfg`` and ``prompt_cfg`` are the resolved ``clip`` and ``prompt`` sections (every declared key).
     """
-    template = prompt_cfg.get("template", "An image of {}.")
-    sep, last_sep = prompt_cfg.get("sep", ", "), prompt_cfg.get("last_sep", " and ")
-    mode = prompt_cfg.get("mode", "joined")
-    key = hashlib.sha1(json.dumps([data.fingerprint(), clip_cfg.get("model"), str(clip_cfg.get("pretrained")),
-                                   clip_cfg.get("context_length"), template, sep, last_sep, mode, seed]).encode())
+    template, sep, last_sep, mode = (prompt_cfg[k] for k in ("template", "sep", "last_sep", "mode"))
+    key = hashlib.sha1(json.dumps([data.fingerprint(), clip_cfg["model"], str(clip_cfg["pretrained"]),
+                                   clip_cfg["context_length"], template, sep, last_sep, mode, seed]).encode())
     path = Path(cache_dir) / f"clip-features-{key.hexdigest()[:20]}.pt"
     if path.is_file():
         try:
@@ -110,7 +109,7 @@ def compute_features(data, clip_cfg: dict, prompt_cfg: dict, cache_dir: Path, de
     from kdkit import atomic_torch_save
 
     atomic_torch_save(feats, path)
-    log(f"[soda] CLIP features of {len(data)} samples ({clip_cfg.get('model', 'tiny')}, weights "
-        f"{clip_cfg.get('pretrained') or 'random init'}) "
+    log(f"[soda] CLIP features of {len(data)} samples ({clip_cfg['model']}, weights "
+        f"{clip_cfg['pretrained'] or 'random init'}) "
         f"computed in {time.perf_counter() - t0:.1f}s, cached in {path}")
     return feats

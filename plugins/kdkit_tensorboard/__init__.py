@@ -74,7 +74,7 @@ def _flatten(d, prefix=""):
 def kdkit_configure(config, run_dir):
     _state.close()
     _state.__init__()
-    wanted = bool((config.get("logging") or {}).get("tensorboard", False)) or _env_enabled()
+    wanted = bool(config["logging"]["tensorboard"]) or _env_enabled()  # a resolved config: base_config's key
     if not wanted or run_dir is None:  # disabled, or not rank 0
         return
     try:

@@ -1,4 +1,4 @@
-"""The declared config of the ``wordnet_relax`` method (``kdkit train --plugin wordnet_relax --help-config``).
+"""The declared config of the ``wordnet_relax`` method (``kdkit train --method wordnet_relax --help-config``).
 
 This is the OFFLINE default: it runs in a few minutes on 2 CPU cores with no downloads, so it uses
 a tiny randomly initialised CLIP (``kdkit-tiny``), a capped noun pool (1000 of WordNet's ~117k

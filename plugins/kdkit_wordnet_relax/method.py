@@ -201,9 +201,9 @@ class WordNetRelaxMethod(kdkit.Method):
     @staticmethod
     def lambdas(tx: dict) -> tuple[float, float]:
         lh, lc = LAMBDA_PRESETS[tx["preset"]]
-        if tx.get("lambda_hier") is not None:
+        if tx["lambda_hier"] is not None:
             lh = float(tx["lambda_hier"])
-        if tx.get("lambda_cosreg") is not None:
+        if tx["lambda_cosreg"] is not None:
             lc = float(tx["lambda_cosreg"])
         return lh, lc
 
@@ -212,9 +212,9 @@ class WordNetRelaxMethod(kdkit.Method):
         from kdkit_wordnet_relax.paths import cache_root
 
         relax = cfg["relax"]
-        if not relax.get("cache", True):
+        if not relax["cache"]:
             return None
-        if not relax.get("cache_dir"):
+        if not relax["cache_dir"]:  # null (or empty): the default cache root
             return cache_root() / "wordnet_relax"
         return Path(os.path.expanduser(relax["cache_dir"]))  # Path.expanduser raises for an unknown ~user
 
@@ -227,7 +227,7 @@ class WordNetRelaxMethod(kdkit.Method):
     # --- stages -----------------------------------------------------------------------------
     @staticmethod
     def teacher_stage_names(teachers: list[dict]) -> list[str]:
-        tags = [str(t.get("augment") or "none") for t in teachers]
+        tags = [str(t["augment"]) for t in teachers]
         names = []
         for i, (t, tag) in enumerate(zip(teachers, tags)):
             names.append(f"teacher.{tag}" if tags.count(tag) == 1 else f"teacher.{tag}.{i}")
@@ -251,13 +251,13 @@ class WordNetRelaxMethod(kdkit.Method):
         cfg = ctx.config
         stage = stage if stage is not None else self.student_stage(ctx)
         trained = stage.train_teachers(num_classes, test,
-                                       data=lambda tcfg: self._splits(ctx, tcfg.get("augment"), test), eval_fn=image_eval)
+                                       data=lambda tcfg: self._splits(ctx, tcfg["augment"], test), eval_fn=image_eval)
         models, summary = [], {}
         for tcfg, sname, (model, r) in zip(cfg["teachers"], stage.teacher_names, trained):
             key = "unimodal_" + sname.split(".", 1)[1].replace(".", "_")
             if r["stage"]:
                 summary[key] = {"top1": r.get("top1"), "val_top1": r["val_top1"], "entropy": r.get("entropy"),
-                                "best_epoch": r["best_epoch"], "name": tcfg["name"], "augment": tcfg.get("augment"),
+                                "best_epoch": r["best_epoch"], "name": tcfg["name"], "augment": tcfg["augment"],
                                 "stage": sname}
             else:
                 summary[key] = {"top1": r["top1"], "entropy": r["entropy"], "name": tcfg["name"],
@@ -276,7 +276,7 @@ class WordNetRelaxMethod(kdkit.Method):
             head = MLPHead(2 * embed_dim, num_classes, int(tx["hidden"]), float(tx["dropout"]),
                            input_norm=bool(tx["input_norm"]))
             return MultimodalTeacher(head, spatial=False)
-        section = {**(tx.get("backbone_options") or {}), "name": tx["backbone"], "in_channels": 2 * embed_dim}
+        section = {**tx["backbone_options"], "name": tx["backbone"], "in_channels": 2 * embed_dim}
         backbone = ctx.build_model("teachers", section, num_classes, seed_tag=stage_name)
         return MultimodalTeacher(backbone, spatial=True)
 
@@ -347,7 +347,7 @@ class WordNetRelaxMethod(kdkit.Method):
             groups = [{"params": [p for p in m.parameters() if p.requires_grad]}]
             if bank.learnable:
                 g = {"params": [bank.nouns], "weight_decay": float(tx["noun_weight_decay"])}
-                if tx.get("noun_lr") is not None:
+                if tx["noun_lr"] is not None:
                     g["lr"] = float(tx["noun_lr"])
                 groups.append(g)
             return groups
@@ -443,9 +443,9 @@ class WordNetRelaxMethod(kdkit.Method):
         cfg = ctx.config
         ratios = self.ratios(cfg)
         stage = self.student_stage(ctx)  # the objective is built (and checked) before anything trains
-        sweep = bool(cfg["relax"].get("sweep"))
         relax = cfg["relax"]
-        templates = list(relax.get("templates") or TEMPLATES)
+        sweep = bool(relax["sweep"])
+        templates = list(relax["templates"] or TEMPLATES)  # null: the authors' templates
 
         # data: the student's view defines the splits and the class names
         train, val, test, classes = ctx.classification_data()
@@ -461,7 +461,7 @@ class WordNetRelaxMethod(kdkit.Method):
 
         # CLIP: image embeddings (cached), exact class-name embeddings
         cache_dir = self.cache_dir(cfg)
-        clip_device = cfg["clip"].get("device") or str(ctx.device)
+        clip_device = cfg["clip"]["device"] or str(ctx.device)  # null: the run's device
         encoder = build_clip(cfg["clip"], device=clip_device, log_fn=ctx.log)
         data_key = {k: v for k, v in cfg["data"].items() if k not in ("augment", "num_workers", "val_fraction")}
         train_base, _ = _unwrap(train)
