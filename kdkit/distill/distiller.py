@@ -11,6 +11,7 @@ student's exported weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import warnings
 from typing import Any, Callable, NamedTuple, Sequence
@@ -23,7 +24,7 @@ from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.terms import TermSpec
 from kdkit.errors import ConfigError
 
-__all__ = ["DistillInputs", "Distiller", "FeaturePair", "build_term_loss"]
+__all__ = ["DistillInputs", "Distiller", "FeaturePair", "build_term_loss", "logit_term"]
 
 
 class FeaturePair(NamedTuple):
@@ -167,9 +168,20 @@ def build_term_loss(registry, spec: TermSpec) -> Callable:
         warnings.warn(f"loss {spec.loss!r} uses the old signature (student_logits, teacher_logits, temperature); "
                       "kdkit adapts it, but it should move to loss(inputs) (kdkit.distill.DistillInputs)",
                       DeprecationWarning, stacklevel=2)
-        legacy = fn
-        return lambda inputs: legacy(inputs.student_logits, inputs.teacher_logits, inputs.temperature)
+        return functools.partial(_call_legacy, fn)
     return fn
+
+
+def _call_legacy(legacy: Callable, inputs: DistillInputs):
+    """A loss of the old contract called with the parts of ``inputs`` it takes."""
+    return legacy(inputs.student_logits, inputs.teacher_logits, inputs.temperature)
+
+
+def logit_term(fn: Callable, base: DistillInputs, logits: torch.Tensor, index: int | None):
+    """A logit term's loss ``fn`` on one teacher's ``logits`` (``index``: its position) or on the
+    teachers' mean (``index`` ``None``); :class:`~kdkit.distill.TeacherCombiner` calls it, bound to the
+    term's ``fn`` and the batch's ``base`` inputs, as ``term(logits, index)``."""
+    return fn(dataclasses.replace(base, teacher_logits=logits, teacher_index=index))
 
 
 def _select(features: dict, paths):
@@ -257,11 +269,7 @@ class Distiller(nn.Module):
             else:
                 if not teacher_logits:
                     raise ConfigError(f"distill term {spec.name} ({spec.loss}) distils logits, but there is no teacher")
-
-                def term(logits, i, fn=fn):
-                    return fn(dataclasses.replace(base, teacher_logits=logits, teacher_index=i))
-
-                value = self.combiner(teacher_logits, labels, term, weights)
+                value = self.combiner(teacher_logits, labels, functools.partial(logit_term, fn, base), weights)
             loss = loss + spec.weight * value
             logs[spec.name] = value.detach()
         return loss, logs

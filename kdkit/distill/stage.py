@@ -238,7 +238,6 @@ class StudentStage:
         from kdkit.distill.step import DistillStep
         from kdkit.distill.terms import agreement_samples
         from kdkit.engine import Stage, WithIndex
-        from kdkit.engine.data import make_eval_loader, to_device
         from kdkit.seeding import derive_seed
 
         ctx, cfg, dcfg = self.ctx, self.config, self.config["distill"]
@@ -276,30 +275,12 @@ class StudentStage:
         student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(references), list(references.values()), ctx.log, agreement_samples(dcfg))
 
-        def teacher_logits(x, y, idx):
-            out = []
-            for i, t in enumerate(teachers):
-                if isinstance(t, LogitsTeacher):
-                    out.append(t.logits(x, y, idx))
-                elif caches is not None:
-                    out.append(caches[i][idx])
-                else:
-                    out.append(t(x))
-            return out
-
-        def validation():
-            start = 0
-            for b in make_eval_loader(val, int(cfg["train"]["eval_batch_size"])):
-                b = to_device(b, ctx.device)
-                logits = [_validation_logits(t, i, b, start) for i, t in enumerate(teachers)]
-                start += len(b[1])
-                yield logits, b[1]
-
         # feature terms read a cached teacher's features from its cache, an online teacher's from its taps
         sources = [None if isinstance(t, LogitsTeacher) else caches[i] if caches is not None else t
                    for i, t in enumerate(teachers)]
-        step = DistillStep(distiller, student, teacher_logits, sources, agreement,
-                           validation if val is not None else None)
+        outputs = StudentTeachers(teachers, caches, val, int(cfg["train"]["eval_batch_size"]), ctx.device)
+        step = DistillStep(distiller, student, outputs.logits, sources, agreement,
+                           outputs.validation if val is not None else None)
         train_indexed = WithIndex(train)
         step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
                          derive_seed(ctx.seed, "init", "distill", *(() if seed_tag is None else (seed_tag,))))
@@ -311,6 +292,48 @@ class StudentStage:
         agreement.finish()
         return StudentResult(name=name, model=student, result=res, distiller=distiller, agreement=agreement.report,
                              cached=caches is not None)
+
+
+class StudentTeachers:
+    """The teachers of one student stage as its step reads them (:class:`~kdkit.distill.step.DistillStep`'s
+    ``teacher_logits`` and ``validation``), in the objective's order.
+
+    :param teachers: frozen image networks and :class:`LogitsTeacher` s.
+    :param caches: one :class:`~kdkit.distill.cache.TeacherCache` per image network (``None`` for a
+        :class:`LogitsTeacher`), or ``None`` when the networks run on every batch.
+    :param val: the held-out split (``None`` without one), batched by ``batch_size`` on ``device``.
+    """
+
+    def __init__(self, teachers: Sequence, caches: Sequence | None, val, batch_size: int, device):
+        self.teachers = list(teachers)
+        self.caches = caches
+        self.val = val
+        self.batch_size = batch_size
+        self.device = device
+
+    def logits(self, x, y, idx) -> list:
+        """Each teacher's logits for a training batch (``idx``: the samples' positions in the
+        training split): a :class:`LogitsTeacher`'s function, the cache's rows, or the network on ``x``."""
+        out = []
+        for i, t in enumerate(self.teachers):
+            if isinstance(t, LogitsTeacher):
+                out.append(t.logits(x, y, idx))
+            elif self.caches is not None:
+                out.append(self.caches[i][idx])
+            else:
+                out.append(t(x))
+        return out
+
+    def validation(self):
+        """``(each teacher's logits, labels)`` per batch of the held-out split."""
+        from kdkit.engine.data import make_eval_loader, to_device
+
+        start = 0
+        for b in make_eval_loader(self.val, self.batch_size):
+            b = to_device(b, self.device)
+            logits = [_validation_logits(t, i, b, start) for i, t in enumerate(self.teachers)]
+            start += len(b[1])
+            yield logits, b[1]
 
 
 def _validation_logits(teacher, i: int, batch, start: int):

@@ -78,7 +78,8 @@ class DistillStep:
     :param distiller: the objective.
     :param student: the student (its ``distiller.student_paths()`` are tapped).
     :param teacher_logits: ``teacher_logits(x, y, indices) -> [B x C per teacher]``, called under
-        ``no_grad``; teachers it runs on ``x`` fill their taps.
+        ``no_grad``; teachers it runs on ``x`` fill their taps (the student stage passes
+        :meth:`kdkit.distill.stage.StudentTeachers.logits`).
     :param teachers: where feature terms get each teacher's features (config order): the teacher
         module (tapped; its features come from the forward ``teacher_logits`` runs), a
         :class:`~kdkit.distill.cache.TeacherCache` built with the paths the terms tap (its features are looked up
@@ -86,8 +87,9 @@ class DistillStep:
         without image feature maps (e.g. a lookup table).
     :param agreement: the :class:`~kdkit.distill.agreement.TeacherAgreement` guard, or ``None``.
     :param validation: ``validation() -> iterable of ([B x C per teacher], labels)`` over the
-        held-out split (``None`` without one): ``distill.combine: inv_val_loss`` weighs the
-        teachers by their cross-entropy there, recomputed before every epoch.
+        held-out split (``None`` without one; the student stage passes
+        :meth:`~kdkit.distill.stage.StudentTeachers.validation`): ``distill.combine: inv_val_loss``
+        weighs the teachers by their cross-entropy there, recomputed before every epoch.
 
     ``taps`` goes to the stage (``Stage(taps=step.taps)``) and :meth:`before_epoch` is the stage's
     ``before_epoch_fn`` (or is called from it).
