@@ -10,7 +10,7 @@ objective ``alpha * CE + (1 - alpha) * T^2 * KL`` (alpha 0.5, T 4) [+ a FitNet h
 * ``plain``       — a hand-written PyTorch loop: the floor;
 * ``kdkit``       — what a ``kd`` run executes per batch: ``build_distiller`` + ``DistillStep``
   (``FeatureTaps``, ``Distiller``, the teacher-agreement guard) driven by the ``Trainer``'s own
-  epoch loop (``Trainer._train_epoch`` -> ``_optimizer_step`` -> ``train_model_step``), with the
+  batch loop (``Trainer.train_model_step`` and the ``kdkit_after_step`` hook per batch), with the
   process's plugin manager (its ``kdkit_after_step`` hook relay) and ``teacher_cache: false``;
 * ``torchdistill`` — torchdistill's ``DistillationBox`` (``get_distillation_box``) with
   ``WeightedSumLoss`` / ``KDLoss``; the hint term through its forward-hook I/O dicts, a
@@ -158,14 +158,9 @@ class Plain:
             self._step()
 
 
-class _NoSampler:
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-
 class Kdkit:
     """kdkit's real path: what ``KDMethod.run`` builds for an online teacher, stepped by the
-    ``Trainer``'s epoch loop over a "loader" that yields the same batch ``n`` times."""
+    ``Trainer``'s per-batch step (``train_model_step`` and the ``kdkit_after_step`` hook) on the same batch ``n`` times."""
 
     name = "kdkit"
 
@@ -222,7 +217,6 @@ class Kdkit:
         self.trainer._set_train(True)
         self.distiller, self.step = distiller, step
         self.batch = [x, y, torch.arange(x.shape[0])]  # what the loader yields: (x, y, sample index)
-        self.sampler = _NoSampler()
 
     @property
     def regressor(self):
@@ -232,16 +226,20 @@ class Kdkit:
     def step_loss(self) -> float:
         from kdkit.engine.data import to_device
 
-        loss, _ = self.trainer._optimizer_step(to_device(self.batch, self.ctx.device), 0)
+        loss, _ = self.trainer.train_model_step(to_device(self.batch, self.ctx.device))
         return float(loss)
 
     def start_round(self) -> None:
         pass
 
     def run(self, n: int) -> None:
-        # the Trainer's own loop: per batch to_device, _optimizer_step (step_fn, .item() of the loss and
-        # logs, zero_grad, backward, optimiser step), the log sums and the kdkit_after_step hook
-        self.trainer._train_epoch(0, [self.batch] * n, self.sampler)
+        # what the Trainer's batch loop does per batch: to_device, train_model_step (step_fn, .item() of the
+        # loss and logs, zero_grad, backward, optimiser step, schedule step) and the kdkit_after_step hook
+        from kdkit.engine.data import to_device
+
+        for _ in range(n):
+            loss, logs = self.trainer.train_model_step(to_device(self.batch, self.ctx.device))
+            self.trainer._after_step(0, loss, logs, None)
 
     def close(self) -> None:
         for taps in self.stage.taps:

@@ -13,8 +13,7 @@ spellings of such a fallback on a config-like receiver (a name or attribute call
 
 A key that may be missing is declared (a ``ConfigKey`` with its default) and then indexed.
 :data:`ALLOWED` lists the few legitimate matches (dicts that are not kdkit configs), each with its
-reason; :data:`PENDING` lists known fallbacks in modules another change is rewriting.  An entry that
-no longer matches anything fails the test, so neither list outlives its reason.
+reason.  An entry that no longer matches anything fails the test, so the list cannot outlive its reason.
 """
 from __future__ import annotations
 
@@ -38,16 +37,6 @@ ALLOWED = {
 }
 
 #: known fallbacks in modules that another change of issue 19 is rewriting; remove each entry with its fallback
-PENDING = {
-    ("kdkit/distill/step.py", "distill.get('ema_momentum', 0.9)"):
-        "build_distiller: distill.ema_momentum is declared (0.9); the step.py restructuring indexes it",
-    ("kdkit/distill/stage.py", "cfg.get('method') or 'kd'"):
-        "StudentStage.distil: config key method is always filled in; the StudentStage restructuring indexes it",
-    ("kdkit/sweep/runs.py", "get_path(config, 'checkpoint.select_on', 'val')"):
-        "check_configs reads a resolved config: checkpoint.select_on is declared ('val')",
-    ("kdkit/sweep/tables.py", "get_path(config, 'checkpoint.select_on', 'val')"):
-        "collect reads a run's saved config.yaml ({} when unreadable): should say so instead of assuming 'val'",
-}
 
 
 def _config_like(node: ast.AST) -> bool:
@@ -107,16 +96,15 @@ def found():
 
 def test_no_config_read_has_a_fallback_default(found):
     bad = [f"{path}:{lines[0]}: {code}" for (path, code), lines in sorted(found.items())
-           if (path, code) not in ALLOWED and (path, code) not in PENDING]
+           if (path, code) not in ALLOWED]
     assert not bad, ("a resolved config holds every declared key: index it (cfg['key']), and declare a key that "
                      "may be missing (a ConfigKey with its default) instead of a fallback in the code:\n  "
                      + "\n  ".join(bad))
 
 
-@pytest.mark.parametrize("listing", ["ALLOWED", "PENDING"])
-def test_every_exception_still_matches(found, listing):
-    stale = [f"{path}: {code}" for path, code in globals()[listing] if (path, code) not in found]
-    assert not stale, f"{listing} in {Path(__file__).name} lists fallbacks that are gone; remove: {stale}"
+def test_every_exception_still_matches(found):
+    stale = [f"{path}: {code}" for path, code in ALLOWED if (path, code) not in found]
+    assert not stale, f"ALLOWED in {Path(__file__).name} lists fallbacks that are gone; remove: {stale}"
 
 
 def test_the_scan_catches_each_spelling():

@@ -245,7 +245,7 @@ class StudentStage:
         if len(teachers) != self.num_teachers or len(references) != len(teachers):
             raise ValueError(f"StudentStage.distil: {self.num_teachers} teachers expected, got {len(teachers)} "
                              f"(and {len(references)} references)")
-        method = cfg.get("method") or "kd"
+        method = cfg["method"]
         distiller = self.build_distiller() if self._distiller_trained else self.distiller
         self._distiller_trained = True
 

@@ -30,7 +30,7 @@ def build_distiller(registry, distill: dict, num_teachers: int, defaults: dict |
     ``ema_momentum``, ``terms`` or the classic ``loss`` / ``loss_options``) for ``num_teachers``."""
     specs = check_distill(distill, defaults)
     alpha, temperature = float(distill["alpha"]), float(distill["temperature"])
-    combiner = TeacherCombiner(distill["combine"], num_teachers, float(distill.get("ema_momentum", 0.9)))
+    combiner = TeacherCombiner(distill["combine"], num_teachers, float(distill["ema_momentum"]))
     return Distiller(specs, [build_term_loss(registry, s) for s in specs], combiner, alpha, temperature)
 
 

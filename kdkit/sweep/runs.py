@@ -80,7 +80,7 @@ def plan(sweep: Sweep, out: str | Path, cells: Iterable[str] | None = None,
 def check_configs(runs: list, manager=None) -> dict:
     """Resolve every run's config (:func:`kdkit.config.resolve_method_config`: keys, types, the
     method's rules; no run directory is created).  Returns ``{run.key: config}``."""
-    from kdkit.config import get_path, resolve_method_config
+    from kdkit.config import resolve_method_config
 
     configs = {}
     for run in runs:
@@ -89,7 +89,7 @@ def check_configs(runs: list, manager=None) -> dict:
             config = resolve_method_config(run.cell.method, None, run.sets, manager, check_files=not run.cell.deps)
         except KdkitError as exc:
             raise type(exc)(f"cell {run.cell.name} ({run.label}): {exc}") from None
-        if get_path(config, "checkpoint.select_on", "val") == "test":
+        if config["checkpoint"]["select_on"] == "test":
             raise ConfigError(f"cell {run.cell.name}: checkpoint.select_on=test selects checkpoints on the test "
                               "split; a sweep table never does (use val, the default, or last)")
         configs[run.key] = config

@@ -67,8 +67,6 @@ def row_kind(stage: str) -> str:
 
 def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
     """``(records, problems)`` for the finished runs: one record per run x row."""
-    from kdkit.config import get_path
-
     records, problems = [], []
     for run in runs:
         if run_status(run.run_dir) != "done":
@@ -76,8 +74,10 @@ def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
         metrics = _read_jsonl(run.run_dir / "metrics.jsonl")
         try:
             config = yaml.safe_load((run.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            config = {}
+            select_on = config["checkpoint"]["select_on"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            problems.append(f"{run.label}: cannot read checkpoint.select_on from its config.yaml ({type(exc).__name__})")
+            select_on = None
         for row, stage in run.cell.rows.items():
             try:
                 m = stage_metrics(run.run_dir, stage, metrics)
@@ -88,7 +88,7 @@ def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
                 "sweep": sweep.name, "cell": run.cell.name, "method": run.cell.method, "row": row,
                 "stage": stage, "kind": row_kind(stage), "grid": dict(run.point.values), "grid_id": run.point.id,
                 "seed": run.seed, "run_dir": os.path.relpath(run.run_dir, Path(out).resolve()),
-                "select_on": get_path(config, "checkpoint.select_on", "val"), **m,
+                "select_on": select_on, **m,
                 "wall_s": _read_wall(out, run)})
     return records, problems
 
