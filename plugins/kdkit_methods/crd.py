@@ -173,7 +173,8 @@ class CRDLoss(nn.Module):
                                     "from a loop of your own")
         if n is None:
             raise kdkit.ConfigError("loss crd needs the size of the training split (DistillInputs.num_samples) for its "
-                                    "memory bank; kdkit sets it when it materialises the terms (DistillStep.materialize)")
+                                    "memory bank; kdkit.distill.StudentStage sets it before training (from a loop of your own, "
+                                    "set Distiller.num_samples to the size of the training split)")
         n = int(n)
         if n < 2:
             raise kdkit.ConfigError(f"loss crd: the training split has {n} sample(s); contrasting needs at least 2")
