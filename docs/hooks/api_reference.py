@@ -8,38 +8,19 @@ the module here and asking each object where it lives keeps the pages complete w
 maintain.  ``kdkit.__all__``, ``kdkit.distill.__all__`` and ``kdkit.ops.__all__`` are the public API
 (``tests/test_public_api.py``).
 
-Two more things the docstrings need on a web page:
-
-* Sphinx roles (``:class:`Foo```, ``:func:``...) are plain text to mkdocstrings: the role prefix
-  is dropped from the HTML, leaving the name as code.
-* kdkit documents several names with one field (``:param select_metric / select_mode: ...``,
-  ``:ivar labels / indices: ...``), which griffe's Sphinx parser cannot split and reports as a
-  warning; those warnings (only those: any other docstring warning still fails
-  ``mkdocs build --strict``) are logged at INFO.
+Sphinx roles (``:class:`Foo```, ``:func:``...) are plain text to mkdocstrings: the role prefix is
+dropped from the HTML, leaving the name as code.  Every docstring warning fails ``mkdocs build
+--strict`` (one field documents one name: griffe's Sphinx parser cannot split ``:param a / b:``).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 import re
 import sys
 
 MARKER = re.compile(r"^<!-- api-reference: ([\w.]+) -->[ \t]*$", re.M)
 ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):(?=<code>)")
-SHARED_FIELD = re.compile(r"Failed to parse field directive from ':(?:param|ivar|var|cvar|arg|argument) "
-                          r"[\w.]+(?:\s*(?:/|,)\s*[\w.]+)+:")
-
-
-class _SharedFieldWarnings(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and SHARED_FIELD.search(record.getMessage()):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-def on_startup(command, dirty, **kwargs):
-    logging.getLogger("mkdocs.plugins.griffe").addFilter(_SharedFieldWarnings())
 
 
 def _where(module_name: str, name: str, obj) -> str:

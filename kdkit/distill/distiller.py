@@ -54,13 +54,17 @@ class DistillInputs:
         of all teachers' under ``distill.combine: avg_logits``; ``None`` if there are none.
     :ivar teacher_index: which teacher ``teacher_logits`` belongs to (``None``: the mean).
     :ivar all_teacher_logits: every teacher's logits, in config order.
-    :ivar student_feature / teacher_feature: the outputs of the modules the term names
-        (``student:`` / ``teacher:`` paths): a tensor for one path, a list of tensors (in the
-        term's order) for a list of paths, ``None`` for logit terms.
-    :ivar student_features / teacher_features: every tapped output (``{path: tensor}``; one dict
-        per teacher).
-    :ivar labels / indices: the batch's labels and sample indices (position in the training split).
-    :ivar temperature, epoch, step: ``distill.temperature``, the epoch and optimiser step.
+    :ivar student_feature: the output of the student modules the term names (``student:`` paths): a
+        tensor for one path, a list of tensors (in the term's order) for a list of paths, ``None``
+        for logit terms.
+    :ivar teacher_feature: the same for the teacher (``teacher:`` paths).
+    :ivar student_features: every tapped output of the student (``{path: tensor}``).
+    :ivar teacher_features: every tapped output of each teacher (one ``{path: tensor}`` per teacher).
+    :ivar labels: the batch's labels.
+    :ivar indices: the batch's sample indices (position in the training split).
+    :ivar temperature: ``distill.temperature``.
+    :ivar epoch: the 0-based epoch.
+    :ivar step: the optimiser step.
     :ivar num_samples: the size of the training split (``indices`` lie in ``[0, num_samples)``),
         e.g. for a memory bank keyed by sample index; ``None`` when unknown.
 

@@ -100,8 +100,10 @@ class Stage:
         re-normalise embeddings.
     :param test_data: evaluated once with the best weights when the stage ends
         (``StageResult.test_metrics``, a ``test.*`` line in ``metrics.jsonl``).
-    :param select_metric / select_mode: the validation metric that picks ``best.pt``
-        (``"top1"``/``"max"``; ``"loss"``/``"min"``; ``"map"``/``"max"`` ...).
+    :param select_metric: the validation metric that picks ``best.pt`` (``"top1"``, ``"loss"``,
+        ``"map"`` ...).
+    :param select_mode: whether the best value of ``select_metric`` is its ``"max"`` (``top1``,
+        ``map``) or its ``"min"`` (``loss``).
     :param taps: :class:`kdkit.distill.FeatureTaps` on the student or the teachers; attached when
         the stage starts training and removed when it ends (also when it fails), so ``step_fn`` only
         calls their ``pop()``.
