@@ -72,8 +72,7 @@ class StudentResult:
     @property
     def summary(self) -> dict:
         """``{"top1": test top-1 at the best epoch, "val_top1": validation top-1 there, "best_epoch"}``."""
-        return {"top1": self.result.test_metrics.get("top1"), "val_top1": self.result.best_metrics.get("top1"),
-                "best_epoch": self.result.best_epoch}
+        return _top1_summary(self.result)
 
     @property
     def terms(self) -> list[dict]:
@@ -84,6 +83,12 @@ class StudentResult:
     def teacher_weights(self) -> list[float]:
         """The teachers' weights at the end of training (``distill.combine``)."""
         return [float(w) for w in self.distiller.combiner.weights.tolist()]
+
+
+def _top1_summary(result: "StageResult") -> dict:
+    """A trained stage in a run summary: test top-1 at the best epoch, validation top-1 there, that epoch."""
+    return {"top1": result.test_metrics.get("top1"), "val_top1": result.best_metrics.get("top1"),
+            "best_epoch": result.best_epoch}
 
 
 def _plain_view(dataset):
@@ -211,8 +216,7 @@ class StudentStage:
         model = self.ctx.build_model("students", self.config["student"], num_classes, seed_tag="student")
         res = self.ctx.fit(Stage(name=name, model=model, train_data=train, val_data=val, test_data=test,
                                  eval_fn=eval_fn))
-        return {"top1": res.test_metrics.get("top1"), "val_top1": res.best_metrics.get("top1"),
-                "best_epoch": res.best_epoch}
+        return _top1_summary(res)
 
     # --- the student ----------------------------------------------------------------------------
 
@@ -253,7 +257,7 @@ class StudentStage:
         # when the teacher's input is deterministic; null (auto) caches features only when they fit
         setting = dcfg["teacher_cache"] if cache is None else cache
         use_cache = _is_deterministic(train) if setting is None else setting
-        caches = None
+        caches = built = None  # one per teacher (None for a LogitsTeacher); the image teachers' alone
         if use_cache and any(not isinstance(t, LogitsTeacher) for t in teachers):
             view = _plain_view(train)
             bs = int(cfg["train"]["eval_batch_size"])
@@ -263,9 +267,8 @@ class StudentStage:
             built = [c for c in caches if c is not None]
             if any(c.paths for c in built) and not feature_caches_fit(built, setting,
                                                                        lambda m: ctx.log(f"{method}: {m}")):
-                caches = None  # teachers run online, their taps give the features
+                caches = built = None  # teachers run online, their taps give the features
         if caches is not None:
-            built = [c for c in caches if c is not None]
             for c in built:
                 c.build()
             ctx.log(f"{method}: {describe_caches(built)}")

@@ -112,8 +112,7 @@ def _check_options(spec: TermSpec, loss, where: str) -> None:
     if unknown:
         raise ConfigError(f"config key distill.terms ({spec.name}): loss {spec.loss!r} has no option {unknown[0]!r}; "
                           f"valid options: {', '.join(declared) or '(none)'}")
-    for name, value in spec.options.items():
-        declared[name].check(value, f"{where}.{name}")
+    loss.check_options(spec.options, where)  # each value against its declaration
 
 
 def agreement_samples(distill: dict) -> int:

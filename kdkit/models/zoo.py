@@ -24,18 +24,11 @@ from kdkit.errors import ConfigError
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from torch import nn
 
-_COMMON_OPTIONS = ("pretrained", "pretrained_key", "pretrained_strict")
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     build: Callable[..., nn.Module]   # build(num_classes, **model_options)
     description: str
-
-    def options(self) -> list[str]:
-        params = inspect.signature(self.build).parameters
-        return sorted([p for p in params if p != "num_classes"] + list(_COMMON_OPTIONS))
 
 
 def _cifar(depth: int, default_width: int = 16):
@@ -95,7 +88,7 @@ def build_model(
         spec = MODELS[name]
     except KeyError:
         raise ConfigError(f"unknown built-in model {name!r}; valid choices: {', '.join(sorted(MODELS))}") from None
-    allowed = set(spec.options())
+    allowed = set(model_options(name))  # the declaration the registry checks too
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(
