@@ -108,7 +108,9 @@ def kdkit_register_methods(register):
 def kdkit_configure(config, run_dir):
     """Called once per run after the config is resolved and before any training.
 
-    :param config: the resolved config (a nested ``dict``; changes here take effect).
+    :param config: the resolved config (a nested ``dict``; changes here take effect).  This is the
+        last place to change it: the run then reads a frozen view of it (``ctx.config.train.lr``,
+        :class:`kdkit.config.view.FrozenConfig`).
     :param run_dir: ``pathlib.Path`` of the run directory (``None`` on non-zero ranks).
     """
 

@@ -37,6 +37,7 @@ from kdkit.errors import KdkitError
 if TYPE_CHECKING:
     import numpy as np
 
+    from kdkit.config.view import FrozenConfig
     from kdkit.engine.context import RunContext
     from kdkit.registry import Registry
 
@@ -57,9 +58,10 @@ class Method:
         return base_config()
 
     @classmethod
-    def check_config(cls, config: dict[str, Any], registry: Callable[[str], "Registry"] | None = None) -> None:
-        """Rules beyond the declared keys, checked on the resolved ``config`` before a run directory
-        exists; raise :class:`kdkit.ConfigError`.  ``registry(kind)`` looks components up."""
+    def check_config(cls, config: "FrozenConfig", registry: Callable[[str], "Registry"] | None = None) -> None:
+        """Rules beyond the declared keys, checked on the resolved ``config`` (frozen: read
+        ``config.train.lr``) before a run directory exists; raise :class:`kdkit.ConfigError`.
+        ``registry(kind)`` looks components up."""
 
     def run(self, ctx: "RunContext") -> dict[str, Any]:  # pragma: no cover - abstract
         """Train the method's stages (``ctx.fit``) and return the summary written to ``summary.json``."""
@@ -67,7 +69,7 @@ class Method:
 
     def evaluate(self, ctx: "RunContext") -> dict[str, Any]:
         """``kdkit eval --run DIR``: the best checkpoints of a finished run on the test split."""
-        raise KdkitError(f"method {ctx.config.get('method')!r} does not support 'kdkit eval'")
+        raise KdkitError(f"method {ctx.config.method!r} does not support 'kdkit eval'")
 
     def encode(self, ctx: "RunContext", modality: str, bits: int, split: str = "retrieval",
                texts: Sequence[str] | None = None) -> tuple["np.ndarray", Sequence[int] | None, dict[str, Any]]:

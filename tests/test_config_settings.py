@@ -55,7 +55,11 @@ def test_run_context_exposes_the_typed_settings(tmp_path):
     ctx = RunContext(config, tmp_path / "run")
     try:
         assert ctx.settings.train.lr == 0.2 and ctx.settings.device == "cpu"
-        config["train"]["lr"] = 0.3  # e.g. a kdkit_configure hook
-        assert ctx.settings.train.lr == 0.3
+        assert ctx.config.train.lr == 0.2 and ctx.config["train"]["lr"] == 0.2
+        config["train"]["lr"] = 0.3  # too late: the hook that may change the config ran before the context
+        assert ctx.config.train.lr == 0.2 and ctx.settings.train.lr == 0.2
+        with pytest.raises(TypeError, match=r"frozen \(changing train\.lr\)"):
+            ctx.config.train["lr"] = 0.3
     finally:
         ctx.close()
+

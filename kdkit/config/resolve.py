@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 from kdkit.config.files import apply_sets, load_yaml, parse_set
 from kdkit.config.keys import ConfigKey, check_type, inherit_declarations, plain_defaults, type_name
 from kdkit.config.schema import COMPONENT_SECTIONS, ENGINE_KEYS, base_config
+from kdkit.config.view import freeze_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import user_path
 
@@ -317,7 +318,8 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
     """The validated config of ``kdkit train --method METHOD_NAME [--config FILE] [--set ...]``:
     every key checked against its declaration (files named by :attr:`ConfigKey.file` keys exist
     unless ``check_files=False``), then the method's own ``check_config(config, registry)`` rules
-    — all before a run directory exists.  The method is chosen by ``METHOD_NAME`` (``--method``):
+    (on a frozen view of it: :class:`kdkit.config.view.FrozenConfig`) — all before a run directory
+    exists.  The method is chosen by ``METHOD_NAME`` (``--method``):
     a ``method`` key naming another one is an error."""
     manager = _plugin_manager(manager)
     component, declared, sections = _method_declarations(method_name, manager)
@@ -329,5 +331,5 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
     config["method"] = method_name
     check = getattr(component.factory, "check_config", None)
     if callable(check):
-        check(config, manager.registry)
+        check(freeze_config(config), manager.registry)  # rules read the config; they do not change it
     return config

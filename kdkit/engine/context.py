@@ -15,6 +15,7 @@ import torch
 from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, method_config_help,  # noqa: F401 - re-exported
                           resolve_method_config, write_config)
 from kdkit.config.settings import RunSettings
+from kdkit.config.view import freeze_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint
@@ -58,8 +59,10 @@ class RunContext:
                  device: torch.device | None = None, resume: bool = False, *, read_only: bool = False):
         """``config`` is a resolved config (:func:`kdkit.config.resolve_method_config`).  ``read_only``:
         a context that reads a finished run (``kdkit eval`` / ``encode``) as one process: no log file,
-        ``metrics.jsonl`` left as it is."""
-        self.config = config
+        ``metrics.jsonl`` left as it is.  ``ctx.config`` is a frozen view of ``config``
+        (:class:`kdkit.config.view.FrozenConfig`: ``ctx.config.train.lr``)."""
+        self.config = freeze_config(config)
+        self.settings = RunSettings.from_config(self.config)
         self.run_dir = Path(run_dir)
         self.plugin_manager = plugin_manager
         self.hook = plugin_manager.hook if plugin_manager is not None else _NoHooks()
@@ -84,12 +87,6 @@ class RunContext:
     @property
     def seed(self) -> int:
         return int(self.config["seed"])
-
-    @property
-    def settings(self) -> RunSettings:
-        """The engine's part of the resolved config, typed and frozen: ``ctx.settings.train.lr`` (read
-        anew each time, so a ``kdkit_configure`` hook's changes to ``ctx.config`` show)."""
-        return RunSettings.from_config(self.config)
 
     @property
     def cache_dir(self) -> Path:

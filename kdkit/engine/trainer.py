@@ -40,6 +40,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from kdkit.config.settings import RunSettings, TrainSettings
+from kdkit.config.view import thaw_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits
@@ -84,7 +85,7 @@ class TrainerOptions:
         run = RunSettings.from_config(config)
         return cls(train=run.train, seed=run.seed, num_workers=run.data.num_workers, progress=run.logging.progress,
                    log_every=run.logging.log_every, select_on=run.checkpoint.select_on,
-                   save_best=run.checkpoint.save_best, config=config)
+                   save_best=run.checkpoint.save_best, config=thaw_config(config))
 
 
 class TrainerHost(Protocol):

@@ -181,6 +181,9 @@ class Recorder:
     @kdkit.hookimpl
     def kdkit_before_epoch(self, trainer, epoch):
         self.calls.append(("kdkit_before_epoch", trainer.stage.name, epoch))
+        self.epochs_seen = trainer.ctx.config.train.epochs  # the hook's change, in the run's frozen view
+        with pytest.raises(TypeError, match="frozen"):
+            trainer.ctx.config.train["epochs"] = 3
         if self.zero_lr_from is not None and epoch >= self.zero_lr_from:
             for group in trainer.optimizer.param_groups:
                 group["lr"] = 0.0
@@ -214,6 +217,7 @@ def test_every_lifecycle_hook_is_called_in_order(tmp_path, manager):
     summary = train("kd", sets=TINY + ["train.epochs=5"], out=run_dir, manager=manager)
     names = [c[0] for c in rec.calls]
     assert names[0] == "kdkit_configure" and rec.calls[0][1:] == ("kd", run_dir)
+    assert rec.epochs_seen == 2
     assert names[-1] == "kdkit_run_finished" and rec.calls[-1] == ("kdkit_run_finished", run_dir, True)
     student = [c for c in rec.calls if len(c) > 1 and c[1] == "student"]
     # kdkit_configure set train.epochs=2 (over --set 5): 2 epochs of 5 steps (72 samples / 16)
