@@ -135,7 +135,7 @@ class StudentStage:
         self.ctx = ctx
         self.config = ctx.config
         self.defaults = plain_defaults(defaults)
-        self.teachers = list(ctx.config["teachers"])
+        self.teachers = list(ctx.config.teachers)
         self.teacher_names = list(teacher_names)
         if len(self.teacher_names) != len(self.teachers):
             raise ValueError("StudentStage: one stage name per teachers item")
@@ -157,17 +157,17 @@ class StudentStage:
         from kdkit.distill.teachers import check_teachers
         from kdkit.distill.terms import check_distill
 
-        num_teachers = len(config["teachers"]) + int(extra_teachers)
+        num_teachers = len(config.teachers) + int(extra_teachers)
         if num_teachers == 0:
             raise ConfigError("config key teachers: at least one teacher is needed")
-        check_teachers(config["teachers"])
-        check_distill(config["distill"], plain_defaults(defaults), registry, num_teachers)
+        check_teachers(config.teachers)
+        check_distill(config.distill, plain_defaults(defaults), registry, num_teachers)
 
     def build_distiller(self) -> "Distiller":
         """A new objective of the ``distill`` section (each student stage trains its own)."""
         from kdkit.distill.step import build_distiller
 
-        return build_distiller(self.ctx.registry("losses"), self.config["distill"], self.num_teachers, self.defaults)
+        return build_distiller(self.ctx.registry("losses"), self.config.distill, self.num_teachers, self.defaults)
 
     @property
     def uses_features(self) -> bool:
@@ -183,7 +183,7 @@ class StudentStage:
         from kdkit.distill.step import check_taps
 
         ctx = self.ctx
-        student = ctx.build_model("students", self.config["student"], num_classes, seed_tag="student")
+        student = ctx.build_model("students", self.config.student, num_classes, seed_tag="student")
         teachers = [ctx.build_model("teachers", {k: v for k, v in self.model_options(tcfg).items() if k != "pretrained"},
                                     num_classes, seed_tag=name)
                     for tcfg, name in zip(self.teachers, self.teacher_names)]
@@ -205,7 +205,7 @@ class StudentStage:
         from kdkit.distill.teachers import train_teachers
 
         return train_teachers(self.ctx, self.teachers, self.teacher_names, num_classes, test, data,
-                              self.config["teacher_train"], eval_fn=eval_fn, model_options=self.model_options)
+                              self.config.teacher_train, eval_fn=eval_fn, model_options=self.model_options)
 
     def fit_baseline(self, num_classes: int, train, val, test, eval_fn: Callable | None = None,
                      name: str = "baseline") -> dict:
@@ -213,7 +213,7 @@ class StudentStage:
         ``{"top1", "val_top1", "best_epoch"}``."""
         from kdkit.engine import Stage
 
-        model = self.ctx.build_model("students", self.config["student"], num_classes, seed_tag="student")
+        model = self.ctx.build_model("students", self.config.student, num_classes, seed_tag="student")
         res = self.ctx.fit(Stage(name=name, model=model, train_data=train, val_data=val, test_data=test,
                                  eval_fn=eval_fn))
         return _top1_summary(res)
@@ -244,23 +244,23 @@ class StudentStage:
         from kdkit.engine import Stage, WithIndex
         from kdkit.seeding import derive_seed
 
-        ctx, cfg, dcfg = self.ctx, self.config, self.config["distill"]
+        ctx, cfg, dcfg = self.ctx, self.config, self.config.distill
         teachers = list(teachers)
         if len(teachers) != self.num_teachers or len(references) != len(teachers):
             raise ValueError(f"StudentStage.distil: {self.num_teachers} teachers expected, got {len(teachers)} "
                              f"(and {len(references)} references)")
-        method = cfg["method"]
+        method = cfg.method
         distiller = self.build_distiller() if self._distiller_trained else self.distiller
         self._distiller_trained = True
 
         # teacher outputs — the logits and the features the terms tap — cached once per sample index
         # when the teacher's input is deterministic; null (auto) caches features only when they fit
-        setting = dcfg["teacher_cache"] if cache is None else cache
+        setting = dcfg.teacher_cache if cache is None else cache
         use_cache = _is_deterministic(train) if setting is None else setting
         caches = built = None  # one per teacher (None for a LogitsTeacher); the image teachers' alone
         if use_cache and any(not isinstance(t, LogitsTeacher) for t in teachers):
             view = _plain_view(train)
-            bs = int(cfg["train"]["eval_batch_size"])
+            bs = int(cfg.train.eval_batch_size)
             paths = distiller.teacher_paths(len(teachers))
             caches = [None if isinstance(t, LogitsTeacher) else TeacherCache(t, view, ctx.device, bs, paths=p)
                       for t, p in zip(teachers, paths)]
@@ -275,17 +275,17 @@ class StudentStage:
             if not _is_deterministic(train):
                 ctx.log(f"{method}: teacher_cache=true with augmented training data: teachers see un-augmented images")
 
-        student = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+        student = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(references), list(references.values()), ctx.log, agreement_samples(dcfg))
 
         # feature terms read a cached teacher's features from its cache, an online teacher's from its taps
         sources = [None if isinstance(t, LogitsTeacher) else caches[i] if caches is not None else t
                    for i, t in enumerate(teachers)]
-        outputs = StudentTeachers(teachers, caches, val, int(cfg["train"]["eval_batch_size"]), ctx.device)
+        outputs = StudentTeachers(teachers, caches, val, int(cfg.train.eval_batch_size), ctx.device)
         step = DistillStep(distiller, student, outputs.logits, sources, agreement,
                            outputs.validation if val is not None else None)
         train_indexed = WithIndex(train)
-        step.materialize(student, train_indexed, int(cfg["train"]["batch_size"]), ctx.device,
+        step.materialize(student, train_indexed, int(cfg.train.batch_size), ctx.device,
                          derive_seed(ctx.seed, "init", "distill", *(() if seed_tag is None else (seed_tag,))))
 
         res = ctx.fit(Stage(name=name, model=student, train_data=train_indexed, val_data=val,

@@ -14,7 +14,7 @@ def check_teachers(teachers: Sequence[dict], where: str = "teachers") -> None:
     for i, tcfg in enumerate(teachers):
         # ``train`` is the method's declared key; ``pretrained`` is the teacher model's own option, which a
         # third-party model may not declare (then it cannot be loaded, only trained)
-        if not tcfg["train"] and not tcfg.get("pretrained"):
+        if not tcfg.train and not tcfg.get("pretrained"):
             raise ConfigError(f"config key {where}.{i}: train: false needs pretrained weights "
                               f"(set {where}.{i}.pretrained=/path/to/weights.pt)")
 
@@ -41,7 +41,7 @@ def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], nu
     for tcfg, sname in zip(teachers, stage_names):
         section = model_options(tcfg) if model_options is not None else tcfg
         model = ctx.build_model("teachers", section, num_classes, seed_tag=sname)
-        if tcfg["train"]:
+        if tcfg.train:
             train, val = data(tcfg)
             res = ctx.fit(Stage(name=sname, model=model, train_data=train, val_data=val, test_data=test,
                                 eval_fn=eval_fn, optimizer=optimizer))
@@ -49,6 +49,6 @@ def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], nu
                       "best_epoch": res.best_epoch}
         else:
             freeze(model.to(ctx.device))
-            result = {**ctx.evaluate(model, test, eval_fn=eval_fn), "stage": None, "pretrained": tcfg["pretrained"]}
+            result = {**ctx.evaluate(model, test, eval_fn=eval_fn), "stage": None, "pretrained": tcfg.pretrained}
         out.append((freeze(model.to(ctx.device)), result))
     return out

@@ -66,7 +66,7 @@ class RunContext:
         self.run_dir = Path(run_dir)
         self.plugin_manager = plugin_manager
         self.hook = plugin_manager.hook if plugin_manager is not None else _NoHooks()
-        self.device = device if device is not None else resolve_device(config["device"])
+        self.device = device if device is not None else resolve_device(self.config.device)
         self.rank = 0 if read_only else dist_utils.rank()
         self.world_size = 1 if read_only else dist_utils.world_size()
         self.is_main = self.rank == 0
@@ -86,7 +86,7 @@ class RunContext:
 
     @property
     def seed(self) -> int:
-        return int(self.config["seed"])
+        return int(self.config.seed)
 
     @property
     def cache_dir(self) -> Path:
@@ -158,7 +158,7 @@ class RunContext:
         ``num_workers``) are not passed to the factory, the other keys are its options, updated
         with ``overrides`` (e.g. ``augment="none"``).
         """
-        section = dict(self.config["data"] if section is None else section)
+        section = dict(self.config.data if section is None else section)
         options = {k: v for k, v in section.items() if k not in ENGINE_KEYS["datasets"]}
         options.update(overrides)
         name = section.get("name")
@@ -185,7 +185,7 @@ class RunContext:
         default ``dataset.with_augment("none")`` when the dataset offers it.
         """
         if fraction is None:
-            fraction = float(self.config["data"]["val_fraction"])
+            fraction = float(self.config.data.val_fraction)
         if seed is None:
             seed = self.seed
         if eval_dataset is None and hasattr(dataset, "with_augment"):
@@ -212,7 +212,7 @@ class RunContext:
         selected on held-out training data; ``test``: the whole ``train_full`` and ``val = test``
         (optimistic, an explicit opt-in); ``last``: the whole ``train_full`` and no validation.
         """
-        select_on = self.config["checkpoint"]["select_on"]
+        select_on = self.config.checkpoint.select_on
         if select_on == "val":
             return hold_out() if hold_out is not None else self.split_train_val(train_full)
         if select_on == "test":
@@ -235,8 +235,8 @@ class RunContext:
         from kdkit.engine.trainer import classification_eval
 
         if isinstance(data, torch.utils.data.Dataset):
-            bs = batch_size or int(self.config["train"]["eval_batch_size"])
-            data = make_eval_loader(data, bs, int(self.config["data"]["num_workers"]))
+            bs = batch_size or int(self.config.train.eval_batch_size)
+            data = make_eval_loader(data, bs, int(self.config.data.num_workers))
         was = model.training
         model.to(self.device).eval()
         with torch.no_grad():

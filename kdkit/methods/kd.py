@@ -61,7 +61,7 @@ class KDMethod(Method):
 
     def student_stage(self, ctx) -> StudentStage:
         """The run's :class:`~kdkit.distill.StudentStage` (this method's ``distill`` defaults, its teachers' names)."""
-        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(ctx.config["teachers"]))
+        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(ctx.config.teachers))
 
     def build_teachers(self, ctx, train, val, test, num_classes, stage: StudentStage | None = None) -> tuple[list, dict]:
         """Train (or load) every teacher; returns ``(frozen models, summary per stage)``."""
@@ -76,30 +76,30 @@ class KDMethod(Method):
 
     def run(self, ctx) -> dict:
         cfg = ctx.config
-        dcfg = cfg["distill"]
+        dcfg = cfg.distill
         stage = self.student_stage(ctx)  # the objective is built (and checked) before anything trains
 
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
-        method = cfg["method"]
-        ctx.log(f"{method}: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
-                f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg['seed']}")
+        method = cfg.method
+        ctx.log(f"{method}: {cfg.data.name} with {num_classes} classes; train {len(train)}, "
+                f"val {len(val) if val is not None else 0}, test {len(test)}; seed {cfg.seed}")
         stage.check_taps(num_classes)  # wrong module paths: fail before training
         teachers, teacher_summary = self.build_teachers(ctx, train, val, test, num_classes, stage)
 
         summary: dict = {"method": method, "teachers": teacher_summary}
-        if cfg["baseline"]["enabled"]:
+        if cfg.baseline.enabled:
             summary["baseline"] = stage.fit_baseline(num_classes, train, val, test)
 
         student = stage.distil(num_classes, teachers, train, val, test,
                                references={name: s.get("val_top1", s.get("top1")) for name, s in teacher_summary.items()})
         distiller = student.distiller
-        summary["student"] = {**student.summary, "name": cfg["student"]["name"]}
-        summary["distill"] = {"combine": dcfg["combine"], "loss": dcfg["loss"], "alpha": distiller.ce_weight,
+        summary["student"] = {**student.summary, "name": cfg.student.name}
+        summary["distill"] = {"combine": dcfg.combine, "loss": dcfg.loss, "alpha": distiller.ce_weight,
                               "temperature": distiller.temperature, "teacher_cache": student.cached,
                               "terms": student.terms, "teacher_weights": student.teacher_weights,
                               "teacher_agreement": student.agreement}
-        summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
+        summary["selection"] = {"select_on": cfg.checkpoint.select_on, "metric": "top1 (test, best epoch)"}
         if ctx.is_main:
             print(self.results_table(summary), flush=True)
         return summary
@@ -126,15 +126,15 @@ class KDMethod(Method):
         test = ctx.build_dataset(None, "test")
         num_classes = len(dataset_classes(test))
         out: dict = {"teachers": {}}
-        for tcfg, sname in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"])):
+        for tcfg, sname in zip(cfg.teachers, self.teacher_stage_names(cfg.teachers)):
             if (ctx.run_dir / "checkpoints" / sname / "best.pt").exists():
                 model = ctx.build_model("teachers", {**tcfg, "pretrained": None} if "pretrained" in tcfg else tcfg,
                                         num_classes, seed_tag=sname)
                 ctx.load_best(sname, model)
                 out["teachers"][sname] = ctx.evaluate(model, test)
-        names = ["student"] + (["baseline"] if cfg["baseline"]["enabled"] else [])
+        names = ["student"] + (["baseline"] if cfg.baseline.enabled else [])
         for sname in names:
-            model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            model = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
             ctx.load_best(sname, model)
             out[sname] = ctx.evaluate(model, test)
         return out

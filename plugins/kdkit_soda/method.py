@@ -94,7 +94,7 @@ class SodaMethod(kdkit.Method):
     @classmethod
     def check_config(cls, config: dict, registry=None) -> None:
         """Rules beyond the declared keys, checked when the config is resolved."""
-        for b in config["soda"]["bits"]:
+        for b in config.soda.bits:
             if b % 8:
                 raise ConfigError(f"config key soda.bits: {b} is not a multiple of 8 (codes are packed bytes)")
 
@@ -106,29 +106,29 @@ class SodaMethod(kdkit.Method):
         ds = ctx.build_dataset(None, "all")
         data = getattr(ds, "data", None)
         if data is None:
-            raise ConfigError(f"dataset {cfg['data']['name']!r} is not a cross-modal dataset (images, texts, "
+            raise ConfigError(f"dataset {cfg.data.name!r} is not a cross-modal dataset (images, texts, "
                               "multi-hot labels); use soda_scenes, mirflickr25k, nuswide or crossmodal_jsonl")
         family = getattr(ds, "family", "scenes")
-        dcfg = cfg["data"]
+        dcfg = cfg.data
         undeclared = [k for k in SPLIT_KEYS if k not in dcfg]
         if undeclared:  # soda's datasets declare them (kdkit_soda.DATASETS); a third-party one has to as well
-            raise ConfigError(f"dataset {dcfg['name']!r} declares no data.{undeclared[0]}: soda splits a cross-modal "
+            raise ConfigError(f"dataset {dcfg.name!r} declares no data.{undeclared[0]}: soda splits a cross-modal "
                               f"dataset by the options {', '.join(SPLIT_KEYS)} (declare them when registering it)")
-        splits = make_splits(len(data), family, *(dcfg[k] for k in SPLIT_KEYS), float(dcfg["val_fraction"]),
-                             val_seed=int(cfg["seed"]))
+        splits = make_splits(len(data), family, *(dcfg[k] for k in SPLIT_KEYS), float(dcfg.val_fraction),
+                             val_seed=int(cfg.seed))
         ctx.log(f"[soda] dataset {data.name}: {len(data)} samples, {len(data.classes)} labels "
                 f"({data.source}); loaded in {time.perf_counter() - t0:.1f}s")
         for problem, count in sorted(data.notes.items()):
             ctx.log(f"[soda] data handling: {problem} = {count}")
         sizes = splits.sizes()
         ctx.log(f"[soda] split preset {splits.preset!r}, seed {splits.seed}: query {sizes['query']}, train "
-                f"{sizes['train']} (fit {sizes['fit']} + validation {sizes['val']}, val seed {cfg['seed']}), "
+                f"{sizes['train']} (fit {sizes['fit']} + validation {sizes['val']}, val seed {cfg.seed}), "
                 f"retrieval database {sizes['retrieval']}")
-        cache = Path(cfg["clip"]["cache_dir"] or ctx.cache_dir)  # null: the run's cache directory
-        feats = features.compute_features(data, cfg["clip"], cfg["prompt"], cache, ctx.device, log=ctx.log,
-                                          seed=int(cfg["seed"]))
+        cache = Path(cfg.clip.cache_dir or ctx.cache_dir)  # null: the run's cache directory
+        feats = features.compute_features(data, cfg.clip, cfg.prompt, cache, ctx.device, log=ctx.log,
+                                          seed=int(cfg.seed))
         labels = torch.from_numpy(np.asarray(data.labels, np.float32))
-        feats = hashing.normalize_features(feats, splits.fit, cfg["soda"]["feature_norm"])
+        feats = hashing.normalize_features(feats, splits.fit, cfg.soda.feature_norm)
         self._stats = feats.pop("_stats", None)
         return data, splits, feats, labels
 
@@ -136,9 +136,9 @@ class SodaMethod(kdkit.Method):
 
     def run(self, ctx) -> dict:
         cfg = ctx.config
-        soda = cfg["soda"]
-        bits_list = [int(b) for b in soda["bits"]]
-        select_on = cfg["checkpoint"]["select_on"]
+        soda = cfg.soda
+        bits_list = [int(b) for b in soda.bits]
+        select_on = cfg.checkpoint.select_on
         data, splits, feats, labels = self._prepare(ctx)
         query = hashing.FeatureDataset(feats, labels, splits.query)
         fit_ds, val_q = ctx.selection_splits(
@@ -149,7 +149,7 @@ class SodaMethod(kdkit.Method):
             ctx.log("[soda] checkpoint.select_on=test: the best epoch is chosen ON THE QUERY (TEST) SET, as "
                     "DCMH/DCHMT/MITH do — numbers are optimistic")
         retrieval = hashing.FeatureDataset(feats, labels, splits.retrieval)
-        k, variant = soda["eval_k"], soda["eval_variant"]
+        k, variant = soda.eval_k, soda.eval_variant
         summary = {"map": {}, "baseline": {}, "teacher": {}, "stages": {},
                    "protocol": {"metric": "mAP@all" if k is None else f"mAP@{k}", "variant": variant,
                                 "ranking": "(hamming distance, database index)", "relevance": "share >= 1 label",
@@ -158,7 +158,7 @@ class SodaMethod(kdkit.Method):
                    "data": {"name": data.name, "samples": len(data), "labels": len(data.classes),
                             "split": splits.preset, "split_seed": splits.seed, "sizes": splits.sizes(),
                             "handling": dict(data.notes)},
-                   "clip": {"model": cfg["clip"]["model"], "pretrained": cfg["clip"]["pretrained"]}}
+                   "clip": {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained}}
         t_all = time.perf_counter()
         for bits in bits_list:
             teacher = self.train_teacher(ctx, bits, fit_ds, val_q)
@@ -174,7 +174,7 @@ class SodaMethod(kdkit.Method):
             }
             summary["teacher"][str(bits)] = {
                 "i2label": hashing.mean_average_precision(img_q, lab_db, query.labels, retrieval.labels, k, variant)}
-            if soda["baseline"]:
+            if soda.baseline:
                 base = self.train_baseline(ctx, bits, fit_ds, val_q)
                 bq_i = hashing.pack(hashing.encode_features(base.a, query.image, ctx.device))
                 bd_i = hashing.pack(hashing.encode_features(base.a, retrieval.image, ctx.device))
@@ -205,11 +205,11 @@ class SodaMethod(kdkit.Method):
     # --- stages ---------------------------------------------------------------------------
 
     def _opt(self, ctx) -> dict:
-        return dict(ctx.config["train"])
+        return dict(ctx.config.train)
 
     def _epochs(self, key: str, ctx) -> int:
-        v = ctx.config["soda"][key]
-        return int(v) if v is not None else int(ctx.config["train"]["epochs"])
+        v = ctx.config.soda[key]
+        return int(v) if v is not None else int(ctx.config.train.epochs)
 
     def train_teacher(self, ctx, bits: int, fit_ds, val_q) -> hashing.PairHashModel:
         """Stage 1: image head ``a`` and label-prompt head ``b`` in one Hamming space."""
@@ -218,18 +218,18 @@ class SodaMethod(kdkit.Method):
                                 epochs=self._epochs("teacher_epochs", ctx))
 
     def train_student(self, ctx, bits: int, teacher: hashing.PairHashModel, fit_ds, val_q) -> hashing.HashHead:
-        soda = ctx.config["soda"]
-        torch.manual_seed(int(ctx.config["seed"]) * 1000 + bits + 1)
-        student = hashing.HashHead(fit_ds.text.shape[1], bits, int(soda["head_hidden"]), float(soda["dropout"]))
+        soda = ctx.config.soda
+        torch.manual_seed(int(ctx.config.seed) * 1000 + bits + 1)
+        student = hashing.HashHead(fit_ds.text.shape[1], bits, int(soda.head_hidden), float(soda.dropout))
         # the frozen stage-1 image codes of the training set: the student's targets
         frozen = nn.Module()
         image_codes = hashing.sign_codes(hashing.encode_features(teacher.a, fit_ds.image, ctx.device))
         frozen.register_buffer("codes", image_codes)
         frozen.register_buffer("labels", fit_ds.labels.clone())
         frozen = frozen.to(ctx.device)
-        scale, beta, fit_w = float(soda["theta_scale"]), float(soda["beta"]), float(soda["fit_weight"])
-        s_intra = float(soda["student_intra_weight"])
-        bal, kind = float(soda["balance_weight"]), soda["similarity"]
+        scale, beta, fit_w = float(soda.theta_scale), float(soda.beta), float(soda.fit_weight)
+        s_intra = float(soda.student_intra_weight)
+        bal, kind = float(soda.balance_weight), soda.similarity
 
         def step(m, batch):
             pos, _, ft, _, y = batch
@@ -266,8 +266,8 @@ class SodaMethod(kdkit.Method):
     def train_baseline(self, ctx, bits: int, fit_ds, val_q) -> hashing.PairHashModel:
         """No distillation: image and text heads trained jointly, with the teacher's and the
         student's training budget together."""
-        soda = ctx.config["soda"]
-        epochs = soda["baseline_epochs"]
+        soda = ctx.config.soda
+        epochs = soda.baseline_epochs
         if epochs is None:
             epochs = self._epochs("teacher_epochs", ctx) + self._epochs("student_epochs", ctx)
         return self._train_pair(ctx, f"baseline.{bits}", bits, fit_ds, val_q, "text", seed_offset=2,
@@ -278,12 +278,12 @@ class SodaMethod(kdkit.Method):
         """Train image head ``a`` and head ``b`` (on ``fit_ds.<b_feature>``) jointly:
         inter-modal NLL + intra_weight * intra-modal NLL (image<->image, plus b<->b when ``intra_b``)
         + alpha * binarisation penalty (+ optional bit balance); selected on validation mAP."""
-        soda = ctx.config["soda"]
-        torch.manual_seed(int(ctx.config["seed"]) * 1000 + bits + seed_offset)
+        soda = ctx.config.soda
+        torch.manual_seed(int(ctx.config.seed) * 1000 + bits + seed_offset)
         model = hashing.PairHashModel(fit_ds.image.shape[1], getattr(fit_ds, b_feature).shape[1], bits,
-                              int(soda["head_hidden"]), float(soda["dropout"]))
-        scale, alpha, intra = float(soda["theta_scale"]), float(soda["alpha"]), float(soda["intra_weight"])
-        bal, kind = float(soda["balance_weight"]), soda["similarity"]
+                              int(soda.head_hidden), float(soda.dropout))
+        scale, alpha, intra = float(soda.theta_scale), float(soda.alpha), float(soda.intra_weight)
+        bal, kind = float(soda.balance_weight), soda.similarity
         b_slot = {"text": 2, "label_feat": 3}[b_feature]  # batches are (index, image, text, label_feat, labels)
 
         def step(m, batch):
@@ -328,20 +328,20 @@ class SodaMethod(kdkit.Method):
         ``query``, ``retrieval``, ``train``, ``all``.  ``texts``: encode these strings instead.
         """
         cfg = ctx.config
-        if int(bits) not in [int(b) for b in cfg["soda"]["bits"]]:
-            raise KdkitError(f"--bits {bits}: the run trained {', '.join(map(str, cfg['soda']['bits']))} bits")
+        if int(bits) not in [int(b) for b in cfg.soda.bits]:
+            raise KdkitError(f"--bits {bits}: the run trained {', '.join(map(str, cfg.soda.bits))} bits")
         data, splits, feats, labels = None, None, None, None
-        soda = cfg["soda"]
+        soda = cfg.soda
         if texts is not None:
             if modality != "text":
                 raise KdkitError("--text-file encodes texts: use --modality text")
-            enc = features.clip_encoder(cfg["clip"], ctx.device, seed=int(cfg["seed"]))
+            enc = features.clip_encoder(cfg.clip, ctx.device, seed=int(cfg.seed))
             self._prepare(ctx)  # the normalisation statistics of the run's training split
             x = enc.encode_texts(texts, normalize=False)
             if self._stats and "text" in self._stats:
                 mu, sd = self._stats["text"]
                 x = (x - mu) / sd
-            elif soda["feature_norm"] == "l2":
+            elif soda.feature_norm == "l2":
                 x = F.normalize(x, dim=1)
             indices = None
         else:
@@ -354,33 +354,33 @@ class SodaMethod(kdkit.Method):
             x = feats["image" if modality == "image" else "text"][torch.as_tensor(indices)]
         if modality == "image":
             model = hashing.PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits,
-                                          int(soda["head_hidden"]), float(soda["dropout"]))
+                                          int(soda.head_hidden), float(soda.dropout))
             ctx.load_best(f"teacher.{bits}", model)
             head = model.a
         elif modality == "text":
-            head = hashing.HashHead(x.shape[1], bits, int(soda["head_hidden"]), float(soda["dropout"]))
+            head = hashing.HashHead(x.shape[1], bits, int(soda.head_hidden), float(soda.dropout))
             ctx.load_best(f"student.{bits}", head)
         else:
             raise KdkitError(f"--modality {modality!r}: expected image or text")
         codes = hashing.pack(hashing.encode_features(head, x, ctx.device)).numpy()
         meta = {"modality": modality, "bits": int(bits), "split": None if texts is not None else split,
-                "dataset": cfg["data"]["name"]}
+                "dataset": cfg.data.name}
         if labels is not None:
             meta["labels"] = labels[torch.as_tensor(indices)].numpy().astype(np.uint8)
         return codes, indices, meta
 
     def evaluate(self, ctx) -> dict:
         """``kdkit eval --run DIR``: recompute mAP of the saved best heads on the query/retrieval split."""
-        soda = ctx.config["soda"]
+        soda = ctx.config.soda
         data, splits, feats, labels = self._prepare(ctx)
         query = hashing.FeatureDataset(feats, labels, splits.query)
         retrieval = hashing.FeatureDataset(feats, labels, splits.retrieval)
         out = {"map": {}}
-        for bits in [int(b) for b in soda["bits"]]:
-            t = hashing.PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(soda["head_hidden"]),
-                              float(soda["dropout"]))
+        for bits in [int(b) for b in soda.bits]:
+            t = hashing.PairHashModel(feats["image"].shape[1], feats["label"].shape[1], bits, int(soda.head_hidden),
+                              float(soda.dropout))
             ctx.load_best(f"teacher.{bits}", t)
-            st = hashing.HashHead(feats["text"].shape[1], bits, int(soda["head_hidden"]), float(soda["dropout"]))
+            st = hashing.HashHead(feats["text"].shape[1], bits, int(soda.head_hidden), float(soda.dropout))
             ctx.load_best(f"student.{bits}", st)
             def codes(head, x):
                 return hashing.pack(hashing.encode_features(head, x, ctx.device))
@@ -389,8 +389,8 @@ class SodaMethod(kdkit.Method):
             tq, tdb = codes(st, query.text), codes(st, retrieval.text)
             mean_ap = hashing.mean_average_precision
             out["map"][str(bits)] = {
-                "i2t": mean_ap(iq, tdb, query.labels, retrieval.labels, soda["eval_k"], soda["eval_variant"]),
-                "t2i": mean_ap(tq, idb, query.labels, retrieval.labels, soda["eval_k"], soda["eval_variant"]),
+                "i2t": mean_ap(iq, tdb, query.labels, retrieval.labels, soda.eval_k, soda.eval_variant),
+                "t2i": mean_ap(tq, idb, query.labels, retrieval.labels, soda.eval_k, soda.eval_variant),
             }
         return out
 

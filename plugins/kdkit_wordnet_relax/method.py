@@ -63,19 +63,19 @@ class WordNetRelaxMethod(kdkit.Method):
     @classmethod
     def check_config(cls, config: dict, registry=None) -> None:
         """Rules beyond the declared keys, checked when the config is resolved (before a run directory exists)."""
-        relax, dist = config["relax"], config["distill"]
-        sweep = relax["sweep"]
+        relax, dist = config.relax, config.distill
+        sweep = relax.sweep
         if len(set(sweep)) != len(sweep):
             raise ConfigError(f"config key relax.sweep: duplicate ratios in {sweep}")
-        if not config["teachers"] and not dist["use_multimodal"]:
+        if not config.teachers and not dist.use_multimodal:
             raise ConfigError("config: no teacher (teachers is empty and distill.use_multimodal is false)")
         StudentStage.check_config(config, cls.default_config()["distill"], registry,
-                                  extra_teachers=int(bool(dist["use_multimodal"])))
-        if relax["pool"] == "file" and not relax["pool_file"]:
+                                  extra_teachers=int(bool(dist.use_multimodal)))
+        if relax.pool == "file" and not relax.pool_file:
             raise ConfigError("config key relax.pool=file needs relax.pool_file (a file with one noun per line)")
         if registry is not None:  # names used after the teachers trained: checked now
-            registry("text_relaxers").get(relax["relaxer"])
-            backbone, teachers = config["tx"]["backbone"], registry("teachers")
+            registry("text_relaxers").get(relax.relaxer)
+            backbone, teachers = config.tx.backbone, registry("teachers")
             if backbone != "mlp" and backbone not in teachers:
                 raise ConfigError(f"config key tx.backbone: unknown backbone {backbone!r}; valid choices: mlp, "
                                   f"{', '.join(teachers.names())}")
@@ -83,7 +83,7 @@ class WordNetRelaxMethod(kdkit.Method):
     @staticmethod
     def ratios(cfg: dict) -> list[float]:
         """The relaxation ratios to train at: ``relax.sweep``, or ``[relax.ratio]``."""
-        return [float(r) for r in cfg["relax"]["sweep"]] or [float(cfg["relax"]["ratio"])]
+        return [float(r) for r in cfg.relax.sweep] or [float(cfg.relax.ratio)]
 
     @staticmethod
     def lambdas(tx: dict) -> tuple[float, float]:
@@ -96,12 +96,12 @@ class WordNetRelaxMethod(kdkit.Method):
         when ``relax.cache`` is off."""
         from kdkit_wordnet_relax.paths import cache_root
 
-        relax = cfg["relax"]
-        if not relax["cache"]:
+        relax = cfg.relax
+        if not relax.cache:
             return None
-        if not relax["cache_dir"]:  # null (or empty): the default cache root
+        if not relax.cache_dir:  # null (or empty): the default cache root
             return cache_root() / "wordnet_relax"
-        return Path(os.path.expanduser(relax["cache_dir"]))  # Path.expanduser raises for an unknown ~user
+        return Path(os.path.expanduser(relax.cache_dir))  # Path.expanduser raises for an unknown ~user
 
     # --- data -------------------------------------------------------------------------------
     def _splits(self, ctx, augment: str | None, test):
@@ -127,26 +127,26 @@ class WordNetRelaxMethod(kdkit.Method):
     def student_stage(self, ctx) -> StudentStage:
         """The run's student stage: the T_m teachers of ``teachers``, then T_x (``distill.use_multimodal``)."""
         cfg = ctx.config
-        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(cfg["teachers"]),
+        return StudentStage(ctx, self.default_config()["distill"], self.teacher_stage_names(cfg.teachers),
                             model_options=self.teacher_model_options,
-                            extra_teachers=int(bool(cfg["distill"]["use_multimodal"])))
+                            extra_teachers=int(bool(cfg.distill.use_multimodal)))
 
     def train_unimodal_teachers(self, ctx, test, num_classes, stage: StudentStage | None = None):
         """T_m: each teacher trained on its own augmentation of the training split (or loaded)."""
         cfg = ctx.config
         stage = stage if stage is not None else self.student_stage(ctx)
         trained = stage.train_teachers(num_classes, test,
-                                       data=lambda tcfg: self._splits(ctx, tcfg["augment"], test), eval_fn=image_eval)
+                                       data=lambda tcfg: self._splits(ctx, tcfg.augment, test), eval_fn=image_eval)
         models, summary = [], {}
-        for tcfg, sname, (model, r) in zip(cfg["teachers"], stage.teacher_names, trained):
+        for tcfg, sname, (model, r) in zip(cfg.teachers, stage.teacher_names, trained):
             key = "unimodal_" + sname.split(".", 1)[1].replace(".", "_")
             if r["stage"]:
                 summary[key] = {"top1": r.get("top1"), "val_top1": r["val_top1"], "entropy": r.get("entropy"),
-                                "best_epoch": r["best_epoch"], "name": tcfg["name"], "augment": tcfg["augment"],
+                                "best_epoch": r["best_epoch"], "name": tcfg.name, "augment": tcfg.augment,
                                 "stage": sname}
             else:
-                summary[key] = {"top1": r["top1"], "entropy": r["entropy"], "name": tcfg["name"],
-                                "pretrained": tcfg["pretrained"], "stage": None}
+                summary[key] = {"top1": r["top1"], "entropy": r["entropy"], "name": tcfg.name,
+                                "pretrained": tcfg.pretrained, "stage": None}
             models.append(model)
         return models, summary
 
@@ -158,7 +158,7 @@ class WordNetRelaxMethod(kdkit.Method):
         """Train T_x at ``ratio``; returns ``(model, bank, summary)`` (both frozen;
         :func:`kdkit_wordnet_relax.multimodal.train_tx`, with this method's ``build_tx_model`` and ``lambdas``)."""
         return multimodal.train_tx(ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes,
-                                   build_model=self.build_tx_model, weights=self.lambdas(ctx.config["tx"]))
+                                   build_model=self.build_tx_model, weights=self.lambdas(ctx.config.tx))
 
     def tx_table(self, ctx, model, bank, v_train, y_train, mask_train):
         """T_x logits for every training sample, with the text used at distillation
@@ -180,7 +180,7 @@ class WordNetRelaxMethod(kdkit.Method):
         # so feature terms tap T_m teachers only
         st = stage.distil(num_classes, teachers, train, val, test, references=teacher_references, name=stage_name,
                           eval_fn=image_eval, cache=False, seed_tag=stage_name)
-        return {**st.summary, "name": cfg["student"]["name"], "stage": stage_name,
+        return {**st.summary, "name": cfg.student.name, "stage": stage_name,
                 "teacher_weights": st.teacher_weights, "terms": st.terms, "teacher_agreement": st.agreement}
 
     def tx_teacher(self, ctx, tx_parts, encoder, to_pixels) -> LogitsTeacher:
@@ -196,27 +196,27 @@ class WordNetRelaxMethod(kdkit.Method):
         cfg = ctx.config
         ratios = self.ratios(cfg)
         stage = self.student_stage(ctx)  # the objective is built (and checked) before anything trains
-        relax = cfg["relax"]
-        sweep = bool(relax["sweep"])
-        templates = list(relax["templates"] or TEMPLATES)  # null: the authors' templates
+        relax = cfg.relax
+        sweep = bool(relax.sweep)
+        templates = list(relax.templates or TEMPLATES)  # null: the authors' templates
 
         # data: the student's view defines the splits and the class names
         train, val, test, classes = ctx.classification_data()
         if not classes:
-            raise DataError(f"dataset {cfg['data']['name']!r} exposes no class names ('classes'); "
+            raise DataError(f"dataset {cfg.data.name!r} exposes no class names ('classes'); "
                             f"wordnet_relax needs them for the text side")
         classes = [str(c).replace("_", " ") for c in classes]
         num_classes = len(classes)
         stage.check_taps(num_classes)  # wrong module paths: fail before training
-        ctx.log(f"wordnet_relax: {cfg['data']['name']} with {num_classes} classes; train {len(train)}, "
+        ctx.log(f"wordnet_relax: {cfg.data.name} with {num_classes} classes; train {len(train)}, "
                 f"val {len(val) if val is not None else 0}, test {len(test)}; ratio(s) "
                 f"{', '.join(f'{r:g}' for r in ratios)}")
 
         # CLIP: image embeddings (cached), exact class-name embeddings
         cache_dir = self.cache_dir(cfg)
-        clip_device = cfg["clip"]["device"] or str(ctx.device)  # null: the run's device
-        encoder = build_clip(cfg["clip"], device=clip_device, log_fn=ctx.log)
-        data_key = {k: v for k, v in cfg["data"].items() if k not in ("augment", "num_workers", "val_fraction")}
+        clip_device = cfg.clip.device or str(ctx.device)  # null: the run's device
+        encoder = build_clip(cfg.clip, device=clip_device, log_fn=ctx.log)
+        data_key = {k: v for k, v in cfg.data.items() if k not in ("augment", "num_workers", "val_fraction")}
         train_base, _ = unwrap(train)
         test_base, _ = unwrap(test)
         v_train_full = clip_image_embeddings(encoder, train_base, {**data_key, "split": "train"}, cache_dir, ctx.log)
@@ -228,7 +228,7 @@ class WordNetRelaxMethod(kdkit.Method):
         relaxer_options = {k: v for k, v in relax.items() if k not in RELAXER_KEYS_METHOD}
         relaxer_options["templates"] = templates
         relaxer_options.setdefault("seed", ctx.seed)
-        relaxer = ctx.registry("text_relaxers").build(relax["relaxer"], **relaxer_options)
+        relaxer = ctx.registry("text_relaxers").build(relax.relaxer, **relaxer_options)
         v_train = emb.of(train)
         vocab = relaxer.build(classes, v_train, encoder, cache_dir=cache_dir, log=ctx.log)
         if ctx.is_main:
@@ -237,16 +237,16 @@ class WordNetRelaxMethod(kdkit.Method):
         # unimodal teachers and the no-KD baseline (independent of the ratio)
         tm_models, teacher_summary = self.train_unimodal_teachers(ctx, test, num_classes, stage)
         summary: dict = {"method": "wordnet_relax", "teachers": dict(teacher_summary)}
-        if cfg["baseline"]["enabled"]:
+        if cfg.baseline.enabled:
             summary["baseline"] = {**stage.fit_baseline(num_classes, train, val, test, eval_fn=image_eval),
-                                   "name": cfg["student"]["name"]}
+                                   "name": cfg.student.name}
 
         y_train = targets(train)
         to_pixels = getattr(train_base, "to_pixels", None)
-        if cfg["distill"]["tx_clip"] == "online" and to_pixels is None:
+        if cfg.distill.tx_clip == "online" and to_pixels is None:
             raise DataError(f"distill.tx_clip=online: dataset {type(train_base).__name__} has no to_pixels(images) "
                             "to undo its normalisation for CLIP; use distill.tx_clip=cached")
-        use_tx = bool(cfg["distill"]["use_multimodal"])
+        use_tx = bool(cfg.distill.use_multimodal)
         rows = []
         for ratio in ratios:
             suffix = f".r{ratio:g}" if sweep else ""
@@ -263,7 +263,7 @@ class WordNetRelaxMethod(kdkit.Method):
             # what each teacher scores on held-out data with the inputs it gets at distillation
             references = {s["stage"] or key: s.get("val_top1", s.get("top1")) for key, s in teacher_summary.items()}
             if tx_summary is not None:
-                references[tx_summary["stage"]] = tx_summary["val_top1" if cfg["distill"]["tx_text"] == "protocol"
+                references[tx_summary["stage"]] = tx_summary["val_top1" if cfg.distill.tx_text == "protocol"
                                                              else "val_top1_relaxed"]
             st = self.train_student(ctx, "student" + suffix, train, val, test, tm_models, tx_parts, num_classes,
                                     encoder, to_pixels, references, stage=stage)
@@ -272,7 +272,7 @@ class WordNetRelaxMethod(kdkit.Method):
                          "teacher_entropy": tx_summary["entropy"] if tx_summary else None,
                          "student_top1": st["top1"], "tx": tx_summary, "student": st})
 
-        main_row = next((r for r in rows if r["ratio"] == float(relax["ratio"])), rows[-1])
+        main_row = next((r for r in rows if r["ratio"] == float(relax.ratio)), rows[-1])
         if main_row["tx"] is not None:
             summary["teachers"]["multimodal"] = main_row["tx"]
         summary["student"] = main_row["student"]
@@ -281,15 +281,15 @@ class WordNetRelaxMethod(kdkit.Method):
         for k, v in vocab.info.items():
             if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
                 info[f"{k}_min"], info[f"{k}_max"] = min(v), max(v)
-        summary["relax"] = {"ratio": main_row["ratio"], "tau": float(relax["tau"]), "relaxer": relax["relaxer"],
+        summary["relax"] = {"ratio": main_row["ratio"], "tau": float(relax.tau), "relaxer": relax.relaxer,
                             "nouns": len(vocab.words), "examples": vocab.words[:20], **info}
         summary["clip_pretrained"] = bool(encoder.info.pretrained)
         summary["clip"] = {"model": encoder.info.model, "weights": encoder.info.weights,
                            "pretrained": bool(encoder.info.pretrained), "image_size": encoder.info.image_size,
                            "embed_dim": encoder.embed_dim}
-        summary["distill"] = {k: cfg["distill"][k] for k in ("alpha", "temperature", "loss", "combine", "tx_text",
+        summary["distill"] = {k: cfg.distill[k] for k in ("alpha", "temperature", "loss", "combine", "tx_text",
                                                              "tx_clip", "use_multimodal")}
-        summary["selection"] = {"select_on": cfg["checkpoint"]["select_on"], "metric": "top1 (test, best epoch)"}
+        summary["selection"] = {"select_on": cfg.checkpoint.select_on, "metric": "top1 (test, best epoch)"}
         if sweep:
             summary["sweep"] = [{k: r[k] for k in ("ratio", "teacher_top1", "teacher_top1_relaxed", "teacher_entropy",
                                                    "student_top1")} for r in rows]
@@ -308,9 +308,9 @@ class WordNetRelaxMethod(kdkit.Method):
         cfg = ctx.config
         test = ctx.build_dataset(None, "test")
         num_classes = len(test.classes)
-        loader = DataLoader(test, batch_size=int(cfg["train"]["eval_batch_size"]), shuffle=False)
+        loader = DataLoader(test, batch_size=int(cfg.train.eval_batch_size), shuffle=False)
         out: dict = {"teachers": {}}
-        for tcfg, sname in zip(cfg["teachers"], self.teacher_stage_names(cfg["teachers"])):
+        for tcfg, sname in zip(cfg.teachers, self.teacher_stage_names(cfg.teachers)):
             if (ctx.run_dir / "checkpoints" / sname / "best.pt").exists():
                 build_cfg = {k: v for k, v in tcfg.items() if k not in ("augment", "pretrained")}
                 model = ctx.build_model("teachers", build_cfg, num_classes, seed_tag=sname)
@@ -318,7 +318,7 @@ class WordNetRelaxMethod(kdkit.Method):
                 out["teachers"][sname] = image_eval(model.eval(), loader)
         for sname in sorted(p.name for p in (ctx.run_dir / "checkpoints").glob("*")
                             if p.name == "baseline" or p.name.startswith("student")):
-            model = ctx.build_model("students", cfg["student"], num_classes, seed_tag="student")
+            model = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
             ctx.load_best(sname, model)
             out[sname] = image_eval(model.eval(), loader)
         return out

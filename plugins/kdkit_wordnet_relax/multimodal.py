@@ -38,11 +38,11 @@ def relax_mask(n: int, ratio: float, seed: int, tag: str):
 
 def lambdas(tx: dict) -> tuple[float, float]:
     """``(lambda_hier, lambda_cosreg)``: ``tx.preset``'s, each replaced by its own key when that is set."""
-    lh, lc = LAMBDA_PRESETS[tx["preset"]]
-    if tx["lambda_hier"] is not None:
-        lh = float(tx["lambda_hier"])
-    if tx["lambda_cosreg"] is not None:
-        lc = float(tx["lambda_cosreg"])
+    lh, lc = LAMBDA_PRESETS[tx.preset]
+    if tx.lambda_hier is not None:
+        lh = float(tx.lambda_hier)
+    if tx.lambda_cosreg is not None:
+        lc = float(tx.lambda_cosreg)
     return lh, lc
 
 
@@ -52,13 +52,13 @@ def build_tx_model(ctx, embed_dim: int, num_classes: int, stage_name: str):
 
     from kdkit_wordnet_relax.models import MLPHead, MultimodalTeacher
 
-    tx = ctx.config["tx"]
-    if tx["backbone"] == "mlp":
+    tx = ctx.config.tx
+    if tx.backbone == "mlp":
         seed_everything(derive_seed(ctx.seed, "init", "multimodal", stage_name))
-        head = MLPHead(2 * embed_dim, num_classes, int(tx["hidden"]), float(tx["dropout"]),
-                       input_norm=bool(tx["input_norm"]))
+        head = MLPHead(2 * embed_dim, num_classes, int(tx.hidden), float(tx.dropout),
+                       input_norm=bool(tx.input_norm))
         return MultimodalTeacher(head, spatial=False)
-    section = {**tx["backbone_options"], "name": tx["backbone"], "in_channels": 2 * embed_dim}
+    section = {**tx.backbone_options, "name": tx.backbone, "in_channels": 2 * embed_dim}
     backbone = ctx.build_model("teachers", section, num_classes, seed_tag=stage_name)
     return MultimodalTeacher(backbone, spatial=True)
 
@@ -81,8 +81,8 @@ def train_tx(ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes, b
     from kdkit_wordnet_relax.models import NounBank
 
     cfg = ctx.config
-    tx, relax = cfg["tx"], cfg["relax"]
-    tau = float(relax["tau"])
+    tx, relax = cfg.tx, cfg.relax
+    tau = float(relax.tau)
     lh, lc = weights if weights is not None else lambdas(tx)
     train, val, test = data
     seed = ctx.seed
@@ -96,7 +96,7 @@ def train_tx(ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes, b
 
     train_t, val_t, test_t = tensors(train, "train"), tensors(val, "val"), tensors(test, "test")
     model = build_model(ctx, class_emb.shape[1], num_classes, stage_name)
-    bank = NounBank(vocab.embeddings, class_emb, mode=tx["embedding"], seed=seed)
+    bank = NounBank(vocab.embeddings, class_emb, mode=tx.embedding, seed=seed)
 
     def step_fn(m, batch):
         v, y, mask = batch
@@ -137,17 +137,17 @@ def train_tx(ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes, b
     def param_groups(m, extra):
         groups = [{"params": [p for p in m.parameters() if p.requires_grad]}]
         if bank.learnable:
-            g = {"params": [bank.nouns], "weight_decay": float(tx["noun_weight_decay"])}
-            if tx["noun_lr"] is not None:
-                g["lr"] = float(tx["noun_lr"])
+            g = {"params": [bank.nouns], "weight_decay": float(tx.noun_weight_decay)}
+            if tx.noun_lr is not None:
+                g["lr"] = float(tx.noun_lr)
             groups.append(g)
         return groups
 
-    ctx.log(f"wordnet_relax: T_x ({tx['backbone']}, embedding {tx['embedding']}) at relax.ratio={ratio:g}: "
+    ctx.log(f"wordnet_relax: T_x ({tx.backbone}, embedding {tx.embedding}) at relax.ratio={ratio:g}: "
             f"{int(train_t.tensors[2].sum())}/{len(train_t)} training samples get relaxed text; "
             f"lambda_hier={lh:g}, lambda_cosreg={lc:g}")
     res = ctx.fit(Stage(name=stage_name, model=model, train_data=train_t, val_data=val_t, test_data=test_t,
-                        step_fn=step_fn, eval_fn=eval_fn, optimizer=tx["train"],
+                        step_fn=step_fn, eval_fn=eval_fn, optimizer=tx.train,
                         extra_modules={"nouns": bank}, param_groups=param_groups,
                         after_step_fn=lambda trainer, step: bank.renormalize()))
     freeze(model)
@@ -156,7 +156,7 @@ def train_tx(ctx, ratio, stage_name, vocab, class_emb, emb, data, num_classes, b
     summary = {"top1": tm.get("top1"), "top1_relaxed": tm.get("top1_relaxed"), "top1_exact": tm.get("top1_exact"),
                "entropy_test": tm.get("entropy"), "val_top1": res.best_metrics.get("top1"),
                "val_top1_relaxed": res.best_metrics.get("top1_relaxed"),
-               "best_epoch": res.best_epoch, "backbone": tx["backbone"], "embedding": tx["embedding"],
+               "best_epoch": res.best_epoch, "backbone": tx.backbone, "embedding": tx.embedding,
                "lambda_hier": lh, "lambda_cosreg": lc, "ratio": ratio, "stage": stage_name,
                "relaxed_train_samples": int(train_t.tensors[2].sum()), "train_samples": len(train_t)}
     if bank.learnable:
@@ -170,8 +170,8 @@ def tx_table(ctx, model, bank, v_train, y_train, mask_train):
     """T_x logits for every training sample, with the text used at distillation."""
     import torch
 
-    tau = float(ctx.config["relax"]["tau"])
-    protocol = ctx.config["distill"]["tx_text"] == "protocol"
+    tau = float(ctx.config.relax.tau)
+    protocol = ctx.config.distill.tx_text == "protocol"
     out = []
     device = bank.class_emb.device
     with torch.no_grad():
@@ -188,10 +188,10 @@ def tx_teacher(ctx, tx_parts, encoder, to_pixels) -> LogitsTeacher:
     """T_x as the student stage sees it: on a training batch, its row of the logit table (``tx_clip:
     cached``) or CLIP run on the batch's images (``online``), with the text of ``distill.tx_text``;
     on the held-out split, the validation images' CLIP embeddings with retrieved text."""
-    dist = ctx.config["distill"]
-    tau = float(ctx.config["relax"]["tau"])
-    online = dist["tx_clip"] == "online"
-    protocol = dist["tx_text"] == "protocol"
+    dist = ctx.config.distill
+    tau = float(ctx.config.relax.tau)
+    online = dist.tx_clip == "online"
+    protocol = dist.tx_text == "protocol"
     tx_model, bank, table, mask_train, v_val = tx_parts
     table = table.to(ctx.device)
     mask_train = mask_train.to(ctx.device)
