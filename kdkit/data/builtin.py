@@ -73,7 +73,9 @@ DATASETS = {
                                            "(at most 892)"),
     }, "MNIST digits from their IDX files (data.root: the files or torchvision's MNIST/raw)"),
     "imagefolder": ("kdkit.data.imagefolder:ImageFolderDataset", {
-        "image_size": _image_size(224, "side of the yielded images (resized, centre-cropped for evaluation)"),
+        "image_size": ConfigKey(None, "side of the yielded images (resized, centre-cropped for evaluation); null: "
+                                      "the images' own size when all sides are <= 64 px, else 224", type=int,
+                                range="[1, inf)"),
         "augment": _augment("weak", "train split: weak (random resized crop + flip + rotation for large images), "
                                     "none or strong"),
         "normalize": ConfigKey(True, "subtract mean and divide by std (else values in [0, 1])"),

@@ -15,6 +15,11 @@ Class names come from the folder names, or from a mapping file (``class_map``):
   ("tench").  Blank lines and lines starting with ``#`` are ignored.
 
 Folders missing from the mapping keep their folder name, with underscores as spaces.
+
+``image_size`` null (the default) keeps small images small: when every probed image of the train
+folder has both sides at most :data:`SMALL_SIDE` px, the images' own (largest) side is used, resized
+straight (no centre crop) and not at all when every image already has it; otherwise 224.  The probe
+reads the headers of up to :data:`PROBE_IMAGES` images spread over the classes (not the pixels).
 """
 from __future__ import annotations
 
@@ -27,6 +32,38 @@ from kdkit.errors import DataError
 from kdkit.paths import user_path
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+#: images whose sides are all at most this many pixels keep their own size when ``image_size`` is null
+SMALL_SIDE = 64
+#: the side used for larger images when ``image_size`` is null (ImageNet's)
+LARGE_IMAGE_SIZE = 224
+#: at most this many image headers are read to find the images' size
+PROBE_IMAGES = 1024
+
+
+def probe_image_sizes(paths: list) -> list[tuple[int, int]]:
+    """``(width, height)`` of up to :data:`PROBE_IMAGES` of ``paths``, evenly spaced (headers only)."""
+    from PIL import Image
+
+    step = max(1, len(paths) // PROBE_IMAGES)
+    sizes = []
+    for path in paths[::step][:PROBE_IMAGES]:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file
+            reason = " ".join(str(exc).split())
+            raise DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}") from None
+    return sizes
+
+
+def own_image_size(sizes: list[tuple[int, int]]) -> tuple[int, bool]:
+    """``(image_size, uniform)`` for ``image_size: null``: the largest side when all sides are at most
+    :data:`SMALL_SIDE`, else :data:`LARGE_IMAGE_SIZE`; ``uniform`` when every image is that square."""
+    largest = max((max(size) for size in sizes), default=LARGE_IMAGE_SIZE)
+    if largest > SMALL_SIDE:
+        return LARGE_IMAGE_SIZE, False
+    return largest, all(size == (largest, largest) for size in sizes)
 
 
 def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, str]:
@@ -70,7 +107,7 @@ def _shown(name: str) -> str:
 class ImageFolderDataset(ImageClassificationDataset):
     """Images read from class folders (see the module docstring).
 
-    Options: ``image_size`` (224), ``augment`` (train: ``"weak"`` default, ``"none"``,
+    Options: ``image_size`` (null: the images' own size when small, else 224; see the module docs), ``augment`` (train: ``"weak"`` default, ``"none"``,
     ``"strong"``), ``normalize`` (True), ``mean`` / ``std`` (ImageNet's by default),
     ``class_map`` (mapping file), ``class_map_first`` (True), ``train_dir`` ("train"),
     ``test_dir`` ("test", else "val").  Deterministic resizing resizes the short side to
@@ -86,7 +123,7 @@ class ImageFolderDataset(ImageClassificationDataset):
         split: str = "train",
         root: str | None = None,
         *,
-        image_size: int = 224,
+        image_size: int | None = None,
         augment: str | None = "weak",
         normalize: bool = True,
         mean: list[float] | None = None,
@@ -147,6 +184,15 @@ class ImageFolderDataset(ImageClassificationDataset):
         else:
             self.mean = IMAGENET_MEAN
         self.std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
+        if image_size is None:
+            # both splits must agree: the size comes from the train folder when there is one
+            probed = self.samples if split == "train" or not train_folder.is_dir() else ImageFolder(
+                str(train_folder), allow_empty=True).samples
+            probed = [path for path, _ in probed]
+            image_size, uniform = own_image_size(probe_image_sizes(probed))
+            if image_size <= SMALL_SIDE:
+                self.center_crop = False  # a crop would cut the border of an image already this small
+                self.native_size = image_size if uniform else None
         self._init_transform(split, image_size, augment, normalize, transform)
 
     def _raw(self, index: int):

@@ -15,6 +15,7 @@ import torch
 from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, method_config_help,  # noqa: F401 - re-exported
                           resolve_method_config, write_config)
 from kdkit.config.settings import RunSettings
+from kdkit.config.switches import method_component_switches
 from kdkit.config.view import freeze_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
@@ -536,6 +537,8 @@ def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[s
     ctx.log(f"kdkit: method {method}, run dir {run_dir}, device {device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
             + (" (resumed)" if resume else ""))
+    for line in method_component_switches(method, ctx.config, manager):
+        ctx.log(f"kdkit: {line}")
     if changes:
         ctx.log(f"warning: config.yaml was edited since the run started ({_summarize(changes)}); "
                 "continuing with the edited config (--accept-config-change)")

@@ -128,3 +128,25 @@ def test_a_png_with_a_truncated_header_is_a_data_error(tmp_path):
     ds = ImageFolderDataset("train", str(tmp_path), image_size=8)
     with pytest.raises(DataError, match=r"cannot read image .*0.png: ValueError: Truncated IHDR chunk"):
         ds[0]
+
+
+def test_small_images_keep_their_own_size_by_default(tmp_path):
+    """image_size null: 28 px images stay 28 px (no resize: the pixels are the file's), in both splits."""
+    make_tree(tmp_path, size=(28, 28))
+    train = ImageFolderDataset("train", str(tmp_path), augment="none", normalize=False)
+    test = ImageFolderDataset("test", str(tmp_path), normalize=False)
+    assert train.image_size == test.image_size == 28 and train.native_size == 28
+    stored = torch.from_numpy(np.array(Image.open(train.samples[0][0]).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(train.get_uint8(0), stored)
+    assert torch.allclose(train[0][0], stored.float() / 255)
+
+
+def test_mixed_small_images_resize_to_the_largest_side_and_large_ones_to_224(tmp_path):
+    make_tree(tmp_path / "small", size=(40, 30))
+    ds = ImageFolderDataset("train", str(tmp_path / "small"), augment="none")
+    assert ds.image_size == 40 and ds.native_size is None and not ds.center_crop
+    assert ds[0][0].shape == (3, 40, 40)
+    make_tree(tmp_path / "large", per_class=1, size=(80, 60))
+    large = ImageFolderDataset("test", str(tmp_path / "large"))
+    assert large.image_size == 224 and large.center_crop and large[0][0].shape == (3, 224, 224)
+    assert ImageFolderDataset("train", str(tmp_path / "large"), image_size=16)[0][0].shape == (3, 16, 16)
