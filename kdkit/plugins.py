@@ -10,6 +10,10 @@ name is an error naming both plugins):
 3. modules named by dotted path with ``kdkit --plugins-module MOD`` (repeatable) or
    ``KDKIT_PLUGINS=mod1,mod2``.
 
+The modules of source 3 a run loaded are recorded in its directory (:data:`RECORD_FILE`,
+:func:`record_plugin_modules`) and loaded again by whatever reads that run later (``kdkit eval``,
+``kdkit train --resume``, ``kdkit sweep``: :func:`load_recorded_plugins`).
+
 Each entry point loads in its own ``try``: a plugin that fails to import or to register is
 reported as one warning line naming the plugin and its distribution, and skipped
 (``KDKIT_STRICT_PLUGINS=1`` re-raises instead).  ``KDKIT_BLOCK_PLUGINS=a,b`` skips plugins by
@@ -28,16 +32,18 @@ import inspect
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
 from kdkit import hookspecs
-from kdkit.errors import PluginError
+from kdkit.errors import KdkitError, PluginError
 from kdkit.config.keys import ConfigKey
 from kdkit.registry import KINDS, Component, Registry, singular, check_target
 
@@ -73,7 +79,17 @@ __all__ = [
     "reset_plugin_manager",
     "add_plugin_modules",
     "plugin_manager_for_testing",
+    "RECORD_FILE",
+    "record_plugin_modules",
+    "recorded_plugin_modules",
+    "load_recorded_plugins",
 ]
+
+#: The file of a run (or sweep) directory that names the plugin modules it was run with.  Not a
+#: key of config.yaml: the modules must be loaded *before* that config can be resolved (they may
+#: register its method, dataset or models), and config.yaml is the resolved config that a resume
+#: compares with its checkpoints.
+RECORD_FILE = "plugins.json"
 
 
 def _env_flag(name: str) -> bool:
@@ -149,6 +165,9 @@ class PluginManager(pluggy.PluginManager):
         #: plugins skipped because they failed to load, in discovery order
         self.failures: list[PluginFailure] = []
         self.strict = False
+        #: modules loaded by dotted path (``--plugins-module``, ``KDKIT_PLUGINS``, a run's record),
+        #: in load order: what a run records (:func:`record_plugin_modules`)
+        self.loaded_modules: list[str] = []
 
     # --- registration -------------------------------------------------------------------
 
@@ -257,6 +276,8 @@ class PluginManager(pluggy.PluginManager):
                           distribution=None, module=dotted)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin module {dotted!r} (from {origin}) is invalid: {exc}") from exc
+        if dotted not in self.loaded_modules:
+            self.loaded_modules.append(dotted)
 
     def load_all(self, modules: Iterable[str] = ()) -> None:
         """Discovery in the documented order, honouring the ``KDKIT_*`` switches."""
@@ -411,3 +432,58 @@ def plugin_manager_for_testing(*plugins: object, defaults: bool = True,
         yield manager
     finally:
         _manager = previous
+
+
+# --- plugin modules recorded with a run ----------------------------------------------------------
+
+def recorded_plugin_modules(directory: str | Path) -> list[dict[str, Any]]:
+    """The entries of ``directory``/:data:`RECORD_FILE` (``{"name": dotted, "file": path or None}``),
+    ``[]`` when the directory records none."""
+    path = Path(directory) / RECORD_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = [dict(entry) for entry in data["modules"]]
+        if not all(isinstance(entry["name"], str) and entry["name"] for entry in entries):
+            raise ValueError("a module without a name")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KdkitError(f"{path} is unreadable ({_describe(exc)}); it names the plugin modules of the run: "
+                         'restore it, or write {"modules": [{"name": "MODULE"}]}') from None
+    return entries
+
+
+def record_plugin_modules(directory: str | Path, modules: Iterable[str]) -> None:
+    """Write ``directory``/:data:`RECORD_FILE` naming ``modules`` after those it already records
+    (with the file each was imported from, for the error when it is gone); nothing when none."""
+    from kdkit.files import atomic_write_text
+
+    entries = recorded_plugin_modules(directory)
+    names = [entry["name"] for entry in entries]
+    added = [m for m in dict.fromkeys(modules) if m and m not in names]
+    if not added:
+        return
+    for dotted in added:
+        module = sys.modules.get(dotted)
+        file = getattr(module, "__file__", None)
+        entries.append({"name": dotted, "file": str(Path(file).resolve()) if file else None})
+    atomic_write_text(Path(directory) / RECORD_FILE, json.dumps({"modules": entries}, indent=2) + "\n")
+
+
+def load_recorded_plugins(directory: str | Path, manager: PluginManager | None = None) -> list[str]:
+    """Load the plugin modules ``directory`` records into ``manager`` (default: the process-wide
+    one); returns their names.  One that cannot be imported is a :class:`PluginError` naming it."""
+    entries = recorded_plugin_modules(directory)
+    if not entries:
+        return []
+    manager = manager if manager is not None else get_plugin_manager()
+    record = Path(directory) / RECORD_FILE
+    for entry in entries:
+        dotted = entry["name"]
+        try:
+            manager.load_module(dotted, origin=str(record))
+        except PluginError as exc:
+            was = f" (it was {entry['file']})" if entry.get("file") else ""
+            raise PluginError(f"{exc}; the run was made with plugin module {dotted!r}{was}: make it importable "
+                              f"again (PYTHONPATH) or remove it from {record}") from None
+    return [entry["name"] for entry in entries]

@@ -488,6 +488,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         if config_file is not None or sets or out is not None:
             raise KdkitError("--resume continues a run with its saved config; --config, --set and --out "
                              "cannot be combined with it")
+        _load_run_plugins(run_dir, manager)
         saved = load_yaml(cfg_path)
         saved_method = saved.get("method")
         if method is not None and saved_method and method != saved_method:
@@ -534,6 +535,10 @@ def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[s
     ctx = RunContext(config, run_dir, manager, device, resume=resume)
     if ctx.is_main and not resume:
         write_config(config, run_dir / "config.yaml")
+    if ctx.is_main:  # after config.yaml: a directory records its plugins only once it is a run
+        from kdkit.plugins import record_plugin_modules
+
+        record_plugin_modules(run_dir, getattr(manager, "loaded_modules", ()))
     ctx.log(f"kdkit: method {method}, run dir {run_dir}, device {device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
             + (" (resumed)" if resume else ""))
@@ -559,6 +564,15 @@ def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[s
     return summary
 
 
+def _load_run_plugins(run_dir: Path, manager: Any) -> None:
+    """Load the plugin modules the run was made with (``plugins.json``), so ``--resume`` and
+    ``kdkit eval`` need no ``--plugins-module`` again."""
+    from kdkit.plugins import load_recorded_plugins
+
+    if hasattr(manager, "load_module"):
+        load_recorded_plugins(run_dir, manager)
+
+
 def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None):
     """A read-only :class:`RunContext` on a finished run and an instance of its method.
 
@@ -570,6 +584,7 @@ def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise KdkitError(f"--run {run_dir}: not a kdkit run directory ({cfg_path} is missing)")
+    _load_run_plugins(run_dir, manager)
     saved = load_yaml(cfg_path)
     method = saved.get("method")
     if not method:

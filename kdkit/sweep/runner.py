@@ -18,6 +18,7 @@ import yaml
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import lock_directory
+from kdkit.plugins import load_recorded_plugins, record_plugin_modules
 from kdkit.sweep.plots import plot_table
 from kdkit.sweep.runs import (
     RunSpec,
@@ -164,12 +165,15 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     out = Path(out) if out is not None else Path("sweeps") / re.sub(r"[^A-Za-z0-9_.-]", "_", sweep.name)
     reference = load_table(compare) if compare is not None else None
     runs = plan(sweep, out, cells, seeds)
+    # a sweep run again (its resume) loads the plugin modules it was started with by itself
+    modules = list(dict.fromkeys([*load_recorded_plugins(out, manager), *plugin_modules]))
     # the whole file is checked, not only the slice: a typo in any cell fails before anything runs
     check_configs(plan(sweep, out), manager)
     _prepare_out(sweep, out, create=not no_run)
     log = _Log(out / "sweep.log", echo)
     with lock_directory(out, f"sweep directory {out}", "wait for it to finish or choose another --out"):
-        return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, list(plugin_modules))
+        record_plugin_modules(out, modules)
+        return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules)
 
 
 
