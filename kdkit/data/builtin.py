@@ -87,6 +87,18 @@ DATASETS = {
         "train_dir": ConfigKey("train", "folder of the train split under data.root"),
         "test_dir": ConfigKey(None, "folder of the test split (null: test, else val)", type=str),
     }, "image folders ROOT/{train,val|test}/<class>/...; optional class-name mapping file"),
+    "text": ("kdkit.data.text:TextClassificationDataset", {
+        "tokenizer": ConfigKey(None, "local Hugging Face tokenizer directory (save_pretrained); required",
+                               type=str),
+        "max_length": ConfigKey(128, "tokens per sample (padded with the pad token, truncated)", range="[1, inf)"),
+        "text_field": ConfigKey("text", "the JSONL field / CSV column holding the text"),
+        "label_field": ConfigKey("label", "the JSONL field / CSV column holding the label (string or integer)"),
+        "train_file": ConfigKey(None, "file of the train split under data.root (null: train.jsonl or train.csv)",
+                                type=str),
+        "test_file": ConfigKey(None, "file of the test split (null: test.jsonl/.csv, else val.jsonl/.csv)",
+                               type=str),
+    }, "text classification: ROOT/{train,test}.{jsonl,csv} with text and label, tokenised by a local "
+       "Hugging Face tokenizer (the hf extra)"),
 }
 
 
