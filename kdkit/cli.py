@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("kdkit.commands.encode", "encode images or texts of a trained hashing run into packed codes"),
     "search": ("kdkit.commands.search", "batched Hamming top-k over a packed code database"),
     "sweep": ("kdkit.commands.sweep", "run a reproduction sweep (cells x seeds) and tabulate mean ± std"),
+    "layers": ("kdkit.commands.layers", "list the module paths of a model a feature term can tap, with their shapes"),
 }
 
 EXIT_BUG = 1

@@ -4,18 +4,24 @@ A path is a name as ``model.named_modules()`` spells it (``layer3``, ``layer4.1.
 ``features.7``).  The model is not edited: a forward hook on each tapped module stores its output
 during the forward pass, :meth:`FeatureTaps.pop` hands the outputs of the last forward over and
 forgets them, so no activation outlives the step that uses it.
+
+:func:`list_layers` lists the paths with their output shapes from one forward pass (``kdkit layers``
+prints it); a wrong path's error names the model's feature maps from that same listing, one per
+resolution first (:func:`tap_candidates`).
 """
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
 from kdkit.errors import ConfigError
 
-__all__ = ["FeatureTaps", "module_paths", "unwrap_model"]
+__all__ = ["FeatureTaps", "module_paths", "unwrap_model", "Layer", "list_layers", "probe_input", "probe_layers",
+           "tap_candidates"]
 
 _WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 
@@ -75,8 +81,12 @@ class FeatureTaps:
         if not near:  # fall back to the paths that share the longest prefix
             head = name.split(".")[0]
             near = [n for n in valid if n.split(".")[0] == head][:5] or valid[:5]
-        raise ConfigError(f"{self.owner} ({type(self.model).__name__}) has no module {path!r}; nearest valid paths: "
-                          f"{', '.join(near) if near else '(the model has no submodules)'}")
+        # first what a feature term can use: the model's feature maps, from one forward pass
+        listed = _feature_map_hint(self.model)
+        maps = f"feature maps it can tap, one per resolution: {listed}; " if listed else ""
+        raise ConfigError(f"{self.owner} ({type(self.model).__name__}) has no module {path!r}; {maps}nearest valid "
+                          f"paths: {', '.join(near) if near else '(the model has no submodules)'}"
+                          + ("; `kdkit layers MODEL` lists every path with its output shape" if listed else ""))
 
     # --- hooks -------------------------------------------------------------------------------
     def _hook(self, path: str):
@@ -126,3 +136,110 @@ def _detach(output):
     if isinstance(output, dict):
         return {k: _detach(v) for k, v in output.items()}
     return output
+
+
+# --- the listing of tappable paths (kdkit layers, and the hint of a wrong path) ---------------------
+
+@dataclass(frozen=True)
+class Layer:
+    """One tappable module: its path, class name and output shape in one forward pass (``None`` when
+    its output is not a tensor, ``()`` when it did not run)."""
+
+    path: str
+    type: str
+    shape: tuple | None
+
+    @property
+    def feature_map(self) -> bool:
+        """A 4-D ``N x C x H x W`` output: what a feature term (FitNet, AT, ...) taps."""
+        return self.shape is not None and len(self.shape) == 4
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "type": self.type, "shape": None if self.shape is None else list(self.shape)}
+
+
+def probe_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Zero inputs (batch of 1) to try ``model`` on: ``input_shape`` (``C x H x W``) when given, else
+    the channels of its first convolution (3 without one) at 32 x 32, then 224 x 224."""
+    if input_shape is not None:
+        return [torch.zeros(1, *input_shape)]
+    conv = next((m for m in unwrap_model(model).modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    return [torch.zeros(1, channels, size, size) for size in (32, 224)]
+
+
+def list_layers(model: nn.Module, x: torch.Tensor) -> list[Layer]:
+    """Every tappable path of ``model`` with its output shape, from one forward pass on ``x``, in
+    execution order (first call; a module called again shows its last output, as taps keep it);
+    modules that did not run come last with shape ``()``.  The model runs in eval mode under
+    ``no_grad`` and is left in the mode it was in; its exception propagates."""
+    model = unwrap_model(model)
+    modules = [(name, m) for name, m in model.named_modules() if name]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    order: dict[str, tuple | None] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            order[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in modules]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x.to(device))
+    finally:
+        model.train(was)
+        for handle in handles:
+            handle.remove()
+    types = {name: type(m).__name__ for name, m in modules}
+    return ([Layer(name, types[name], shape) for name, shape in order.items()]
+            + [Layer(name, types[name], ()) for name, _ in modules if name not in order])
+
+
+def probe_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> tuple[tuple, list[Layer]]:
+    """``(input shape, list_layers(...))`` on the first of :func:`probe_input` the model runs on
+    (``kdkit layers`` and a wrong path's hint); raises the last input's exception when none runs."""
+    error: Exception | None = None
+    for x in probe_input(model, input_shape):
+        try:
+            return tuple(x.shape[1:]), list_layers(model, x)
+        except Exception as exc:  # noqa: BLE001 - try the next input size
+            error = exc
+    assert error is not None
+    raise error
+
+
+def tap_candidates(layers: Sequence[Layer], spatial: Sequence[int] | None = None) -> list[Layer]:
+    """The feature maps of ``layers`` a feature term would tap, best first: per resolution the last,
+    shallowest module producing it (a stage's output: ``layer1``, ``features.3``), in execution order;
+    with ``spatial`` (``H, W``) the maps of that size come first."""
+    # 1 x 1 maps are pooled vectors (a squeeze-excitation's, the head's), not maps to match
+    maps = [(i, layer) for i, layer in enumerate(layers) if layer.feature_map and layer.shape[2] * layer.shape[3] > 1]
+    ends: dict[tuple, tuple[int, Layer]] = {}
+    for i, layer in maps:  # the last module of each resolution, preferring shallow paths at equal depth
+        key = tuple(layer.shape[2:])
+        held = ends.get(key)
+        if held is None or layer.path.count(".") <= held[1].path.count("."):
+            ends[key] = (i, layer)
+    best = [layer for _, layer in sorted(ends.values(), key=lambda item: item[0])]
+    if spatial is not None:
+        best.sort(key=lambda layer: tuple(layer.shape[2:]) != tuple(spatial))
+    return best
+
+
+def _shape_text(shape: tuple | None) -> str:
+    return "x".join(str(n) for n in shape[1:]) if shape else ("not run" if shape == () else "not a tensor")
+
+
+def _feature_map_hint(model: nn.Module, limit: int = 8) -> str:
+    """``"layer1 (16x32x32), layer2 (32x16x16), ..."`` for a wrong path's error, or ``""`` when the model
+    cannot be run on a probe input (then the error names the nearest paths by spelling)."""
+    try:
+        shape, layers = probe_layers(model)
+    except Exception:  # noqa: BLE001 - only a hint: the error falls back to the nearest names
+        return ""
+    best = tap_candidates(layers)[:limit]
+    listed = ", ".join(f"{layer.path} ({_shape_text(layer.shape)})" for layer in best)
+    return f"{listed} (for a {'x'.join(map(str, shape))} input)" if best else ""

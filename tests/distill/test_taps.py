@@ -164,3 +164,36 @@ def test_importing_kdkit_distill_loads_no_torch():
     code = "import sys, kdkit.distill; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_wrong_path_on_mobilenet_names_its_feature_maps_first():
+    """The hint for a ResNet path on MobileNetV3 lists its feature maps per resolution (one forward
+    pass, the listing of ``kdkit layers``), before the nearest names (``classifier.3``)."""
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(num_classes=10)
+    with pytest.raises(ConfigError) as err:
+        FeatureTaps(net, ["layer3"], owner="student")
+    message = str(err.value)
+    maps = message.index("feature maps it can tap, one per resolution: features.0 (16x16x16), features.1 (16x8x8), "
+                         "features.3 (24x4x4), features.8 (48x2x2) (for a 3x32x32 input)")
+    assert maps < message.index("nearest valid paths: classifier.3") and "\n" not in message
+    assert net.training  # the probe left the model in its mode
+
+
+def test_list_layers_keeps_a_repeated_module_at_its_first_call_with_its_last_shape():
+    from kdkit.distill.taps import list_layers
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.AvgPool2d(2)
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.unused = nn.ReLU()
+
+        def forward(self, x):
+            return self.pool(self.conv(self.pool(x)))
+
+    layers = list_layers(Twice(), torch.zeros(1, 3, 8, 8))
+    assert [(layer.path, layer.shape) for layer in layers] == [
+        ("pool", (1, 4, 2, 2)), ("conv", (1, 4, 4, 4)), ("unused", ())]
