@@ -1,9 +1,19 @@
 """The teacher-output cache of a student stage: teacher logits (and tapped features) computed once
 per sample index and reused every epoch.  :class:`~kdkit.distill.StudentStage` builds one per
-teacher when ``distill.teacher_cache`` allows it."""
+teacher when ``distill.teacher_cache`` allows it (:func:`plan_cache` decides where):
+
+* ``memory`` — :class:`TeacherCache`: the logits on the device, the features in CPU memory, in every
+  process;
+* ``disk`` — :class:`DiskTeacherCache`: a :class:`~kdkit.distill.store.TeacherStore` in kdkit's cache
+  directory, memory-mapped, built once per (teacher weights, data, transform) and reused by later runs;
+* ``off`` — the teachers run on every batch;
+* ``auto`` — ``memory`` below :data:`AUTO_FEATURE_CACHE_BYTES`, ``disk`` above, ``off`` when the
+  training data is augmented (the teacher's input is then not deterministic).
+"""
 from __future__ import annotations
 
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -13,14 +23,19 @@ from kdkit.distill.taps import FeatureTaps
 from kdkit.engine.data import make_eval_loader, to_device
 from kdkit.errors import ConfigError
 
-__all__ = ["TeacherCache", "AUTO_FEATURE_CACHE_BYTES", "feature_caches_fit", "describe_caches"]
+__all__ = ["TeacherCache", "DiskTeacherCache", "AUTO_FEATURE_CACHE_BYTES", "CACHE_MODES", "CachePlan",
+           "cache_mode", "plan_cache", "describe_caches"]
 
 
-#: ``distill.teacher_cache: null`` (auto) caches tapped teacher features only when the estimate of
-#: their size (:meth:`TeacherCache.estimate_nbytes`, all teachers together) is below this many bytes
-#: (2 GiB of CPU memory per process: room for a ``64 x 8 x 8`` float32 map of all 50 000 CIFAR
-#: training images, 800 MiB, without crowding a machine that trains); above it the teachers run online.
+#: ``distill.teacher_cache: auto`` keeps teacher outputs in memory when the estimate of their size
+#: (logits and tapped features of all teachers together, per process) is below this many bytes (2 GiB:
+#: room for a ``64 x 8 x 8`` float32 map of all 50 000 CIFAR training images, 800 MiB, without
+#: crowding a machine that trains); above it they go to the disk store.
 AUTO_FEATURE_CACHE_BYTES = 2 * 1024 ** 3
+
+#: the values of ``distill.teacher_cache`` (``null`` / ``true`` / ``false``, its earlier values, mean
+#: ``auto`` / ``memory`` / ``off``)
+CACHE_MODES = ("auto", "memory", "disk", "off")
 
 
 class TeacherCache:
@@ -68,6 +83,7 @@ class TeacherCache:
         self._table: torch.Tensor | None = None
         self._features: dict[str, torch.Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}
+        self._sample_sizes: dict | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -133,6 +149,16 @@ class TeacherCache:
         self._features = features
         return self._table
 
+    def sample_sizes(self) -> dict:
+        """``{"logits": values, "features": values, "feature_bytes": bytes}`` of one sample: the
+        teacher runs on the first sample (once; remembered)."""
+        if self._sample_sizes is None:
+            (logits, feats), = list(self._evaluate([next(iter(make_eval_loader(self.dataset, 1)))]))
+            self._sample_sizes = {"logits": logits[0].numel(),
+                                  "features": sum(f[0].numel() for f in feats.values()),
+                                  "feature_bytes": sum(f[0].numel() * f.element_size() for f in feats.values())}
+        return self._sample_sizes
+
     def estimate_nbytes(self) -> dict:
         """``{"logits": bytes, "features": bytes}`` the cache takes (or will take: the teacher runs on
         one sample, the size of everything else follows from it)."""
@@ -141,9 +167,8 @@ class TeacherCache:
         n = len(self)
         if n == 0:
             return {"logits": 0, "features": 0}
-        (logits, feats), = list(self._evaluate([next(iter(make_eval_loader(self.dataset, 1)))]))
-        return {"logits": n * logits[0].numel() * logits.element_size(),
-                "features": n * sum(f[0].numel() * f.element_size() for f in feats.values())}
+        one = self.sample_sizes()
+        return {"logits": n * one["logits"] * 4, "features": n * one["feature_bytes"]}
 
     @property
     def nbytes(self) -> dict:
@@ -187,42 +212,209 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2 ** 10:.1f} KiB"
 
 
-def feature_caches_fit(caches: Sequence[TeacherCache], setting: bool | None, log: Callable[[str], None],
-                       limit: int | None = None) -> bool:
-    """Should ``caches`` (not built yet) that also hold tapped features be used?  Estimates their size
-    (:meth:`TeacherCache.estimate_nbytes`: one sample through each teacher) and logs it.
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a student stage keeps its teachers' outputs, and why (the log line and ``summary.json``)."""
 
-    ``setting`` is ``distill.teacher_cache``: ``None`` (auto) answers yes only when the features of
-    all teachers together take less than ``limit`` bytes of CPU memory (default
-    :data:`AUTO_FEATURE_CACHE_BYTES`, 2 GiB) and every tapped output can be cached; ``True`` answers
-    yes whatever the size (with a warning above ``limit``; an output that cannot be cached is a
-    :class:`~kdkit.errors.ConfigError`).  No: run the teachers online.
+    #: ``memory``, ``disk`` or ``off``
+    mode: str
+    #: one sentence: why this mode
+    reason: str
+
+    @property
+    def cached(self) -> bool:
+        return self.mode != "off"
+
+
+def cache_mode(setting) -> str:
+    """``distill.teacher_cache`` as one of :data:`CACHE_MODES` (``null``/``true``/``false`` are
+    ``auto``/``memory``/``off``)."""
+    mode = {None: "auto", True: "memory", False: "off"}.get(setting, setting) \
+        if setting is None or isinstance(setting, bool) else setting
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"config key distill.teacher_cache: expected one of {', '.join(CACHE_MODES)}, got {setting!r}")
+    return mode
+
+
+def _spelling(setting) -> str:
+    return {None: "null", True: "true", False: "false"}.get(setting, str(setting)) \
+        if setting is None or isinstance(setting, bool) else str(setting)
+
+
+def plan_cache(caches: Sequence[TeacherCache], setting, num_classes: int, log: Callable[[str], None], *,
+               deterministic: bool = True, augmentation: str = "", store_options=None,
+               limit: int | None = None) -> CachePlan:
+    """Where ``caches`` (one per image teacher, not built) should keep their outputs.
+
+    ``setting`` is ``distill.teacher_cache`` (:func:`cache_mode`).  ``auto``: ``off`` when the training
+    data is augmented (``deterministic`` false; ``augmentation`` says how) or a tapped output cannot be
+    cached, else ``memory`` when the estimate (logits ``N x num_classes`` float32 and tapped features,
+    all teachers, per process) is below ``limit`` (default :data:`AUTO_FEATURE_CACHE_BYTES`), else
+    ``disk``.  ``memory`` and ``disk`` cache whatever the size (``memory`` warns above ``limit``; an
+    output that cannot be cached is a :class:`~kdkit.errors.ConfigError`).  Tapped features are
+    estimated by running each teacher on one sample; logits only, nothing runs.  Logs the estimate
+    (with features) and returns the decision with its reason.
     """
+    from kdkit.distill.store import StoreOptions, store_nbytes
+
+    mode, said = cache_mode(setting), f"teacher_cache={_spelling(setting)}"
     limit = AUTO_FEATURE_CACHE_BYTES if limit is None else int(limit)
+    options = store_options or StoreOptions()
+    if mode == "off":
+        return CachePlan("off", f"distill.{said}")
+    if mode == "auto" and not deterministic:
+        return CachePlan("off", f"the training data is augmented{f' ({augmentation})' if augmentation else ''}, "
+                                "so the teachers' outputs differ every epoch (distill.teacher_cache=memory or disk "
+                                "caches the un-augmented images instead)")
+    with_features = any(c.paths for c in caches)
     try:
-        sizes = [c.estimate_nbytes() for c in caches]
+        sizes = [c.sample_sizes() if c.paths else {"logits": num_classes, "features": 0, "feature_bytes": 0}
+                 for c in caches]
     except ConfigError as e:
-        if setting is True:
+        if mode != "auto":
             raise
-        log(f"teacher_cache=null: the tapped teacher features cannot be cached ({e}); teachers run online")
-        return False
-    features = sum(s["features"] for s in sizes)
-    log(f"teacher cache estimate: logits {_mib(sum(s['logits'] for s in sizes))}, tapped features "
-        f"{_mib(features)} in CPU memory (teacher_cache=null caches features below {_mib(limit)})")
-    if features < limit:
-        return True
-    if setting is True:
-        log(f"WARNING: teacher_cache=true holds {_mib(features)} of teacher features in CPU memory")
-        return True
-    log("teacher_cache=null: the tapped teacher features exceed the bound, teachers run online "
-        "(distill.teacher_cache=true caches them anyway)")
-    return False
+        log(f"{said}: the tapped teacher features cannot be cached ({e}); teachers run online")
+        return CachePlan("off", f"the tapped teacher features cannot be cached ({e})")
+    rows = len(caches[0]) if caches else 0
+    logits = rows * sum(s["logits"] for s in sizes) * 4
+    features = rows * sum(s["feature_bytes"] for s in sizes)
+    memory = logits + features
+    disk = sum(store_nbytes(rows, s["logits"], s["features"], options) for s in sizes)
+    if with_features:
+        log(f"teacher cache estimate: logits {_mib(logits)}, tapped features {_mib(features)} in CPU memory "
+            f"(teacher_cache=auto keeps them in memory below {_mib(limit)}; a disk store would take {_mib(disk)})")
+    if mode == "memory":
+        if memory >= limit:
+            log(f"WARNING: {said} holds {_mib(memory)} of teacher outputs in memory in every process "
+                f"(distill.teacher_cache=disk keeps them in a memory-mapped store)")
+        return CachePlan("memory", f"distill.{said}")
+    if mode == "disk":
+        return CachePlan("disk", f"distill.{said}")
+    if memory < limit:
+        return CachePlan("memory", f"the teacher outputs take {_mib(memory)}, below the {_mib(limit)} "
+                                   "that teacher_cache=auto keeps in memory")
+    return CachePlan("disk", f"the teacher outputs would take {_mib(memory)} in every process, at least the "
+                             f"{_mib(limit)} that teacher_cache=auto keeps in memory: a disk store of {_mib(disk)} "
+                             f"({options.dtype}{f', top-{options.topk}' if options.topk else ''})")
 
 
 def describe_caches(caches: Sequence[TeacherCache]) -> str:
-    """One line on built caches: how many, and the memory their logits and features take."""
+    """One line on built caches: how many, and the memory (or disk) their logits and features take."""
+    if caches and isinstance(caches[0], DiskTeacherCache):
+        total = sum(c.store_nbytes for c in caches)
+        return (f"teacher store of {len(caches)} teacher(s) x {len(caches[0])} samples: {_mib(total)} on disk, "
+                "memory-mapped (" + "; ".join(f"{c.store.path} {'built' if c.built else 'reused'}" for c in caches)
+                + ")")
     logits, features = (sum(c.nbytes[k] for c in caches) for k in ("logits", "features"))
     devices = sorted({str(c.device) for c in caches})
     return (f"teacher cache of {len(caches)} teacher(s) x {len(caches[0]) if caches else 0} samples: logits "
             f"{_mib(logits)} on {', '.join(devices)}"
             + (f", tapped features {_mib(features)} in CPU memory" if any(c.paths for c in caches) else ""))
+
+
+class DiskTeacherCache(TeacherCache):
+    """A :class:`TeacherCache` whose outputs live in a :class:`~kdkit.distill.store.TeacherStore`:
+    written once per key by the first process that needs them (under DDP: rank 0, the other ranks
+    wait), memory-mapped and read by sample index; a later run with the same teacher weights, data
+    and options reuses the store.
+
+    :param options: the store's dtype and top-k (:class:`~kdkit.distill.store.StoreOptions`).
+    :param root: the stores' directory (default :func:`~kdkit.distill.store.store_root`).
+    :param identity: what else identifies this teacher's outputs (the teacher's config, the ``data``
+        section, the seed): part of the key.
+    :param log: where the store's waits are said.
+
+    Lookups return what :class:`TeacherCache` returns (float32 logits on ``device``, features in the
+    teacher's dtype), rounded to the store's dtype (``float32``: exact).
+    """
+
+    def __init__(self, model, dataset, device, batch_size: int = 256, forward: Callable | None = None,
+                 num_workers: int = 0, paths: Sequence[str] = (), options=None, root=None,
+                 identity: dict | None = None, log: Callable[[str], None] | None = None):
+        from kdkit.distill.store import StoreOptions
+
+        super().__init__(model, dataset, device, batch_size, forward, num_workers, paths)
+        self.options = options or StoreOptions()
+        self.root = root
+        self.identity = dict(identity or {})
+        self.log = log or (lambda m: None)
+        self.store = None
+        self.built: bool | None = None
+        self._rows = None
+
+    def key_parts(self) -> dict:
+        """What the store's key hashes (see :mod:`kdkit.distill.store`)."""
+        from kdkit.distill.store import dataset_fingerprint, weights_digest
+
+        return {"teacher": weights_digest(self.model), "identity": self.identity,
+                "data": dataset_fingerprint(self.dataset), "paths": self.paths,
+                "dtype": self.options.dtype, "topk": self.options.topk}
+
+    def _fill(self, writer) -> dict:
+        names = {path: f"feature-{i}" for i, path in enumerate(self.paths)}
+        with closing(self._evaluate(make_eval_loader(self.dataset, self.batch_size, self.num_workers))) as batches:
+            for logits, feats in batches:
+                writer.write_logits(logits)
+                for path, value in feats.items():
+                    writer.write(names[path], value)
+        return {"features": names, "feature_dtypes": {p: str(d).removeprefix("torch.") for p, d in self._dtypes.items()}}
+
+    def build(self):
+        """Open the store of this key, building it first when no complete one exists."""
+        import torch
+
+        from kdkit.distill.store import StoreRows, TeacherStore, store_key, store_root
+        from kdkit.engine import distributed as dist
+        from kdkit.errors import KdkitError
+
+        main = dist.is_main()
+        parts = dist.broadcast_object(self.key_parts() if main else None)  # one key for every rank
+        self.store = store = TeacherStore(store_root(self.root), store_key(parts), parts)
+        failure = built = None
+        if main:
+            try:
+                built = store.ensure(len(self), self.options, self._fill, self.log)
+            except KdkitError as exc:
+                failure = exc
+        # the other ranks wait here while rank 0 builds, and fail with it (no rank is left at a barrier)
+        built, error = dist.broadcast_object((built, None if failure is None else (type(failure), str(failure))))
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise error[0](error[1])
+        manifest, arrays = store.open(verify=False)
+        if manifest["rows"] != len(self):
+            raise KdkitError(f"teacher store {store.path}: {manifest['rows']} rows for {len(self)} samples; "
+                             f"remove it to rebuild it (rm -r {store.path})")
+        self.built = bool(built)
+        self._rows = StoreRows(manifest, arrays)
+        self._features = {path: name for path, name in manifest["features"].items()}
+        self._dtypes = {path: getattr(torch, name) for path, name in manifest["feature_dtypes"].items()}
+        self._table = torch.empty(0)  # built: TeacherCache's table is not used
+        return self._table
+
+    def _ensure(self):
+        if self._rows is None:
+            self.build()
+        return self._rows
+
+    @property
+    def store_nbytes(self) -> int:
+        """Bytes of the store's shards on disk."""
+        return self._ensure().nbytes
+
+    @property
+    def nbytes(self) -> dict:
+        """``{"logits": bytes, "features": bytes}`` of the store on disk."""
+        rows = self._ensure()
+        shards = rows.manifest["shards"]
+        features = sum(int(shards[name]["bytes"]) for name in rows.manifest["features"].values())
+        return {"logits": rows.nbytes - features, "features": features}
+
+    def __getitem__(self, indices):
+        return self._ensure().logits(indices).to(self.device)
+
+    def features(self, indices) -> dict:
+        rows = self._ensure()
+        return {path: rows.rows(name, indices).to(self.device, dtype=self._dtypes[path])
+                for path, name in self._features.items()}

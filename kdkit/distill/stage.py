@@ -68,6 +68,10 @@ class StudentResult:
     agreement: dict | None
     #: whether the teachers' outputs came from a teacher cache
     cached: bool
+    #: where they were kept: ``memory``, ``disk`` or ``off`` (:class:`~kdkit.distill.cache.CachePlan`)
+    cache_mode: str = "off"
+    #: why (the log says it too)
+    cache_reason: str = ""
 
     @property
     def summary(self) -> dict:
@@ -100,6 +104,16 @@ def _plain_view(dataset):
     if hasattr(dataset, "with_augment"):
         return dataset.with_augment("none")
     return dataset
+
+
+def _augmentation(dataset) -> str:
+    """``augment=LEVEL`` of the base dataset behind ``Subset`` s ("" when it has none)."""
+    from torch.utils.data import Subset
+
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    aug = getattr(dataset, "augment", None)
+    return f"data.augment={aug}" if aug not in (None, "none", False) else ""
 
 
 def _is_deterministic(dataset) -> bool:
@@ -238,7 +252,7 @@ class StudentStage:
             "distill"[, seed_tag])``.
         """
         from kdkit.distill.agreement import TeacherAgreement
-        from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
+        from kdkit.distill.cache import describe_caches
         from kdkit.distill.step import DistillStep
         from kdkit.distill.terms import agreement_samples
         from kdkit.engine import Stage, WithIndex
@@ -254,26 +268,17 @@ class StudentStage:
         self._distiller_trained = True
 
         # teacher outputs — the logits and the features the terms tap — cached once per sample index
-        # when the teacher's input is deterministic; null (auto) caches features only when they fit
+        # when the teacher's input is deterministic: in memory, or in the disk store when they are large
         setting = dcfg.teacher_cache if cache is None else cache
-        use_cache = _is_deterministic(train) if setting is None else setting
-        caches = built = None  # one per teacher (None for a LogitsTeacher); the image teachers' alone
-        if use_cache and any(not isinstance(t, LogitsTeacher) for t in teachers):
-            view = _plain_view(train)
-            bs = int(cfg.train.eval_batch_size)
-            paths = distiller.teacher_paths(len(teachers))
-            caches = [None if isinstance(t, LogitsTeacher) else TeacherCache(t, view, ctx.device, bs, paths=p)
-                      for t, p in zip(teachers, paths)]
-            built = [c for c in caches if c is not None]
-            if any(c.paths for c in built) and not feature_caches_fit(built, setting,
-                                                                       lambda m: ctx.log(f"{method}: {m}")):
-                caches = built = None  # teachers run online, their taps give the features
+        plan, caches = self._cache_plan(num_classes, teachers, train, distiller, setting, from_method=cache is not None)
+        built = [c for c in caches if c is not None] if caches is not None else None
         if caches is not None:
             for c in built:
                 c.build()
             ctx.log(f"{method}: {describe_caches(built)}")
             if not _is_deterministic(train):
-                ctx.log(f"{method}: teacher_cache=true with augmented training data: teachers see un-augmented images")
+                ctx.log(f"{method}: teacher cache ({plan.mode}) with augmented training data: the teachers see "
+                        "un-augmented images")
 
         student = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(references), list(references.values()), ctx.log, agreement_samples(dcfg))
@@ -294,7 +299,53 @@ class StudentStage:
                             before_epoch_fn=step.before_epoch))
         agreement.finish()
         return StudentResult(name=name, model=student, result=res, distiller=distiller, agreement=agreement.report,
-                             cached=caches is not None)
+                             cached=caches is not None, cache_mode=plan.mode, cache_reason=plan.reason)
+
+    def _cache_plan(self, num_classes: int, teachers: Sequence, train, distiller: "Distiller", setting,
+                    from_method: bool) -> tuple:
+        """``(CachePlan, caches)``: where the image teachers' outputs are kept (logged with the reason)
+        and one cache per teacher (``None`` for a :class:`LogitsTeacher`; ``caches`` is ``None`` when
+        the teachers run on every batch)."""
+        from kdkit.distill.cache import CachePlan, DiskTeacherCache, TeacherCache, cache_mode, plan_cache
+        from kdkit.distill.store import StoreOptions
+
+        ctx, cfg = self.ctx, self.config
+        method = cfg.method
+        dcfg = cfg.distill
+        log = lambda m: ctx.log(f"{method}: {m}")  # noqa: E731
+        mode = cache_mode(setting)
+        view = _plain_view(train)
+        bs = int(cfg.train.eval_batch_size)
+        paths = distiller.teacher_paths(len(teachers))
+        caches = [None if isinstance(t, LogitsTeacher) else TeacherCache(t, view, ctx.device, bs, paths=p)
+                  for t, p in zip(teachers, paths)] if mode != "off" else None
+        options = None
+        if mode in ("auto", "disk"):
+            options = StoreOptions(dtype=dcfg.teacher_store_dtype, topk=int(dcfg.teacher_store_topk))
+        if not any(not isinstance(t, LogitsTeacher) for t in teachers):
+            plan = CachePlan("off", "no teacher is a network to cache (their logits come from tables or functions)")
+        elif from_method and mode == "off":
+            plan = CachePlan("off", f"the {method} method runs these teachers on every batch")
+        else:
+            plan = plan_cache([c for c in caches if c is not None] if caches else [], setting, num_classes, log,
+                              deterministic=_is_deterministic(train), augmentation=_augmentation(train),
+                              store_options=options)
+        if plan.mode == "disk" and options.topk and options.topk >= num_classes:
+            raise ConfigError(f"config key distill.teacher_store_topk: {options.topk} is not below the "
+                              f"{num_classes} classes; 0 stores the dense logits")
+        log(f"teacher cache: {plan.mode} ({plan.reason})" if plan.cached else
+            f"teacher cache off: {plan.reason}; the teachers run on every batch")
+        if plan.mode == "off":
+            return plan, None
+        if plan.mode == "memory":
+            return plan, caches
+        data = {k: v for k, v in cfg.data.items() if k != "augment"}  # the store holds the un-augmented view
+        return plan, [None if isinstance(t, LogitsTeacher) else
+                      DiskTeacherCache(t, view, ctx.device, bs, paths=p, options=options, root=ctx.cache_dir,
+                                       identity={"teacher": self.teachers[i] if i < len(self.teachers) else i,
+                                                 "data": data},
+                                       log=log)
+                      for i, (t, p) in enumerate(zip(teachers, paths))]
 
 
 class StudentTeachers:

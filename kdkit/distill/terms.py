@@ -69,8 +69,16 @@ def distill_section(**overrides) -> dict:
                                  "teacher_index, options, name}] (feature terms tap module paths)", type=list),
         "combine": ConfigKey("avg_logits", "how several teachers combine", choices=COMBINE_RULES),
         "ema_momentum": ConfigKey(0.9, "momentum of the ema_inv_loss teacher weights", range="[0, 1)"),
-        "teacher_cache": ConfigKey(None, "cache teacher logits and tapped features per sample (null: when the "
-                                         "training data is un-augmented and features fit in 2 GiB)", type=bool),
+        "teacher_cache": ConfigKey("auto", "where teacher logits and tapped features are cached per sample: "
+                                           "memory, disk (a memory-mapped store in the cache directory, reused by "
+                                           "later runs), off, or auto (off for augmented data, memory below 2 GiB, "
+                                           "else disk); null/true/false mean auto/memory/off",
+                                   type=(str, bool), choices=("auto", "memory", "disk", "off", True, False),
+                                   nullable=True),
+        "teacher_store_dtype": ConfigKey("float16", "dtype of the disk store's logits and features",
+                                         choices=("float16", "bfloat16", "float32")),
+        "teacher_store_topk": ConfigKey(0, "the disk store keeps each sample's k largest logits, the other classes "
+                                           "their mean (0: dense logits)", range="[0, inf)"),
         "agreement_samples": ConfigKey(512, "check teacher argmax against labels on this many training "
                                             "samples, warn when far below its validation top-1 (0: off)",
                                        range="[0, inf)"),

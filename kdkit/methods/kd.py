@@ -97,6 +97,7 @@ class KDMethod(Method):
         summary["student"] = {**student.summary, "name": cfg.student.name}
         summary["distill"] = {"combine": dcfg.combine, "loss": dcfg.loss, "alpha": distiller.ce_weight,
                               "temperature": distiller.temperature, "teacher_cache": student.cached,
+                              "teacher_cache_mode": student.cache_mode, "teacher_cache_reason": student.cache_reason,
                               "terms": student.terms, "teacher_weights": student.teacher_weights,
                               "teacher_agreement": student.agreement}
         summary["selection"] = {"select_on": cfg.checkpoint.select_on, "metric": "top1 (test, best epoch)"}

@@ -12,7 +12,7 @@ from kdkit.distill import FeatureTaps, TeacherCombiner
 from kdkit.distill.step import DistillStep
 from kdkit.distill.distiller import Distiller
 from kdkit.distill.terms import TermSpec
-from kdkit.distill.cache import TeacherCache, describe_caches, feature_caches_fit
+from kdkit.distill.cache import TeacherCache, describe_caches, plan_cache
 from kdkit.engine import WithIndex
 from kdkit.errors import ConfigError
 
@@ -127,26 +127,44 @@ def test_outputs_that_cannot_be_cached_and_wrong_paths():
         TeacherCache(Teacher(), Tagged(), torch.device("cpu"), paths=["unused"]).estimate_nbytes()
     logs: list[str] = []
     tuple_cache = [TeacherCache(Teacher(), Tagged(), torch.device("cpu"), paths=["pair"])]
-    assert feature_caches_fit(tuple_cache, None, logs.append) is False  # auto: run the teacher online
-    assert "cannot be cached" in logs[-1]
-    with pytest.raises(ConfigError, match="not a tensor"):
-        feature_caches_fit(tuple_cache, True, logs.append)
+    plan = plan_cache(tuple_cache, None, 3, logs.append)  # auto: run the teacher online
+    assert plan.mode == "off" and "cannot be cached" in plan.reason and "cannot be cached" in logs[-1]
+    for setting in (True, "memory", "disk"):
+        with pytest.raises(ConfigError, match="not a tensor"):
+            plan_cache(tuple_cache, setting, 3, logs.append)
 
 
 def test_the_auto_bound_on_the_estimate():
     caches = [TeacherCache(OracleTeacher(), Tagged(), torch.device("cpu"), paths=["body"]) for _ in range(2)]
-    size = 2 * N * 2 * 4 * 4 * 4  # both teachers' features
+    features = 2 * N * 2 * 4 * 4 * 4  # both teachers' features
+    size = features + 2 * N * 3 * 4  # and their logits
     logs: list[str] = []
-    assert feature_caches_fit(caches, None, logs.append, limit=size + 1) is True
-    assert f"tapped features {size / 2 ** 10:.1f} KiB in CPU memory" in logs[-1] and "below 2.0 GiB" not in logs[-1]
-    feature_caches_fit(caches, None, logs.append)
-    assert "caches features below 2.0 GiB" in logs[-1]
-    assert feature_caches_fit(caches, None, logs.append, limit=size) is False
-    assert "exceed the bound, teachers run online" in logs[-1]
-    assert feature_caches_fit(caches, True, logs.append, limit=size) is True  # true: cached whatever the size
-    assert logs[-1].startswith("WARNING")
+    plan = plan_cache(caches, None, 3, logs.append, limit=size + 1)
+    assert (plan.mode, plan.cached) == ("memory", True) and "below" in plan.reason
+    assert f"tapped features {features / 2 ** 10:.1f} KiB in CPU memory" in logs[-1] and "below 2.0 GiB" not in logs[-1]
+    plan_cache(caches, "auto", 3, logs.append)
+    assert "keeps them in memory below 2.0 GiB" in logs[-1]
+    plan = plan_cache(caches, None, 3, logs.append, limit=size)  # at the bound: the disk store
+    assert plan.mode == "disk" and "disk store of" in plan.reason
+    assert plan_cache(caches, True, 3, logs.append, limit=size).mode == "memory"  # true: in memory whatever the size
+    assert logs[-1].startswith("WARNING: teacher_cache=true holds")
+    assert plan_cache(caches, "disk", 3, logs.append, limit=10 ** 12).mode == "disk"
+    for off in (False, "off"):
+        plan = plan_cache(caches, off, 3, logs.append)
+        assert (plan.mode, plan.cached) == ("off", False) and "distill.teacher_cache=" in plan.reason
+    plan = plan_cache(caches, None, 3, logs.append, deterministic=False, augmentation="data.augment=weak")
+    assert plan.mode == "off" and "augmented (data.augment=weak)" in plan.reason
+    assert plan_cache(caches, "disk", 3, logs.append, deterministic=False).mode == "disk"  # asked for: the plain view
+    with pytest.raises(ConfigError, match="expected one of auto, memory, disk, off"):
+        plan_cache(caches, "maybe", 3, logs.append)
     assert all(c._table is None for c in caches)  # estimating built nothing
     assert describe_caches(caches).startswith(f"teacher cache of 2 teacher(s) x {N} samples")
+
+
+def test_logits_only_estimates_run_no_teacher():
+    teacher = OracleTeacher()
+    plan = plan_cache([TeacherCache(teacher, Tagged(), torch.device("cpu"))], None, 3, [].append, limit=N * 3 * 4)
+    assert plan.mode == "disk" and teacher.calls == 0  # N x 3 float32 logits: at the bound
 
 
 class RecordingFeatureLoss:

@@ -162,7 +162,7 @@ def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path, monke
                                "ema_inv_loss, got 'median'"),
     ("distill.terms=[{loss: nope}]", "unknown loss 'nope'"),
     ("distill.terms=[{loss: fitnet, student: a, teacher: b, teacher_index: 3}]", "teacher_index 3, but there are 1"),
-    ("distill.teacher_cache=maybe", "config key distill.teacher_cache: expected bool or null, got str"),
+    ("distill.teacher_cache=maybe", "config key distill.teacher_cache: expected one of auto, memory, disk, off"),
 ])
 def test_bad_distill_settings_fail_before_a_run_directory_exists(tmp_path, manager, item, message):
     from kdkit.engine import train

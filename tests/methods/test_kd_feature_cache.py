@@ -1,6 +1,6 @@
 """kd with a feature term (fitnet) trains from the teacher cache — logits and tapped features looked up
 by sample index, the teacher never run in the student stage — along the trajectory of the online
-teacher; ``teacher_cache: null`` runs the teachers online when the features exceed the bound."""
+teacher; ``teacher_cache: auto`` moves them to the disk store when they exceed the memory bound."""
 from __future__ import annotations
 
 import json
@@ -53,8 +53,8 @@ def test_fitnet_from_the_cache_follows_the_online_teacher(tmp_path, manager, mon
 
     monkeypatch.setattr(kdkit.distill.cache, "AUTO_FEATURE_CACHE_BYTES", 1024)  # the features exceed the bound
     big = train("kd", sets=FITNET, out=tmp_path / "big", manager=manager)
-    assert big["distill"]["teacher_cache"] is False
-    assert "exceed the bound, teachers run online" in (tmp_path / "big" / "train.log").read_text()
+    assert big["distill"]["teacher_cache"] is True and big["distill"]["teacher_cache_mode"] == "disk"
+    assert "teacher cache: disk (the teacher outputs would take" in (tmp_path / "big" / "train.log").read_text()
     forced = train("kd", sets=FITNET + ["distill.teacher_cache=true"], out=tmp_path / "forced", manager=manager)
     assert forced["distill"]["teacher_cache"] is True
     assert "WARNING: teacher_cache=true holds" in (tmp_path / "forced" / "train.log").read_text()
