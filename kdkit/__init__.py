@@ -47,6 +47,8 @@ _LAZY = {
     "atomic_torch_save": "kdkit.files",
     "atomic_write_text": "kdkit.files",
     "cache_root": "kdkit.paths",
+    # models: a local weights file into any model (DDP / compile / wrapper prefixes handled)
+    "load_weights": "kdkit.models.weights",
     # several processes
     "all_gather_with_grad": "kdkit.engine.distributed",
     "all_reduce_mean": "kdkit.engine.distributed",

@@ -89,7 +89,7 @@ PUBLIC = {
         "get_registry", "get_plugin_manager", "lazy_import",
         "ConfigKey", "base_config", "train_section", "Method", "RunContext", "Stage", "StageResult", "TrainingError",
         "freeze", "classification_eval", "to_device", "derive_seed", "seed_everything", "atomic_torch_save",
-        "atomic_write_text", "cache_root", "all_gather_with_grad", "all_reduce_mean", "is_main_process",
+        "atomic_write_text", "cache_root", "load_weights", "all_gather_with_grad", "all_reduce_mean", "is_main_process",
         "mean_average_precision", "ClipEncoder", "build_clip",
     },
     "kdkit.distill": {

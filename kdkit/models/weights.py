@@ -15,7 +15,9 @@ log = logging.getLogger("kdkit.models")
 
 #: Keys under which checkpoint dicts commonly keep the model's state dict, tried in order.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "student", "weights", "params")
-_PREFIXES = ("module.", "_orig_mod.")
+#: Wrapper prefixes a saved key may carry (DDP, torch.compile, a wrapper module such as Lightning's or
+#: kdkit's Hugging Face one) and the model's own keys may carry too: keys are matched without them.
+PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -75,23 +77,41 @@ def _strip(key: str) -> str:
     changed = True
     while changed:
         changed = False
-        for p in _PREFIXES:
+        for p in PREFIXES:
             if key.startswith(p):
                 key, changed = key[len(p):], True
     return key
 
 
+def _match_keys(state: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` renamed to the model's keys: an exact key stays; any other is matched with the
+    :data:`PREFIXES` removed on both sides (``module.fc.weight`` -> ``fc.weight``, ``fc.weight`` ->
+    ``model.fc.weight``); an unmatched key keeps its name without them."""
+    by_bare: dict[str, str] = {}
+    for name in own:
+        by_bare.setdefault(_strip(name), name)
+    out: dict[str, Any] = {}
+    for name, tensor in state.items():
+        target = name if name in own else by_bare.get(_strip(name), _strip(name))
+        out.setdefault(target, tensor)
+    return out
+
+
 def load_weights(
     model: nn.Module,
     path: str | os.PathLike,
-    *,
     key: str | None = None,
     strict: bool = True,
 ) -> dict[str, list[str]]:
     """Load a local weights file (a state dict, or a checkpoint dict containing one) into ``model``.
 
-    The file is read with ``torch.load(weights_only=True)``; ``module.`` / ``_orig_mod.``
-    prefixes (DDP, ``torch.compile``) are removed.  Classifier parameters whose shape differs
+    :param key: where the state dict is inside a checkpoint dict (dotted, e.g. ``"models.student"``);
+        ``None``: found automatically (``state_dict``, ``model``, ... or the one state dict in it).
+    :param strict: any weight that does not fit is an error (``False``: skipped with a logged note).
+
+    The file is read with ``torch.load(weights_only=True)``; keys are matched without the
+    ``module.`` / ``_orig_mod.`` / ``model.`` prefixes of DDP, ``torch.compile`` and wrapper modules
+    (on either side).  Classifier parameters whose shape differs
     (another number of classes) are skipped with a logged note, so the new head keeps its
     fresh initialisation.  Any other missing, unexpected or mis-shaped parameter is an error
     when ``strict`` (the default); with ``strict=False`` they are skipped with a note.
@@ -106,8 +126,8 @@ def load_weights(
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
         raise DataError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    state = {_strip(k): v for k, v in extract_state_dict(obj, key, path=path).items()}
     own = model.state_dict()
+    state = _match_keys(extract_state_dict(obj, key, path=path), own)
     head = classifier_prefix(model)
 
     def is_head(name: str) -> bool:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from kdkit.config import ConfigKey
 from kdkit.errors import ConfigError
+from kdkit.registry import WEIGHT_OPTIONS
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from torch import nn
@@ -115,11 +116,7 @@ def model_options(name: str) -> dict[str, ConfigKey]:
            if p.name != "num_classes"}
     options = {option: ConfigKey(default, OPTION_HELP[option], range="[1, inf)" if option in _COUNTED else None)
                for option, default in own.items()}
-    options.update({
-        "pretrained": ConfigKey(None, OPTION_HELP["pretrained"], type=str, file=True),
-        "pretrained_key": ConfigKey(None, OPTION_HELP["pretrained_key"], type=str),
-        "pretrained_strict": ConfigKey(True, OPTION_HELP["pretrained_strict"]),
-    })
+    options.update(WEIGHT_OPTIONS)  # the declaration every model shares
     return options
 
 
@@ -132,7 +129,4 @@ OPTION_HELP = {
     "width": "channels of the first stage (later stages double it)",
     "in_channels": "input channels (3: RGB images)",
     "small_input": "CIFAR-style stem (3x3 conv, no max-pool) for 32 px inputs",
-    "pretrained": "weights file to load (a state dict or a checkpoint holding one)",
-    "pretrained_key": "key of the state dict inside the weights file (null: found automatically)",
-    "pretrained_strict": "every weight must match (false: load what matches, report the rest)",
 }

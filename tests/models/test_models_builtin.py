@@ -18,9 +18,10 @@ def collect(hook_name):
     pm.register(builtin)
     seen = {}
 
-    def register(name, target, description="", *, options=None):
+    def register(name, target, description="", *, options=None, **metadata):
         assert description and options is not None  # every built-in model declares its options
-        seen.setdefault(name, target)
+        if not name.endswith(":"):  # "torchvision:" and co. are sources (tests/models/test_sources.py)
+            seen.setdefault(name, target)
 
     getattr(pm.hook, hook_name)(register=register)
     return seen

@@ -52,21 +52,20 @@ def pooled_cosine():
     return PooledCosine()
 
 
-def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3,
-                    pretrained: str | None = None, **_ignored):
+def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3):
     """Build the ``example_tinynet`` teacher: conv-BN-ReLU x3, global pooling, a linear head.
 
-    Works for any input size.  ``pretrained`` is a local weights file (a state dict saved with
-    ``torch.save``), loaded with ``weights_only=True``; nothing is ever downloaded.
+    Works for any input size.  It takes no ``pretrained`` option of its own: kdkit gives every
+    teacher and student ``pretrained`` (a local weights file), ``pretrained_key`` and
+    ``pretrained_strict``, and loads the file with ``kdkit.load_weights`` once this returns.
     """
-    import torch
     from torch import nn
 
     def block(cin, cout, stride):
         return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-    model = nn.Sequential(
+    return nn.Sequential(
         *block(in_channels, width, 1),
         *block(width, 2 * width, 2),
         *block(2 * width, 4 * width, 2),
@@ -74,13 +73,6 @@ def example_tinynet(num_classes: int, width: int = 16, in_channels: int = 3,
         nn.Flatten(),
         nn.Linear(4 * width, num_classes),
     )
-    if pretrained:
-        try:
-            state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise kdkit.ConfigError(f"example_tinynet: pretrained weights file not found: {pretrained}") from None
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    return model
 
 
 # Each component is declared once: what builds it (the callable, or a lazy "module:attribute" path)
@@ -101,6 +93,4 @@ def kdkit_register_teachers(register):
     register("example_tinynet", example_tinynet,
              description="three-layer CNN teacher for small images (example plugin)",
              options={"width": kdkit.ConfigKey(16, "channels of the first layer", range="[1, inf)"),
-                      "in_channels": kdkit.ConfigKey(3, "input channels", range="[1, inf)"),
-                      "pretrained": kdkit.ConfigKey(None, "local weights file (a state dict)", type=str,
-                                                    file=True)})
+                      "in_channels": kdkit.ConfigKey(3, "input channels", range="[1, inf)")})
