@@ -45,17 +45,27 @@ def _lines(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("cache", ["auto", "disk"])
+def test_two_gloo_processes_match_one_process(tmp_path, cache):
     """Per epoch and per rank (before any best.pt is reloaded), with the teacher-logit cache (an
-    index lookup) and an oracle teacher whose agreement with the labels must stay 100 %."""
+    index lookup: in memory, or in the disk store that rank 0 builds while rank 1 waits, each rank then
+    reading its own rows) and an oracle teacher whose agreement with the labels must stay 100 %."""
     sets = [s for s in SETS if not s.startswith("teachers=")] + ["teachers=[{name: mlp}, {name: oracle_label}]",
-                                                                 "data.name=tagged_shapes"]
+                                                                 "data.name=tagged_shapes",
+                                                                 f"distill.teacher_cache={cache}"]
     oracle = ["--plugins-module", "kdkit_oracle_testplugin"]
-    one = kdkit_cli(oracle + _args(tmp_path / "one", sets), KDTEST_DUMP=tmp_path / "w1")
+    one = kdkit_cli(oracle + _args(tmp_path / "one", sets), KDTEST_DUMP=tmp_path / "w1",
+                    KDKIT_CACHE_DIR=tmp_path / "cache1")
     assert one.returncode == 0, one.stderr
-    two = kdkit_cli(oracle + _args(tmp_path / "two", sets), nproc=2, KDTEST_DUMP=tmp_path / "w2")
+    two = kdkit_cli(oracle + _args(tmp_path / "two", sets), nproc=2, KDTEST_DUMP=tmp_path / "w2",
+                    KDKIT_CACHE_DIR=tmp_path / "cache2")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
+    if cache == "disk":  # each run built its own stores, one per teacher, once (rank 0 logs)
+        for run, store in (("one", "cache1"), ("two", "cache2")):
+            log = (tmp_path / run / "train.log").read_text()
+            assert log.count("teacher store of 2 teacher(s)") == 1 and log.count(" built") == 2
+            assert len(list((tmp_path / store / "teacher-store").glob("*/manifest.json"))) == 2
     assert_same_trajectory(tmp_path / "w1", tmp_path / "w2", ["teacher.mlp", "student"])
 
     for stage in ("teacher.mlp", "student"):
@@ -77,6 +87,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     sb = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert sa["student"]["top1"] == sb["student"]["top1"]
     assert sa["distill"]["teacher_cache"] is True
+    assert sa["distill"]["teacher_cache_mode"] == sb["distill"]["teacher_cache_mode"] == \
+        ("disk" if cache == "disk" else "memory")
     for s in (sa, sb):
         assert s["distill"]["teacher_agreement"]["teachers"]["teacher.oracle_label"]["agreement"] == 100.0
 

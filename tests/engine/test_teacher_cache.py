@@ -12,9 +12,10 @@ from kdkit.distill import FeatureTaps, TeacherCombiner
 from kdkit.distill.step import DistillStep
 from kdkit.distill.distiller import Distiller
 from kdkit.distill.terms import TermSpec
-from kdkit.distill.cache import TeacherCache, describe_caches, plan_cache
+from kdkit.distill.cache import DiskTeacherCache, TeacherCache, describe_caches, plan_cache
+from kdkit.distill.store import StoreOptions
 from kdkit.engine import WithIndex
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, KdkitError
 
 N = 37
 
@@ -195,17 +196,23 @@ def _identities(images: torch.Tensor) -> torch.Tensor:
     return images[:, 0, 0, 0].round().long()
 
 
+@pytest.mark.parametrize("store", ["memory", "disk"])
 @pytest.mark.parametrize("lose_the_index", [False, True])
-def test_the_step_hands_each_sample_its_own_cached_feature(monkeypatch, lose_the_index):
+def test_the_step_hands_each_sample_its_own_cached_feature(monkeypatch, tmp_path, lose_the_index, store):
     """Shuffled batches of a Subset whose positions differ from the samples' identities: the feature a
-    term sees is, row by row, the cached feature of the image in that row — and the teacher does not
-    run.  With the index lost (the batch's last element is the label), the check catches it."""
+    term sees is, row by row, the cached feature of the image in that row — from memory as from the
+    disk store — and the teacher does not run.  With the index lost (the batch's last element is the
+    label), the check catches it."""
     if lose_the_index:
         monkeypatch.setattr(WithIndex, "__getitems__", lambda self, indices: [self.dataset[i] for i in indices])
     g = torch.Generator().manual_seed(0)
     train = Subset(Tagged(), torch.randperm(N, generator=g)[:29].tolist())  # position != identity
     teacher = OracleTeacher().eval()
-    cache = TeacherCache(teacher, train, torch.device("cpu"), batch_size=8, paths=["body"])
+    if store == "disk":  # float32: the oracle's values exactly
+        cache = DiskTeacherCache(teacher, train, torch.device("cpu"), batch_size=8, paths=["body"], root=tmp_path,
+                                 options=StoreOptions(dtype="float32"))
+    else:
+        cache = TeacherCache(teacher, train, torch.device("cpu"), batch_size=8, paths=["body"])
     cache.build()
     calls = teacher.calls
     loss = RecordingFeatureLoss()
@@ -249,3 +256,99 @@ def test_a_cache_without_the_tapped_path_is_refused():
     cache = TeacherCache(teacher, Tagged(), torch.device("cpu"))  # logits only
     with pytest.raises(ConfigError, match="its cache holds the outputs of no module, not of body"):
         _step(cache, teacher, RecordingFeatureLoss())
+
+
+# --- through a whole kd run: the oracle teacher behind the disk store ------------------------------
+
+ORACLE_BASE = [
+    "data.name=tagged_shapes", "baseline.enabled=false", "data.train_per_class=8", "data.test_per_class=4",
+    "student.name=probe", "distill.loss=record_kl", "teacher_train.epochs=1", "teacher_train.batch_size=16",
+    "train.epochs=2", "train.batch_size=16", "logging.progress=false", "teachers=[{name: oracle_sample}]",
+]
+
+
+@pytest.fixture
+def oracle_manager(monkeypatch, tmp_path):
+    import kdkit_engine_testplugin
+    import kdkit_oracle_testplugin as oracle
+
+    from kdkit.plugins import plugin_manager_for_testing
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    with plugin_manager_for_testing(kdkit_engine_testplugin, oracle) as pm:
+        oracle.reset_record()
+        yield pm
+
+
+def _oracle_steps():
+    """``(positions of the student's batch, teacher logits the loss saw)`` of every training step."""
+    from kdkit_oracle_testplugin import RECORD
+
+    ids, seen = RECORD["student_ids"], RECORD["teacher_logits"]
+    assert ids and len(ids) == len(seen)
+    return list(zip(ids, seen))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_loss_sees_each_samples_own_oracle_outputs_through_the_store(oracle_manager, tmp_path, dtype):
+    """tagged_shapes (class-sorted, the validation split held out: the training data is a Subset whose
+    positions are not the base dataset's), a shuffling loader, the disk store: at every step the loss
+    receives, row by row, the oracle's logits of exactly the samples in the student's batch (rounded to
+    the store's dtype); a second run reuses the store."""
+    import kdkit_oracle_testplugin as oracle
+
+    from kdkit.engine import train
+
+    sets = ORACLE_BASE + ["data.augment=none", "distill.teacher_cache=disk", f"distill.teacher_store_dtype={dtype}"]
+    summary = train("kd", sets=sets, out=tmp_path / "run", manager=oracle_manager)
+    d = summary["distill"]
+    assert (d["teacher_cache"], d["teacher_cache_mode"], d["teacher_cache_reason"]) == \
+        (True, "disk", "distill.teacher_cache=disk")
+    steps = _oracle_steps()
+    first = torch.cat([p for p, _ in steps[:3]])
+    assert not torch.equal(first, first.sort().values)  # shuffled
+    half = getattr(torch, dtype)
+    for positions, seen in steps:
+        torch.testing.assert_close(seen, oracle.sample_vector(positions, 10).to(half).float(), rtol=0, atol=0)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "teacher cache: disk (distill.teacher_cache=disk)" in log and " built)" in log
+
+    oracle.reset_record()
+    train("kd", sets=sets, out=tmp_path / "again", manager=oracle_manager)
+    assert " reused)" in (tmp_path / "again" / "train.log").read_text()
+    for positions, seen in _oracle_steps():
+        torch.testing.assert_close(seen, oracle.sample_vector(positions, 10).to(half).float(), rtol=0, atol=0)
+
+
+def test_augmented_data_turns_the_cache_off_and_says_why(oracle_manager, tmp_path):
+    from kdkit.engine import train
+
+    summary = train("kd", sets=ORACLE_BASE + ["data.augment=weak"], out=tmp_path / "run", manager=oracle_manager)
+    d = summary["distill"]
+    assert (d["teacher_cache"], d["teacher_cache_mode"]) == (False, "off")
+    assert d["teacher_cache_reason"].startswith("the training data is augmented (data.augment=weak)")
+    assert "kd: teacher cache off: the training data is augmented (data.augment=weak)" in \
+        (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_corrupt_store_shard_is_one_line_and_exit_2(tmp_path):
+    """The CLI: a store damaged after it was built stops the next run with one line, exit status 2."""
+    from kdkit_engine_testutil import kdkit_cli
+
+    cache = tmp_path / "cache"
+    args = ["--plugins-module", "kdkit_engine_testplugin", "--plugins-module", "kdkit_oracle_testplugin", "train",
+            "--plugin", "kd"]
+    sets = [x for s in ORACLE_BASE + ["data.augment=none", "distill.teacher_cache=disk", "train.epochs=1"]
+            for x in ("--set", s)]
+    first = kdkit_cli(args + ["--out", str(tmp_path / "one")] + sets, KDKIT_CACHE_DIR=str(cache))
+    assert first.returncode == 0, first.stderr[-2000:]
+    shard, = (cache / "teacher-store").glob("*/logits.npy")
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    second = kdkit_cli(args + ["--out", str(tmp_path / "two")] + sets, KDKIT_CACHE_DIR=str(cache))
+    assert second.returncode == 2
+    errors = [ln for ln in second.stderr.splitlines() if ln.startswith("kdkit: error:")]
+    assert len(errors) == 1 and "Traceback" not in second.stderr
+    assert f"teacher store {shard.parent}: shard logits.npy is corrupt" in errors[0]
+    assert f"rm -r {shard.parent}" in errors[0]
