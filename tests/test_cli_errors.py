@@ -84,9 +84,21 @@ BAD_INVOCATIONS = {
     "epochs 0": (_train("--set", "train.epochs=0"), "config key train.epochs: expected int in [1, inf), got 0"),
     "teacher epochs 0": (_train("--set", "teacher_train.epochs=0"), "config key teacher_train.epochs: expected int"),
     "teacher lr negative": (_train("--set", "teacher_train.lr=-0.1"), "config key teacher_train.lr: expected float"),
-    "unknown optimizer": (_train("--set", "train.optimizer=lion"), "config key train.optimizer: expected one of sgd"),
+    "unknown optimizer": (_train("--set", "train.optimizer=lion"), "config key train.optimizer: unknown optimizer "
+                                                                   "'lion'; valid: sgd, adam, adamw, ASGD"),
     "unknown scheduler": (_train("--set", "teacher_train.scheduler=poly"), "config key teacher_train.scheduler: "
-                                                                           "expected one of none, cosine"),
+                                                                           "unknown scheduler 'poly'; did you mean "
+                                                                           "PolynomialLR? valid: none, constant"),
+    "optimizer option": (_train("--set", "train.optimizer=AdamW", "--set", "train.optimizer_options.beta=0.9"),
+                         "config key train.optimizer_options: AdamW takes no option 'beta'; valid: betas"),
+    "scheduler option": (_train("--set", "teacher_train.scheduler=OneCycleLR", "--set",
+                                "teacher_train.scheduler_options.pct=0.3"),
+                         "OneCycleLR takes no option 'pct'; valid: max_lr, total_steps"),
+    "ReduceLROnPlateau": (_train("--set", "train.scheduler=ReduceLROnPlateau"), "ReduceLROnPlateau is not supported"),
+    "accumulate 0": (_train("--set", "train.accumulate=0"), "config key train.accumulate: expected int in [1, inf)"),
+    "unknown precision": (_train("--set", "train.precision=fp8"), "config key train.precision: expected one of auto, "
+                                                                  "fp32, bf16, fp16, got 'fp8'"),
+    "early stop key": (_train("--set", "train.early_stop.wait=2"), "unknown config key 'train.early_stop.wait'"),
     "unknown dataset": (_train("--set", "data.name=imagenet22k"), "unknown dataset 'imagenet22k'; valid choices:"),
     "unknown student": (_train("--set", "student.name=vit_huge"), "unknown student 'vit_huge'; valid choices:"),
     "unknown teacher": (_train("--set", "teachers.0.name=vit_huge"), "unknown teacher 'vit_huge'; valid choices:"),

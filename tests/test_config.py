@@ -274,7 +274,7 @@ def test_plain_values_over_engine_keys_keep_the_engine_declaration():
     method["extra"] = {"k": ConfigKey(1, "own key")}
     declared = inherit_declarations(method, base_config())
     assert declared["seed"].default == 7 and declared["seed"].range == "[0, inf)" and declared["seed"].help
-    assert declared["train"]["epochs"].default == 3 and declared["train"]["optimizer"].choices
+    assert declared["train"]["epochs"].default == 3 and declared["train"]["precision"].choices
     assert resolve_config(declared, component_sections={})["seed"] == 7
     with pytest.raises(ConfigError, match="config key seed: expected int in"):
         resolve_config(declared, None, ["seed=-2"], component_sections={})

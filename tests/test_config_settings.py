@@ -63,3 +63,19 @@ def test_run_context_exposes_the_typed_settings(tmp_path):
     finally:
         ctx.close()
 
+
+
+def test_nested_and_open_train_keys():
+    settings = TrainSettings.from_section(plain_defaults(train_section(early_stop={"patience": 3})))
+    assert settings.early_stop.patience == 3 and settings.early_stop.metric is None
+    stage = settings.replace({"early_stop": {"min_delta": 0.5}, "optimizer": "AdamW",
+                              "optimizer_options": {"betas": [0.8, 0.9]}})
+    assert stage.early_stop.patience == 3 and stage.early_stop.min_delta == 0.5  # the keys not given stay
+    assert stage.as_dict()["early_stop"] == {"patience": 3, "metric": None, "mode": None, "min_delta": 0.5}
+    assert stage.optimizer_options == {"betas": [0.8, 0.9]}
+    with pytest.raises(ConfigError, match=r"stage optimizer\.early_stop: unknown setting 'wait'"):
+        settings.replace({"early_stop": {"wait": 1}})
+    with pytest.raises(ConfigError, match=r"stage optimizer\.accumulate: expected int in \[1, inf\), got 0"):
+        settings.replace({"accumulate": 0})
+    with pytest.raises(ConfigError, match=r"precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"):
+        settings.replace({"precision": "fp8"})

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 from kdkit.config.files import apply_sets, load_yaml, parse_set
 from kdkit.config.keys import ConfigKey, check_type, inherit_declarations, plain_defaults, type_name
 from kdkit.config.schema import COMPONENT_SECTIONS, ENGINE_KEYS, base_config
+from kdkit.config.settings import check_train_sections
 from kdkit.config.view import freeze_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import user_path
@@ -329,6 +330,7 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
         raise ConfigError(f"config key method is {config['method']!r} but the method run is {method_name!r}: "
                           f"choose the method with --method NAME (and drop the method key or make it match)")
     config["method"] = method_name
+    check_train_sections(config)  # optimiser / scheduler classes and their options, against torch
     check = getattr(component.factory, "check_config", None)
     if callable(check):
         check(freeze_config(config), manager.registry)  # rules read the config; they do not change it

@@ -28,6 +28,7 @@ ENGINE_KEYS = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step", "multistep")
 SELECT_ON = ("val", "test", "last")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def base_config() -> dict:
@@ -68,12 +69,19 @@ TRAIN_KEYS = {
     "epochs": ConfigKey(10, "training epochs of the stage", range="[1, inf)"),
     "batch_size": ConfigKey(64, "training batch size (global: split across DDP processes)", range="[1, inf)"),
     "eval_batch_size": ConfigKey(256, "batch size of evaluation and of teacher-output caching", range="[1, inf)"),
-    "optimizer": ConfigKey("sgd", "optimiser", choices=OPTIMIZERS),
+    "optimizer": ConfigKey("sgd", "optimiser: sgd, adam, adamw (kdkit's names) or a torch.optim class name "
+                                  "(AdamW, RMSprop, ...)", type=str),
+    "optimizer_options": ConfigKey({}, "keyword options of the optimiser class (its lr and weight_decay are "
+                                       "train.lr and train.weight_decay)", type=dict),
     "lr": ConfigKey(0.05, "peak learning rate", range="(0, inf)"),
-    "momentum": ConfigKey(0.9, "SGD momentum", range="[0, 1)"),
-    "nesterov": ConfigKey(False, "Nesterov momentum (SGD)"),
+    "momentum": ConfigKey(0.9, "momentum of the sgd optimiser (a class name takes optimizer_options)",
+                          range="[0, 1)"),
+    "nesterov": ConfigKey(False, "Nesterov momentum of the sgd optimiser"),
     "weight_decay": ConfigKey(5e-4, "weight decay (L2 for SGD/Adam, decoupled for AdamW)", range="[0, inf)"),
-    "scheduler": ConfigKey("cosine", "learning-rate schedule, stepped every optimiser step", choices=SCHEDULERS),
+    "scheduler": ConfigKey("cosine", "learning-rate schedule, stepped every optimiser step: none, cosine, step, "
+                                     "multistep or a torch.optim.lr_scheduler class name (OneCycleLR, ...)", type=str),
+    "scheduler_options": ConfigKey({}, "keyword options of a scheduler class, counted in optimiser steps (kdkit "
+                                       "fills T_max, total_steps, total_iters, OneCycleLR's max_lr)", type=dict),
     "milestones": ConfigKey([], "epochs at which multistep multiplies the rate by gamma", items=int,
                             range="[0, inf)"),
     "step_size": ConfigKey(30, "epochs between decays of the step schedule", range="[1, inf)"),
@@ -81,7 +89,20 @@ TRAIN_KEYS = {
     "warmup_epochs": ConfigKey(0.0, "linear warm-up length in epochs (fractions allowed)", range="[0, inf)"),
     "grad_clip": ConfigKey(None, "clip the gradient norm to this value (null: no clipping)", type=float,
                            range="(0, inf)"),
-    "amp": ConfigKey(True, "autocast + GradScaler on CUDA (ignored on CPU)"),
+    "accumulate": ConfigKey(1, "micro-batches of batch_size per optimiser step (gradient accumulation: the "
+                               "effective batch is batch_size x accumulate)", range="[1, inf)"),
+    "precision": ConfigKey("auto", "autocast precision: fp32, bf16, fp16 (with GradScaler) or auto (train.amp: "
+                                   "fp16 on CUDA, fp32 on CPU)", choices=PRECISIONS),
+    "amp": ConfigKey(True, "deprecated, read only when precision is auto: fp16 autocast + GradScaler on CUDA"),
+    "channels_last": ConfigKey(False, "channels_last memory format for the model and 4-D inputs"),
+    "compile": ConfigKey(False, "train a torch.compile'd model (checkpoints keep the plain model's keys)"),
+    "early_stop": {
+        "patience": ConfigKey(0, "stop after this many epochs without improvement (0: never stop early)",
+                              range="[0, inf)"),
+        "metric": ConfigKey(None, "validation metric watched (null: the stage's selection metric)", type=str),
+        "mode": ConfigKey(None, "max or min (null: the stage's select_mode)", type=str, choices=("max", "min")),
+        "min_delta": ConfigKey(0.0, "the smallest change that counts as an improvement", range="[0, inf)"),
+    },
 }
 
 
@@ -91,4 +112,13 @@ def train_section(**overrides) -> dict:
     unknown = sorted(set(overrides) - set(TRAIN_KEYS))
     if unknown:
         raise TypeError(f"train_section(): unknown key {unknown[0]!r}; valid: {', '.join(TRAIN_KEYS)}")
-    return {k: key.with_default(overrides[k]) if k in overrides else key for k, key in TRAIN_KEYS.items()}
+    return {k: _with_default(key, overrides[k]) if k in overrides else key for k, key in TRAIN_KEYS.items()}
+
+
+def _with_default(declared, default):
+    if isinstance(declared, dict):  # a nested section (early_stop): a default per key given
+        unknown = sorted(set(default) - set(declared))
+        if unknown:
+            raise TypeError(f"train_section(): unknown key {unknown[0]!r}; valid: {', '.join(declared)}")
+        return {k: key.with_default(default[k]) if k in default else key for k, key in declared.items()}
+    return declared.with_default(default)

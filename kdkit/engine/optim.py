@@ -1,13 +1,29 @@
 """A stage's optimiser and learning-rate schedule, built from its ``train`` settings.
 
 :func:`param_groups` gathers what trains (the model's and the extra modules' trainable parameters,
-or the stage's own groups), :func:`build_optimizer` makes the ``train.optimizer`` (``sgd``,
-``adam``, ``adamw``) and :func:`build_scheduler` the per-step schedule: a linear warm-up of
-``train.warmup_epochs`` (fractions of an epoch allowed), then ``cosine``, ``step``, ``multistep``
-or a constant rate (``none`` / ``constant``).
+or the stage's own groups), :func:`build_optimizer` makes the ``train.optimizer`` and
+:func:`build_scheduler` the per-step schedule (stepped after every optimiser step).
 
-The schedule is :class:`Schedule` on ``torch.optim.lr_scheduler.LambdaLR``: every step's rate is
-``base_lr * factor(step)``, a closed form of the step count.  torch's own schedulers
+Class names.  ``train.optimizer`` may name any ``torch.optim`` class (``AdamW``, ``RMSprop``, ...),
+built with ``lr``, ``weight_decay`` (when the class takes it) and ``train.optimizer_options``;
+``train.scheduler`` any ``torch.optim.lr_scheduler`` class, built with ``train.scheduler_options``,
+whose step counts are optimiser steps.  kdkit fills what it knows unless the options give it
+(:data:`kdkit.config.loop.FILLED_SCHEDULER_OPTIONS`): ``OneCycleLR``'s ``total_steps`` and ``max_lr``
+(each group's ``lr``), ``CosineAnnealingLR``'s ``T_max``, ``PolynomialLR``'s and ``LinearLR``'s
+``total_iters``, each the stage's optimiser steps after the warm-up.  A warm-up
+(``train.warmup_epochs``) goes before it through torch's own schedulers:
+``SequentialLR([LinearLR(1 / w -> 1 over w steps), scheduler], milestones=[w])``, which rises like
+the aliases' warm-up, ``(t + 1) / w`` at step ``t``, up to rounding.  Their state is their
+``state_dict()`` (exact resume).  The names are checked when the config is resolved
+(:mod:`kdkit.config.loop`): unknown classes, options the signature does not take, schedulers that
+cannot be stepped per optimiser step (``ReduceLROnPlateau``) stop the run before it starts.
+
+kdkit's lower-case names.  ``sgd``, ``adam``, ``adamw`` are ``SGD`` (with ``train.momentum`` and
+``train.nesterov``), ``Adam`` and ``AdamW``.  The schedules ``cosine``, ``step``, ``multistep`` and
+``none`` / ``constant`` (after a linear warm-up of ``train.warmup_epochs``, fractions of an epoch
+allowed) are :class:`Schedule` on ``torch.optim.lr_scheduler.LambdaLR``, as before class names
+existed, so runs that use them keep their rates bit for bit.  Here the library did not serve: every
+step's rate is ``base_lr * factor(step)``, a closed form of the step count, and torch's own schedulers
 (``CosineAnnealingLR``; ``SequentialLR`` of a ``LinearLR`` warm-up and the main schedule;
 ``MultiStepLR``; ``StepLR``) were measured against it and do not give the same rates bit for bit,
 so runs would not stay byte-identical: they update the rate recursively from the previous step's
@@ -29,12 +45,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from kdkit.config.loop import (FILLED_SCHEDULER_OPTIONS, SCHEDULER_ALIASES, optimizer_class, optimizer_kwargs,
+                               scheduler_class)
 from kdkit.config.settings import TrainSettings
 from kdkit.errors import ConfigError, KdkitError
 
 __all__ = ["Schedule", "build_optimizer", "build_scheduler", "param_groups", "trainable", "trainable_extra"]
 
-SCHEDULERS = ("none", "constant", "cosine", "step", "multistep")
+SCHEDULERS = SCHEDULER_ALIASES
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -71,16 +89,14 @@ def param_groups(model: nn.Module, extra_modules: dict[str, nn.Module], custom: 
 
 
 def build_optimizer(settings: TrainSettings, groups: list[dict]) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``groups`` with ``lr``, ``weight_decay`` (and for SGD ``momentum``,
-    ``nesterov``) as defaults a group may override."""
-    name, lr, wd = settings.optimizer, settings.lr, settings.weight_decay
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
-    raise ConfigError(f"config key train.optimizer: unknown optimizer {name!r}; valid: sgd, adam, adamw")
+    """``train.optimizer`` over ``groups`` with ``lr``, ``weight_decay`` (and for ``sgd`` ``momentum``,
+    ``nesterov``) and ``optimizer_options`` as defaults a group may override."""
+    cls = optimizer_class(settings.optimizer)
+    try:
+        return cls(groups, **optimizer_kwargs(settings))
+    except (TypeError, ValueError) as e:  # e.g. an option the groups' parameters cannot take
+        raise ConfigError(f"config key train.optimizer: {cls.__name__} refused its options: "
+                          f"{' '.join(str(e).split())}") from None
 
 
 @dataclass(frozen=True)
@@ -119,17 +135,42 @@ class Schedule:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The per-step schedule of ``settings`` (stepped after every optimiser step), or ``None`` for a
     constant rate without warm-up (hooks may then set the rates freely)."""
     kind = settings.scheduler
     warm = int(round(settings.warmup_epochs * steps_per_epoch))
+    total = max(1, epochs * steps_per_epoch)
     if kind in ("none", "constant") and warm == 0:
         return None
-    if kind not in SCHEDULERS:
-        raise ConfigError(f"config key train.scheduler: unknown scheduler {kind!r}; "
-                          "valid: none, cosine, step, multistep")
-    schedule = Schedule(kind=kind, warmup=warm, total=max(1, epochs * steps_per_epoch),
+    cls = scheduler_class(kind)
+    if cls is not None:
+        return _torch_scheduler(cls, optimizer, settings, warm, total)
+    schedule = Schedule(kind=kind, warmup=warm, total=total,
                         steps_per_epoch=steps_per_epoch, gamma=settings.gamma,
                         milestones=tuple(sorted(settings.milestones)), step_size=settings.step_size)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+
+
+def _torch_scheduler(cls: type, optimizer: torch.optim.Optimizer, settings: TrainSettings, warm: int,
+                     total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``cls`` with ``scheduler_options`` and what kdkit fills, after a ``LinearLR`` warm-up of
+    ``warm`` steps (through ``SequentialLR``) when there is one."""
+    lr_scheduler = torch.optim.lr_scheduler
+    main_steps = max(1, total - warm) if warm > 1 else total
+    options = dict(settings.scheduler_options)
+    filled = FILLED_SCHEDULER_OPTIONS.get(cls.__name__)
+    if cls is lr_scheduler.OneCycleLR:
+        options.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])
+        if "epochs" in options or "steps_per_epoch" in options:
+            filled = None  # the user counts the cycle their own way
+    if filled is not None:
+        options.setdefault(filled, main_steps)
+    try:
+        if warm <= 1:  # a warm-up of one step is the full rate at once
+            return cls(optimizer, **options)
+        ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm - 1)
+        return lr_scheduler.SequentialLR(optimizer, [ramp, cls(optimizer, **options)], milestones=[warm])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key train.scheduler_options: {cls.__name__} refused them: "
+                          f"{' '.join(str(e).split())}") from None

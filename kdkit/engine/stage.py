@@ -138,7 +138,9 @@ class StageResult:
     final_metrics: dict
     test_metrics: dict = field(default_factory=dict)
     resumed_finished: bool = False  # True when the stage had already finished (resume)
+    stopped_epoch: int | None = None  # the epoch after which train.early_stop stopped it (None: it did not)
 
     def as_dict(self) -> dict:
         return {"best_metrics": dict(self.best_metrics), "best_epoch": self.best_epoch,
-                "final_metrics": dict(self.final_metrics), "test_metrics": dict(self.test_metrics)}
+                "final_metrics": dict(self.final_metrics), "test_metrics": dict(self.test_metrics),
+                "stopped_epoch": self.stopped_epoch}

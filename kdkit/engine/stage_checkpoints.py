@@ -1,8 +1,9 @@
 """A stage's checkpoints: what ``checkpoints/<stage>/last.pt`` and ``best.pt`` hold, writing them
 and restoring a :class:`~kdkit.engine.trainer.Trainer` from them (exact resume).
 
-``last.pt`` is the whole training state after an epoch (weights, optimiser, schedule, AMP scaler,
-RNG, the best epoch so far, the ``metrics.jsonl`` lines written); it is rewritten atomically after
+``last.pt`` is the whole training state after an epoch (weights, optimiser, schedule — any torch
+scheduler through its ``state_dict()`` —, AMP scaler, RNG, the best epoch so far, the early-stop
+counters, the ``metrics.jsonl`` lines written); it is rewritten atomically after
 every epoch, the previous one kept as ``last.prev.pt`` (resume's fallback when ``last.pt`` is
 unreadable), and once more with the :class:`~kdkit.engine.stage.StageResult` when the stage ends.
 ``best.pt`` holds the weights of the best epoch.
@@ -48,6 +49,7 @@ class StageCheckpoints:
     best: dict
     best_weights: dict | None
     final_metrics: dict
+    early_stop: dict  # train.early_stop's counters
     _last_unreadable: bool  # resumed from last.prev.pt: do not rotate the bad last.pt over it
     _resumed_from: Path | None
 
@@ -75,6 +77,7 @@ class StageCheckpoints:
             "final_metrics": dict(self.final_metrics),
             "best_weights": self.best_weights,
             "metrics_lines": self.ctx.metrics_lines,
+            "early_stop": dict(self.early_stop),
             "config": self.options.config,
         }
 
@@ -96,6 +99,8 @@ class StageCheckpoints:
         self.best = {"value": best.get("value"), "epoch": best.get("epoch", -1), "metrics": dict(best.get("metrics") or {})}
         self.final_metrics = dict(state.get("final_metrics") or {})
         self.best_weights = state.get("best_weights")
+        if state.get("early_stop") is not None:  # checkpoints from before train.early_stop have none
+            self.early_stop = dict(state["early_stop"])
 
     def _resume_state(self):
         """A finished stage's :class:`StageResult` (its best weights loaded), the ``last.pt`` state of
@@ -111,7 +116,8 @@ class StageCheckpoints:
             self.ctx.log(f"[{self.stage.name}] already finished; loaded its best weights")
             r = state["result"]
             return StageResult(dict(r["best_metrics"]), int(r["best_epoch"]), dict(r["final_metrics"]),
-                               dict(r.get("test_metrics") or {}), resumed_finished=True)
+                               dict(r.get("test_metrics") or {}), resumed_finished=True,
+                               stopped_epoch=r.get("stopped_epoch"))
         return state
 
     def _load_weights(self, state: dict) -> None:

@@ -11,8 +11,9 @@ One training step, from the epoch loop to ``optimizer.step()``, as the student s
 method (``stage.step_fn`` is an object, the rest are found by their names):
 
 0. ``Trainer._fit`` (this module) — the epoch loop, and inside it the batch loop;
-1. ``Trainer.train_model_step`` (this module) — one optimiser step: ``stage.step_fn`` under autocast,
-   the non-finite check, backward, ``optimizer.step()``, the schedule's step;
+1. ``Trainer.train_model_step`` (this module) — one micro-batch: ``stage.step_fn`` under autocast,
+   the non-finite check, backward, and on the last micro-batch of the step (``train.accumulate``)
+   ``optimizer.step()`` and the schedule's step;
 2. ``DistillStep.__call__`` (``kdkit/distill/step.py``) — the stage's ``step_fn``: the teachers' logits
    (``DistillStep._outputs`` -> ``StudentTeachers.logits`` in ``kdkit/distill/stage.py`` -> the
    teacher cache's ``TeacherCache.__getitem__``, the teacher network or a ``LogitsTeacher``), the
@@ -28,6 +29,7 @@ teacher, the baseline) stops at hop 2: its ``step_fn`` is :func:`~kdkit.engine.s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -88,6 +90,41 @@ class TrainerOptions:
                    save_best=run.checkpoint.save_best, config=thaw_config(config))
 
 
+def _amp_dtype(settings: TrainSettings, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (``None``: fp32); ``auto`` is the
+    deprecated ``train.amp`` (fp16 on CUDA, fp32 elsewhere)."""
+    precision = settings.precision
+    if precision == "auto":
+        return torch.float16 if settings.amp and device.type == "cuda" else None
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"config key train.precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
+                          "use fp16 or fp32")
+    if precision != "fp32" and device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"config key train.precision: {precision} autocast runs on cpu and cuda only, not on "
+                          f"{device.type}; use fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _no_sync(model: nn.Module):
+    """DDP's ``no_sync()`` of ``model`` (under ``torch.compile`` too), else nothing to hold back."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if isinstance(inner, DDP) else contextlib.nullcontext()
+
+
+def _channels_last(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 and batch.is_floating_point() \
+            else batch
+    if isinstance(batch, dict):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_channels_last(v) for v in batch) if not hasattr(batch, "_fields") \
+            else type(batch)(*(_channels_last(v) for v in batch))
+    return batch
+
+
 class TrainerHost(Protocol):
     """The little a :class:`Trainer` needs from its run (a :class:`~kdkit.engine.RunContext` is one)."""
 
@@ -112,12 +149,21 @@ class Trainer(StageCheckpoints):
     It takes a :class:`TrainerHost` (logging, metrics, hooks, device and ranks) and
     :class:`TrainerOptions` (default: from the host's config) — nothing else of the run.
 
-    Live attributes: ``ctx`` (the host), ``options``, ``stage``, ``model`` (unwrapped), ``train_model`` (DDP-wrapped or
-    ``model``), ``extra_modules``, ``optimizer``, ``scheduler`` (``LambdaLR`` stepped per
-    iteration, or ``None`` when ``scheduler: none`` — then hooks may set learning rates freely),
-    ``scaler`` (CUDA AMP) , ``epoch`` (next epoch to run / being run), ``step`` (optimiser steps
-    done), ``epochs``, ``device``, ``settings`` (the stage's :class:`~kdkit.config.settings.TrainSettings`),
-    ``is_main``, ``run_dir``, ``best`` (``{"value", "epoch", "metrics"}``).
+    Live attributes: ``ctx`` (the host), ``options``, ``stage``, ``model`` (unwrapped: what checkpoints
+    hold), ``train_model`` (``model``, DDP-wrapped and/or ``torch.compile``'d), ``extra_modules``,
+    ``optimizer``, ``scheduler`` (stepped per optimiser step, or ``None`` when ``scheduler: none`` —
+    then hooks may set learning rates freely), ``scaler`` (fp16's ``GradScaler``), ``amp_dtype``
+    (the autocast dtype, ``None`` for fp32), ``epoch`` (next epoch to run / being run), ``step``
+    (optimiser steps done), ``micro_batch`` (``(i, n)``: the batch loop is on micro-batch ``i`` of
+    the ``n`` of an optimiser step), ``epochs``, ``device``, ``settings`` (the stage's
+    :class:`~kdkit.config.settings.TrainSettings`), ``is_main``, ``run_dir``, ``best``
+    (``{"value", "epoch", "metrics"}``), ``early_stop`` (``{"best", "bad_epochs", "stopped"}``).
+
+    Gradient accumulation (``train.accumulate: N``): ``batch_size`` stays the micro-batch the loader
+    yields; each optimiser step takes N of them (the epoch's last step the rest), every micro-batch's
+    loss divided by the step's count of micro-batches, so for a mean loss over equal micro-batches
+    the step's gradient is that of one batch N times larger.  Schedules and ``step`` count
+    optimiser steps; ``train.loss`` is the mean over micro-batches.
     """
 
     def __init__(self, ctx: TrainerHost, stage: Stage, options: TrainerOptions | None = None):
@@ -147,18 +193,25 @@ class Trainer(StageCheckpoints):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.scaler = None
-        self.amp = settings.amp and self.device.type == "cuda"
+        self.amp_dtype = _amp_dtype(settings, self.device)
+        self.amp = self.amp_dtype is not None
+        self.micro_batch = (0, 1)
+        # train.early_stop: the watched metric's best value, epochs since it improved, whether it stopped
+        self.early_stop: dict = {"best": None, "bad_epochs": 0, "stopped": False}
+        self._check_early_stop()
         self._last_unreadable = False  # resumed from last.prev.pt: do not rotate the bad last.pt over it
 
     # --- building -------------------------------------------------------------------------
 
     def _build(self, steps_per_epoch: int) -> None:
         """The optimiser, its schedule, the AMP scaler and (under torchrun) the DDP wrapper."""
+        if self.settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights only; parameters stay the same objects
         groups = param_groups(self.model, self.extra_modules, self.stage.param_groups, self.stage.name)
         self.optimizer = build_optimizer(self.settings, groups)
         self.scheduler = build_scheduler(self.optimizer, self.settings, self.epochs, steps_per_epoch)
-        if self.amp:
-            self.scaler = torch.amp.GradScaler("cuda")
+        if self.amp_dtype == torch.float16:  # bf16 has fp32's range: only fp16 needs its loss scaled
+            self.scaler = torch.amp.GradScaler(self.device.type)
         world = self.ctx.world_size
         if world > 1 and trainable(self.model):
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -169,6 +222,8 @@ class Trainer(StageCheckpoints):
             self.train_model = DDP(self.model, **kwargs)
         else:
             self.train_model = self.model
+        if self.settings.compile:  # only the training forward: checkpoints save self.model, without _orig_mod.
+            self.train_model = torch.compile(self.train_model)
 
     def _train_loader(self):
         batch_size = self.settings.batch_size
@@ -199,7 +254,7 @@ class Trainer(StageCheckpoints):
                                         self.stage.collate_fn)
             was = self.model.training
             self._set_train(False)
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+            with torch.no_grad(), self._autocast():
                 metrics = {k: _float(v) for k, v in eval_fn(self.model, data).items()}
             self._clear_taps()
             self._set_train(was)
@@ -234,22 +289,34 @@ class Trainer(StageCheckpoints):
         if isinstance(finished, StageResult):
             return finished
         loader, sampler = self._train_loader()
-        self._build(len(loader))
+        accumulate = self.settings.accumulate
+        self._build(math.ceil(len(loader) / accumulate))
         if finished is not None:  # an unfinished stage: continue from its last.pt
             with checkpoint_fits(self._resumed_from, f"stage {self.stage.name!r}"):
                 self.load_state_dict(finished)
             self.ctx.log(f"[{self.stage.name}] resuming at epoch {self.epoch + 1}/{self.epochs} (step {self.step})")
-        while self.epoch < self.epochs:  # the epoch loop
+        while self.epoch < self.epochs and not self.early_stop["stopped"]:  # the epoch loop
             epoch, t0 = self.epoch, time.perf_counter()
             batches, bar = self._start_epoch(epoch, loader, sampler)
             loss_sum, sums, n_steps = 0.0, {}, 0
-            for batch in batches:  # the batch loop
-                loss_value, logs = self.train_model_step(to_device(batch, self.device))
+            step_loss, step_sums = 0.0, {}  # the micro-batches of the optimiser step (train.accumulate)
+            for i, batch in enumerate(batches):  # the batch loop
+                first = i - i % accumulate
+                self.micro_batch = part, parts = i - first, min(accumulate, len(loader) - first)
+                loss_value, logs = self.train_model_step(self._prepare(batch))
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
+                    step_sums[k] = step_sums.get(k, 0.0) + v
                 loss_sum += loss_value
+                step_loss += loss_value
                 n_steps += 1
-                self._after_step(epoch, loss_value, logs, bar)
+                if part < parts - 1:
+                    continue
+                if parts == 1:
+                    self._after_step(epoch, loss_value, logs, bar)
+                else:  # the hook sees the step's mean over its micro-batches
+                    self._after_step(epoch, step_loss / parts, {k: v / parts for k, v in step_sums.items()}, bar)
+                step_loss, step_sums = 0.0, {}
             if bar is not None:
                 bar.close()
             n = max(n_steps, 1)
@@ -274,12 +341,14 @@ class Trainer(StageCheckpoints):
         return bar, bar
 
     def train_model_step(self, batch) -> tuple[float, dict]:
-        """One optimiser step on ``batch`` (on the device): ``stage.step_fn`` (default
-        :func:`classification_step`) under autocast, backward, ``optimizer.step()``, the schedule's
-        step and ``after_step_fn``.  Returns the loss and the step's logs as floats, each the mean
-        over ranks.  A non-finite loss stops the stage (:class:`TrainingError`)."""
+        """One micro-batch ``batch`` (on the device) of an optimiser step: ``stage.step_fn`` (default
+        :func:`classification_step`) under autocast and backward; on the step's last micro-batch
+        (:attr:`micro_batch`; each one with ``train.accumulate: 1``) ``optimizer.step()``, the
+        schedule's step and ``after_step_fn``.  Returns the loss and the logs as floats, each the
+        mean over ranks.  A non-finite loss stops the stage (:class:`TrainingError`)."""
         step_fn = self.stage.step_fn or classification_step
-        with torch.autocast(self.device.type, enabled=self.amp):
+        part, parts = self.micro_batch
+        with self._autocast():
             out = step_fn(self.train_model, batch)
         self._clear_taps()
         loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
@@ -290,11 +359,19 @@ class Trainer(StageCheckpoints):
                 f"non-finite loss ({loss_value}) in stage {self.stage.name!r}, epoch {self.epoch + 1}, "
                 f"step {self.step}; stopped — " +
                 (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        if part == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        if parts > 1:
+            loss = loss / parts  # the step's gradient: the mean over its micro-batches
+        # DDP averages the gradients of the step's last micro-batch only; the others add up locally
+        sync = contextlib.nullcontext() if part == parts - 1 else _no_sync(self.train_model)
+        with sync:
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        if part < parts - 1:
+            return loss_value, self._logs(logs)
         dist_utils.all_reduce_grads(trainable_extra(self.extra_modules))
         clip = self.settings.grad_clip
         if clip:
@@ -313,13 +390,26 @@ class Trainer(StageCheckpoints):
         self.step += 1
         if self.stage.after_step_fn is not None:
             self.stage.after_step_fn(self, step)
+        return loss_value, self._logs(logs)
+
+    def _logs(self, logs) -> dict:
+        """A step's logs as floats, each the mean over ranks."""
         flogs = {k: _float(v) for k, v in (logs or {}).items()}
         if flogs and self.ctx.world_size > 1:  # per-rank values -> mean over ranks
             keys = sorted(flogs)
             mean = dist_utils.all_reduce_mean(torch.tensor([flogs[k] for k in keys], dtype=torch.float64,
                                                            device=self.device))
             flogs = dict(zip(keys, mean.tolist()))
-        return loss_value, flogs
+        return flogs
+
+    def _autocast(self):
+        """Autocast in ``train.precision`` (disabled for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _prepare(self, batch):
+        """``batch`` on the device; its 4-D float tensors channels_last with ``train.channels_last``."""
+        batch = to_device(batch, self.device)
+        return _channels_last(batch) if self.settings.channels_last else batch
 
     def _after_step(self, epoch: int, loss_value: float, logs: dict, bar) -> None:
         """The ``kdkit_after_step`` hook, the progress bar and the ``logging.log_every`` line."""
@@ -343,6 +433,7 @@ class Trainer(StageCheckpoints):
         if has_val:
             val_metrics = self.evaluate(stage.val_data)
             record.update({f"val.{k}": v for k, v in val_metrics.items()})
+            self._watch(val_metrics, record)
         ctx.append_metrics(record)
         if has_val:
             ctx.hook.kdkit_after_evaluation(trainer=self, epoch=epoch, metrics=dict(record))
@@ -363,7 +454,46 @@ class Trainer(StageCheckpoints):
         dt = time.perf_counter() - t0
         shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("train.", "val.")))
         ctx.log(f"[{stage.name}] epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s)")
+        if self.early_stop["stopped"]:
+            es = self.settings.early_stop
+            ctx.log(f"[{stage.name}] early stop after epoch {epoch + 1}: val.{es.metric or stage.select_metric} "
+                    f"has not improved by {es.min_delta:g} for {es.patience} epoch(s)")
         ctx.hook.kdkit_after_epoch(trainer=self, epoch=epoch, metrics=dict(record))
+
+    def _check_early_stop(self) -> None:
+        """``train.early_stop`` needs a validation metric and a direction to watch it in."""
+        es, stage = self.settings.early_stop, self.stage
+        if not es.patience:
+            return
+        if not self.has_val:
+            raise ConfigError(f"stage {stage.name}: train.early_stop needs validation metrics and the stage has "
+                              "none (no validation data, or checkpoint.select_on: last); set "
+                              "train.early_stop.patience=0")
+        if es.metric not in (None, stage.select_metric) and es.mode is None:
+            raise ConfigError(f"stage {stage.name}: train.early_stop.metric {es.metric!r} is not the selection "
+                              f"metric ({stage.select_metric!r}): give train.early_stop.mode (max or min)")
+
+    def _watch(self, val_metrics: dict, record: dict) -> None:
+        """``train.early_stop``: count the epochs without an improvement of ``min_delta``; the
+        epoch's record gets ``early_stop.bad_epochs`` (and ``early_stop.stopped`` when it stops)."""
+        es, state = self.settings.early_stop, self.early_stop
+        if not es.patience:
+            return
+        metric = es.metric or self.stage.select_metric
+        if metric not in val_metrics:
+            raise KdkitError(f"stage {self.stage.name}: train.early_stop.metric {metric!r} is not a validation "
+                             f"metric (got {sorted(val_metrics)})")
+        value, best = val_metrics[metric], state["best"]
+        if (es.mode or self.stage.select_mode) == "min":
+            value, best = -value, None if best is None else -best
+        if not math.isnan(value) and (best is None or value > best + es.min_delta):
+            state["best"], state["bad_epochs"] = val_metrics[metric], 0
+        else:
+            state["bad_epochs"] += 1
+        state["stopped"] = state["bad_epochs"] >= es.patience
+        record["early_stop.bad_epochs"] = state["bad_epochs"]
+        if state["stopped"]:
+            record["early_stop.stopped"] = True
 
     def _clear_taps(self) -> None:
         for taps in self.stage.taps:  # no tapped activation outlives the step (or evaluation)
@@ -380,8 +510,9 @@ class Trainer(StageCheckpoints):
             record = {"stage": stage.name, "epoch": self.best["epoch"], "step": self.step, "split": "test"}
             record.update({f"test.{k}": v for k, v in test_metrics.items()})
             ctx.append_metrics(record)
+        stopped = self.epoch - 1 if self.early_stop["stopped"] else None
         result = StageResult(dict(self.best["metrics"]), int(self.best["epoch"]), dict(self.final_metrics),
-                             test_metrics)
+                             test_metrics, stopped_epoch=stopped)
         self._save("last.pt", self.state_dict(finished=True, result=result.as_dict()))
         dist_utils.barrier()
         if test_metrics:

@@ -268,3 +268,105 @@ def test_amp_on_cuda_saves_scaler_state(tmp_path):
     ctx, stage, _ = _fit(tmp_path, cfg=cfg)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "last.pt")
     assert last["scaler"] is not None and "scale" in last["scaler"]
+
+
+# --- the open loop (train.accumulate, precision, channels_last, compile, early_stop) ---------------------
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(6, 3)
+
+
+@pytest.mark.parametrize("n", [16, 20])
+def test_accumulated_micro_batches_give_the_gradient_of_one_large_batch(tmp_path, n):
+    """Known answer: for a mean loss, N accumulated micro-batches of B make the step of one batch of N x B."""
+    plain = {"epochs": 1, "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "scheduler": "none"}
+    runs = {}
+    for name, batch, accumulate in (("big", 16, 1), ("micro", 4, 4)):
+        ctx = RunContext(_config(batch_size=batch, accumulate=accumulate, **plain), tmp_path / f"{name}{n}")
+        stage = Stage("s", _linear(), _data(n), _data(8, 1))
+        ctx.fit(stage)
+        runs[name] = (stage.model, ctx)
+    for p, q in zip(runs["big"][0].parameters(), runs["micro"][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    steps = [json.loads(x)["step"] for x in (tmp_path / f"micro{n}" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == (1 if n == 16 else 2)  # 20 = 16 + a last step of its one remaining micro-batch
+
+
+def test_precision_picks_autocast_and_the_scaler(tmp_path):
+    ctx = RunContext(_config(epochs=1), tmp_path / "run")
+    for precision, dtype, scaler in (("auto", None, False), ("fp32", None, False), ("bf16", torch.bfloat16, False),
+                                     ("fp16", torch.float16, True)):
+        trainer = ctx.trainer(Stage(f"s{precision}", _model(), _data(), _data(8, 1),
+                                    optimizer={"precision": precision}))
+        assert trainer.amp_dtype == dtype, precision
+        trainer.fit()
+        assert (trainer.scaler is not None) == scaler, precision
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "sfp16" / "last.pt")
+    assert last["scaler"] is not None and "scale" in last["scaler"]
+
+
+def _conv(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+
+
+def _images(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 6, 6, generator=g)
+    return TensorDataset(x, (x[:, 0].mean((1, 2)) > 0).long())
+
+
+def test_channels_last_trains_in_that_format_and_saves_plain_weights(tmp_path):
+    seen = []
+
+    def step(model, batch):
+        seen.append(batch[0].is_contiguous(memory_format=torch.channels_last))
+        return nn.functional.cross_entropy(model(batch[0]), batch[1]), {}
+
+    ctx = RunContext(_config(epochs=1, channels_last=True), tmp_path / "run")
+    stage = Stage("s", _conv(), _images(), _images(8, 1), step_fn=step)
+    ctx.fit(stage)
+    assert seen and all(seen)
+    assert stage.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = _conv(1)
+    plain.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "best.pt")["model"])
+    torch.testing.assert_close(plain[0].weight, stage.model[0].weight)
+
+
+def test_a_compiled_run_saves_checkpoints_a_plain_model_loads(tmp_path):
+    ctx = RunContext(_config(epochs=1, compile=True), tmp_path / "run")
+    stage = Stage("s", _linear(), _data(16), _data(8, 1))
+    trainer = ctx.trainer(stage)
+    trainer.fit()
+    assert hasattr(trainer.train_model, "_orig_mod")  # it did train the compiled module
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "s" / "best.pt")
+    assert not any("_orig_mod" in k for k in best["model"])
+    plain = _linear(1)
+    plain.load_state_dict(best["model"])  # strict: the same keys
+    torch.testing.assert_close(plain.weight, stage.model.weight)
+
+
+def _early(**keys):
+    return {"patience": 0, "metric": None, "mode": None, "min_delta": 0.0, **keys}
+
+
+def test_early_stop_stops_when_the_metric_stalls_and_records_it(tmp_path):
+    ctx = RunContext(_config(epochs=6, early_stop=_early(patience=2, min_delta=1000.0)), tmp_path / "run")
+    result = ctx.fit(Stage("s", _model(), _data(), _data(24, 1)))
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2]  # no epoch gains 1000 points: stopped after 2 more
+    assert [x["early_stop.bad_epochs"] for x in lines] == [0, 1, 2] and lines[2]["early_stop.stopped"] is True
+    assert result.stopped_epoch == 2 and result.as_dict()["stopped_epoch"] == 2
+    lossy = RunContext(_config(epochs=2, early_stop=_early(patience=5, metric="loss", mode="min")),
+                       tmp_path / "min")
+    assert lossy.fit(Stage("s", _model(), _data(), _data(24, 1))).stopped_epoch is None
+
+
+def test_early_stop_needs_a_validation_metric_and_a_direction(tmp_path):
+    ctx = RunContext(_config(early_stop=_early(patience=2)), tmp_path / "run")
+    with pytest.raises(kdkit.ConfigError, match="train.early_stop needs validation metrics"):
+        ctx.trainer(Stage("s", _model(), _data(), None))
+    with pytest.raises(kdkit.ConfigError, match="give train.early_stop.mode"):
+        ctx.trainer(Stage("s", _model(), _data(), _data(8, 1), optimizer={"early_stop": {"metric": "loss"}}))
