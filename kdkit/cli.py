@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("kdkit.commands.search", "batched Hamming top-k over a packed code database"),
     "sweep": ("kdkit.commands.sweep", "run a reproduction sweep (cells x seeds) and tabulate mean ± std"),
     "layers": ("kdkit.commands.layers", "list the module paths of a model a feature term can tap, with their shapes"),
+    "export": ("kdkit.commands.export", "write a trained stage of a run as a state dict, TorchScript or ONNX file"),
 }
 
 EXIT_BUG = 1
