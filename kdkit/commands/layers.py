@@ -49,17 +49,25 @@ def _options(sets: list[str]) -> dict:
 
 
 def build_named_model(name: str, num_classes: int, options: dict, teacher: bool = False):
-    """``name`` built from the students registry (the teachers one with ``teacher`` or when only it
-    holds the name) with ``options``; an unknown name lists both registries' names."""
+    """``name`` built from the students registry (the teachers one with ``teacher``, or when only it
+    knows the name) with ``options``: a registered name or one of a source (``torchvision:NAME``, ...);
+    an unknown name is the students registry's error, which lists the valid choices."""
     import kdkit
+    from kdkit.errors import UnknownComponentError
 
-    students, teachers = kdkit.get_registry("students"), kdkit.get_registry("teachers")
-    kind = "teachers" if teacher or (name not in students and name in teachers) else "students"
-    registry = teachers if kind == "teachers" else students
-    if name not in registry:
-        known = sorted(set(students.names()) | set(teachers.names()))
-        raise ConfigError(f"unknown model {name!r}; valid choices: {', '.join(known)}")
-    return registry.build(name, num_classes, **options)
+    if teacher:
+        return kdkit.get_registry("teachers").build(name, num_classes, **options)
+    try:
+        component = kdkit.get_registry("students").get(name)
+    except UnknownComponentError:
+        try:
+            component = kdkit.get_registry("teachers").get(name)
+        except UnknownComponentError:
+            pass
+        else:
+            return component.build(num_classes, **options)
+        raise
+    return component.build(num_classes, **options)
 
 
 def run(args: argparse.Namespace) -> int:

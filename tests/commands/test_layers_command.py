@@ -50,7 +50,7 @@ def test_the_tap_hint_draws_on_the_same_listing():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["layers", "nope"], "kdkit: error: unknown model 'nope'; valid choices: "),
+    (["layers", "nope"], "kdkit: error: unknown student 'nope'; valid choices: "),
     (["layers", "resnet8", "--set", "wdth=3"], "unknown option 'wdth'"),
     (["layers", "resnet8", "--set", "width"], "--set 'width': expected KEY=VALUE"),
     (["layers", "resnet8", "--input", "1x2"], "does not run on a 1x2 input"),
@@ -61,3 +61,17 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_model_of_a_source_and_the_input_it_accepts(capsys):
+    """``torchvision:NAME`` resolves through the same registry; a ViT refuses 32 x 32 and is listed at 224."""
+    assert cli.main(["layers", "torchvision:mobilenet_v3_small", "--input", "3x64x64", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    shapes = {layer["path"]: layer["shape"] for layer in doc["layers"]}
+    assert shapes["features.3"] == [1, 24, 8, 8] and shapes["classifier.3"] == [1, 10]
+    from kdkit.distill.taps import Layer, tap_candidates
+
+    layers = [Layer(layer["path"], layer["type"], tuple(layer["shape"] or ())) for layer in doc["layers"]]
+    # per resolution the last, shallowest module: the trunk ``features`` itself ends the 2 x 2 stage
+    assert [layer.path for layer in tap_candidates(layers)] == [
+        "features.0", "features.1", "features.3", "features.8", "features"]
