@@ -78,7 +78,7 @@ class ConfigKey:
         else:
             text = describe_allowed(self.type, self.choices, self.range, self.pattern)
         if self.file:
-            text = "path of an existing local file (kdkit never downloads)"
+            text = "path of a local file"
         return f"{text} or null" if self.nullable and text != "any" else text
 
     def check(self, value, where: str):

@@ -138,7 +138,7 @@ def signature_options(obj: Callable, skip: set[str], help_of: str, *, own_defaul
         if own_defaults and p.default is not p.empty:
             options[p.name] = ConfigKey(default, text, type=types, nullable=found[1] or default is None)
         else:
-            shown = "" if p.default is p.empty or not plain else f", {default!r} in its signature"
+            shown = "" if p.default is p.empty or p.default is None else f", {default!r} in its signature"
             options[p.name] = ConfigKey(None, f"{text} (null: the builder's default{shown})", type=types)
     return options
 
@@ -278,24 +278,50 @@ def hf_source(directory: str):
         if key in base or key.startswith("_") or not isinstance(value, (bool, int, float, str)):
             continue
         options[key] = ConfigKey(None, f"config.json {key} (null: the directory's {value!r})", type=type(value))
-    has_weights = any((path / f).is_file() for f in _HF_WEIGHTS)
+    own_weights = [path / f for f in _HF_WEIGHTS if (path / f).is_file()]
+    # `pretrained` is declared here, not left to the registry: the directory's own weights file is
+    # loaded by from_pretrained (transformers maps its saved names onto the modules' names)
+    from kdkit.registry import WEIGHT_OPTIONS
 
-    def build(num_classes: int, **opts):
+    options.update(WEIGHT_OPTIONS)
+
+    def build(num_classes: int, pretrained=None, pretrained_key=None, pretrained_strict=True, **opts):
         def make():
-            cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, num_labels=num_classes,
-                                                          **_given(opts))
-            if has_weights:  # another number of classes: the head starts fresh
-                model = auto.from_pretrained(str(path), config=cfg, local_files_only=True,
-                                             ignore_mismatched_sizes=True)
-            else:
-                model = auto.from_config(cfg)
             from kdkit.models.hf import HFClassifier
 
+            with _quiet(transformers):
+                cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                                              num_labels=num_classes, **_given(opts))
+                if own_weights:  # another number of classes: the head starts fresh
+                    model = auto.from_pretrained(str(path), config=cfg, local_files_only=True,
+                                                 ignore_mismatched_sizes=True)
+                else:
+                    model = auto.from_config(cfg)
             return HFClassifier(model, task)
 
-        return checked_model(form, make)
+        model = checked_model(form, make)
+        if pretrained and user_path(pretrained).resolve() not in {f.resolve() for f in own_weights}:
+            from kdkit.models.weights import load_weights
+
+            load_weights(model, pretrained, key=pretrained_key, strict=pretrained_strict)
+        return model
 
     return build, options, f"Hugging Face {type(config).__name__.replace('Config', '')} {task} classifier from {path}"
+
+
+@contextmanager
+def _quiet(transformers):
+    """transformers' info lines and progress bars off while a model loads (its errors still raise)."""
+    logging = transformers.utils.logging
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 # --- the user's own factory ---------------------------------------------------------------------

@@ -109,7 +109,8 @@ def load_weights(
         ``None``: found automatically (``state_dict``, ``model``, ... or the one state dict in it).
     :param strict: any weight that does not fit is an error (``False``: skipped with a logged note).
 
-    The file is read with ``torch.load(weights_only=True)``; keys are matched without the
+    The file is read with ``torch.load(weights_only=True)`` (a ``.safetensors`` file with safetensors,
+    as timm and Hugging Face save them); keys are matched without the
     ``module.`` / ``_orig_mod.`` / ``model.`` prefixes of DDP, ``torch.compile`` and wrapper modules
     (on either side).  Classifier parameters whose shape differs
     (another number of classes) are skipped with a logged note, so the new head keeps its
@@ -123,7 +124,12 @@ def load_weights(
     if not os.path.isfile(path):
         raise DataError(f"pretrained weights file not found: {path} (kdkit never downloads weights; give a local file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
         raise DataError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     own = model.state_dict()
