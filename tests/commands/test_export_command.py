@@ -1,8 +1,8 @@
 """``kdkit export``: a trained stage's best weights as a state dict, TorchScript or ONNX file that
 loads in plain PyTorch (kdkit not imported) and gives the run's logits; bad input as one line, exit 2.
 
-The student is the built-in zoo's ``resnet18`` (a plain torchvision ResNet-18: ``small_input`` off), so
-its state dict loads into ``torchvision.models.resnet18`` built directly.
+The student is ``torchvision:resnet18`` (a model by name), so its state dict loads into
+``torchvision.models.resnet18`` built directly.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kdkit import plugins as kp
 
 from kdkit_engine_testutil import TINY
 
-SETS = [s for s in TINY if not s.startswith("student.")] + ["student.name=resnet18", "train.epochs=1"]
+SETS = [s for s in TINY if not s.startswith("student.")] + ["student.name=torchvision:resnet18", "train.epochs=1"]
 
 #: plain PyTorch: the exported files, the input, a torchvision model built directly; kdkit never imported
 PLAIN = """
