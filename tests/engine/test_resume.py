@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdkit_engine_testutil import TINY, subprocess_env
 
@@ -99,3 +100,43 @@ def test_resume_rejects_overrides_and_non_runs(tmp_path):
     r = kdkit(["train", "--resume", str(tmp_path), "--set", "train.epochs=9"])
     assert r.returncode == 2 and "cannot be combined" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# every option of the open loop (train.*) inside exact resume: SIGKILL in the student's second epoch, --resume
+LOOP_OPTIONS = {
+    "optimizer": ["train.optimizer=AdamW", "train.lr=0.01", "train.optimizer_options={betas: [0.8, 0.95], eps: 1.0e-7}"],
+    "scheduler": ["train.scheduler=CosineAnnealingLR", "train.warmup_epochs=0.5",
+                  "train.scheduler_options={eta_min: 0.001}"],
+    "onecycle": ["train.scheduler=OneCycleLR", "train.scheduler_options={pct_start: 0.4}"],
+    "accumulate": ["train.accumulate=2"],
+    "bf16": ["train.precision=bf16"],
+    "fp16": ["train.precision=fp16"],  # GradScaler state
+    "channels_last": ["train.channels_last=true"],
+    "compile": ["train.compile=true"],
+    # epoch 0 sets the best, epoch 1 cannot gain 1000 points: it stops there, from the counters in last.pt
+    "early_stop": ["train.epochs=4", "train.early_stop.patience=1", "train.early_stop.min_delta=1000"],
+}
+
+
+@pytest.mark.parametrize("sets", LOOP_OPTIONS.values(), ids=LOOP_OPTIONS.keys())
+def test_every_loop_option_resumes_exactly(tmp_path, sets):
+    def args(out):
+        return ["train", "--method", "kd", "--out", str(out), *[a for s in [*TINY, *sets] for a in ("--set", s)]]
+
+    ref = tmp_path / "ref"
+    r = kdkit(args(ref))
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "killed"
+    r = kdkit(args(run), env=subprocess_env(KDTEST_KILL="after_step:student:1"))
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    r = kdkit(["train", "--resume", str(run)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming at epoch 2" in r.stderr
+    assert (run / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    assert (run / "summary.json").read_text() == (ref / "summary.json").read_text()
+    lines = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    student = [x for x in lines if x["stage"] == "student" and "split" not in x]
+    if "train.early_stop.patience=1" in sets:
+        assert len(student) == 2 and student[-1]["early_stop.stopped"] is True
+    best = torch.load(run / "checkpoints" / "student" / "best.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in best["model"])
