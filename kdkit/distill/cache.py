@@ -12,6 +12,7 @@ teacher when ``distill.teacher_cache`` allows it (:func:`plan_cache` decides whe
 """
 from __future__ import annotations
 
+import os
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -312,11 +313,24 @@ def describe_caches(caches: Sequence[TeacherCache]) -> str:
             + (f", tapped features {_mib(features)} in CPU memory" if any(c.paths for c in caches) else ""))
 
 
+def _gather(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process)."""
+    from kdkit.engine import distributed as dist
+
+    if not dist.is_distributed():
+        return [obj]
+    import torch.distributed
+
+    out = [None] * dist.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 class DiskTeacherCache(TeacherCache):
     """A :class:`TeacherCache` whose outputs live in a :class:`~kdkit.distill.store.TeacherStore`:
-    written once per key by the first process that needs them (under DDP: rank 0, the other ranks
-    wait), memory-mapped and read by sample index; a later run with the same teacher weights, data
-    and options reuses the store.
+    written once per key by the first process that needs them (under DDP: local rank 0 of each
+    machine, under the key's lock, while the other ranks wait), memory-mapped and read by sample
+    index; a later run with the same teacher weights, data and options reuses the store.
 
     :param options: the store's dtype and top-k (:class:`~kdkit.distill.store.StoreOptions`).
     :param root: the stores' directory (default :func:`~kdkit.distill.store.store_root`).
@@ -367,21 +381,25 @@ class DiskTeacherCache(TeacherCache):
         from kdkit.engine import distributed as dist
         from kdkit.errors import KdkitError
 
-        main = dist.is_main()
-        parts = dist.broadcast_object(self.key_parts() if main else None)  # one key for every rank
+        parts = dist.broadcast_object(self.key_parts() if dist.is_main() else None)  # one key for every rank
         self.store = store = TeacherStore(store_root(self.root), store_key(parts), parts)
+        # the first process of each machine builds or verifies (the key's lock lets one builder at a time
+        # through when machines share the cache directory, and a machine with a cache of its own builds
+        # its own); the other ranks wait in the gather below, and fail with it (no rank is left waiting)
+        builder = not dist.is_distributed() or int(os.environ.get("LOCAL_RANK", "0")) == 0
         failure = built = None
-        if main:
+        if builder:
             try:
                 built = store.ensure(len(self), self.options, self._fill, self.log)
             except KdkitError as exc:
                 failure = exc
-        # the other ranks wait here while rank 0 builds, and fail with it (no rank is left at a barrier)
-        built, error = dist.broadcast_object((built, None if failure is None else (type(failure), str(failure))))
+        outcomes = _gather((built, None if failure is None else (type(failure), str(failure))))
         if failure is not None:
             raise failure
-        if error is not None:
-            raise error[0](error[1])
+        for _, error in outcomes:
+            if error is not None:
+                raise error[0](error[1])
+        built = outcomes[0][0]  # rank 0's: what the log says
         manifest, arrays = store.open(verify=False)
         if manifest["rows"] != len(self):
             raise KdkitError(f"teacher store {store.path}: {manifest['rows']} rows for {len(self)} samples; "
