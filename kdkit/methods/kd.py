@@ -17,12 +17,25 @@ presets of ``kdkit_methods`` do); ``build_teachers`` and ``student_stage`` are t
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import kdkit
 from kdkit.config import ConfigKey, base_config, train_section
 from kdkit.distill.stage import StudentStage
 from kdkit.distill.terms import distill_section
 from kdkit.methodspec import Method
 
+
+
+def stage_name_part(model_name: str) -> str:
+    """``model_name`` as one path component of a stage name (stage names are checkpoint folders):
+    a registered name as it is; a model source's ``prefix:PATH`` by its prefix and the path's last part
+    (``hf:/models/tiny-bert/`` -> ``hf-tiny-bert``, ``torchvision:resnet18`` -> ``torchvision-resnet18``)."""
+    if ":" not in model_name and "/" not in model_name:
+        return model_name
+    prefix, _, rest = model_name.partition(":")
+    return re.sub(r"[^\w.-]+", "-", f"{prefix}-{Path(rest.rstrip('/')).name or rest}").strip("-")
 
 class KDMethod(Method):
     """Hinton knowledge distillation from one or more teachers to a student."""
@@ -56,7 +69,7 @@ class KDMethod(Method):
 
     @staticmethod
     def teacher_stage_names(teachers: list[dict]) -> list[str]:
-        names = [t["name"] for t in teachers]
+        names = [stage_name_part(t["name"]) for t in teachers]
         return [f"teacher.{n}" if names.count(n) == 1 else f"teacher.{n}.{i}" for i, n in enumerate(names)]
 
     def student_stage(self, ctx) -> StudentStage:

@@ -13,7 +13,8 @@ class HFClassifier(nn.Module):
     so that ``forward`` returns the logits tensor of its output object, as every kdkit model does.
 
     :param task: ``"image"``: ``forward(pixels)`` (``B x C x H x W``); ``"sequence"``:
-        ``forward(input_ids)`` or ``forward({"input_ids": ..., "attention_mask": ...})``.
+        ``forward(input_ids)`` (positions holding the model's ``pad_token_id`` are masked out) or
+        ``forward({"input_ids": ..., "attention_mask": ...})``.
     """
 
     def __init__(self, model: nn.Module, task: str):
@@ -24,5 +25,11 @@ class HFClassifier(nn.Module):
     def forward(self, inputs, **kwargs):
         if isinstance(inputs, Mapping):
             return self.model(**inputs, **kwargs).logits
-        name = "pixel_values" if self.task == "image" else "input_ids"
-        return self.model(**{name: inputs}, **kwargs).logits
+        if self.task == "image":
+            return self.model(pixel_values=inputs, **kwargs).logits
+        # a padded batch of token ids (kdkit's text dataset): the padding is masked out, as a
+        # tokenizer's attention_mask would; the model's pad_token_id is the tokenizer's pad id
+        pad = getattr(self.model.config, "pad_token_id", None)
+        if pad is not None and "attention_mask" not in kwargs:
+            kwargs["attention_mask"] = inputs.ne(pad).long()
+        return self.model(input_ids=inputs, **kwargs).logits
