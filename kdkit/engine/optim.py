@@ -8,7 +8,7 @@ Class names.  ``train.optimizer`` may name any ``torch.optim`` class (``AdamW``,
 built with ``lr``, ``weight_decay`` (when the class takes it) and ``train.optimizer_options``;
 ``train.scheduler`` any ``torch.optim.lr_scheduler`` class, built with ``train.scheduler_options``,
 whose step counts are optimiser steps.  kdkit fills what it knows unless the options give it
-(:data:`kdkit.config.loop.FILLED_SCHEDULER_OPTIONS`): ``OneCycleLR``'s ``total_steps`` and ``max_lr``
+(``kdkit.config.loop.FILLED_SCHEDULER_OPTIONS``): ``OneCycleLR``'s ``total_steps`` and ``max_lr``
 (each group's ``lr``), ``CosineAnnealingLR``'s ``T_max``, ``PolynomialLR``'s and ``LinearLR``'s
 ``total_iters``, each the stage's optimiser steps after the warm-up.  A warm-up
 (``train.warmup_epochs``) goes before it through torch's own schedulers:
