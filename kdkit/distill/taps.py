@@ -169,9 +169,10 @@ def probe_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> l
 
 
 def list_layers(model: nn.Module, x: torch.Tensor) -> list[Layer]:
-    """Every tappable path of ``model`` with its output shape, from one forward pass on ``x``, in
-    execution order (first call; a module called again shows its last output, as taps keep it);
-    modules that did not run come last with shape ``()``.  The model runs in eval mode under
+    """Every tappable path of ``model`` with its output shape, from one forward pass on ``x``, in the
+    order the outputs are produced (a container right after its last child; a module called again keeps
+    the place of its first output and shows its last one, as taps keep it); modules that did not run
+    come last with shape ``()``.  The model runs in eval mode under
     ``no_grad`` and is left in the mode it was in; its exception propagates."""
     model = unwrap_model(model)
     modules = [(name, m) for name, m in model.named_modules() if name]
