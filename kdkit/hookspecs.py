@@ -40,7 +40,12 @@ def kdkit_register_teachers(register):
 
     :param register: ``register(name, target, description="", options={...})``.
         ``target(num_classes: int, **options) -> torch.nn.Module`` builds the model; ``options``
-        come from the config section of the teacher (for example ``pretrained``: a local weights file).
+        come from the config section of the teacher.  Every model also takes ``pretrained`` (a local
+        weights file), ``pretrained_key`` and ``pretrained_strict``: unless ``options`` declares
+        ``pretrained`` itself, kdkit loads the file with ``kdkit.load_weights`` after ``target`` returns.
+        A name ending with a colon (``"mysource:"``) registers a source of names ``mysource:REST``:
+        ``target(REST)`` returns ``(factory, options, description)`` (kdkit's own: ``torchvision:``,
+        ``timm:``, ``hf:``, ``py:``).
     """
 
 
