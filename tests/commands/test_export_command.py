@@ -56,14 +56,16 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def _run_logits(run_dir, stage, x):
-    """The logits of the run's own model (rebuilt and loaded as ``kdkit eval`` does)."""
-    from kdkit.commands.export import stage_model
+def _run_logits(run_dir, x):
+    """The logits of the run's student, built and loaded with the lines of ``KDMethod.evaluate``
+    (what ``kdkit eval`` scores), not with export's own code."""
     from kdkit.engine import open_run
 
-    ctx, method = open_run(run_dir, device="cpu")
+    ctx, _ = open_run(run_dir, device="cpu")
+    model = ctx.build_model("students", ctx.config.student, 10, seed_tag="student")
+    ctx.load_best("student", model)
     with torch.no_grad():
-        return stage_model(ctx, method, stage, 10)(x)
+        return model.eval()(x)
 
 
 def test_exported_student_gives_the_runs_logits_in_plain_pytorch(run_dir, tmp_path, capsys):
@@ -78,7 +80,7 @@ def test_exported_student_gives_the_runs_logits_in_plain_pytorch(run_dir, tmp_pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     plain = torch.load(tmp_path / "logits.pt", weights_only=True)
-    expected = _run_logits(run_dir, "student", x)
+    expected = _run_logits(run_dir, x)
     torch.testing.assert_close(plain["state_dict"], expected, rtol=0, atol=0)
     torch.testing.assert_close(plain["torchscript"], expected, rtol=1e-5, atol=1e-5)
     # and the run's model is what `kdkit eval` scores
