@@ -11,7 +11,7 @@ The model is rebuilt from the run's saved config (the registry factory and optio
 * ``onnx``: ``torch.onnx.export`` (the TorchScript-based exporter) with a dynamic batch axis, input
   ``input`` and output ``logits``; needs the ``onnx`` package.
 
-The checkpoint layout is documented in docs/checkpoints.md.
+The run directory and the checkpoint layout are documented in docs/results.md.
 """
 from __future__ import annotations
 
