@@ -137,9 +137,10 @@ def test_hf_image_classifier_loads_the_directory_and_returns_logits(hf_dirs):
 
 def test_hf_sequence_classifier_takes_ids_or_a_batch_dict(hf_dirs):
     model = _students().build(f"hf:{hf_dirs['bert']}", num_classes=3).eval()
-    ids = torch.randint(0, 50, (2, 7))
+    ids = torch.randint(1, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    ids[1, 5:] = 0  # BERT's pad_token_id: masked out, as the tokenizer's attention_mask would
     assert model(ids).shape == (2, 3)
-    assert torch.allclose(model({"input_ids": ids, "attention_mask": torch.ones_like(ids)}), model(ids))
+    assert torch.allclose(model({"input_ids": ids, "attention_mask": ids.ne(0).long()}), model(ids))
 
 
 def test_hf_checkpoint_with_or_without_the_wrappers_model_prefix(hf_dirs, tmp_path):
