@@ -86,6 +86,18 @@ def test_torchvision_model_has_num_classes_outputs_and_the_files_weights(tmp_pat
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
+def test_every_torchvision_classifier_resolves_with_checkable_options():
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    assert {"mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit_b_16", "resnet18"} <= set(names)
+    for name in names:
+        component = _students().get(f"torchvision:{name}")
+        assert not component.accepts_any and component.loads_weights, name
+        assert {"pretrained", "pretrained_key", "pretrained_strict", "weights"} <= set(component.options), name
+        assert "num_classes" not in component.options and "progress" not in component.options, name
+
+
 def test_torchvision_weights_of_another_head_load_all_but_the_head(tmp_path):
     import torchvision
 
