@@ -205,20 +205,20 @@ def torchvision_source(name: str):
 
 # --- timm ---------------------------------------------------------------------------------------
 
-def _import(package: str, extra: str, form: str):
+def _import(package: str, extra: str):
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise ConfigError(f"{form} needs the {package} package: pip install 'kdkit[{extra}]'") from None
+        raise ConfigError(f"needs the {package} package: pip install 'kdkit[{extra}]'") from None
 
 
 def timm_source(name: str):
     """``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=...)``; options are the
     keyword parameters of the model class (``drop_rate``, ``img_size``, ...)."""
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        raise ConfigError(f"timm:{name}: kdkit never downloads models; use timm:ARCH and pass a local weights "
+        raise ConfigError(f"kdkit never downloads models; use timm:ARCH and pass a local weights "
                           "file as pretrained")
-    timm = _import("timm", "timm", f"timm:{name}")
+    timm = _import("timm", "timm")
     from timm.models import model_entrypoint, split_model_name_tag
 
     arch, _tag = split_model_name_tag(name)
@@ -250,17 +250,17 @@ def hf_source(directory: str):
     form = f"hf:{directory}"
     path = user_path(directory)
     if not path.is_dir():
-        raise ConfigError(f"{form}: no such local directory (kdkit never downloads models: save one with "
+        raise ConfigError(f"no such local directory (kdkit never downloads models: save one with "
                           "save_pretrained, or download it elsewhere, and give its directory)")
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{form}: {path} has no config.json; give a directory written by save_pretrained")
-    transformers = _import("transformers", "hf", form)
+        raise ConfigError(f"{path} has no config.json; give a directory written by save_pretrained")
+    transformers = _import("transformers", "hf")
     from transformers.models.auto import modeling_auto
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - the user's directory: one line
-        raise ConfigError(f"{form}: cannot read its config.json: {type(exc).__name__}: "
+        raise ConfigError(f"cannot read its config.json: {type(exc).__name__}: "
                           f"{(str(exc).strip().splitlines() or [''])[0]}") from None
     arches = list(config.architectures or [])
     if any(a.endswith("ForImageClassification") for a in arches) or (
@@ -270,7 +270,7 @@ def hf_source(directory: str):
             not arches and config.model_type in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
         auto, task = transformers.AutoModelForSequenceClassification, "sequence"
     else:
-        raise ConfigError(f"{form}: {', '.join(arches) or config.model_type!r} is neither an image nor a sequence "
+        raise ConfigError(f"{', '.join(arches) or config.model_type!r} is neither an image nor a sequence "
                           "classifier (architectures ending in ForImageClassification / ForSequenceClassification)")
     base = set(transformers.PretrainedConfig().to_dict())
     options = {}
@@ -346,11 +346,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' + lines[0] if lines else ''}"
 
 
-def _load_module(where: str, form: str):
+def _load_module(where: str):
     if where.endswith(".py"):
         path = user_path(where)
         if not path.is_file():
-            raise ConfigError(f"{form}: file not found: {where}")
+            raise ConfigError(f"file not found: {where}")
         path = path.resolve()
         name = f"kdkit_py_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name in sys.modules:
@@ -362,20 +362,20 @@ def _load_module(where: str, form: str):
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001
             del sys.modules[name]
-            raise ConfigError(f"{form}: importing {where} failed: {_first_line(exc)}") from None
+            raise ConfigError(f"importing {where} failed: {_first_line(exc)}") from None
         return module
     if not all(part.isidentifier() for part in where.split(".")):
-        raise ConfigError(f"{form}: {where!r} is neither a module name nor a .py file; write py:MODULE:CALLABLE "
+        raise ConfigError(f"{where!r} is neither a module name nor a .py file; write py:MODULE:CALLABLE "
                           "or py:FILE.py:CALLABLE")
     try:
         with _cwd_on_path():
             return importlib.import_module(where)
     except ModuleNotFoundError as exc:
         if exc.name and where.startswith(exc.name):
-            raise ConfigError(f"{form}: no module named {where!r} (on PYTHONPATH or in the working directory)") from None
-        raise ConfigError(f"{form}: importing {where} failed: {_first_line(exc)}") from None
+            raise ConfigError(f"no module named {where!r} (on PYTHONPATH or in the working directory)") from None
+        raise ConfigError(f"importing {where} failed: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{form}: importing {where} failed: {_first_line(exc)}") from None
+        raise ConfigError(f"importing {where} failed: {_first_line(exc)}") from None
 
 
 def py_source(spec: str):
@@ -384,20 +384,20 @@ def py_source(spec: str):
     form = f"py:{spec}"
     where, colon, attribute = spec.rpartition(":")
     if not colon or not where or not attribute:
-        raise ConfigError(f"{form}: write py:MODULE:CALLABLE or py:FILE.py:CALLABLE")
-    module = _load_module(where, form)
+        raise ConfigError(f"write py:MODULE:CALLABLE or py:FILE.py:CALLABLE")
+    module = _load_module(where)
     factory: Any = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
-            raise ConfigError(f"{form}: {where} has no {attribute!r}")
+            raise ConfigError(f"{where} has no {attribute!r}")
     if not callable(factory):
-        raise ConfigError(f"{form}: {attribute!r} is a {type(factory).__name__}, not a callable")
+        raise ConfigError(f"{attribute!r} is a {type(factory).__name__}, not a callable")
     params = _parameters(factory)
     takes = {p.name for p in params} | {"*" for p in params if p.kind is p.VAR_KEYWORD}
     if "num_classes" not in takes and "*" not in takes and not any(
             p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
-        raise ConfigError(f"{form}: {attribute} takes no num_classes; a model factory is callable(num_classes, **options)")
+        raise ConfigError(f"{attribute} takes no num_classes; a model factory is callable(num_classes, **options)")
     first = next((p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None)
     skip = {"num_classes"} | ({first} if first else set())
     options = signature_options(factory, skip, attribute, own_defaults=True)

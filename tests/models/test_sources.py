@@ -342,10 +342,11 @@ BAD = {
     "pretrained hub id": (["teachers.0.name=timm:test_resnet", "teachers.0.pretrained=timm/resnet18.a1_in1k"],
                           "config key teachers.0.pretrained: file not found: timm/resnet18.a1_in1k (kdkit never "
                           "downloads it"),
-    "missing hf directory": (["student.name=hf:{tmp}/no_model"], "hf:{tmp}/no_model: no such local directory"),
+    "missing hf directory": (["student.name=hf:{tmp}/no_model"], "student 'hf:{tmp}/no_model': no such local "
+                                                                 "directory (kdkit never downloads models"),
     "hf hub id": (["student.name=hf:google/vit-base-patch16-224"], "no such local directory (kdkit never downloads"),
     "missing py module": (["student.name=py:no_such_models:make"], "no module named 'no_such_models'"),
-    "missing py file": (["student.name=py:{tmp}/nope.py:make"], "py:{tmp}/nope.py:make: file not found"),
+    "missing py file": (["student.name=py:{tmp}/nope.py:make"], "student 'py:{tmp}/nope.py:make': file not found"),
     "missing py callable": (["student.name=py:{factory}:mkae"], "has no 'mkae'"),
     "factory raises": (["teachers.0.name=py:{factory}:broken"],
                        "py:{factory}:broken failed to build the model: RuntimeError: no GPU named 'tpu0'"),
@@ -376,8 +377,7 @@ def test_timm_without_timm_names_the_extra(monkeypatch, capsys, tmp_path):
     _no_timm_module(monkeypatch)
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--set", "student.name=timm:resnet18"]) == 2
     err = capsys.readouterr().err
-    assert err == ("kdkit: error: student 'timm:resnet18': timm:resnet18 needs the timm package: "
-                   "pip install 'kdkit[timm]'\n")
+    assert err == "kdkit: error: student 'timm:resnet18': needs the timm package: pip install 'kdkit[timm]'\n"
 
 
 def test_hf_without_transformers_names_the_extra(monkeypatch, capsys, hf_dirs):
