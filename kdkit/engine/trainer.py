@@ -47,6 +47,7 @@ from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits
 from kdkit.engine.data import make_eval_loader, make_train_loader, to_device
+from kdkit.engine.loop import amp_dtype, channels_last, check_early_stop, no_sync, watch_early_stop
 from kdkit.engine.optim import build_optimizer, build_scheduler, param_groups, trainable, trainable_extra
 from kdkit.engine.stage import Stage, StageResult, classification_eval, classification_step, freeze  # noqa: F401
 from kdkit.engine.stage_checkpoints import CHECKPOINT_FORMAT, StageCheckpoints
@@ -88,41 +89,6 @@ class TrainerOptions:
         return cls(train=run.train, seed=run.seed, num_workers=run.data.num_workers, progress=run.logging.progress,
                    log_every=run.logging.log_every, select_on=run.checkpoint.select_on,
                    save_best=run.checkpoint.save_best, config=thaw_config(config))
-
-
-def _amp_dtype(settings: TrainSettings, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` on ``device`` (``None``: fp32); ``auto`` is the
-    deprecated ``train.amp`` (fp16 on CUDA, fp32 elsewhere)."""
-    precision = settings.precision
-    if precision == "auto":
-        return torch.float16 if settings.amp and device.type == "cuda" else None
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"config key train.precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
-                          "use fp16 or fp32")
-    if precision != "fp32" and device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"config key train.precision: {precision} autocast runs on cpu and cuda only, not on "
-                          f"{device.type}; use fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _no_sync(model: nn.Module):
-    """DDP's ``no_sync()`` of ``model`` (under ``torch.compile`` too), else nothing to hold back."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    inner = getattr(model, "_orig_mod", model)
-    return inner.no_sync() if isinstance(inner, DDP) else contextlib.nullcontext()
-
-
-def _channels_last(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 and batch.is_floating_point() \
-            else batch
-    if isinstance(batch, dict):
-        return {k: _channels_last(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_channels_last(v) for v in batch) if not hasattr(batch, "_fields") \
-            else type(batch)(*(_channels_last(v) for v in batch))
-    return batch
 
 
 class TrainerHost(Protocol):
@@ -193,12 +159,12 @@ class Trainer(StageCheckpoints):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.scaler = None
-        self.amp_dtype = _amp_dtype(settings, self.device)
+        self.amp_dtype = amp_dtype(settings, self.device)
         self.amp = self.amp_dtype is not None
         self.micro_batch = (0, 1)
         # train.early_stop: the watched metric's best value, epochs since it improved, whether it stopped
         self.early_stop: dict = {"best": None, "bad_epochs": 0, "stopped": False}
-        self._check_early_stop()
+        check_early_stop(settings.early_stop, stage, self.has_val)
         self._last_unreadable = False  # resumed from last.prev.pt: do not rotate the bad last.pt over it
 
     # --- building -------------------------------------------------------------------------
@@ -364,7 +330,7 @@ class Trainer(StageCheckpoints):
         if parts > 1:
             loss = loss / parts  # the step's gradient: the mean over its micro-batches
         # DDP averages the gradients of the step's last micro-batch only; the others add up locally
-        sync = contextlib.nullcontext() if part == parts - 1 else _no_sync(self.train_model)
+        sync = contextlib.nullcontext() if part == parts - 1 else no_sync(self.train_model)
         with sync:
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -409,7 +375,7 @@ class Trainer(StageCheckpoints):
     def _prepare(self, batch):
         """``batch`` on the device; its 4-D float tensors channels_last with ``train.channels_last``."""
         batch = to_device(batch, self.device)
-        return _channels_last(batch) if self.settings.channels_last else batch
+        return channels_last(batch) if self.settings.channels_last else batch
 
     def _after_step(self, epoch: int, loss_value: float, logs: dict, bar) -> None:
         """The ``kdkit_after_step`` hook, the progress bar and the ``logging.log_every`` line."""
@@ -433,7 +399,7 @@ class Trainer(StageCheckpoints):
         if has_val:
             val_metrics = self.evaluate(stage.val_data)
             record.update({f"val.{k}": v for k, v in val_metrics.items()})
-            self._watch(val_metrics, record)
+            record.update(watch_early_stop(self.settings.early_stop, self.early_stop, val_metrics, stage))
         ctx.append_metrics(record)
         if has_val:
             ctx.hook.kdkit_after_evaluation(trainer=self, epoch=epoch, metrics=dict(record))
@@ -459,41 +425,6 @@ class Trainer(StageCheckpoints):
             ctx.log(f"[{stage.name}] early stop after epoch {epoch + 1}: val.{es.metric or stage.select_metric} "
                     f"has not improved by {es.min_delta:g} for {es.patience} epoch(s)")
         ctx.hook.kdkit_after_epoch(trainer=self, epoch=epoch, metrics=dict(record))
-
-    def _check_early_stop(self) -> None:
-        """``train.early_stop`` needs a validation metric and a direction to watch it in."""
-        es, stage = self.settings.early_stop, self.stage
-        if not es.patience:
-            return
-        if not self.has_val:
-            raise ConfigError(f"stage {stage.name}: train.early_stop needs validation metrics and the stage has "
-                              "none (no validation data, or checkpoint.select_on: last); set "
-                              "train.early_stop.patience=0")
-        if es.metric not in (None, stage.select_metric) and es.mode is None:
-            raise ConfigError(f"stage {stage.name}: train.early_stop.metric {es.metric!r} is not the selection "
-                              f"metric ({stage.select_metric!r}): give train.early_stop.mode (max or min)")
-
-    def _watch(self, val_metrics: dict, record: dict) -> None:
-        """``train.early_stop``: count the epochs without an improvement of ``min_delta``; the
-        epoch's record gets ``early_stop.bad_epochs`` (and ``early_stop.stopped`` when it stops)."""
-        es, state = self.settings.early_stop, self.early_stop
-        if not es.patience:
-            return
-        metric = es.metric or self.stage.select_metric
-        if metric not in val_metrics:
-            raise KdkitError(f"stage {self.stage.name}: train.early_stop.metric {metric!r} is not a validation "
-                             f"metric (got {sorted(val_metrics)})")
-        value, best = val_metrics[metric], state["best"]
-        if (es.mode or self.stage.select_mode) == "min":
-            value, best = -value, None if best is None else -best
-        if not math.isnan(value) and (best is None or value > best + es.min_delta):
-            state["best"], state["bad_epochs"] = val_metrics[metric], 0
-        else:
-            state["bad_epochs"] += 1
-        state["stopped"] = state["bad_epochs"] >= es.patience
-        record["early_stop.bad_epochs"] = state["bad_epochs"]
-        if state["stopped"]:
-            record["early_stop.stopped"] = True
 
     def _clear_taps(self) -> None:
         for taps in self.stage.taps:  # no tapped activation outlives the step (or evaluation)

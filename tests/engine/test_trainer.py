@@ -370,3 +370,25 @@ def test_early_stop_needs_a_validation_metric_and_a_direction(tmp_path):
         ctx.trainer(Stage("s", _model(), _data(), None))
     with pytest.raises(kdkit.ConfigError, match="give train.early_stop.mode"):
         ctx.trainer(Stage("s", _model(), _data(), _data(8, 1), optimizer={"early_stop": {"metric": "loss"}}))
+
+
+@pytest.mark.slow
+def test_accumulation_under_two_gloo_processes_follows_one_process(tmp_path):
+    """DDP holds back its all-reduce (no_sync) for all but the step's last micro-batch: the same steps."""
+    from kdkit_engine_testutil import TINY, kdkit_cli
+
+    sets = [s for s in TINY if not s.startswith(("teachers=", "student."))] + [
+        "teachers=[{name: mlp}]", "student.name=mlp", "teacher_train.epochs=1", "train.accumulate=2",
+        "train.optimizer=AdamW", "train.scheduler=OneCycleLR"]
+
+    def args(out):
+        return ["--plugins-module", "kdkit_engine_testplugin", "train", "--method", "kd", "--out", str(out),
+                *[a for s in sets for a in ("--set", s)]]
+
+    for name, nproc in (("one", 1), ("two", 2)):
+        r = kdkit_cli(args(tmp_path / name), nproc=nproc)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_checkpoint(tmp_path / n / "checkpoints" / "student" / "last.pt") for n in ("one", "two"))
+    assert a["step"] == b["step"] == 6  # 2 epochs of 5 micro-batches: steps of 2, 2 and 1
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
