@@ -247,7 +247,16 @@ class Registry:
         return sorted(self._components)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._components
+        """A registered name, or one a source resolves (``"torchvision:resnet18"``)."""
+        if name in self._components:
+            return True
+        if not isinstance(name, str) or ":" not in name:
+            return False
+        try:
+            self.get(name)
+        except KdkitError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[Component]:
         return iter(self._components[n] for n in sorted(self._components))

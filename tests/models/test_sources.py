@@ -86,6 +86,13 @@ def test_torchvision_model_has_num_classes_outputs_and_the_files_weights(tmp_pat
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
+def test_a_resolvable_name_is_in_the_registry_but_not_in_its_listing():
+    registry = kdkit.get_registry("teachers")
+    assert "torchvision:resnet18" in registry and "resnet8" in registry
+    assert "torchvision:resnet_18" not in registry and "nope:x" not in registry and "resnet9" not in registry
+    assert "torchvision:resnet18" not in registry.names() and len(registry) == len(registry.names())
+
+
 def test_every_torchvision_classifier_resolves_with_checkable_options():
     import torchvision
 
