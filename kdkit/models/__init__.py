@@ -1,8 +1,10 @@
 """kdkit's built-in models (registered as teachers and students by :mod:`kdkit.models.builtin`).
 
 ``build_model(name, num_classes, **options)``, ``load_weights(model, path)`` and the table
-``MODELS`` are the API; see :mod:`kdkit.models.zoo` for names and options.  Importing this
-package is cheap: torch and torchvision load when a model is built.
+``MODELS`` are the API; see :mod:`kdkit.models.zoo` for names and options.  Models of torchvision,
+timm, a Hugging Face directory or the user's own factory are named through the sources of
+:mod:`kdkit.models.sources` (``torchvision:NAME``, ...).  Importing this package is cheap: torch and
+torchvision load when a model is built.
 """
 from __future__ import annotations
 
