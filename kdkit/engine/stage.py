@@ -87,8 +87,9 @@ class Stage:
         ``torch.no_grad`` with the model in eval mode).  Default: ``{"top1", "loss"}``.
     :param epochs: number of epochs; ``None`` uses ``optimizer["epochs"]``.
     :param optimizer: optimisation settings, a ``train`` section (:func:`kdkit.config.train_section`):
-        ``batch_size``, ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``scheduler``, ...;
-        missing keys come from the run config's ``train`` section.
+        ``batch_size``, ``optimizer``, ``optimizer_options``, ``lr``, ``scheduler``,
+        ``scheduler_options``, ``accumulate``, ``precision``, ``early_stop``, ...; missing keys come
+        from the run config's ``train`` section (``early_stop``'s too); each is checked like the config.
     :param extra_modules: other state trained or updated with the model (learnable embeddings,
         combination-rule statistics as buffers); saved in checkpoints, trainable parameters join
         the optimizer and their gradients are averaged across ranks.

@@ -329,7 +329,7 @@ class Trainer(StageCheckpoints):
             self.optimizer.zero_grad(set_to_none=True)
         if parts > 1:
             loss = loss / parts  # the step's gradient: the mean over its micro-batches
-        # DDP averages the gradients of the step's last micro-batch only; the others add up locally
+        # DDP all-reduces once per step, in the last micro-batch's backward: the others add up locally
         sync = contextlib.nullcontext() if part == parts - 1 else no_sync(self.train_model)
         with sync:
             if self.scaler is not None:
