@@ -9,11 +9,13 @@ Layout (``<cache>/teacher-store/<key>/``, :func:`store_root`)::
     feature-<i>.npy                 N x ..., one per tapped module path
     manifest.json                   written last: key, its parts, and each shard's shape, dtype, size, CRC-32
 
-Why ``.npy`` files opened with ``np.lib.format.open_memmap`` rather than ``torch.from_file``: a
-``.npy`` file carries its own dtype and shape in its header, so a shard is checked against the
-manifest before a row is read and any numpy reads it without kdkit; ``np.load(mmap_mode="r")`` maps it
-read-only, so a process's resident memory holds only the pages of the rows it touched (under DDP:
-its own).  bfloat16, which numpy lacks, is stored as its raw 16 bits (``int16``) and viewed back as
+Why ``.npy`` files memory-mapped by numpy (``np.load(mmap_mode="r")``) rather than ``torch.from_file``:
+a ``.npy`` file carries its own dtype and shape in its header, so a shard is checked against the
+manifest before a row is read and any numpy reads it without kdkit; the read-only map means a
+process's resident memory holds only the pages of the rows it touched (under DDP: its own), shared
+with the other processes of the machine.  Shards are *written* sequentially through a file (rows
+arrive in sample order), not through a writable map: a full disk is then a one-line error rather
+than a ``SIGBUS``.  bfloat16, which numpy lacks, is stored as its raw 16 bits (``int16``) and viewed back as
 ``torch.bfloat16``.
 
 Correctness:
@@ -197,14 +199,18 @@ class StoreWriter:
         self.meta: dict = {}
 
     def _shard(self, name: str, tail_shape: tuple, dtype, logical: str) -> dict:
+        # written sequentially through a file, not through a writable map: a full disk is then an
+        # OSError (a one-line error), where a store into a mapped page past the disk's end is a SIGBUS
         if name not in self._shards:
-            array = np.lib.format.open_memmap(self.directory / f"{name}.npy", mode="w+", dtype=dtype,
-                                              shape=(self.rows, *tail_shape))
-            self._shards[name] = {"array": array, "crc": 0, "filled": 0, "dtype": logical}
+            fh = open(self.directory / f"{name}.npy", "wb")
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                      "fortran_order": False, "shape": (self.rows, *tail_shape)})
+            self._shards[name] = {"file": fh, "offset": fh.tell(), "shape": (self.rows, *tail_shape),
+                                  "numpy_dtype": np.dtype(dtype), "crc": 0, "filled": 0, "dtype": logical}
         shard = self._shards[name]
-        if tuple(shard["array"].shape[1:]) != tuple(tail_shape):
+        if shard["shape"][1:] != tuple(tail_shape) or shard["numpy_dtype"] != np.dtype(dtype):
             raise ConfigError(f"teacher store: {name} has shape {tuple(tail_shape)} per sample after "
-                              f"{tuple(shard['array'].shape[1:])}; only outputs of one shape can be stored "
+                              f"{shard['shape'][1:]}; only outputs of one shape can be stored "
                               "(set distill.teacher_cache=off to run the teacher online)")
         return shard
 
@@ -221,11 +227,12 @@ class StoreWriter:
         else:
             array, logical = values.numpy(), str(values.dtype).removeprefix("torch.")
         shard = self._shard(name, tuple(array.shape[1:]), array.dtype, logical)
-        start, stop = shard["filled"], shard["filled"] + array.shape[0]
+        stop = shard["filled"] + array.shape[0]
         if stop > self.rows:
             raise KdkitError(f"teacher store: {stop} rows written to {name}, but the data has {self.rows}")
-        shard["array"][start:stop] = array
-        shard["crc"] = zlib.crc32(np.ascontiguousarray(array).tobytes(), shard["crc"])  # rows come in order
+        data = np.ascontiguousarray(array).tobytes()
+        shard["file"].write(data)
+        shard["crc"] = zlib.crc32(data, shard["crc"])  # rows come in order: the CRC of the data region
         shard["filled"] = stop
 
     def write_logits(self, logits) -> None:
@@ -245,21 +252,25 @@ class StoreWriter:
         self.meta["num_classes"] = int(logits.shape[1])
 
     def finish(self) -> dict:
-        """Flush and fsync every shard; returns their manifest entries."""
+        """Flush, fsync and close every shard; returns their manifest entries."""
         entries = {}
         for name, shard in self._shards.items():
-            array = shard["array"]
+            fh = shard.pop("file")
+            fh.flush()
+            os.fsync(fh.fileno())
+            size = fh.tell()
+            fh.close()
             if shard["filled"] != self.rows:
                 raise KdkitError(f"teacher store: {shard['filled']} of {self.rows} rows written to {name}")
-            array.flush()
-            offset = int(array.offset)
-            shape, dtype = list(array.shape), array.dtype.str
-            del array, shard["array"]  # unmap before the fsync
-            path = self.directory / f"{name}.npy"
-            _fsync(path)
-            entries[name] = {"shape": shape, "numpy_dtype": dtype, "dtype": shard["dtype"], "offset": offset,
-                             "bytes": path.stat().st_size, "crc32": shard["crc"]}
+            entries[name] = {"shape": list(shard["shape"]), "numpy_dtype": shard["numpy_dtype"].str,
+                             "dtype": shard["dtype"], "offset": shard["offset"], "bytes": size, "crc32": shard["crc"]}
         return entries
+
+    def close(self) -> None:
+        """Close the shards' files (after a failed build)."""
+        for shard in self._shards.values():
+            if "file" in shard:
+                shard.pop("file").close()
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -346,7 +357,12 @@ class TeacherStore:
         """Build the store unless it is complete, holding the key's lock; returns whether it was built.
         ``fill(writer)`` writes every row (:meth:`StoreWriter.write_logits`, :meth:`StoreWriter.write`)
         and returns what else the manifest records.  A complete store is verified (CRC-32) instead."""
-        fd = self._lock(log)
+        from kdkit.files import write_error
+
+        try:
+            fd = self._lock(log)
+        except OSError as exc:  # the cache directory cannot be created or written
+            raise write_error(self.root / f"{self.key}.lock", exc) from None
         try:
             if self.complete:
                 self.open(verify=True)
@@ -369,8 +385,11 @@ class TeacherStore:
         try:
             tmp.mkdir(parents=True)
             writer = StoreWriter(tmp, rows, options)
-            extra = fill(writer)
-            shards = writer.finish()
+            try:
+                extra = fill(writer)
+                shards = writer.finish()
+            finally:
+                writer.close()
             manifest = {"key": self.key, "format": FORMAT_VERSION, "rows": rows, "dtype": options.dtype,
                         "topk": options.topk, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         **writer.meta, **extra, "parts": self.parts, "shards": shards}

@@ -231,3 +231,23 @@ def test_bad_options():
         StoreOptions(dtype="int8")
     with pytest.raises(ConfigError, match="teacher_store_topk"):
         StoreOptions(topk=-1)
+
+
+def test_an_unwritable_cache_or_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from kdkit.distill.store import StoreWriter
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(KdkitError, match=r"^cannot write .*file/teacher-store/k+\.lock: .*; "):
+        TeacherStore(blocker / "teacher-store", "k" * 32).ensure(3, StoreOptions(), _fill(3))
+
+    def full(self, name, values):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "write", full)
+    store = TeacherStore(tmp_path / "cache", "k" * 32)
+    with pytest.raises(KdkitError, match="No space left on device; free some disk space"):
+        store.ensure(3, StoreOptions(), _fill(3))
+    assert not store.path.exists() and not list((tmp_path / "cache").glob("*.tmp-*"))
