@@ -270,7 +270,8 @@ class StudentStage:
         # teacher outputs — the logits and the features the terms tap — cached once per sample index
         # when the teacher's input is deterministic: in memory, or in the disk store when they are large
         setting = dcfg.teacher_cache if cache is None else cache
-        plan, caches = self._cache_plan(num_classes, teachers, train, distiller, setting, from_method=cache is not None)
+        plan, caches = self._cache_plan(num_classes, teachers, train, distiller, setting,
+                                        from_method=cache is not None)
         built = [c for c in caches if c is not None] if caches is not None else None
         if caches is not None:
             for c in built:
@@ -312,7 +313,10 @@ class StudentStage:
         ctx, cfg = self.ctx, self.config
         method = cfg.method
         dcfg = cfg.distill
-        log = lambda m: ctx.log(f"{method}: {m}")  # noqa: E731
+
+        def log(message: str) -> None:
+            ctx.log(f"{method}: {message}")
+
         mode = cache_mode(setting)
         view = _plain_view(train)
         bs = int(cfg.train.eval_batch_size)

@@ -71,7 +71,7 @@ def test_float32_store_equals_the_memory_cache_for_every_index(tmp_path):
     torch.testing.assert_close(disk[scrambled], memory[scrambled], rtol=0, atol=0)
     torch.testing.assert_close(disk.features(scrambled)["body"], memory.features(scrambled)["body"], rtol=0, atol=0)
     assert disk.built is True and disk.store.complete
-    assert describe_caches([disk]).startswith(f"teacher store of 1 teacher(s) x 33 samples") and "built" in \
+    assert describe_caches([disk]).startswith("teacher store of 1 teacher(s) x 33 samples") and "built" in \
         describe_caches([disk])
     # each row is its own sample's: the oracle's vector of the image's identity
     ids = _ids(data, scrambled)

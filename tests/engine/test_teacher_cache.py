@@ -15,7 +15,7 @@ from kdkit.distill.terms import TermSpec
 from kdkit.distill.cache import DiskTeacherCache, TeacherCache, describe_caches, plan_cache
 from kdkit.distill.store import StoreOptions
 from kdkit.engine import WithIndex
-from kdkit.errors import ConfigError, KdkitError
+from kdkit.errors import ConfigError
 
 N = 37
 
@@ -352,3 +352,20 @@ def test_a_corrupt_store_shard_is_one_line_and_exit_2(tmp_path):
     assert len(errors) == 1 and "Traceback" not in second.stderr
     assert f"teacher store {shard.parent}: shard logits.npy is corrupt" in errors[0]
     assert f"rm -r {shard.parent}" in errors[0]
+
+
+def test_a_topk_store_hands_the_loss_the_top_logits_and_the_mean_of_the_rest(oracle_manager, tmp_path):
+    import kdkit_oracle_testplugin as oracle
+
+    from kdkit.engine import train
+
+    sets = ORACLE_BASE + ["data.augment=none", "distill.teacher_cache=disk", "distill.teacher_store_dtype=float32"]
+    with pytest.raises(ConfigError, match="distill.teacher_store_topk: 10 is not below the 10 classes"):
+        train("kd", sets=sets + ["distill.teacher_store_topk=10"], out=tmp_path / "all", manager=oracle_manager)
+    oracle.reset_record()
+    train("kd", sets=sets + ["distill.teacher_store_topk=3"], out=tmp_path / "run", manager=oracle_manager)
+    for positions, seen in _oracle_steps():
+        exact = oracle.sample_vector(positions, 10)
+        top = exact.topk(3, dim=1)
+        rest = ((exact.sum(1) - top.values.sum(1)) / 7)[:, None].expand(-1, 10)
+        torch.testing.assert_close(seen, rest.clone().scatter_(1, top.indices, top.values), rtol=1e-6, atol=1e-6)
