@@ -195,6 +195,8 @@ def test_feature_term_from_the_installed_plugin_trains_end_to_end(installed_exam
                     timeout=300, KDTEST_KILL="after_step:student:1:2", KDKIT_PLUGINS="kdkit_engine_testplugin",
                     PYTHONPATH=os.pathsep.join([str(installed_example), str(Path(__file__).parent / "engine")]))
     assert killed.returncode < 0, killed.stderr[-2000:]
-    resumed = _kdkit(installed_example, "train", "--resume", str(tmp_path / "run"), timeout=300)
+    # the run recorded the fault-injecting module; --resume loads it again by itself (KDTEST_KILL unset)
+    resumed = _kdkit(installed_example, "train", "--resume", str(tmp_path / "run"), timeout=300,
+                     PYTHONPATH=os.pathsep.join([str(installed_example), str(Path(__file__).parent / "engine")]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (tmp_path / "run" / "summary.json").read_text() == (tmp_path / "ref" / "summary.json").read_text()
