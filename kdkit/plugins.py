@@ -364,7 +364,9 @@ class PluginManager(pluggy.PluginManager):
             info.hooks = sorted(caller.name for caller in (self.get_hookcallers(plugin) or []))
             info.components = {}
             for kind, registry in registries.items():
-                names = [c.name for c in registry if c.plugin == name]
+                # a source ("torchvision:") stands for every name of its form: listed as that form
+                names = [c.name for c in registry if c.plugin == name] + [
+                    c.metadata.get("form", c.name) for c in registry.sources() if c.plugin == name]
                 if names:
                     info.components[kind] = names
             result.append(info)
