@@ -189,18 +189,25 @@ class StudentStage:
         return any(spec.uses_features for spec in self.distiller.specs)
 
     def check_taps(self, num_classes: int) -> None:
-        """Resolve every module path the terms tap on fresh models — the student and each teacher
-        (built without its ``pretrained`` weights) — so that a wrong path fails before anything trains,
-        with the nearest valid paths.  Nothing is built without feature terms."""
-        if not self.uses_features:
-            return
+        """Build the student and each teacher once (without its ``pretrained`` weights) and resolve
+        every module path the terms tap on them, so that a model that cannot be built (a ``py:``
+        factory that raises, an ``hf:`` directory that does not load) or a wrong path fails before
+        anything trains, with the nearest valid paths.
+
+        Without feature terms the random state is restored afterwards (the run's numbers do not
+        depend on this check); with them it is left as the tap check has always left it."""
         from kdkit.distill.step import check_taps
+        from kdkit.seeding import capture_rng_state, restore_rng_state
 
         ctx = self.ctx
+        state = None if self.uses_features else capture_rng_state()
         student = ctx.build_model("students", self.config.student, num_classes, seed_tag="student")
         teachers = [ctx.build_model("teachers", {k: v for k, v in self.model_options(tcfg).items() if k != "pretrained"},
                                     num_classes, seed_tag=name)
                     for tcfg, name in zip(self.teachers, self.teacher_names)]
+        if state is not None:
+            restore_rng_state(state)
+            return
         check_taps(self.distiller, student, teachers + [None] * (self.num_teachers - len(teachers)))
 
     # --- teachers and baseline ----------------------------------------------------------------

@@ -249,7 +249,8 @@ def test_wrong_tap_paths_fail_before_any_teacher_trains(tmp_path, manager):
     with pytest.raises(kdkit.UnknownComponentError, match="unknown loss 'nosuchloss'"):
         train("kd", sets=TINY + ["distill.terms=[{loss: nosuchloss}]"], out=tmp_path / "a", manager=manager)
     assert not (tmp_path / "a" / "checkpoints").exists()
-    with pytest.raises(ConfigError, match=r"student \(ConvNet\) has no module 'features.77'; nearest valid"):
+    with pytest.raises(ConfigError, match=r"student \(ConvNet\) has no module 'features.77'; feature maps it can tap, "
+                                         r"one per resolution: features.2 \(4x32x32\), .*; nearest valid paths: features.7"):
         train("kd", sets=TINY + ["distill.terms=[{loss: fitnet, student: features.77, teacher: features.7}]"],
               out=tmp_path / "b", manager=manager)
     assert not (tmp_path / "b" / "checkpoints").exists()

@@ -357,6 +357,9 @@ BAD = {
     "missing py callable": (["student.name=py:{factory}:mkae"], "has no 'mkae'"),
     "factory raises": (["teachers.0.name=py:{factory}:broken"],
                        "py:{factory}:broken failed to build the model: RuntimeError: no GPU named 'tpu0'"),
+    # the student is built after the teachers train: the models are built once before anything trains
+    "student factory raises": (["student.name=py:{factory}:broken"],
+                               "py:{factory}:broken failed to build the model: RuntimeError: no GPU named 'tpu0'"),
     "factory returns no module": (["teachers.0.name=py:{factory}:not_a_module"],
                                   "py:{factory}:not_a_module returned str, not a torch.nn.Module"),
 }
