@@ -90,9 +90,13 @@ class StudentResult:
 
 
 def _top1_summary(result: "StageResult") -> dict:
-    """A trained stage in a run summary: test top-1 at the best epoch, validation top-1 there, that epoch."""
-    return {"top1": result.test_metrics.get("top1"), "val_top1": result.best_metrics.get("top1"),
-            "best_epoch": result.best_epoch}
+    """A trained stage in a run summary: test top-1 at the best epoch, validation top-1 there, that epoch
+    (and ``stopped_epoch`` when ``train.early_stop`` ended the stage early)."""
+    out = {"top1": result.test_metrics.get("top1"), "val_top1": result.best_metrics.get("top1"),
+           "best_epoch": result.best_epoch}
+    if result.stopped_epoch is not None:
+        out["stopped_epoch"] = result.stopped_epoch
+    return out
 
 
 def _plain_view(dataset):

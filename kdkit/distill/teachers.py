@@ -47,6 +47,8 @@ def train_teachers(ctx, teachers: Sequence[dict], stage_names: Sequence[str], nu
                                 eval_fn=eval_fn, optimizer=optimizer))
             result = {**res.test_metrics, "stage": sname, "val_top1": res.best_metrics.get("top1"),
                       "best_epoch": res.best_epoch}
+            if res.stopped_epoch is not None:  # train.early_stop ended the stage early
+                result["stopped_epoch"] = res.stopped_epoch
         else:
             freeze(model.to(ctx.device))
             result = {**ctx.evaluate(model, test, eval_fn=eval_fn), "stage": None, "pretrained": tcfg.pretrained}

@@ -82,7 +82,8 @@ class KDMethod(Method):
         models, summary = [], {}
         for sname, (model, r) in zip(stage.teacher_names,
                                      stage.train_teachers(num_classes, test, lambda tcfg: (train, val))):
-            summary[sname] = ({"top1": r.get("top1"), "val_top1": r["val_top1"], "best_epoch": r["best_epoch"]}
+            summary[sname] = ({"top1": r.get("top1"), "val_top1": r["val_top1"], "best_epoch": r["best_epoch"],
+                               **({"stopped_epoch": r["stopped_epoch"]} if "stopped_epoch" in r else {})}
                               if r["stage"] else {"top1": r["top1"], "pretrained": r["pretrained"]})
             models.append(model)
         return models, summary

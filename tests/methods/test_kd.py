@@ -170,3 +170,16 @@ def test_bad_distill_settings_fail_before_a_run_directory_exists(tmp_path, manag
     with pytest.raises(kdkit.KdkitError, match=message):
         train("kd", sets=TINY + [item], out=tmp_path / "run", manager=manager)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_early_stopped_stage_says_so_in_the_summary(tmp_path, manager):
+    """train.early_stop ends the student after patience epochs without gain; summary.json names the epoch,
+    and a stage that ran to its end has no such key."""
+    from kdkit_engine_testutil import TINY
+
+    from kdkit.engine import train
+
+    summary = train("kd", sets=TINY + ["train.epochs=6", "train.early_stop={patience: 1, min_delta: 1000}"],
+                    out=tmp_path / "run", manager=manager)
+    assert summary["student"]["stopped_epoch"] == 1 and summary["student"]["best_epoch"] == 0
+    assert "stopped_epoch" not in summary["teachers"]["teacher.convnet"]  # teacher_train has no early_stop
