@@ -28,3 +28,29 @@ def manager():
 
     with testing_manager() as pm:
         yield pm
+
+
+@pytest.fixture
+def clean_plugin_manager(monkeypatch):
+    """The process-wide plugin manager built anew for the test, with no plugin environment variable
+    set (KDKIT_PLUGINS, KDKIT_BLOCK_PLUGINS, ...), and dropped after it: what a test's CLI call or
+    --plugins-module loads does not leak into the next test."""
+    from kdkit import plugins as kp
+
+    for var in (kp.ENV_DISABLE_AUTOLOAD, kp.ENV_BLOCK, kp.ENV_STRICT, kp.ENV_MODULES):
+        monkeypatch.delenv(var, raising=False)
+    kp.reset_plugin_manager()
+    yield
+    kp.reset_plugin_manager()
+
+
+@pytest.fixture
+def lean_plugin_manager(monkeypatch):
+    """Like :func:`clean_plugin_manager`, with soda and wordnet_relax blocked (faster start-up where
+    the test needs neither)."""
+    from kdkit import plugins as kp
+
+    monkeypatch.setenv(kp.ENV_BLOCK, "soda,wordnet_relax")
+    kp.reset_plugin_manager()
+    yield
+    kp.reset_plugin_manager()

@@ -18,13 +18,7 @@ from kdkit.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager(monkeypatch):
-    for var in (kp.ENV_DISABLE_AUTOLOAD, kp.ENV_BLOCK, kp.ENV_STRICT, kp.ENV_MODULES):
-        monkeypatch.delenv(var, raising=False)
-    kp.reset_plugin_manager()
-    yield
-    kp.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("clean_plugin_manager")
 
 
 @pytest.fixture

@@ -12,18 +12,11 @@ import textwrap
 import pytest
 
 from kdkit import cli
-from kdkit import plugins as kp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager(monkeypatch):
-    for var in (kp.ENV_DISABLE_AUTOLOAD, kp.ENV_BLOCK, kp.ENV_STRICT, kp.ENV_MODULES):
-        monkeypatch.delenv(var, raising=False)
-    kp.reset_plugin_manager()  # --plugins-module rows must not leak into the next row
-    yield
-    kp.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("clean_plugin_manager")
 
 
 @pytest.fixture

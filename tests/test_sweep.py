@@ -104,17 +104,7 @@ def test_set_items_parse_back_to_the_same_value(value):
     assert parse_set(item) == (["a", "b"], value)
 
 
-@pytest.fixture
-def fresh_manager(monkeypatch):
-    from kdkit import plugins as kp
-
-    monkeypatch.setenv(kp.ENV_BLOCK, "soda,wordnet_relax")
-    kp.reset_plugin_manager()
-    yield
-    kp.reset_plugin_manager()
-
-
-def test_check_configs_fails_on_a_typo_in_any_cell_and_refuses_selection_on_test(tmp_path, fresh_manager):
+def test_check_configs_fails_on_a_typo_in_any_cell_and_refuses_selection_on_test(tmp_path, lean_plugin_manager):
     sweep = _sweep(cells=[{"name": "a", "method": "kd"}, {"name": "b", "method": "kd", "set": {"trian.lr": 0.1}}])
     with pytest.raises(ConfigError, match=r"cell b \(b seed=0\): unknown config key 'trian'"):
         ks.check_configs(ks.plan(sweep, tmp_path))

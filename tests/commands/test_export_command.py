@@ -35,12 +35,7 @@ assert not any(name == "kdkit" or name.startswith("kdkit.") for name in sys.modu
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager(monkeypatch):
-    monkeypatch.setenv(kp.ENV_BLOCK, "soda,wordnet_relax")
-    kp.reset_plugin_manager()
-    yield
-    kp.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("lean_plugin_manager")
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,9 @@ import json
 import pytest
 
 from kdkit import cli
-from kdkit import plugins as kp
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager(monkeypatch):
-    monkeypatch.setenv(kp.ENV_BLOCK, "soda,wordnet_relax")
-    kp.reset_plugin_manager()
-    yield
-    kp.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("lean_plugin_manager")
 
 
 def test_json_lists_paths_in_execution_order_with_shapes(capsys):

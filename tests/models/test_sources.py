@@ -23,13 +23,7 @@ from kdkit.config import resolve_method_config
 from kdkit.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager(monkeypatch):
-    for var in (kp.ENV_DISABLE_AUTOLOAD, kp.ENV_BLOCK, kp.ENV_STRICT, kp.ENV_MODULES):
-        monkeypatch.delenv(var, raising=False)
-    kp.reset_plugin_manager()  # a resolved source name is cached per registry
-    yield
-    kp.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("clean_plugin_manager")
 
 
 def _students():
