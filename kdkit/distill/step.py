@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.distiller import Distiller, build_term_loss
 from kdkit.distill.taps import FeatureTaps
-from kdkit.distill.terms import check_distill
+from kdkit.distill.terms import TermSpec, check_distill
 from kdkit.errors import ConfigError
 
 __all__ = ["DistillStep", "build_distiller", "check_taps"]
@@ -46,7 +46,8 @@ def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence):
     """``(student taps or None, [teacher feature source or None])`` for the module paths the terms
     name: a source is the :class:`FeatureTaps` of a teacher network, or a teacher's cache."""
     paths = distiller.student_paths()
-    student_taps = FeatureTaps(student, paths, owner="student") if paths else None
+    student_partners, teacher_partners = _partners(distiller, student, teachers)
+    student_taps = FeatureTaps(student, paths, owner="student", partners=student_partners) if paths else None
     teacher_taps: list = []
     for i, (teacher, tpaths) in enumerate(zip(teachers, distiller.teacher_paths(len(teachers)))):
         if tpaths and teacher is None:
@@ -62,8 +63,25 @@ def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence):
                                   "which distill.terms taps; build the cache with those paths (TeacherCache(paths=...))")
             teacher_taps.append(teacher)
         else:
-            teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}"))
+            teacher_taps.append(FeatureTaps(teacher, tpaths, detach=True, owner=f"teacher {i}",
+                                            partners=teacher_partners[i]))
     return student_taps, teacher_taps
+
+
+def _partners(distiller: Distiller, student: nn.Module, teachers: Sequence) -> tuple[dict, list[dict]]:
+    """For a wrong path's hint: ``(student path -> (teacher, its paired path, name), [teacher path ->
+    (student, its paired path, "student")] per teacher)``, from each feature term's paired paths."""
+    student_side: dict = {}
+    teacher_side: list[dict] = [{} for _ in teachers]
+    for spec in distiller.specs:
+        if not spec.uses_features or spec.teacher_index >= len(teachers):
+            continue
+        teacher = teachers[spec.teacher_index]
+        for s_path, t_path in zip(TermSpec.path_list(spec.student), TermSpec.path_list(spec.teacher)):
+            if isinstance(teacher, nn.Module):
+                student_side.setdefault(s_path, (teacher, t_path, f"teacher {spec.teacher_index}"))
+            teacher_side[spec.teacher_index].setdefault(t_path, (student, s_path, "student"))
+    return student_side, teacher_side
 
 
 def check_taps(distiller: Distiller, student: nn.Module, teachers: Sequence[nn.Module | None]) -> None:

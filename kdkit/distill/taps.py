@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -58,9 +58,13 @@ class FeatureTaps:
     A module called several times in one forward keeps its last output.
     """
 
-    def __init__(self, model: nn.Module, paths: Iterable[str], *, detach: bool = False, owner: str = "model"):
+    def __init__(self, model: nn.Module, paths: Iterable[str], *, detach: bool = False, owner: str = "model",
+                 partners: Mapping[str, tuple[nn.Module, str, str]] | None = None):
         self.model = unwrap_model(model)
         self.owner = owner
+        #: path -> (the other model, the path a term pairs with it there, how errors name that model): a
+        #: wrong path's hint then lists first the feature maps of the size the other side's map has
+        self.partners = dict(partners or {})
         self.detach = bool(detach)
         self.paths = []
         for path in paths:
@@ -82,7 +86,7 @@ class FeatureTaps:
             head = name.split(".")[0]
             near = [n for n in valid if n.split(".")[0] == head][:5] or valid[:5]
         # first what a feature term can use: the model's feature maps, from one forward pass
-        listed = _feature_map_hint(self.model)
+        listed = _feature_map_hint(self.model, self.partners.get(path))
         maps = f"feature maps it can tap, one per resolution: {listed}; " if listed else ""
         raise ConfigError(f"{self.owner} ({type(self.model).__name__}) has no module {path!r}; {maps}nearest valid "
                           f"paths: {', '.join(near) if near else '(the model has no submodules)'}"
@@ -234,13 +238,27 @@ def _shape_text(shape: tuple | None) -> str:
     return "x".join(str(n) for n in shape[1:]) if shape else ("not run" if shape == () else "not a tensor")
 
 
-def _feature_map_hint(model: nn.Module, limit: int = 8) -> str:
+def _feature_map_hint(model: nn.Module, partner: tuple[nn.Module, str, str] | None = None, limit: int = 8) -> str:
     """``"layer1 (16x32x32), layer2 (32x16x16), ..."`` for a wrong path's error, or ``""`` when the model
-    cannot be run on a probe input (then the error names the nearest paths by spelling)."""
+    cannot be run on a probe input (then the error names the nearest paths by spelling).  ``partner``
+    (other model, its paired path, its name): the maps of the size that path has on the same input come
+    first, and the hint says which size that is."""
     try:
         shape, layers = probe_layers(model)
     except Exception:  # noqa: BLE001 - only a hint: the error falls back to the nearest names
         return ""
-    best = tap_candidates(layers)[:limit]
+    spatial, like = None, ""
+    if partner is not None:
+        other, other_path, other_owner = partner
+        other_path = other_path[len("module."):] if other_path.startswith("module.") else other_path
+        try:
+            _, other_layers = probe_layers(unwrap_model(other), shape)
+        except Exception:  # noqa: BLE001 - only a hint: without the partner's size, no preference
+            other_layers = []
+        found = next((layer for layer in other_layers if layer.path == other_path and layer.feature_map), None)
+        if found is not None:
+            spatial = tuple(found.shape[2:])
+            like = f"; {other_owner}'s {other_path} is {_shape_text(found.shape)}"
+    best = tap_candidates(layers, spatial)[:limit]
     listed = ", ".join(f"{layer.path} ({_shape_text(layer.shape)})" for layer in best)
-    return f"{listed} (for a {'x'.join(map(str, shape))} input)" if best else ""
+    return f"{listed} (for a {'x'.join(map(str, shape))} input{like})" if best else ""

@@ -197,3 +197,25 @@ def test_list_layers_keeps_a_repeated_module_at_its_first_call_with_its_last_sha
     layers = list_layers(Twice(), torch.zeros(1, 3, 8, 8))
     assert [(layer.path, layer.shape) for layer in layers] == [
         ("pool", (1, 4, 2, 2)), ("conv", (1, 4, 4, 4)), ("unused", ())]
+
+
+def test_wrong_path_hint_puts_first_the_maps_the_size_of_the_paired_path():
+    """A feature term pairs a student path with a teacher path: the hint ranks the student's maps by the
+    size the teacher's map has on the same probe input, and says which it is."""
+    def net(widths_and_strides):
+        layers, c = [], 3
+        for width, stride in widths_and_strides:
+            layers.append(nn.Sequential(nn.Conv2d(c, width, 3, stride, 1), nn.ReLU()))
+            c = width
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+
+    student = net([(4, 1), (8, 2), (16, 2)])   # maps 32, 16, 8
+    teacher = net([(6, 2), (12, 2), (24, 2)])  # maps 16, 8, 4
+    with pytest.raises(ConfigError) as err:
+        FeatureTaps(student, ["stage2"], owner="student", partners={"stage2": (teacher, "1", "teacher 0")})
+    message = str(err.value)
+    assert ("feature maps it can tap, one per resolution: 2 (16x8x8), 0 (4x32x32), 1 (8x16x16) "
+            "(for a 3x32x32 input; teacher 0's 1 is 12x8x8)") in message
+    with pytest.raises(ConfigError, match=r"one per resolution: 0 \(4x32x32\), 1 \(8x16x16\), 2 \(16x8x8\) "
+                                          r"\(for a 3x32x32 input\)"):
+        FeatureTaps(student, ["stage2"], owner="student")  # no partner: in execution order
