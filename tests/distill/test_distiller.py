@@ -249,8 +249,10 @@ def test_wrong_tap_paths_fail_before_any_teacher_trains(tmp_path, manager):
     with pytest.raises(kdkit.UnknownComponentError, match="unknown loss 'nosuchloss'"):
         train("kd", sets=TINY + ["distill.terms=[{loss: nosuchloss}]"], out=tmp_path / "a", manager=manager)
     assert not (tmp_path / "a" / "checkpoints").exists()
+    # the hint: the student's maps, those the size of the teacher's paired features.7 first, then the nearest names
     with pytest.raises(ConfigError, match=r"student \(ConvNet\) has no module 'features.77'; feature maps it can tap, "
-                                         r"one per resolution: features.2 \(4x32x32\), .*; nearest valid paths: features.7"):
+                                         r"one per resolution: features \(16x8x8\), features.2 \(4x32x32\), .* "
+                                         r"teacher 0's features.7 is 8x8x8\); nearest valid paths: features.7"):
         train("kd", sets=TINY + ["distill.terms=[{loss: fitnet, student: features.77, teacher: features.7}]"],
               out=tmp_path / "b", manager=manager)
     assert not (tmp_path / "b" / "checkpoints").exists()
