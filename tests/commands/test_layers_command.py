@@ -69,3 +69,30 @@ def test_a_model_of_a_source_and_the_input_it_accepts(capsys):
     # per resolution the last, shallowest module: the trunk ``features`` itself ends the 2 x 2 stage
     assert [layer.path for layer in tap_candidates(layers)] == [
         "features.0", "features.1", "features.3", "features.8", "features"]
+
+
+def test_fitnet_and_at_between_torchvision_models_on_paths_from_kdkit_layers(tmp_path, capsys):
+    """The issue's use: list both models' maps with `kdkit layers --json`, pair a teacher stage with the
+    student map of the same resolution, and distil on them (FitNet, then AT on two pairs)."""
+    def maps(model):
+        assert cli.main(["layers", model, "--input", "3x32x32", "--json"]) == 0
+        return {layer["path"]: layer["shape"] for layer in json.loads(capsys.readouterr().out)["layers"]}
+
+    teacher, student = maps("torchvision:resnet18"), maps("torchvision:mobilenet_v3_small")
+    pairs = [(t, next(p for p in ("features.1", "features.3") if student[p][2:] == teacher[t][2:]))
+             for t in ("layer1", "layer2")]
+    assert pairs == [("layer1", "features.1"), ("layer2", "features.3")]  # 8x8 and 4x4 maps
+    base = ["--set", "data.name=shapes", "--set", "data.train_per_class=4", "--set", "data.test_per_class=2",
+            "--set", "data.augment=none", "--set", "teachers=[{name: 'torchvision:resnet18'}]",
+            "--set", "student.name=torchvision:mobilenet_v3_small", "--set", "teacher_train.epochs=1",
+            "--set", "train.epochs=1", "--set", "baseline.enabled=false", "--set", "logging.progress=false"]
+    (t, s), = pairs[1:]
+    fitnet = f"distill.terms=[{{loss: fitnet, weight: 100, student: '{s}', teacher: '{t}'}}]"
+    assert cli.main(["train", "--method", "fitnet", "--out", str(tmp_path / "fitnet"), *base, "--set", fitnet]) == 0
+    at = "distill.terms=[" + ", ".join(f"{{loss: at, name: at{i}, weight: 1000, student: '{s}', teacher: '{t}'}}"
+                                       for i, (t, s) in enumerate(pairs)) + "]"
+    assert cli.main(["train", "--method", "at", "--out", str(tmp_path / "at"), *base, "--set", at]) == 0
+    summary = json.loads((tmp_path / "at" / "summary.json").read_text())
+    assert [term["student"] for term in summary["distill"]["terms"]] == ["features.1", "features.3"]
+    lines = [json.loads(x) for x in (tmp_path / "fitnet" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train.fitnet" in x for x in lines if x["stage"] == "student")
