@@ -109,7 +109,8 @@ def test_config_file_and_set_precedence_reach_the_run(tmp_path, capsys):
     (["train", "--set", "train.bogus=1"], "unknown config key 'train.bogus'; valid keys at train:"),
     (["train", "--set", "train.lr=fast"], "config key train.lr: expected float in (0, inf), got str"),
     (["train", "--set", "train.lr=0"], "config key train.lr: expected float in (0, inf), got 0.0"),
-    (["train", "--set", "train.optimizer=adagrad"], "config key train.optimizer: expected one of sgd, adam, adamw"),
+    (["train", "--set", "train.optimizer=adagrad"], "config key train.optimizer: unknown optimizer 'adagrad'; did you "
+                                                    "mean Adagrad or Adamax? valid: sgd, adam, adamw, ASGD, "),
     (["train", "--set", "distill.combine=median"], "config key distill.combine: expected one of avg_logits"),
     (["train", "--set", "device=gpu"], "config key device: expected str matching"),
     (["train", "--set", "data.root=3"], "config key data.root: expected str or null, got int"),
@@ -146,7 +147,7 @@ def test_help_config_lists_the_keys_of_the_method_and_its_chosen_components(caps
     rows = {line.split()[0]: line for line in out.splitlines()[3:] if line.strip()}
     assert "avg_logits|mean_loss|inv_val_loss|ema_inv_loss" in rows["distill.combine"]
     assert "float in [0, 1]" in rows["distill.alpha"] and "weight of the cross-entropy term" in rows["distill.alpha"]
-    assert "sgd|adam|adamw" in rows["teacher_train.optimizer"]
+    assert "optimiser: sgd, adam, adamw (kdkit's names) or a torch.optim class name" in rows["teacher_train.optimizer"]
     assert "student.width" in rows  # the chosen student's option
     assert not list(tmp_path.iterdir()) and not (tmp_path / "runs").exists()
     # values follow --set, and another student brings its own options
