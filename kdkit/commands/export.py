@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the stage whose best checkpoint is exported (default: student; teachers are "
                              "teacher.NAME, see RUN/checkpoints/)")
     parser.add_argument("--format", choices=FORMATS, default="state_dict",
-                        help="state_dict (default), torchscript or onnx (needs: pip install onnx)")
+                        help="state_dict (default), torchscript or onnx (needs: pip install 'kdkit[onnx]')")
     parser.add_argument("--out", metavar="FILE", required=True, help="the file to write (replaced atomically)")
 
 
@@ -94,7 +94,7 @@ def stage_model(ctx, method, stage: str, num_classes: int):
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise KdkitError("--format onnx needs the onnx package: pip install onnx")
+        raise KdkitError("--format onnx needs the onnx package: pip install 'kdkit[onnx]' (or pip install onnx)")
     _check_out(out)
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():

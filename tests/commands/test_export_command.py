@@ -111,7 +111,7 @@ def test_onnx_export_is_a_valid_model_with_a_free_batch_axis(run_dir, tmp_path):
                               "checkpoints: student, teacher.convnet"),
     (["--out", "{tmp}"], "--out {tmp} is a directory"),
     (["--out", "{tmp}/file/student.pt"], "--out {tmp}/file/student.pt: cannot write into {tmp}/file"),
-    (["--format", "onnx", "--no-onnx"], "--format onnx needs the onnx package: pip install onnx"),
+    (["--format", "onnx", "--no-onnx"], "--format onnx needs the onnx package: pip install 'kdkit[onnx]'"),
     (["--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
 ])
 def test_bad_input_is_one_line(run_dir, tmp_path, capsys, monkeypatch, args, message):
