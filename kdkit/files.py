@@ -16,7 +16,7 @@ from typing import Any
 
 from kdkit.errors import KdkitError
 
-__all__ = ["WriteError", "write_error", "first_line", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["WriteError", "write_error", "first_line", "fsync_dir", "atomic_write_bytes", "atomic_write_text",
            "atomic_torch_save"]
 
 
@@ -31,7 +31,9 @@ def first_line(exc: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync ``directory`` so that a rename into it is durable; best effort (some file systems and
+    platforms cannot open or fsync a directory: the rename has happened either way)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # e.g. Windows
@@ -65,7 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError) and not isinstance(exc, KdkitError):
             raise write_error(path, exc) from exc
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_error(path: Path, exc: OSError) -> WriteError:

@@ -180,14 +180,6 @@ def store_key(parts: dict) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StoreWriter:
     """Writes the shards of one store, batch after batch, in sample order (see :meth:`TeacherStore.build`)."""
 
@@ -379,7 +371,7 @@ class TeacherStore:
     def build(self, rows: int, options: StoreOptions, fill: Callable[[StoreWriter], dict]) -> None:
         """Write the store into a temporary directory and rename it into place (see the module docs).
         The caller holds the key's lock (:meth:`ensure`)."""
-        from kdkit.files import atomic_write_text, write_error
+        from kdkit.files import atomic_write_text, fsync_dir, write_error
 
         tmp = self.root / f"{self.key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -395,7 +387,7 @@ class TeacherStore:
                         **writer.meta, **extra, "parts": self.parts, "shards": shards}
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
             os.rename(tmp, self.path)
-            _fsync(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, KdkitError):
