@@ -52,8 +52,7 @@ def probe_image_sizes(paths: list) -> list[tuple[int, int]]:
             with Image.open(path) as img:
                 sizes.append(img.size)
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file
-            reason = " ".join(str(exc).split())
-            raise DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}") from None
+            raise _unreadable(path, exc) from None
     return sizes
 
 
@@ -102,6 +101,12 @@ def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, st
 def _shown(name: str) -> str:
     """A folder name for a one-line message: quoted when it holds a newline or other control character."""
     return name if name.isprintable() else repr(name)
+
+
+def _unreadable(path, exc: Exception) -> DataError:
+    """The one-line error for an image file PIL cannot open or decode."""
+    reason = " ".join(str(exc).split())
+    return DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}")
 
 
 class ImageFolderDataset(ImageClassificationDataset):
@@ -204,5 +209,4 @@ class ImageFolderDataset(ImageClassificationDataset):
                 return img.convert("RGB")
         # not only OSError: a truncated header is a ValueError, a 179 M-pixel claim a DecompressionBombError
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file
-            reason = " ".join(str(exc).split())
-            raise DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}") from None
+            raise _unreadable(path, exc) from None
