@@ -1,4 +1,5 @@
-"""``lazy_import``: a module that is imported on first use, to keep plugin registration cheap.
+"""``lazy_import``: a module that is imported on first use, to keep plugin registration cheap;
+``import_extra``: an optional dependency imported when needed, or a one-line error naming its extra.
 
 kdkit imports every plugin when it starts (``kdkit plugins``, ``kdkit --help``), so a plugin module
 must not import torch, open_clip or nltk at import time.  ``torch = lazy_import("torch")`` at module
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import types
 
-__all__ = ["lazy_import"]
+__all__ = ["lazy_import", "import_extra"]
 
 
 class _LazyModule(types.ModuleType):
@@ -55,3 +56,16 @@ def deprecated_name(namespace: str, name: str, module: str, advice: str):
         warnings.warn(f"{qualified} is deprecated and leaves kdkit's public API in the next release: {advice}",
                       DeprecationWarning, stacklevel=3)
     return value
+
+
+def import_extra(package: str, extra: str, needed_by: str = "") -> types.ModuleType:
+    """``package`` imported, or a one-line :class:`~kdkit.errors.ConfigError` naming the kdkit extra that
+    installs it (``needed_by`` opens the message: ``"dataset 'text' needs the transformers package: pip
+    install 'kdkit[hf]'"``)."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        from kdkit.errors import ConfigError
+
+        raise ConfigError(f"{needed_by + ' ' if needed_by else ''}needs the {package} package: "
+                          f"pip install 'kdkit[{extra}]'") from None

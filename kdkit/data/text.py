@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from kdkit.data.base import check_split
 from kdkit.errors import ConfigError, DataError
+from kdkit.lazy import import_extra
 from kdkit.paths import user_path
 
 SUFFIXES = (".jsonl", ".csv")
@@ -105,12 +106,9 @@ def load_tokenizer(path: str | None):
     if not directory.is_dir():
         raise ConfigError(f"config key data.tokenizer: directory not found: {path} (kdkit never downloads a "
                           "tokenizer; give a local directory saved with save_pretrained)")
+    transformers = import_extra("transformers", "hf", "dataset 'text'")
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ConfigError("dataset 'text' needs the transformers package: pip install 'kdkit[hf]'") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad directory
         first = " ".join(str(exc).split())[:300]
         raise ConfigError(f"config key data.tokenizer: cannot load a tokenizer from {path}: {first}") from None

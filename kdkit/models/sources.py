@@ -27,12 +27,12 @@ import os
 import sys
 import typing
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable
 
 from kdkit.config import ConfigKey
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import user_path
+from kdkit.lazy import import_extra
 
 __all__ = ["SOURCES", "torchvision_source", "timm_source", "hf_source", "py_source", "signature_options"]
 
@@ -205,20 +205,13 @@ def torchvision_source(name: str):
 
 # --- timm ---------------------------------------------------------------------------------------
 
-def _import(package: str, extra: str):
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise ConfigError(f"needs the {package} package: pip install 'kdkit[{extra}]'") from None
-
-
 def timm_source(name: str):
     """``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=...)``; options are the
     keyword parameters of the model class (``drop_rate``, ``img_size``, ...)."""
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        raise ConfigError(f"kdkit never downloads models; use timm:ARCH and pass a local weights "
+        raise ConfigError("kdkit never downloads models; use timm:ARCH and pass a local weights "
                           "file as pretrained")
-    timm = _import("timm", "timm")
+    timm = import_extra("timm", "timm")
     from timm.models import model_entrypoint, split_model_name_tag
 
     arch, _tag = split_model_name_tag(name)
@@ -250,11 +243,11 @@ def hf_source(directory: str):
     form = f"hf:{directory}"
     path = user_path(directory)
     if not path.is_dir():
-        raise ConfigError(f"no such local directory (kdkit never downloads models: save one with "
+        raise ConfigError("no such local directory (kdkit never downloads models: save one with "
                           "save_pretrained, or download it elsewhere, and give its directory)")
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} has no config.json; give a directory written by save_pretrained")
-    transformers = _import("transformers", "hf")
+    transformers = import_extra("transformers", "hf")
     from transformers.models.auto import modeling_auto
 
     try:
@@ -384,7 +377,7 @@ def py_source(spec: str):
     form = f"py:{spec}"
     where, colon, attribute = spec.rpartition(":")
     if not colon or not where or not attribute:
-        raise ConfigError(f"write py:MODULE:CALLABLE or py:FILE.py:CALLABLE")
+        raise ConfigError("write py:MODULE:CALLABLE or py:FILE.py:CALLABLE")
     module = _load_module(where)
     factory: Any = module
     for part in attribute.split("."):
