@@ -80,6 +80,12 @@ LOSSES = {
                                   type=int, range="[1, inf)"),
         "warmup_epochs": _weight(20.0, "epochs of linear warm-up (mdistiller WARMUP_EPOCHS)"),
     }, "knowledge review (Chen et al. 2021): attention-based fusion + hierarchical context loss"),
+    # ---- [logit-2] CTKD, MLKD, NKD, WSLD ----
+    # ---- [/logit-2] ----
+    # ---- [feature-2] AB, FT, FSP, CC, MGD ----
+    # ---- [/feature-2] ----
+    # ---- [classifier] SRRL, SimKD, CAT-KD ----
+    # ---- [/classifier] ----
 }
 
 
@@ -95,3 +101,5 @@ def kdkit_register_methods(register):
 
     for preset in PRESETS:
         register(preset.name, preset.method(), description=preset.description)
+    # ---- [pipeline] methods that are their own classes (DML, TAKD, born-again, BYOT, ...) ----
+    # ---- [/pipeline] ----

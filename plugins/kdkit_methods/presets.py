@@ -83,4 +83,10 @@ PRESETS = (
            [_tapped("crd", 0.8, "pool")]),
     Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
            [_tapped("reviewkd", 1.0, [*STAGES, "pool"])]),
+    # ---- [logit-2] ----
+    # ---- [/logit-2] ----
+    # ---- [feature-2] ----
+    # ---- [/feature-2] ----
+    # ---- [classifier] ----
+    # ---- [/classifier] ----
 )
