@@ -233,12 +233,14 @@ class StudentStage:
                               self.config.teacher_train, eval_fn=eval_fn, model_options=self.model_options)
 
     def fit_baseline(self, num_classes: int, train, val, test, eval_fn: Callable | None = None,
-                     name: str = "baseline") -> dict:
-        """The student trained without distillation (stage ``baseline``); returns
-        ``{"top1", "val_top1", "best_epoch"}``."""
+                     name: str = "baseline", model: "nn.Module | None" = None) -> dict:
+        """The student trained without distillation (stage ``name``, default ``baseline``); returns
+        ``{"top1", "val_top1", "best_epoch"}``.  ``model``: the network to train (default: a new
+        ``student`` model of the config, built with ``seed_tag="student"``)."""
         from kdkit.engine import Stage
 
-        model = self.ctx.build_model("students", self.config.student, num_classes, seed_tag="student")
+        if model is None:
+            model = self.ctx.build_model("students", self.config.student, num_classes, seed_tag="student")
         res = self.ctx.fit(Stage(name=name, model=model, train_data=train, val_data=val, test_data=test,
                                  eval_fn=eval_fn))
         return _top1_summary(res)
@@ -247,7 +249,8 @@ class StudentStage:
 
     def distil(self, num_classes: int, teachers: Sequence["nn.Module | LogitsTeacher"], train, val, test, *,
                references: Mapping[str, float | None], name: str = "student", eval_fn: Callable | None = None,
-               cache: bool | None = None, seed_tag: str | None = None) -> StudentResult:
+               cache: bool | None = None, seed_tag: str | None = None,
+               student: "nn.Module | None" = None) -> StudentResult:
         """Distil ``teachers`` into a new student (stage ``name``): teacher cache, agreement check,
         the objective as the step, the engine's training and the test evaluation of the best epoch.
 
@@ -261,6 +264,11 @@ class StudentStage:
             tapped features fit in memory), ``False``: run them on every batch, ``True``: always.
         :param seed_tag: the terms' own modules are initialised from ``derive_seed(seed, "init",
             "distill"[, seed_tag])``.
+        :param student: the model to distil into (default: a new ``student`` model of the config,
+            built with ``seed_tag="student"``) — an assistant of a teacher chain, the last generation of
+            born-again networks, a student whose weights an earlier stage trained, a student wrapped
+            with extra heads.  The caller builds it reproducibly (``ctx.build_model(..., seed_tag=...)``);
+            it is trained in place and returned in :attr:`StudentResult.model`.
         """
         from kdkit.distill.agreement import TeacherAgreement
         from kdkit.distill.cache import describe_caches
@@ -292,7 +300,8 @@ class StudentStage:
                 ctx.log(f"{method}: teacher cache ({plan.mode}) with augmented training data: the teachers see "
                         "un-augmented images")
 
-        student = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
+        if student is None:
+            student = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
         agreement = TeacherAgreement(list(references), list(references.values()), ctx.log, agreement_samples(dcfg))
 
         # feature terms read a cached teacher's features from its cache, an online teacher's from its taps

@@ -101,5 +101,7 @@ def kdkit_register_methods(register):
 
     for preset in PRESETS:
         register(preset.name, preset.method(), description=preset.description)
+    # ---- [classifier-methods] methods that are their own classes (SimKD) ----
+    # ---- [/classifier-methods] ----
     # ---- [pipeline] methods that are their own classes (DML, TAKD, born-again, BYOT, ...) ----
     # ---- [/pipeline] ----
