@@ -141,13 +141,17 @@ class StudentStage:
         for a teacher (default: the teacher's config; keys that are the method's own go here).
     :param extra_teachers: how many teachers the method adds after the ``teachers`` items, as
         :class:`LogitsTeacher` s.
+    :param distill: the ``distill`` section the objective is built from (default: the run config's);
+        a method with a second objective — an initialisation stage before the main one — builds a
+        second stage with its own section.
 
     Building it builds the objective of ``distill``, so a section that cannot be built fails before
     anything trains.
     """
 
     def __init__(self, ctx: "RunContext", defaults: Mapping, teacher_names: Sequence[str],
-                 model_options: Callable[[dict], dict] | None = None, extra_teachers: int = 0):
+                 model_options: Callable[[dict], dict] | None = None, extra_teachers: int = 0,
+                 distill: Mapping | None = None):
         from kdkit.config import plain_defaults
 
         self.ctx = ctx
@@ -159,6 +163,7 @@ class StudentStage:
             raise ValueError("StudentStage: one stage name per teachers item")
         self.model_options = model_options or (lambda tcfg: tcfg)
         self.num_teachers = len(self.teachers) + int(extra_teachers)
+        self.distill_config = self.config.distill if distill is None else distill
         #: the objective: checked now, trained by the first :meth:`distil` (a later one builds its own)
         self.distiller = self.build_distiller()
         self._distiller_trained = False
@@ -185,7 +190,7 @@ class StudentStage:
         """A new objective of the ``distill`` section (each student stage trains its own)."""
         from kdkit.distill.step import build_distiller
 
-        return build_distiller(self.ctx.registry("losses"), self.config.distill, self.num_teachers, self.defaults)
+        return build_distiller(self.ctx.registry("losses"), self.distill_config, self.num_teachers, self.defaults)
 
     @property
     def uses_features(self) -> bool:
@@ -250,7 +255,7 @@ class StudentStage:
     def distil(self, num_classes: int, teachers: Sequence["nn.Module | LogitsTeacher"], train, val, test, *,
                references: Mapping[str, float | None], name: str = "student", eval_fn: Callable | None = None,
                cache: bool | None = None, seed_tag: str | None = None,
-               student: "nn.Module | None" = None) -> StudentResult:
+               student: "nn.Module | None" = None, optimizer: Mapping | None = None) -> StudentResult:
         """Distil ``teachers`` into a new student (stage ``name``): teacher cache, agreement check,
         the objective as the step, the engine's training and the test evaluation of the best epoch.
 
@@ -269,6 +274,8 @@ class StudentStage:
             born-again networks, a student whose weights an earlier stage trained, a student wrapped
             with extra heads.  The caller builds it reproducibly (``ctx.build_model(..., seed_tag=...)``);
             it is trained in place and returned in :attr:`StudentResult.model`.
+        :param optimizer: the stage's optimisation settings, a ``train`` section (default: the run
+            config's ``train``; missing keys come from it), e.g. an initialisation stage's epochs.
         """
         from kdkit.distill.agreement import TeacherAgreement
         from kdkit.distill.cache import describe_caches
@@ -277,7 +284,7 @@ class StudentStage:
         from kdkit.engine import Stage, WithIndex
         from kdkit.seeding import derive_seed
 
-        ctx, cfg, dcfg = self.ctx, self.config, self.config.distill
+        ctx, cfg, dcfg = self.ctx, self.config, self.distill_config
         teachers = list(teachers)
         if len(teachers) != self.num_teachers or len(references) != len(teachers):
             raise ValueError(f"StudentStage.distil: {self.num_teachers} teachers expected, got {len(teachers)} "
@@ -311,11 +318,13 @@ class StudentStage:
         step = DistillStep(distiller, student, outputs.logits, sources, agreement,
                            outputs.validation if val is not None else None)
         train_indexed = WithIndex(train)
-        step.materialize(student, train_indexed, int(cfg.train.batch_size), ctx.device,
+        batch_size = int((optimizer or {}).get("batch_size", cfg.train.batch_size))
+        step.materialize(student, train_indexed, batch_size, ctx.device,
                          derive_seed(ctx.seed, "init", "distill", *(() if seed_tag is None else (seed_tag,))))
 
         res = ctx.fit(Stage(name=name, model=student, train_data=train_indexed, val_data=val,
                             test_data=test, step_fn=step, eval_fn=eval_fn, taps=step.taps,
+                            optimizer=dict(optimizer or {}),
                             extra_modules={"distill": distiller, "agreement": agreement},
                             before_epoch_fn=step.before_epoch))
         agreement.finish()
@@ -332,7 +341,7 @@ class StudentStage:
 
         ctx, cfg = self.ctx, self.config
         method = cfg.method
-        dcfg = cfg.distill
+        dcfg = self.distill_config
 
         def log(message: str) -> None:
             ctx.log(f"{method}: {message}")
