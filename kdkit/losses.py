@@ -51,6 +51,10 @@ def kdkit_register_losses(register):
     register("mse", LogitMSELoss, description="mean squared error between student and teacher logits", options={})
     # FitNet's hint loss (Romero et al., 2015): mean((r(f_s) - f_t)^2) between the tapped student and
     # teacher features, r a regressor trained with the student, built on the first batch
-    register("fitnet", "kdkit.distill.feature_losses:HintLoss", options={},
+    register("fitnet", "kdkit.distill.feature_losses:HintLoss",
+             options={"regressor": ConfigKey("conv_bn_relu", "the regressor: conv_bn_relu (the references': conv "
+                                                             "with bias, BatchNorm, ReLU) or conv (a bare 1x1 "
+                                                             "convolution without bias)",
+                                             choices=("conv_bn_relu", "conv"))},
              description="FitNet hint: MSE(regressor(student feature), teacher feature); "
                          "needs student: and teacher: module paths")

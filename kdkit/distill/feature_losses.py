@@ -7,28 +7,81 @@ import torch.nn.functional as F
 
 from kdkit.errors import ConfigError
 
-__all__ = ["HintLoss"]
+__all__ = ["HintLoss", "REGRESSORS"]
+
+#: FitNet's regressor forms (the ``regressor`` option of the ``fitnet`` loss)
+REGRESSORS = ("conv_bn_relu", "conv")
+
+
+def _shape(x: torch.Tensor) -> tuple:
+    return tuple(x.shape[1:])
+
+
+def _spatial_conv(c_s: int, c_t: int, s: tuple, t: tuple) -> nn.Module:
+    """The convolution of the references' regressor from a ``c_s x s`` map to a ``c_t x t`` map:
+    1x1 when the sizes match, a 3x3 stride-2 convolution when the student map is twice the
+    teacher's, a 4x4 stride-2 transposed convolution when it is half, and a ``(1 + s - t)`` kernel
+    (no padding) when it is otherwise larger (RepDistiller / mdistiller ``ConvReg``)."""
+    (s_h, s_w), (t_h, t_w) = s, t
+    if (s_h, s_w) == (t_h, t_w):
+        return nn.Conv2d(c_s, c_t, kernel_size=1)
+    if (s_h, s_w) == (2 * t_h, 2 * t_w):
+        return nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
+    if (2 * s_h, 2 * s_w) == (t_h, t_w):
+        return nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
+    if s_h >= t_h and s_w >= t_w:
+        return nn.Conv2d(c_s, c_t, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+    raise ConfigError(f"loss fitnet: student feature {c_s} x {s_h} x {s_w} is smaller than teacher feature "
+                      f"{c_t} x {t_h} x {t_w} (and not half its size); tap a student layer of at least the "
+                      "teacher layer's resolution")
 
 
 class HintLoss(nn.Module):
-    """FitNet's hint loss (Romero et al., 2015): ``mean((r(f_s) - f_t)^2)`` between the tapped student
-    feature ``f_s`` and teacher feature ``f_t``, ``r`` a regressor trained with the student (a 1x1
-    convolution for ``B x C x H x W`` maps, a linear layer for ``B x C`` vectors), built on the first
-    batch from the two shapes.  Spatial sizes must match.  Registered as ``fitnet`` (:mod:`kdkit.losses`)."""
+    """FitNet's hint loss (Romero et al., ICLR 2015, arXiv:1412.6550): ``mean((r(f_s) - f_t)^2)``
+    between the tapped student feature ``f_s`` and teacher feature ``f_t``, ``r`` a regressor
+    trained with the student, built on the first batch from the two shapes.  Registered as
+    ``fitnet`` (:mod:`kdkit.losses`).
 
-    def __init__(self):
+    :param regressor: the form of ``r``:
+
+        * ``conv_bn_relu`` (default) — the references' (RepDistiller ``models/util.py`` and mdistiller
+          ``distillers/_common.py`` ``ConvReg``): a convolution with bias (1x1 for equal spatial
+          sizes; strided, transposed or larger-kernel when they differ, see :func:`_spatial_conv`),
+          then BatchNorm, then ReLU, so that ``r(f_s)`` is non-negative like a post-ReLU hint
+          target.  For ``B x C`` vectors: linear (with bias), BatchNorm1d, ReLU (the references
+          have no vector form).
+        * ``conv`` — kdkit's earlier form: a bare 1x1 convolution without bias (a linear layer
+          without bias for vectors); spatial sizes must match.
+
+    The regressor is built in the loss's own train/eval mode, so the set-up call
+    (:meth:`kdkit.distill.Distiller.materialize`, in eval mode) leaves its BatchNorm statistics
+    untouched.
+    """
+
+    def __init__(self, regressor: str = "conv_bn_relu"):
         super().__init__()
+        if regressor not in REGRESSORS:
+            raise ConfigError(f"loss fitnet: option regressor is {regressor!r}; choose one of "
+                              f"{', '.join(REGRESSORS)}")
+        self.form = regressor
         self.regressor: nn.Module | None = None
 
     def _build(self, student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
         if student.dim() == 4 and teacher.dim() == 4:
-            if student.shape[2:] != teacher.shape[2:]:
-                raise ConfigError(f"loss fitnet: student feature {tuple(student.shape[1:])} and teacher feature "
-                                  f"{tuple(teacher.shape[1:])} differ in spatial size; tap layers of equal "
-                                  "resolution")
-            return nn.Conv2d(student.shape[1], teacher.shape[1], kernel_size=1, bias=False)
+            c_s, c_t = student.shape[1], teacher.shape[1]
+            if self.form == "conv":
+                if student.shape[2:] != teacher.shape[2:]:
+                    raise ConfigError(f"loss fitnet: student feature {_shape(student)} and teacher feature "
+                                      f"{_shape(teacher)} differ in spatial size; tap layers of equal resolution "
+                                      "(or use the default regressor: conv_bn_relu)")
+                return nn.Conv2d(c_s, c_t, kernel_size=1, bias=False)
+            conv = _spatial_conv(c_s, c_t, tuple(student.shape[2:]), tuple(teacher.shape[2:]))
+            return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
         if student.dim() == 2 and teacher.dim() == 2:
-            return nn.Linear(student.shape[1], teacher.shape[1], bias=False)
+            if self.form == "conv":
+                return nn.Linear(student.shape[1], teacher.shape[1], bias=False)
+            return nn.Sequential(nn.Linear(student.shape[1], teacher.shape[1]), nn.BatchNorm1d(teacher.shape[1]),
+                                 nn.ReLU(inplace=True))
         raise ConfigError(f"loss fitnet: student feature {tuple(student.shape)} and teacher feature "
                           f"{tuple(teacher.shape)}: expected two B x C x H x W maps or two B x C vectors")
 
@@ -40,5 +93,9 @@ class HintLoss(nn.Module):
                               "each (or one term per pair)")
         student, teacher, _ = pairs[0]
         if self.regressor is None:
-            self.regressor = self._build(student, teacher).to(student.device)
-        return F.mse_loss(self.regressor(student), teacher)
+            self.regressor = self._build(student, teacher).to(student.device).train(self.training)
+        hint = self.regressor(student)
+        if hint.shape != teacher.shape:
+            raise ConfigError(f"loss fitnet: the regressor maps student feature {_shape(student)} to {_shape(hint)}, "
+                              f"not the teacher's {_shape(teacher)}; tap layers whose sizes the regressor can match")
+        return F.mse_loss(hint, teacher)

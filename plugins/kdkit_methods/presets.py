@@ -75,8 +75,8 @@ PRESETS = (
            [_tapped("rkd", 1.0, "pool")]),
     Preset("sp", "similarity-preserving KD (Tung & Mori 2019): CE + 3000*SP of the last stage (layer3)",
            [_tapped("sp", 3000.0, "layer3")]),
-    Preset("nst", "neuron selectivity transfer (Huang & Wang 2017): CE + 50*MMD of the last stage (layer3)",
-           [_tapped("nst", 50.0, "layer3")]),
+    Preset("nst", "neuron selectivity transfer (Huang & Wang 2017): CE + 50*MMD over the three stages",
+           [_tapped("nst", 50.0, STAGES)]),
     Preset("vid", "VID (Ahn et al. 2019): CE + variational information over the three stages",
            [_tapped("vid", 1.0, STAGES)]),
     Preset("crd", "CRD (Tian et al. 2020): CE + 0.8*NCE over a memory bank of embeddings (pool)",
@@ -84,6 +84,16 @@ PRESETS = (
     Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
            [_tapped("reviewkd", 1.0, [*STAGES, "pool"])]),
     # ---- [logit-2] ----
+    Preset("ctkd", "CTKD, curriculum temperature KD (Li et al. 2023): 0.1*CE + 0.9*KD at an adversarial, learned "
+           "temperature", [{"loss": "ctkd", "weight": 0.9, "options": {"curriculum_epochs": 10}}], alpha=0.1),
+    Preset("mlkd", "MLKD, multi-level logit distillation (Jin et al. 2023): 0.1*CE + 0.9*instance, batch and class "
+           "alignment at T = 2..6", [{"loss": "mlkd", "weight": 0.9, "options": {"temperatures": [2.0, 3.0, 4.0, 5.0,
+                                                                                                   6.0]}}],
+           alpha=0.1),
+    Preset("nkd", "NKD, normalised KD (Yang et al. 2023): CE + target term + 3.5*T^2*normalised non-target term, T = 3",
+           [{"loss": "nkd", "weight": 1.0, "options": {"temperature": 3.0, "gamma": 3.5}}], temperature=3.0),
+    Preset("wsld", "WSLD, weighted soft labels (Zhou et al. 2021): CE + 2.25*per-sample weighted KD, T = 4",
+           [{"loss": "wsld", "weight": 2.25, "options": {"temperature": 4.0}}]),
     # ---- [/logit-2] ----
     # ---- [feature-2] ----
     # ---- [/feature-2] ----

@@ -111,8 +111,8 @@ class ReviewKDLoss(nn.Module):
 
     (``mse_l``: of the ``l x l`` adaptive-average-pooled maps, only levels ``l`` below the map's
     size.)  kdkit's epochs count from 0, so ``epoch + 1`` gives mdistiller's factor (1-based
-    epochs): 1/20 in the first epoch, 1 from the 20th.  The ABFs' BatchNorm statistics update
-    only in training mode.
+    epochs): 1/20 in the first epoch, 1 from the 20th.  The ABFs are built in the loss's own mode,
+    so their BatchNorm statistics update only in training mode (not in the set-up call).
 
     Options (defaults from mdistiller ``mdistiller/distillers/ReviewKD.py`` and ``engine/cfg.py``,
     which follow dvlab-research/ReviewKD ``CIFAR-100/model/reviewkd.py``):
@@ -158,7 +158,9 @@ class ReviewKDLoss(nn.Module):
         channels = [(s.shape[1], t.shape[1]) for s, t in zip(students, teachers)]
         mid = self.mid_channels or min(512, channels[-1][0])
         last = len(channels) - 1
-        self.abfs = nn.ModuleList(ABF(c_s, mid, c_t, fuse=i < last) for i, (c_s, c_t) in enumerate(channels)).to(device)
+        abfs = nn.ModuleList(ABF(c_s, mid, c_t, fuse=i < last) for i, (c_s, c_t) in enumerate(channels))
+        # in the loss's own mode: the set-up call (Distiller.materialize, eval mode) must not move BN statistics
+        self.abfs = abfs.to(device).train(self.training)
         self._channels = channels
 
     def review(self, students: Sequence[torch.Tensor]) -> list[torch.Tensor]:

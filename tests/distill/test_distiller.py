@@ -190,8 +190,9 @@ def test_feature_pairs_errors_are_one_line():
 
 
 def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
+    """``regressor: conv`` (a bare 1x1 convolution) reaches the least-squares fit."""
     torch.manual_seed(0)
-    fitnet = kdkit.get_registry("losses").build("fitnet")
+    fitnet = kdkit.get_registry("losses").build("fitnet", regressor="conv")
     teacher_map = torch.randn(4, 6, 5, 5)
     student_map = torch.randn(4, 3, 5, 5)
     inputs = DistillInputs(torch.zeros(4, 2), student_feature=student_map, teacher_feature=teacher_map)
@@ -208,6 +209,9 @@ def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
     final = fitnet(inputs).item()
     assert final == pytest.approx(F.mse_loss(xs @ w, xt).item(), rel=1e-3) and final < first.item()
     with pytest.raises(ConfigError, match="differ in spatial size"):
+        kdkit.get_registry("losses").build("fitnet", regressor="conv")(
+            DistillInputs(torch.zeros(4, 2), student_feature=torch.randn(4, 3, 4, 4), teacher_feature=teacher_map))
+    with pytest.raises(ConfigError, match="is smaller than teacher feature"):
         kdkit.get_registry("losses").build("fitnet")(
             DistillInputs(torch.zeros(4, 2), student_feature=torch.randn(4, 3, 4, 4), teacher_feature=teacher_map))
     with pytest.raises(ConfigError, match="needs a student feature"):
@@ -215,6 +219,53 @@ def test_fitnet_builds_its_regressor_on_the_first_batch_and_learns():
     with pytest.raises(ConfigError, match="pairs 2 student and teacher features; a hint pairs one"):
         kdkit.get_registry("losses").build("fitnet")(DistillInputs(
             torch.zeros(4, 2), student_feature=[student_map, student_map], teacher_feature=[teacher_map, teacher_map]))
+
+
+def test_fitnet_regressor_is_the_references_conv_bias_batchnorm_relu():
+    """The default regressor is RepDistiller's / mdistiller's ConvReg: a convolution with bias, then
+    BatchNorm, then ReLU (not a bare convolution, whose outputs start half negative against a post-ReLU
+    target); its value and gradient are those of that module, rebuilt here from torch.nn pieces."""
+    torch.manual_seed(0)
+    student_map, teacher_map = torch.randn(5, 3, 4, 4), torch.randn(5, 6, 4, 4).relu()
+    fitnet = kdkit.get_registry("losses").build("fitnet")
+    student = student_map.clone().requires_grad_(True)
+    value = fitnet(DistillInputs(torch.zeros(5, 2), student_feature=student, teacher_feature=teacher_map))
+    conv, bn, relu = fitnet.regressor
+    assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None and conv.kernel_size == (1, 1)
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), torch.nn.BatchNorm2d(6), torch.nn.ReLU())
+    reference.load_state_dict({k: v.clone() for k, v in fitnet.regressor.state_dict().items()})
+    # a fresh copy of the state before the call above moved the running statistics: only the weights matter
+    # in training mode (batch statistics)
+    ref_student = student_map.clone().requires_grad_(True)
+    expected = ((reference(ref_student) - teacher_map) ** 2).mean()
+    torch.testing.assert_close(value, expected)
+    (g,) = torch.autograd.grad(value, student)
+    (g_ref,) = torch.autograd.grad(expected, ref_student)
+    torch.testing.assert_close(g, g_ref)
+    assert (fitnet.regressor(student_map) >= 0).all()  # a hint for a post-ReLU target is non-negative
+    # spatial sizes as the references' ConvReg: twice the teacher's -> stride 2; half -> transposed conv
+    for s_size, t_size, kind in ((8, 4, torch.nn.Conv2d), (2, 4, torch.nn.ConvTranspose2d), (5, 4, torch.nn.Conv2d)):
+        loss = kdkit.get_registry("losses").build("fitnet")
+        loss(DistillInputs(torch.zeros(2, 2), student_feature=torch.randn(2, 3, s_size, s_size),
+                           teacher_feature=torch.randn(2, 6, t_size, t_size)))
+        assert isinstance(loss.regressor[0], kind)
+
+
+def test_fitnet_set_up_call_leaves_the_regressor_batchnorm_statistics_untouched():
+    """The regressor is built inside ``Distiller.materialize`` (eval mode): it must be built in eval mode
+    too, so that its BatchNorm does not absorb the set-up batch."""
+    from kdkit.distill import Distiller, TeacherCombiner, TermSpec
+
+    spec = TermSpec(loss="fitnet", weight=1.0, name="fitnet", student="a", teacher="a")
+    fitnet = kdkit.get_registry("losses").build("fitnet")
+    distiller = Distiller([spec], [fitnet], TeacherCombiner("avg_logits", 1), ce_weight=1.0, temperature=4.0)
+    distiller.materialize(torch.randn(4, 3), [torch.randn(4, 3)], torch.tensor([0, 1, 2, 0]),
+                          student_features={"a": torch.randn(4, 3, 2, 2)},
+                          teacher_features=[{"a": torch.randn(4, 5, 2, 2) + 3.0}])
+    bn = fitnet.regressor[1]
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros(5))
+    assert fitnet.regressor.training and distiller.training  # back in training mode for the stage
 
 
 def test_fitnet_term_in_a_kd_run(tmp_path, manager):
@@ -233,8 +284,9 @@ def test_fitnet_term_in_a_kd_run(tmp_path, manager):
     # un-augmented data: the cache holds the teacher's logits and features.7 (tests/methods/test_kd_feature_cache.py)
     assert summary["distill"]["teacher_cache"] is True and len(summary["distill"]["terms"]) == 2
     last = torch.load(tmp_path / "run" / "checkpoints" / "student" / "last.pt", weights_only=True)
-    regressor = last["extra_modules"]["distill"]["terms.fitnet.regressor.weight"]
+    regressor = last["extra_modules"]["distill"]["terms.fitnet.regressor.0.weight"]
     assert tuple(regressor.shape) == (8, 8, 1, 1)  # convnet width 4: 8 channels at features.7, both sides
+    assert "terms.fitnet.regressor.1.running_mean" in last["extra_modules"]["distill"]  # conv, BN, ReLU
     assert not any("regressor" in k for k in last["model"])
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     fit = [x["train.fitnet"] for x in lines if x["stage"] == "student" and "train.fitnet" in x]

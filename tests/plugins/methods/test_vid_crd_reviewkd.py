@@ -570,3 +570,27 @@ def test_reviewkd_errors_are_one_line():
     for options in ({"mid_channels": 0}, {"mid_channels": "64"}, {"warmup_epochs": -1}, {"warmup_epochs": None},
                     {"warmup_epochs": True}):
         one_line_error(lambda: build("reviewkd", **options), "loss 'reviewkd': option")
+
+
+def test_reviewkd_set_up_call_leaves_the_fusion_batchnorm_statistics_untouched():
+    """The ABFs are built inside ``Distiller.materialize`` (eval mode, before the stage): built in the
+    loss's own mode, their BatchNorm layers do not absorb that extra batch (as the references, which
+    build them with the student, never show them a batch outside training)."""
+    from kdkit.distill import Distiller, TeacherCombiner, TermSpec
+
+    paths = ("a", "b")
+    spec = TermSpec(loss="reviewkd", weight=1.0, name="reviewkd", student=paths, teacher=paths)
+    loss = ReviewKDLoss()
+    distiller = Distiller([spec], [loss], TeacherCombiner("avg_logits", 1), ce_weight=1.0, temperature=4.0)
+    torch.manual_seed(0)
+    student = {"a": torch.randn(4, 3, 4, 4), "b": torch.randn(4, 5, 2, 2)}
+    teacher = {"a": torch.randn(4, 6, 4, 4), "b": torch.randn(4, 7, 2, 2)}
+    distiller.materialize(torch.randn(4, 3), [torch.randn(4, 3)], torch.tensor([0, 1, 2, 0]),
+                          student_features=student, teacher_features=[teacher])
+    norms = [m for m in loss.abfs.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 4
+    for bn in norms:
+        assert int(bn.num_batches_tracked) == 0
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    assert loss.abfs.training  # back in training mode with the distiller
