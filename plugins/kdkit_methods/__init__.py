@@ -81,6 +81,26 @@ LOSSES = {
         "warmup_epochs": _weight(20.0, "epochs of linear warm-up (mdistiller WARMUP_EPOCHS)"),
     }, "knowledge review (Chen et al. 2021): attention-based fusion + hierarchical context loss"),
     # ---- [logit-2] CTKD, MLKD, NKD, WSLD ----
+    "ctkd": ("kdkit_methods.logit_recent:CTKDLoss", {
+        "temp_min": _positive(1.0, "lowest temperature (reference --t_start)"),
+        "temp_range": _positive(20.0, "T = temp_min + temp_range * sigmoid(theta) (reference --t_end)"),
+        "lambda_start": _weight(0.0, "gradient-reversal strength at the start (reference -decay_max)"),
+        "lambda_end": _weight(1.0, "gradient-reversal strength after the curriculum (reference -decay_min)"),
+        "curriculum_epochs": _weight(10.0, "epochs of the cosine curriculum (reference --decay_loops; 5 on ImageNet)"),
+    }, "curriculum temperature KD (Li et al. 2023): KD with an adversarially learned temperature"),
+    "mlkd": ("kdkit_methods.logit_recent:MLKDLoss", {
+        "temperatures": ConfigKey([2.0, 3.0, 4.0, 5.0, 6.0], "the temperatures of the prediction augmentation",
+                                  type=list, items=float, range="(0, inf)"),
+    }, "multi-level logit distillation (Jin et al. 2023): instance, batch and class alignment"),
+    "nkd": ("kdkit_methods.logit_recent:NKDLoss", {
+        "temperature": _positive(1.0, "temperature of the non-target term (null: distill.temperature)",
+                                 nullable=True),
+        "gamma": _weight(1.5, "weight of the non-target term (1.5 ImageNet, 3.5 CIFAR-100)"),
+    }, "normalised KD (Yang et al. 2023): target term + normalised non-target distribution"),
+    "wsld": ("kdkit_methods.logit_recent:WSLDLoss", {
+        "temperature": _positive(2.0, "temperature T (null: distill.temperature; 4 on CIFAR-100)", nullable=True),
+        "eps": _positive(1e-7, "added to the teacher's cross-entropy in the weight's ratio"),
+    }, "weighted soft labels (Zhou et al. 2021): KD weighted per sample by the CE ratio"),
     # ---- [/logit-2] ----
     # ---- [feature-2] AB, FT, FSP, CC, MGD ----
     # ---- [/feature-2] ----
