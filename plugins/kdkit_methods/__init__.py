@@ -124,4 +124,8 @@ def kdkit_register_methods(register):
     # ---- [classifier-methods] methods that are their own classes (SimKD) ----
     # ---- [/classifier-methods] ----
     # ---- [pipeline] methods that are their own classes (DML, TAKD, born-again, BYOT, ...) ----
+    from kdkit_methods.pipelines import METHODS as PIPELINE_METHODS
+
+    for name, (target, description) in PIPELINE_METHODS.items():
+        register(name, target, description=description)
     # ---- [/pipeline] ----
