@@ -11,6 +11,7 @@ student's exported weights.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import warnings
@@ -21,10 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdkit.distill.combine import TeacherCombiner
+from kdkit.distill.taps import unwrap_model
 from kdkit.distill.terms import TermSpec
 from kdkit.errors import ConfigError
 
-__all__ = ["DistillInputs", "Distiller", "FeaturePair", "build_term_loss", "logit_term"]
+__all__ = ["DistillInputs", "Distiller", "FeaturePair", "build_term_loss", "logit_term", "resolve_module"]
 
 
 class FeaturePair(NamedTuple):
@@ -67,12 +69,26 @@ class DistillInputs:
     :ivar step: the optimiser step.
     :ivar num_samples: the size of the training split (``indices`` lie in ``[0, num_samples)``),
         e.g. for a memory bank keyed by sample index; ``None`` when unknown.
+    :ivar student_model: the student module being trained (a DDP wrapper looked through), for a term
+        that needs one of its submodules (:meth:`student_module`); ``None`` when the caller gave none.
+    :ivar teacher_models: each teacher's frozen module, in config order — also when its outputs come
+        from a teacher cache — and ``None`` for a teacher that is not a network
+        (:class:`~kdkit.distill.LogitsTeacher`); read them with :meth:`teacher_module`.
 
     A feature term reads its features through :meth:`feature_pairs` — ``[(student, teacher,
     where)]``, float32, the teacher detached — which raises the one-line :class:`kdkit.ConfigError`
     for a missing side, a list on one side only, lists of different lengths, an entry that is not a
     ``B x ...`` tensor, or different batch sizes; the method then checks what only it needs
     (4-D maps, spatial sizes, one pair only, ...).
+
+    A term that needs a module of a model — the teacher's classifier applied to student features
+    (SRRL), the classifiers' weights (CAT-KD) — reads it with :meth:`teacher_module` /
+    :meth:`student_module` by its dotted path (``fc``, ``head.fc``; the names ``kdkit layers``
+    lists); a path that does not resolve is a one-line :class:`kdkit.ConfigError` naming the nearest
+    paths.  Teachers are frozen (``requires_grad`` off, eval mode): a teacher module applied to student
+    tensors passes gradients to those tensors and never updates the teacher.  A term must not keep
+    the module it gets as a submodule of its own (it would be checkpointed and trained with the
+    stage): look it up on each call, it is cheap.
     """
 
     student_logits: torch.Tensor
@@ -89,6 +105,52 @@ class DistillInputs:
     epoch: int = 0
     step: int = 0
     num_samples: int | None = None
+    student_model: Any = None
+    teacher_models: Sequence = ()
+
+    def student_module(self, path: str, loss: str = "") -> nn.Module:
+        """The submodule ``path`` of the student being trained (``""``: the student itself).
+
+        :param loss: the loss's registered name, for the error messages.
+        :raises kdkit.ConfigError: (one line) when the student was not handed to the term or has no
+            module ``path`` (naming the nearest valid paths).
+        """
+        who = f"loss {loss}" if loss else "a distill term"
+        if self.student_model is None:
+            raise ConfigError(f"{who} needs the student's module {path!r}, but no student model was handed to the "
+                              "term (DistillInputs.student_model is None; Distiller.forward takes student_model=)")
+        return resolve_module(self.student_model, path, "student", who)
+
+    def teacher_module(self, path: str, index: int | None = None, loss: str = "") -> nn.Module:
+        """The submodule ``path`` of teacher ``index`` (``""``: the teacher itself), frozen.
+
+        :param index: which teacher (config order); default :attr:`teacher_index`, or the only
+            teacher when the term sees the teachers' mean.
+        :param loss: the loss's registered name, for the error messages.
+        :raises kdkit.ConfigError: (one line) when the teacher is not a network (a
+            :class:`~kdkit.distill.LogitsTeacher`), no teacher models were handed to the term, the
+            index is out of range or ambiguous, or the teacher has no module ``path`` (naming the
+            nearest valid paths).
+        """
+        who = f"loss {loss}" if loss else "a distill term"
+        models = list(self.teacher_models)
+        if not models:
+            raise ConfigError(f"{who} needs a teacher's module {path!r}, but no teacher models were handed to the "
+                              "term (DistillInputs.teacher_models is empty; Distiller.forward takes teacher_models=)")
+        if index is None:
+            index = self.teacher_index
+        if index is None:
+            if len(models) != 1:
+                raise ConfigError(f"{who} needs a teacher's module {path!r} but sees the mean of {len(models)} "
+                                  "teachers; give the term a teacher_index")
+            index = 0
+        if not 0 <= index < len(models):
+            raise ConfigError(f"{who}: teacher_index {index}, but there are {len(models)} teachers (0-based)")
+        model = models[index]
+        if model is None:
+            raise ConfigError(f"{who} needs module {path!r} of teacher {index}, but that teacher is not a network "
+                              "(a LogitsTeacher: a logit table or a model on other inputs); use a teacher network")
+        return resolve_module(model, path, f"teacher {index}", who)
 
     def feature_pairs(self, loss: str, example: str | None = None) -> list[FeaturePair]:
         """The term's (student, teacher) feature pairs: one for one module path per side, one per
@@ -144,6 +206,32 @@ class DistillInputs:
                                   "differ in batch size; both must come from the same batch")
             pairs.append(FeaturePair(s.float(), t.detach().float(), where))
         return pairs
+
+
+def resolve_module(model: nn.Module, path: str, owner: str = "model", who: str = "") -> nn.Module:
+    """The submodule of ``model`` at the dotted ``path`` (as ``model.named_modules()`` spells it; a
+    DDP / DataParallel wrapper is looked through and its ``module.`` prefix accepted; ``""`` is the
+    model itself).
+
+    :param owner: how the error names the model (``"student"``, ``"teacher 0"``).
+    :param who: what asked (``"loss srrl"``), at the start of the error.
+    :raises kdkit.ConfigError: (one line) naming the nearest valid paths.
+    """
+    model = unwrap_model(model)
+    name = path[len("module."):] if path.startswith("module.") else path
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        pass
+    valid = [n for n, _ in model.named_modules() if n]
+    near = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
+    if not near:  # fall back to the paths that share the first component, then to the first paths
+        head = name.split(".")[0]
+        near = [n for n in valid if n.split(".")[0] == head][:5] or valid[:5]
+    start = f"{who}: " if who else ""
+    raise ConfigError(f"{start}{owner} ({type(model).__name__}) has no module {path!r}; nearest valid paths: "
+                      f"{', '.join(near) if near else '(the model has no submodules)'} "
+                      "(`kdkit layers MODEL` lists every path)")
 
 
 def _legacy_positional(fn) -> bool:
@@ -208,7 +296,11 @@ class Distiller(nn.Module):
     :param temperature: ``distill.temperature``, passed to every term.
 
     ``forward`` returns ``(loss, logs)`` with ``logs = {"ce": ..., <term name>: ...}`` (unweighted
-    values, detached) — the form a stage's ``step_fn`` returns.
+    values, detached) — the form a stage's ``step_fn`` returns.  Its keyword arguments
+    ``student_model`` (the student being trained) and ``teacher_models`` (each teacher's frozen
+    module, ``None`` for a :class:`~kdkit.distill.LogitsTeacher`) reach every term as
+    :attr:`DistillInputs.student_model` / :attr:`DistillInputs.teacher_models`
+    (:meth:`DistillInputs.teacher_module`); :class:`~kdkit.distill.step.DistillStep` passes both.
     """
 
     def __init__(self, specs: Sequence[TermSpec], losses: Sequence[Callable], combiner: TeacherCombiner,
@@ -248,14 +340,16 @@ class Distiller(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor | None = None, student_features: dict | None = None,
-                teacher_features: Sequence[dict] | None = None, epoch: int = 0, step: int = 0):
+                teacher_features: Sequence[dict] | None = None, epoch: int = 0, step: int = 0,
+                student_model: nn.Module | None = None, teacher_models: Sequence[nn.Module | None] | None = None):
         teacher_logits = list(teacher_logits)
         student_features = student_features or {}
         teacher_features = list(teacher_features or [{} for _ in teacher_logits])
         base = DistillInputs(student_logits=student_logits, all_teacher_logits=teacher_logits,
                              student_features=student_features, teacher_features=teacher_features, labels=labels,
                              indices=indices, temperature=self.temperature, epoch=epoch, step=step,
-                             num_samples=self.num_samples)
+                             num_samples=self.num_samples, student_model=student_model,
+                             teacher_models=tuple(teacher_models or ()))
         ce = F.cross_entropy(student_logits, labels)
         loss = self.ce_weight * ce
         logs = {"ce": ce.detach()}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from kdkit.distill.combine import TeacherCombiner
 from kdkit.distill.distiller import Distiller, build_term_loss
-from kdkit.distill.taps import FeatureTaps
+from kdkit.distill.taps import FeatureTaps, unwrap_model
 from kdkit.distill.terms import TermSpec, check_distill
 from kdkit.errors import ConfigError
 
@@ -40,6 +40,16 @@ def _is_cached(teacher) -> bool:
     from kdkit.distill.cache import TeacherCache
 
     return isinstance(teacher, TeacherCache)
+
+
+def _module_of(teacher) -> nn.Module | None:
+    """The network behind a teacher feature source: the module itself, a cache's model, ``None``
+    for a teacher without one (a :class:`~kdkit.distill.LogitsTeacher`)."""
+    if isinstance(teacher, nn.Module):
+        return unwrap_model(teacher)
+    if _is_cached(teacher):
+        return unwrap_model(teacher.model)
+    return None
 
 
 def _taps(distiller: Distiller, student: nn.Module, teachers: Sequence):
@@ -102,7 +112,9 @@ class DistillStep:
         module (tapped; its features come from the forward ``teacher_logits`` runs), a
         :class:`~kdkit.distill.cache.TeacherCache` built with the paths the terms tap (its features are looked up
         by the batch's sample indices, and the teacher does not run), or ``None`` for a teacher
-        without image feature maps (e.g. a lookup table).
+        without image feature maps (e.g. a lookup table).  The module (a cache's ``model``) also
+        reaches the terms as ``DistillInputs.teacher_models`` and the trained student as
+        ``DistillInputs.student_model``.
     :param agreement: the :class:`~kdkit.distill.agreement.TeacherAgreement` guard, or ``None``.
     :param validation: ``validation() -> iterable of ([B x C per teacher], labels)`` over the
         held-out split (``None`` without one; the student stage passes
@@ -121,6 +133,9 @@ class DistillStep:
         self.agreement = agreement
         self.validation = validation
         self.student_taps, self.teacher_taps = _taps(distiller, student, teachers)
+        #: each teacher's frozen module (``None`` for a teacher without one), for terms that read a
+        #: module of it (:meth:`kdkit.distill.DistillInputs.teacher_module`), cached or not
+        self.teacher_models = [_module_of(t) for t in teachers]
         self.epoch = 0
         self.step = 0
 
@@ -168,7 +183,8 @@ class DistillStep:
         s_logits, t_logits, y, idx, s_feats, t_feats = self._outputs(model, batch)
         if self.agreement is not None:
             self.agreement.observe(t_logits, y)
-        out = self.distiller(s_logits, t_logits, y, idx, s_feats, t_feats, epoch=self.epoch, step=self.step)
+        out = self.distiller(s_logits, t_logits, y, idx, s_feats, t_feats, epoch=self.epoch, step=self.step,
+                             student_model=unwrap_model(model), teacher_models=self.teacher_models)
         self.step += 1
         return out
 
@@ -194,7 +210,8 @@ class DistillStep:
             taps.attach()
         try:
             s_logits, t_logits, y, idx, s_feats, t_feats = self._outputs(student, batch)
-            self.distiller.materialize(s_logits, t_logits, y, idx, s_feats, t_feats)
+            self.distiller.materialize(s_logits, t_logits, y, idx, s_feats, t_feats, student_model=student,
+                                       teacher_models=self.teacher_models)
         finally:
             for taps in self.taps:
                 taps.remove()

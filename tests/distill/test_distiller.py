@@ -318,3 +318,140 @@ def test_unknown_loss_options_fail_when_the_config_is_checked():
         check_distill({**DEFAULTS, "terms": [{"loss": "kl", "options": {"scale": 2}}]}, DEFAULTS, registry)
     assert "\n" not in str(err.value)
     check_distill({**DEFAULTS, "terms": [{"loss": "kl", "options": {"scale_by_t2": False}}]}, DEFAULTS, registry)
+
+
+# --- terms that read a model's modules (DistillInputs.student_module / teacher_module) -------------
+
+class _Net(torch.nn.Module):
+    """A feature extractor ``body`` and a classifier ``head.fc`` (what SRRL / SimKD / CAT-KD reach for)."""
+
+    def __init__(self, width=4, classes=3):
+        super().__init__()
+        self.body = torch.nn.Linear(5, width)
+        self.head = torch.nn.Sequential()
+        self.head.add_module("fc", torch.nn.Linear(width, classes))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _frozen(model):
+    from kdkit.engine import freeze
+
+    return freeze(model)
+
+
+def test_a_term_reads_the_teachers_and_the_students_modules_by_path():
+    student, teacher = _Net(), _frozen(_Net())
+    inputs = DistillInputs(torch.zeros(2, 3), teacher_index=0, student_model=student, teacher_models=(teacher,))
+    assert inputs.student_module("head.fc") is student.head.fc
+    assert inputs.teacher_module("head.fc") is teacher.head.fc
+    assert inputs.teacher_module("") is teacher and inputs.student_module("") is student
+    # a DataParallel wrapper is looked through and its module. prefix accepted
+    wrapped = DistillInputs(torch.zeros(2, 3), student_model=torch.nn.DataParallel(student), teacher_models=(teacher,))
+    assert wrapped.student_module("module.head.fc") is student.head.fc
+    # the mean of one teacher is that teacher; an explicit index wins
+    assert wrapped.teacher_module("body") is teacher.body
+    two = DistillInputs(torch.zeros(2, 3), teacher_index=0, teacher_models=(teacher, _frozen(_Net())))
+    assert two.teacher_module("body", index=1) is two.teacher_models[1].body
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda i: i.teacher_module("head.fcc", loss="srrl"),
+     r"^loss srrl: teacher 0 \(_Net\) has no module 'head.fcc'; nearest valid paths: head.fc, head"),
+    (lambda i: i.student_module("classifier"), r"^a distill term: student \(_Net\) has no module 'classifier'; "
+                                               r"nearest valid paths: body, head, head.fc"),
+    (lambda i: i.teacher_module("fc", index=1, loss="srrl"),
+     r"loss srrl needs module 'fc' of teacher 1, but that teacher is not a network \(a LogitsTeacher"),
+    (lambda i: i.teacher_module("fc", index=2), r"teacher_index 2, but there are 2 teachers"),
+    (lambda i: DistillInputs(torch.zeros(1, 1)).teacher_module("fc", loss="catkd"),
+     r"loss catkd needs a teacher's module 'fc', but no teacher models were handed to the term"),
+    (lambda i: DistillInputs(torch.zeros(1, 1)).student_module("fc", loss="catkd"),
+     r"loss catkd needs the student's module 'fc', but no student model was handed to the term"),
+    (lambda i: DistillInputs(torch.zeros(1, 1), teacher_models=(None, None)).teacher_module("fc"),
+     r"sees the mean of 2 teachers; give the term a teacher_index"),
+])
+def test_module_lookups_that_fail_are_one_line_errors(call, message):
+    inputs = DistillInputs(torch.zeros(2, 3), teacher_index=0, student_model=_Net(),
+                           teacher_models=(_frozen(_Net()), None))
+    with pytest.raises(ConfigError, match=message) as err:
+        call(inputs)
+    assert "\n" not in str(err.value)
+
+
+def test_the_teachers_classifier_on_student_features_trains_the_student_not_the_teacher():
+    """Through Distiller.forward: the term applies the frozen teacher's classifier to a student
+    feature; the gradient reaches the feature (and the student), the teacher gets none and is unchanged."""
+    student, teacher = _Net(), _frozen(_Net())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen = {}
+
+    def srrl_like(inputs):
+        seen["student"] = inputs.student_model
+        head = inputs.teacher_module("head.fc", loss="probe")
+        return F.mse_loss(head(inputs.student_feature), inputs.teacher_logits)
+
+    spec = TermSpec("probe", 2.0, "probe", student="body", teacher="body")
+    distiller = Distiller([spec], [srrl_like], TeacherCombiner("avg_logits", 1), ce_weight=0.0, temperature=1.0)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    feature = student.body(x)
+    feature.retain_grad()
+    with torch.no_grad():
+        t_logits = teacher(x)
+    loss, logs = distiller(student.head(feature), [t_logits], y, None, {"body": feature},
+                           [{"body": teacher.body(x)}], student_model=student, teacher_models=[teacher])
+    loss.backward()
+    expected = 2.0 * F.mse_loss(feature @ teacher.head.fc.weight.T + teacher.head.fc.bias, t_logits)
+    torch.testing.assert_close(loss, expected)
+    assert seen["student"] is student and feature.grad is not None and student.body.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    torch.optim.SGD(student.parameters(), lr=0.5).step()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+
+
+def test_existing_terms_and_calls_without_models_are_unchanged():
+    """Distiller.forward without the model arguments (the earlier signature) and a term that ignores
+    them: the same value as before, the fields empty."""
+    seen = {}
+
+    def probe(inputs):
+        seen.update(student=inputs.student_model, teachers=inputs.teacher_models)
+        return inputs.student_logits.sum() * 0
+
+    s, ts, y = _batch()
+    distiller = Distiller([TermSpec("probe", 1.0, "probe")], [probe], TeacherCombiner("avg_logits", 2), 1.0, 1.0)
+    loss, _ = distiller(s, ts, y)
+    torch.testing.assert_close(loss, F.cross_entropy(s, y))
+    assert seen == {"student": None, "teachers": ()}
+
+
+def test_distill_step_hands_the_terms_the_student_and_each_teachers_module_cached_or_online():
+    from kdkit.distill.cache import TeacherCache
+    from kdkit.distill.step import DistillStep
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.full((5,), float(i)), i % 3
+
+    seen = []
+
+    def probe(inputs):
+        seen.append((inputs.student_model, inputs.teacher_module("head.fc", index=0),
+                     inputs.teacher_module("head.fc", index=1)))
+        return inputs.student_logits.sum() * 0
+
+    online, cached_teacher, student = _frozen(_Net()), _frozen(_Net()), _Net()
+    cache = TeacherCache(cached_teacher, Data(), torch.device("cpu"), batch_size=3)
+    cache.build()
+    distiller = Distiller([TermSpec("probe", 1.0, "probe")], [probe], TeacherCombiner("avg_logits", 2), 1.0, 1.0)
+    step = DistillStep(distiller, student, lambda x, y, idx: [online(x), cache[idx]], [online, cache])
+    batch = (torch.randn(3, 5), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    step(torch.nn.DataParallel(student), batch)
+    assert seen == [(student, online.head.fc, cached_teacher.head.fc)]
+    # a teacher without a network (a LogitsTeacher's source is None) has no module: one line
+    step = DistillStep(distiller, student, lambda x, y, idx: [online(x), online(x)], [online, None])
+    with pytest.raises(ConfigError, match="teacher 1, but that teacher is not a network"):
+        step(student, batch)
