@@ -2,8 +2,8 @@
 
 Each class follows kdkit's loss contract (``Loss(**options)``, ``loss(inputs) -> scalar``), like
 :mod:`kdkit_methods.logit`: the teacher's logits are detached, everything is computed in float32 at
-least, the term's ``weight`` multiplies the returned value and ``distill.alpha`` weights the
-cross-entropy.  :class:`CTKDLoss` is an ``nn.Module``: its learnable temperature trains with the
+least with autocast off (MLKD's Gram matrices would otherwise be half-precision products), the
+term's ``weight`` multiplies the returned value and ``distill.alpha`` weights the cross-entropy.  :class:`CTKDLoss` is an ``nn.Module``: its learnable temperature trains with the
 student (checkpointed with the stage, kept out of the student's exported weights).
 
 The public helpers (:func:`ctkd_lambda`, :func:`reverse_gradient`, :func:`mlkd_parts`,
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kdkit
+from kdkit_methods.feature import _no_autocast
 from kdkit_methods.logit import _logits, _optional_float, _temperature
 
 __all__ = ["CTKDLoss", "MLKDLoss", "NKDLoss", "WSLDLoss", "ctkd_lambda", "median_fraction", "mlkd_parts",
@@ -150,12 +151,13 @@ class CTKDLoss(nn.Module):
     def forward(self, inputs) -> torch.Tensor:
         s, t = _logits(self.name, inputs)
         strength = ctkd_lambda(inputs.epoch, self.curriculum_epochs, self.lambda_start, self.lambda_end)
-        theta = reverse_gradient(self.theta.to(s.dtype), strength)
-        temp = self.temperature(theta)  # shape (1,): broadcasts over the logits
-        log_p = F.log_softmax(s / temp, dim=1)
-        log_q = F.log_softmax(t / temp, dim=1)
-        kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
-        return (kl * temp * temp).squeeze(0)
+        with _no_autocast(s.device):
+            theta = reverse_gradient(self.theta.to(s.dtype), strength)
+            temp = self.temperature(theta)  # shape (1,): broadcasts over the logits
+            log_p = F.log_softmax(s / temp, dim=1)
+            log_q = F.log_softmax(t / temp, dim=1)
+            kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+            return (kl * temp * temp).squeeze(0)
 
 
 # --------------------------------------------------------------------------------------------- MLKD
@@ -244,15 +246,16 @@ class MLKDLoss:
 
     def __call__(self, inputs):
         s, t = _logits(self.name, inputs)
-        q1 = F.softmax(t, dim=1)
-        f_batch = median_fraction(q1.max(dim=1).values)
-        f_class = median_fraction(q1.sum(dim=0))
-        total = None
-        for temp in self.temperatures:
-            instance, batch, klass = mlkd_parts(s, t, temp)
-            value = f_batch * (instance + batch) + f_class * klass
-            total = value if total is None else total + value
-        return total
+        with _no_autocast(s.device):
+            q1 = F.softmax(t, dim=1)
+            f_batch = median_fraction(q1.max(dim=1).values)
+            f_class = median_fraction(q1.sum(dim=0))
+            total = None
+            for temp in self.temperatures:
+                instance, batch, klass = mlkd_parts(s, t, temp)
+                value = f_batch * (instance + batch) + f_class * klass
+                total = value if total is None else total + value
+            return total
 
 
 # ---------------------------------------------------------------------------------------------- NKD
@@ -318,8 +321,9 @@ class NKDLoss:
         s, t = _logits(self.name, inputs)
         labels = _labels(self.name, inputs, s)
         temp = _temperature(self.name, self.temperature, inputs)
-        target, non_target = nkd_parts(s, t, labels, temp)
-        return target.mean() + self.gamma * (temp * temp) * non_target.mean()
+        with _no_autocast(s.device):
+            target, non_target = nkd_parts(s, t, labels, temp)
+            return target.mean() + self.gamma * (temp * temp) * non_target.mean()
 
 
 # --------------------------------------------------------------------------------------------- WSLD
@@ -373,6 +377,7 @@ class WSLDLoss:
         s, t = _logits(self.name, inputs)
         labels = _labels(self.name, inputs, s)
         temp = _temperature(self.name, self.temperature, inputs)
-        weights = wsld_weights(s, t, labels, self.eps)
-        soft = -(F.softmax(t / temp, dim=1) * F.log_softmax(s / temp, dim=1)).sum(dim=1)
-        return (temp * temp) * (weights * soft).mean()
+        with _no_autocast(s.device):
+            weights = wsld_weights(s, t, labels, self.eps)
+            soft = -(F.softmax(t / temp, dim=1) * F.log_softmax(s / temp, dim=1)).sum(dim=1)
+            return (temp * temp) * (weights * soft).mean()

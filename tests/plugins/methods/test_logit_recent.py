@@ -471,6 +471,17 @@ def test_half_precision_logits_are_computed_in_float32(name, cls):
 
 
 @pytest.mark.parametrize("name, cls", LOSSES)
+def test_autocast_does_not_lower_the_precision(name, cls):
+    """Under (CPU) bfloat16 autocast the loss is still the float32 one (MLKD's Gram products included)."""
+    s, t, y = _logits(6, 5, seed=63)
+    s, t = s.float(), t.float()
+    reference = cls()(_inputs(s, t, y))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        value = cls()(_inputs(s, t, y))
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name, cls", LOSSES)
 @pytest.mark.parametrize("teacher_shape", [(4, 9), (3, 6)])
 def test_shape_mismatch_is_a_one_line_error_naming_both_shapes(name, cls, teacher_shape):
     s, _, y = _logits(4, 6)
