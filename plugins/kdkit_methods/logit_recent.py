@@ -3,8 +3,9 @@
 Each class follows kdkit's loss contract (``Loss(**options)``, ``loss(inputs) -> scalar``), like
 :mod:`kdkit_methods.logit`: the teacher's logits are detached, everything is computed in float32 at
 least with autocast off (MLKD's Gram matrices would otherwise be half-precision products), the
-term's ``weight`` multiplies the returned value and ``distill.alpha`` weights the cross-entropy.  :class:`CTKDLoss` is an ``nn.Module``: its learnable temperature trains with the
-student (checkpointed with the stage, kept out of the student's exported weights).
+term's ``weight`` multiplies the returned value and ``distill.alpha`` weights the cross-entropy.
+:class:`CTKDLoss` is an ``nn.Module``: its learnable temperature trains with the student
+(checkpointed with the stage, kept out of the student's exported weights).
 
 The public helpers (:func:`ctkd_lambda`, :func:`reverse_gradient`, :func:`mlkd_parts`,
 :func:`median_fraction`, :func:`nkd_parts`, :func:`wsld_weights`) expose the pieces so that the
@@ -13,7 +14,7 @@ papers' formulas and identities can be checked on their own.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
