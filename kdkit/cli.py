@@ -8,7 +8,8 @@ Exit status: 0 success; 2 user error or usage error (one line ``kdkit: error: ..
 traceback only with ``--debug``): a :class:`~kdkit.errors.KdkitError`, a bad command line, or an
 ``OSError`` of the environment (missing file, permission, disk full); 1 a bug in kdkit or a plugin
 (its traceback and a "please report" line); 130 interrupted; 141 stdout closed early (``| head``).
-A command may return another status of its own (``kdkit sweep``: 3 when a run failed or a row left its band).
+A command may return another status of its own (``kdkit sweep``: 3 when a run failed or a row left its band;
+``kdkit train``: 4 when a non-finite loss stopped the run, recorded in its ``diverged.json``).
 """
 from __future__ import annotations
 

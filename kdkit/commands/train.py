@@ -1,11 +1,25 @@
-"""``kdkit train``: run a distillation method."""
+"""``kdkit train``: run a distillation method.
+
+Exit status (besides the CLI's 0 / 1 / 2): :data:`EXIT_DIVERGED` when a non-finite loss stopped the
+run — a result, not an error: ``RUN_DIR/diverged.json`` records it and the last good checkpoint is
+kept; ``--resume`` of such a run reports the divergence again (same status) instead of training into it.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+#: exit status of a run stopped by a non-finite loss (recorded in RUN_DIR/diverged.json)
+EXIT_DIVERGED = 4
+
+EPILOG = (f"Exit status: 0 trained; {EXIT_DIVERGED} diverged (a non-finite loss stopped the run: one line "
+          "'kdkit: diverged: ...', the record in RUN_DIR/diverged.json, the last good checkpoint kept; --resume "
+          "of that run reports it again instead of training into it — delete diverged.json to retry); "
+          "2 a user error; 1 a bug.")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("--method", metavar="NAME", default=None,
                         help="the method to run (default: kd; with --resume, the run's own method)")
     parser.add_argument("--plugin", metavar="NAME", default=None, dest="plugin_alias",
@@ -59,8 +73,14 @@ def run(args: argparse.Namespace) -> int:
         from kdkit.errors import KdkitError
 
         raise KdkitError("--accept-config-change only applies to --resume RUN_DIR")
-    result = train(method=method, config_file=args.config, sets=args.sets, out=args.out, resume=args.resume,
-                   print_config=args.print_config, accept_config_change=args.accept_config_change)
+    from kdkit.engine.trainer import DivergedError
+
+    try:
+        result = train(method=method, config_file=args.config, sets=args.sets, out=args.out, resume=args.resume,
+                       print_config=args.print_config, accept_config_change=args.accept_config_change)
+    except DivergedError as exc:
+        print(f"kdkit: diverged: {exc}".replace("\n", "\\n"), file=sys.stderr)
+        return EXIT_DIVERGED
     if args.print_config:
         print(result, end="")
     return 0

@@ -21,7 +21,7 @@ from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
-from kdkit.engine.trainer import Stage, StageResult, Trainer
+from kdkit.engine.trainer import DIVERGED_FILE, Stage, StageResult, Trainer
 from kdkit.files import WriteError, atomic_write_text
 from kdkit.methodspec import Method  # noqa: F401 - re-exported
 from kdkit.seeding import derive_seed, seed_everything
@@ -315,9 +315,11 @@ _RESUME_FREE_KEYS = ("device", "logging", "data.root")
 
 
 def _holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run worth keeping: a finished run or a stage checkpoint.  What a
-    run that failed (or was killed) before its first checkpoint left behind may be reused."""
-    return (run_dir / "summary.json").is_file() or any((run_dir / "checkpoints").glob("*/*.pt"))
+    """Whether ``run_dir`` holds a run worth keeping: a finished run, a stage checkpoint or the record
+    of a divergence (a result, even before the first checkpoint).  What a run that failed (or was
+    killed) before its first checkpoint left behind may be reused."""
+    return ((run_dir / "summary.json").is_file() or (run_dir / DIVERGED_FILE).is_file()
+            or any((run_dir / "checkpoints").glob("*/*.pt")))
 
 
 def _remove_stale_temp_files(run_dir: Path) -> None:

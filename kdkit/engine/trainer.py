@@ -30,6 +30,7 @@ teacher, the baseline) stops at hop 2: its ``step_fn`` is :func:`~kdkit.engine.s
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -51,15 +52,40 @@ from kdkit.engine.loop import amp_dtype, channels_last, check_early_stop, no_syn
 from kdkit.engine.optim import build_optimizer, build_scheduler, param_groups, trainable, trainable_extra
 from kdkit.engine.stage import Stage, StageResult, classification_eval, classification_step, freeze  # noqa: F401
 from kdkit.engine.stage_checkpoints import CHECKPOINT_FORMAT, StageCheckpoints
+from kdkit.files import atomic_write_text
 from kdkit.seeding import derive_seed, seed_everything
 
-__all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "freeze",
-           "classification_step",
+__all__ = ["Stage", "StageResult", "Trainer", "TrainerOptions", "TrainerHost", "TrainingError", "DivergedError",
+           "DIVERGED_FILE", "read_divergence", "freeze", "classification_step",
            "classification_eval", "CHECKPOINT_FORMAT"]
+
+#: the record a run directory keeps of the non-finite loss that stopped it (rank 0 writes it):
+#: ``{"status": "diverged", "stage", "epoch" (0-based, as in metrics.jsonl), "epochs" (the stage's),
+#: "step", "loss" ("inf", "-inf" or "nan"), "checkpoint" (the last good last.pt, or null), "message"}``
+DIVERGED_FILE = "diverged.json"
 
 
 class TrainingError(KdkitError):
     """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class DivergedError(TrainingError):
+    """A non-finite loss stopped the run (now, or when it ran before: a resumed run that diverged is
+    not trained into the same divergence again).  ``record`` is what ``RUN_DIR/diverged.json`` holds."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+def read_divergence(run_dir: str | Path) -> dict | None:
+    """The divergence record of a run directory (:data:`DIVERGED_FILE`), or ``None`` when it has none
+    (or an unreadable one: the file is written atomically, so only a hand edit makes one)."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "diverged" else None
 
 
 def _float(v) -> float:
@@ -254,6 +280,13 @@ class Trainer(StageCheckpoints):
         finished = self._resume_state()
         if isinstance(finished, StageResult):
             return finished
+        before = read_divergence(self.run_dir)
+        if before is not None and before.get("stage") == self.stage.name:
+            # deterministic training would diverge again: the record stands until it is deleted
+            raise DivergedError(
+                f"this run diverged before, not trained again: {before.get('message', 'non-finite loss')} "
+                f"(record: {Path(self.run_dir) / DIVERGED_FILE}; delete it to train stage "
+                f"{self.stage.name!r} again from its last good checkpoint)", before)
         loader, sampler = self._train_loader()
         accumulate = self.settings.accumulate
         self._build(math.ceil(len(loader) / accumulate))
@@ -311,7 +344,8 @@ class Trainer(StageCheckpoints):
         :func:`classification_step`) under autocast and backward; on the step's last micro-batch
         (:attr:`micro_batch`; each one with ``train.accumulate: 1``) ``optimizer.step()``, the
         schedule's step and ``after_step_fn``.  Returns the loss and the logs as floats, each the
-        mean over ranks.  A non-finite loss stops the stage (:class:`TrainingError`)."""
+        mean over ranks.  A non-finite loss stops the run (:class:`DivergedError`, recorded in the run
+        directory's :data:`DIVERGED_FILE`)."""
         step_fn = self.stage.step_fn or classification_step
         part, parts = self.micro_batch
         with self._autocast():
@@ -320,11 +354,7 @@ class Trainer(StageCheckpoints):
         loss, logs = (out, {}) if isinstance(out, torch.Tensor) else out
         loss_value = dist_utils.all_reduce_mean(loss.detach().float()).item()
         if not math.isfinite(loss_value):
-            kept = self.last_path if self.last_path.exists() else None
-            raise TrainingError(
-                f"non-finite loss ({loss_value}) in stage {self.stage.name!r}, epoch {self.epoch + 1}, "
-                f"step {self.step}; stopped — " +
-                (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
+            self._diverged(loss_value)
         if part == 0:
             self.optimizer.zero_grad(set_to_none=True)
         if parts > 1:
@@ -357,6 +387,20 @@ class Trainer(StageCheckpoints):
         if self.stage.after_step_fn is not None:
             self.stage.after_step_fn(self, step)
         return loss_value, self._logs(logs)
+
+    def _diverged(self, loss_value: float):
+        """Stop the run on a non-finite loss: the last good checkpoint stays, rank 0 writes the
+        divergence record (:data:`DIVERGED_FILE`), every rank raises :class:`DivergedError`."""
+        kept = self.last_path if self.last_path.exists() else None
+        record = {"status": "diverged", "stage": self.stage.name, "epoch": self.epoch, "epochs": self.epochs,
+                  "step": self.step, "loss": str(loss_value), "checkpoint": str(kept) if kept else None}
+        record["message"] = (
+            f"non-finite loss ({loss_value}) in stage {self.stage.name!r}, epoch {self.epoch + 1}, "
+            f"step {self.step}; stopped — " +
+            (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
+        if self.is_main:
+            atomic_write_text(Path(self.run_dir) / DIVERGED_FILE, json.dumps(record, indent=2) + "\n")
+        raise DivergedError(record["message"], record)
 
     def _logs(self, logs) -> dict:
         """A step's logs as floats, each the mean over ranks."""

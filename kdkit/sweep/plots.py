@@ -7,7 +7,8 @@ from pathlib import Path
 
 def plot_table(table: dict, path: Path) -> Path | None:
     """``table.png``: one line per row, sorted by mean; filled = val-best, hollow = last epoch; error
-    bars ± std; teachers, baselines and methods in distinct colours and markers."""
+    bars ± std; teachers, baselines and methods in distinct colours and markers.  Seeds that diverged
+    are left out (the label counts them); a row whose seeds all diverged is not drawn."""
     try:
         import matplotlib
 
@@ -27,7 +28,10 @@ def plot_table(table: dict, path: Path) -> Path | None:
             if s["mean"] is not None:
                 ax.errorbar(s["mean"], y + dy, xerr=s["std"] or 0.0, fmt=marker, color=color, mfc=face,
                             capsize=3, markersize=6)
-    ax.set_yticks(range(len(rows)), [r["id"] for r in rows])
+    # a seed that diverged is not in the mean: the label says how many (a row where all did is not drawn)
+    labels = [r["id"] + (f" ({len(r['diverged'])}/{len(r['diverged']) + r['best']['n']} diverged)"
+                         if r.get("diverged") else "") for r in rows]
+    ax.set_yticks(range(len(rows)), labels)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel(f"{table['metric']}, mean ± std over seeds")
     ax.grid(axis="x", alpha=0.3)

@@ -1,6 +1,8 @@
 """``kdkit sweep`` itself: :func:`run_sweep` checks the sweep, claims ``OUT`` (a copy of the sweep
-file, a lock), runs every run that is not done in a subprocess (new, restarted or resumed), logs the
-progress to stderr and ``OUT/sweep.log``, and writes the results, tables and plot."""
+file, a lock), runs every run that has not ended (new, restarted or resumed) through an executor
+(:mod:`kdkit.sweep.executors`: subprocesses here, or submitit jobs), ``--jobs`` at a time, each run
+after the runs it depends on, logs the progress to stderr and ``OUT/sweep.log``, and writes the
+results, tables and plot."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,12 +20,15 @@ import yaml
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import lock_directory
 from kdkit.plugins import load_recorded_plugins, record_plugin_modules
+from kdkit.sweep.executors import make_executor
 from kdkit.sweep.plots import plot_table
 from kdkit.sweep.runs import (
     RunSpec,
     _add_wall,
     _child_log,
     check_configs,
+    diverged_at,
+    divergence,
     plan,
     run_dir_of,
     run_status,
@@ -78,42 +82,38 @@ def _tail(path: Path, start: int, lines: int = 15) -> str:
 
 
 
-def _run_child(run: RunSpec, status: str, out: Path, plugin_modules: list) -> tuple[int, float, str]:
-    """Run (or resume) one run in a subprocess; returns (exit status, seconds, output tail)."""
+def _child_command(run: RunSpec, status: str, plugin_modules: list) -> list:
+    """The run's ``python -m kdkit ... train`` command (a restarted run's directory emptied first)."""
     cmd = [sys.executable, "-m", "kdkit"]
     for module in ["kdkit.sweep", *plugin_modules]:
         cmd += ["--plugins-module", module]
     if status == "resume":
-        cmd += ["train", "--resume", str(run.run_dir)]
-    else:
-        if status == "restart":
-            shutil.rmtree(run.run_dir)
-        run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        cmd += ["train", "--method", run.cell.method, "--out", str(run.run_dir)]
-        for item in run.sets:
-            cmd += ["--set", item]
-    log_path = _child_log(out, run)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with open(log_path, "ab") as fh:
-        start = fh.tell()
-        fh.write(f"$ {' '.join(cmd)}\n".encode())
-        fh.flush()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        try:
-            code = proc.wait()
-        except BaseException:  # KeyboardInterrupt: stop the child too, its run is resumed next time
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
-        seconds = time.perf_counter() - t0
-    return code, seconds, _tail(log_path, start) if code else ""
+        return cmd + ["train", "--resume", str(run.run_dir)]
+    if status == "restart":
+        shutil.rmtree(run.run_dir)
+    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd += ["train", "--method", run.cell.method, "--out", str(run.run_dir)]
+    for item in run.sets:
+        cmd += ["--set", item]
+    return cmd
+
+
+
+def child_env(threads: int | None) -> dict:
+    """What each run's environment gets on top of the sweep's: OpenMP threads that do not busy-wait
+    and, with ``threads``, that many torch CPU threads (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+
+def default_threads() -> int | None:
+    """``--threads`` unless given: the environment's OMP_NUM_THREADS when set (``None``: inherited),
+    else 1 — a run's numbers depend on its thread count (float summation order), so the sweep fixes
+    it: ``--jobs`` never changes a result."""
+    return None if os.environ.get("OMP_NUM_THREADS") else 1
 
 
 
@@ -156,11 +156,24 @@ def _write_results(out: Path, records: list) -> None:
 def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable[str] | None = None,
               seeds: Iterable[int] | None = None, compare: str | Path | None = None, tolerance: float = 1.0,
               no_run: bool = False, plugin_modules: Iterable[str] = (), manager=None,
-              echo: Callable[[str], None] | None = None, stdout: Callable[[str], None] | None = None) -> int:
-    """``kdkit sweep``; returns the exit status (0, or :data:`RESULTS_FAILED` for failed runs / rows out of band)."""
+              echo: Callable[[str], None] | None = None, stdout: Callable[[str], None] | None = None,
+              jobs: int = 1, threads: int | None | str = "auto", executor: str = "local",
+              executor_opts: dict | None = None) -> int:
+    """``kdkit sweep``; returns the exit status (0, or :data:`RESULTS_FAILED` for failed runs / rows out
+    of band; runs that diverged are results, not failures).
+
+    ``jobs``: runs in flight at once (a run waits for the runs it depends on); ``threads``: torch CPU
+    threads of each run (``"auto"``: :func:`default_threads`; ``None``: inherited); ``executor``:
+    ``local`` or ``submitit`` (:mod:`kdkit.sweep.executors`), ``executor_opts`` its options."""
     stdout = stdout or (lambda m: print(m, flush=True))
     if tolerance is None or not tolerance >= 0:
         raise ConfigError(f"--tolerance must be a number >= 0 (points of top-1), got {tolerance}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1 (runs at once), got {jobs!r}")
+    if threads == "auto":
+        threads = default_threads()
+    elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads must be an integer >= 1 (torch threads per run), got {threads!r}")
     sweep = load_sweep(config)
     out = Path(out) if out is not None else Path("sweeps") / re.sub(r"[^A-Za-z0-9_.-]", "_", sweep.name)
     reference = load_table(compare) if compare is not None else None
@@ -169,59 +182,151 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     modules = list(dict.fromkeys([*load_recorded_plugins(out, manager), *plugin_modules]))
     # the whole file is checked, not only the slice: a typo in any cell fails before anything runs
     check_configs(plan(sweep, out), manager)
+    # the executor's options and library are checked before OUT is claimed
+    pool = None if no_run else make_executor(executor, out, executor_opts or {})
     _prepare_out(sweep, out, create=not no_run)
     log = _Log(out / "sweep.log", echo)
     with lock_directory(out, f"sweep directory {out}", "wait for it to finish or choose another --out"):
         record_plugin_modules(out, modules)
-        return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules)
+        return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules,
+                        _Pool(pool, jobs, child_env(threads), threads))
 
 
 
-def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin_modules) -> int:
+class _Pool:
+    """The executor, how many runs it may hold at once, and each run's environment."""
+
+    def __init__(self, executor, jobs: int, env: dict, threads: int | None):
+        self.executor, self.jobs, self.env, self.threads = executor, jobs, env, threads
+
+    def describe(self) -> str:
+        threads = (f"{self.threads} torch thread(s) each" if self.threads is not None
+                   else "torch threads from OMP_NUM_THREADS")
+        return f"{self.jobs} at a time as {self.executor.describe()}, {threads}"
+
+
+
+def _where(run: RunSpec) -> str:
+    return f"{run.cell.name} seed={run.seed}" + (f" {run.point.id}" if run.point.id != "default" else "")
+
+
+
+def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin_modules, pool) -> int:
     total = len(runs)
+    index = {r.key: i for i, r in enumerate(runs, 1)}
+    head = {r.key: f"[{index[r.key]}/{total}] {r.label}" for r in runs}
     status = {r.key: run_status(r.run_dir) for r in runs}
-    todo = sum(s != "done" for s in status.values())
+    todo = sum(s not in ("done", "diverged") for s in status.values())
     log(f"kdkit sweep {sweep.name}: {total} run(s) in {out} ({total - todo} done, {todo} to run"
-        + (", --no-run" if no_run else "") + ")")
+        + (", --no-run)" if no_run else f"); {pool.describe()}"))
     failed: dict[tuple, str] = {}
+    diverged: dict[tuple, str] = {}
     ran_times: list[float] = []
     t_start = time.perf_counter()
     left = todo
-    records: list = []
-    for i, run in enumerate(runs, 1):
-        head = f"[{i}/{total}] {run.label}"
+    pending: list[RunSpec] = []
+    for run in runs:
         st = status[run.key]
         if st == "done":
-            log(f"{head}: done, skipped ({os.path.relpath(run.run_dir, out.resolve())})")
-            continue
-        if no_run:
-            log(f"{head}: not run ({st}; --no-run)")
-            continue
-        broken = [d for d in run.cell.deps if (d, run.point.id, run.seed) in failed
-                  or run_status(run_dir_of(out, d, run.point, run.seed)) != "done"]
-        if broken:
-            failed[run.key] = f"needs cell {broken[0]} (same seed and grid point), which did not finish"
-            log(f"{head}: SKIPPED: {failed[run.key]}")
-            left -= 1
-            continue
+            log(f"{head[run.key]}: done, skipped ({os.path.relpath(run.run_dir, out.resolve())})")
+        elif st == "diverged":
+            diverged[run.key] = diverged_at(divergence(run.run_dir) or {})
+            log(f"{head[run.key]}: diverged ({diverged[run.key]}), skipped "
+                f"({os.path.relpath(run.run_dir, out.resolve())})")
+        elif no_run:
+            log(f"{head[run.key]}: not run ({st}; --no-run)")
+        else:
+            pending.append(run)
+
+    in_flight: dict[tuple, tuple] = {}  # key -> (run, handle, start time, log offset)
+
+    def blocked_by(run: RunSpec):
+        """``None`` when ``run`` may start, ``"wait"`` while a run it needs is pending or running,
+        else the cell it needs that did not end as a result."""
+        for d in run.cell.deps:
+            key = (d, run.point.id, run.seed)
+            if key in in_flight or any(p.key == key for p in pending):
+                return "wait"
+            if key in failed or run_status(run_dir_of(out, d, run.point, run.seed)) not in ("done", "diverged"):
+                return d
+        return None
+
+    def start(run: RunSpec) -> None:
+        st = run_status(run.run_dir)
         how = {"new": "running", "restart": "restarting (its directory had no checkpoint)",
                "resume": "resuming (kdkit train --resume)"}[st]
-        log(f"{head}: {how}")
-        code, seconds, tail = _run_child(run, st, out, plugin_modules)
-        _add_wall(out, run, seconds)
+        cmd = _child_command(run, st, plugin_modules)
+        log_path = _child_log(out, run)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as fh:
+            offset = fh.tell()
+            fh.write(f"$ {' '.join(cmd)}\n".encode())
+        log(f"{head[run.key]}: {how}")
+        t0 = time.perf_counter()
+        try:
+            handle = pool.executor.submit(cmd, log_path, pool.env, _where(run).replace(" ", "-"))
+        except Exception as exc:  # noqa: BLE001 - a submission that fails is this run's failure
+            finish(run, -1, 0.0, offset, f"could not be submitted: {type(exc).__name__}: {exc}".splitlines()[0])
+            return
+        in_flight[run.key] = (run, handle, t0, offset)
+
+    def finish(run: RunSpec, code: int, seconds: float, offset: int, note: str = "") -> None:
+        nonlocal left
         left -= 1
         ran_times.append(seconds)
-        eta = statistics.fmean(ran_times) * left
+        eta = statistics.fmean(ran_times) * left / pool.jobs
         timing = f"elapsed {_fmt_time(time.perf_counter() - t_start)}, ~{_fmt_time(eta)} left ({left} run(s))"
-        if code == 0 and run_status(run.run_dir) == "done":
-            log(f"{head}: finished in {seconds:.1f}s; {timing}")
+        ended = run_status(run.run_dir)
+        if code == 0 and ended == "done":
+            _add_wall(out, run, seconds)
+            log(f"{head[run.key]}: finished in {seconds:.1f}s; {timing}")
+        elif ended == "diverged":  # kdkit train exits EXIT_DIVERGED: a result
+            _add_wall(out, run, seconds)
+            record = divergence(run.run_dir) or {}
+            diverged[run.key] = diverged_at(record)
+            log(f"{head[run.key]}: diverged in stage {record.get('stage')}, {diverged[run.key]} "
+                f"(non-finite loss {record.get('loss')}; {run.run_dir / 'diverged.json'}) after {seconds:.1f}s; {timing}")
         else:
-            last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
+            tail = _tail(_child_log(out, run), offset)
+            last = note or (tail.strip().splitlines()[-1] if tail.strip() else "no output")
             failed[run.key] = f"exit {code}: {last}"
-            log(f"{head}: FAILED (exit {code}) after {seconds:.1f}s; {timing}; its last output lines "
-                f"({_child_log(out, run)}):\n" + "\n".join("    " + ln for ln in tail.splitlines()))
-        records, _ = collect(sweep, runs, out)
-        _write_results(out, records)
+            _add_wall(out, run, seconds, failed=failed[run.key])
+            log(f"{head[run.key]}: FAILED (exit {code}) after {seconds:.1f}s; {timing}; its last output lines "
+                f"({_child_log(out, run)}):\n" + "\n".join("    " + ln for ln in tail.splitlines())
+                + (f"\n    {note}" if note else ""))
+        _write_results(out, collect(sweep, runs, out)[0])
+
+    try:
+        while pending or in_flight:
+            progressed = False
+            for run in list(pending):  # plan order: dependencies first
+                if len(in_flight) >= pool.jobs:
+                    break
+                blocker = blocked_by(run)
+                if blocker == "wait":
+                    continue
+                pending.remove(run)
+                progressed = True
+                if blocker is not None:
+                    failed[run.key] = f"needs cell {blocker} (same seed and grid point), which did not finish"
+                    _add_wall(out, run, 0.0, failed=failed[run.key])
+                    log(f"{head[run.key]}: SKIPPED: {failed[run.key]}")
+                    left -= 1
+                    continue
+                start(run)
+            for key, (run, handle, t0, offset) in list(in_flight.items()):
+                result = handle.poll()
+                if result is None:
+                    continue
+                del in_flight[key]
+                progressed = True
+                finish(run, result[0], time.perf_counter() - t0, offset, result[1])
+            if not progressed:
+                time.sleep(pool.executor.poll_s)
+    except BaseException:  # KeyboardInterrupt: stop the runs too; they are resumed next time
+        for _, handle, _, _ in in_flight.values():
+            handle.cancel()
+        raise
 
     records, problems = collect(sweep, runs, out)
     _write_results(out, records)
@@ -238,10 +343,15 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
         log(f"kdkit sweep: {p}")
     if problems:
         status_code = RESULTS_FAILED
+    def names(outcomes: dict) -> str:
+        return "; ".join(f"{k[0]} seed={k[2]}" + (f" {k[1]}" if k[1] != "default" else "") + f" ({outcomes[k]})"
+                         for k in sorted(outcomes, key=index.__getitem__))
+
+    if diverged:
+        log(f"kdkit sweep: {len(diverged)} of {total} run(s) diverged (results, not failures: shown as such "
+            f"in the table): {names(diverged)}")
     if failed:
-        names = "; ".join(f"{k[0]} seed={k[2]}" + (f" {k[1]}" if k[1] != "default" else "") + f" ({v})"
-                          for k, v in failed.items())
-        log(f"kdkit sweep: {len(failed)} of {total} run(s) failed: {names}")
+        log(f"kdkit sweep: {len(failed)} of {total} run(s) failed: {names(failed)}")
         status_code = RESULTS_FAILED
     if reference is not None:
         lines, out_of_band = compare_tables(table, reference, tolerance)
@@ -249,8 +359,8 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
             stdout(line)
         if out_of_band:
             status_code = RESULTS_FAILED
-    done = sum(run_status(r.run_dir) == "done" for r in runs)
-    log(f"kdkit sweep: {done}/{total} run(s) done in {_fmt_time(time.perf_counter() - t_start)}; "
+    done = sum(run_status(r.run_dir) in ("done", "diverged") for r in runs)
+    log(f"kdkit sweep: {done}/{total} run(s) done ({len(diverged)} diverged) in {_fmt_time(time.perf_counter() - t_start)}; "
         f"results in {out / 'results.jsonl'}, table in {out / 'table.md'}")
     return status_code
 

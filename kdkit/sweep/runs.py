@@ -98,8 +98,9 @@ def check_configs(runs: list, manager=None) -> dict:
 
 
 def run_status(run_dir: Path) -> str:
-    """``done`` (a complete summary.json), ``resume`` (a checkpoint to continue from), ``restart``
-    (a directory without checkpoint) or ``new``."""
+    """``done`` (a complete summary.json), ``diverged`` (a non-finite loss stopped it: its
+    ``diverged.json``; a result, not run again), ``resume`` (a checkpoint to continue from),
+    ``restart`` (a directory without checkpoint) or ``new``."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return "new"
@@ -108,9 +109,28 @@ def run_status(run_dir: Path) -> str:
             return "done"
     except (OSError, ValueError):
         pass
+    if divergence(run_dir) is not None:
+        return "diverged"
     if (run_dir / "config.yaml").is_file() and any((run_dir / "checkpoints").glob("*/last.pt")):
         return "resume"
     return "restart"
+
+
+
+def divergence(run_dir: Path) -> dict | None:
+    """The run's divergence record (:data:`kdkit.engine.trainer.DIVERGED_FILE`), or ``None``."""
+    from kdkit.engine.trainer import read_divergence
+
+    return read_divergence(run_dir)
+
+
+
+def diverged_at(record: dict) -> str:
+    """``"epoch 2/10"`` (1-based, as train.log counts) of a divergence record."""
+    epoch, epochs = record.get("epoch"), record.get("epochs")
+    if not isinstance(epoch, int):
+        return "epoch ?"
+    return f"epoch {epoch + 1}" + (f"/{epochs}" if isinstance(epochs, int) else "")
 
 
 
@@ -124,17 +144,37 @@ def _wall_file(out: Path, run: RunSpec) -> Path:
 
 
 
+def _read_attempts(out: Path, run: RunSpec) -> dict:
+    """``logs/<cell>/<grid-id>/seed<S>.json``: ``{"wall_s": seconds of the attempts that ran to their
+    end, "failed": why the last attempt failed (or null)}``."""
+    try:
+        data = json.loads(_wall_file(out, run).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+
 def _read_wall(out: Path, run: RunSpec):
     try:
-        return float(json.loads(_wall_file(out, run).read_text(encoding="utf-8"))["wall_s"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(_read_attempts(out, run)["wall_s"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 
-def _add_wall(out: Path, run: RunSpec, seconds: float) -> None:
-    from kdkit.engine.checkpoint import atomic_write_text
+def _read_failure(out: Path, run: RunSpec) -> str | None:
+    failed = _read_attempts(out, run).get("failed")
+    return failed if isinstance(failed, str) else None
+
+
+
+def _add_wall(out: Path, run: RunSpec, seconds: float, failed: str | None = None) -> None:
+    """Add an attempt's seconds and say whether it failed (``failed``: why; ``None``: it did not)."""
+    from kdkit.files import atomic_write_text
 
     previous = _read_wall(out, run) or 0.0
-    atomic_write_text(_wall_file(out, run), json.dumps({"wall_s": previous + seconds}) + "\n")
+    path = _wall_file(out, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"wall_s": previous + seconds, "failed": failed}) + "\n")
 

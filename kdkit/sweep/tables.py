@@ -13,7 +13,13 @@ import yaml
 
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.sweep.hook import LAST_EPOCH_SPLIT
-from kdkit.sweep.runs import _read_wall, run_status
+from kdkit.sweep.runs import (
+    _read_failure,
+    _read_wall,
+    diverged_at,
+    divergence,
+    run_status,
+)
 from kdkit.sweep.spec import Sweep
 
 
@@ -65,31 +71,56 @@ def row_kind(stage: str) -> str:
 
 
 
+#: the numbers of a row (``None`` where the run has none: a row that diverged or failed)
+METRIC_KEYS = ("best_epoch", "test_top1_best", "val_top1_best", "last_epoch", "test_top1_last", "val_top1_last")
+
+
+def _diverged_record(div: dict) -> dict:
+    return {k: div.get(k) for k in ("stage", "epoch", "epochs", "step", "loss")}
+
+
+
 def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
-    """``(records, problems)`` for the finished runs: one record per run x row."""
+    """``(records, problems)``: one record per run x row of every run that ended — ``status``
+    ``trained`` (its numbers), ``diverged`` (``diverged``: the stage, epoch (0-based), epochs, step and
+    loss of the non-finite loss that stopped the run; the rows of stages that finished before it are
+    ``trained``) or ``failed`` (``error``: why its last attempt failed) — in the order of ``runs``."""
     records, problems = [], []
     for run in runs:
-        if run_status(run.run_dir) != "done":
-            continue
-        metrics = _read_jsonl(run.run_dir / "metrics.jsonl")
-        try:
-            config = yaml.safe_load((run.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-            select_on = config["checkpoint"]["select_on"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-            problems.append(f"{run.label}: cannot read checkpoint.select_on from its config.yaml ({type(exc).__name__})")
-            select_on = None
-        for row, stage in run.cell.rows.items():
+        status = run_status(run.run_dir)
+        failure = _read_failure(out, run) if status not in ("done", "diverged") else None
+        if status not in ("done", "diverged") and failure is None:
+            continue  # not run yet (or interrupted): no outcome
+        div = divergence(run.run_dir) if status == "diverged" else None
+        metrics_path = run.run_dir / "metrics.jsonl"
+        metrics = _read_jsonl(metrics_path) if failure is None and metrics_path.is_file() else []
+        select_on = None
+        if failure is None:
             try:
-                m = stage_metrics(run.run_dir, stage, metrics)
-            except KdkitError as exc:
-                problems.append(f"{run.label} row {row}: {exc}")
-                continue
+                config = yaml.safe_load((run.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+                select_on = config["checkpoint"]["select_on"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+                problems.append(f"{run.label}: cannot read checkpoint.select_on from its config.yaml "
+                                f"({type(exc).__name__})")
+        for row, stage in run.cell.rows.items():
+            outcome = {"status": "failed", "diverged": None, "error": failure, **dict.fromkeys(METRIC_KEYS)}
+            if failure is None:
+                reached = any(r.get("stage") == stage for r in metrics)
+                if div is not None and (div.get("stage") == stage or not reached):
+                    # the stage that diverged, or one the run never reached
+                    outcome.update(status="diverged", diverged=_diverged_record(div), error=None)
+                else:
+                    try:
+                        m = stage_metrics(run.run_dir, stage, metrics)
+                    except KdkitError as exc:
+                        problems.append(f"{run.label} row {row}: {exc}")
+                        continue
+                    outcome.update(status="trained", error=None, **m)
             records.append({
                 "sweep": sweep.name, "cell": run.cell.name, "method": run.cell.method, "row": row,
                 "stage": stage, "kind": row_kind(stage), "grid": dict(run.point.values), "grid_id": run.point.id,
                 "seed": run.seed, "run_dir": os.path.relpath(run.run_dir, Path(out).resolve()),
-                "select_on": select_on, **m,
-                "wall_s": _read_wall(out, run)})
+                "select_on": select_on, **outcome, "wall_s": _read_wall(out, run)})
     return records, problems
 
 
@@ -108,7 +139,9 @@ def row_id(row: str, point_label: str) -> str:
 
 def make_table(sweep: Sweep, records: list, runs: list) -> dict:
     """``table.json``: per row and grid point, mean ± sample std over seeds of the test top-1 at the
-    validation-best epoch (``best``) and at the last epoch (``last``), and the validation top-1."""
+    validation-best epoch (``best``) and at the last epoch (``last``), and the validation top-1 —
+    over the seeds that trained (``seeds``); the seeds that diverged (``diverged``: seed, stage,
+    epoch 0-based, epochs) and failed (``failed``) are listed, not averaged."""
     points = {p.id: p for p in sweep.grid_points()}
     selected = {r.cell.name for r in runs}
     ran_cells = [c.name for c in sweep.file_order if c.name in selected]
@@ -118,8 +151,13 @@ def make_table(sweep: Sweep, records: list, runs: list) -> dict:
             continue
         for row, stage in cell.rows.items():
             for point in points.values():
-                recs = [r for r in records if r["cell"] == cell.name and r["row"] == row and r["grid_id"] == point.id]
-                select_on = sorted({r["select_on"] for r in recs}) or ["val"]
+                mine = [r for r in records if r["cell"] == cell.name and r["row"] == row and r["grid_id"] == point.id]
+                recs = [r for r in mine if r.get("status", "trained") == "trained"]
+                diverged = [r for r in mine if r.get("status") == "diverged"]
+                select_on = sorted({r["select_on"] for r in recs + diverged if r["select_on"]}) or ["val"]
+                per_seed = {str(r["seed"]): {"best": r["test_top1_best"], "last": r["test_top1_last"]} for r in recs}
+                per_seed.update({str(r["seed"]): {"best": None, "last": None, "diverged": r["diverged"]}
+                                 for r in diverged})
                 rows.append({
                     "id": row_id(row, point.label), "row": row, "cell": cell.name, "method": cell.method,
                     "stage": stage, "kind": row_kind(stage), "grid": dict(point.values),
@@ -127,9 +165,10 @@ def make_table(sweep: Sweep, records: list, runs: list) -> dict:
                     "best": _stats([r["test_top1_best"] for r in recs]),
                     "last": _stats([r["test_top1_last"] for r in recs]),
                     "val_best": _stats([r["val_top1_best"] for r in recs]),
+                    "diverged": [{"seed": r["seed"], **r["diverged"]} for r in diverged],
+                    "failed": [r["seed"] for r in mine if r.get("status") == "failed"],
                     # per seed, so that a slice of the seeds can be compared with this table
-                    "per_seed": {str(r["seed"]): {"best": r["test_top1_best"], "last": r["test_top1_last"]}
-                                 for r in recs}})
+                    "per_seed": dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))})
     _add_paired_gains(rows)
     return {
         "sweep": sweep.name, "metric": "test top-1 (%)",
@@ -137,6 +176,7 @@ def make_table(sweep: Sweep, records: list, runs: list) -> dict:
                                "'last' where a run has no validation) — never selected on test",
                        "last": "test top-1 at the last epoch"},
         "std": "sample standard deviation over seeds (n-1); null for one seed",
+        "diverged": "seeds whose run a non-finite loss stopped (epoch 0-based): not in the mean",
         "cells": ran_cells, "seeds": sorted({r.seed for r in runs}), "rows": rows}
 
 
@@ -170,6 +210,31 @@ def _pm(s: dict) -> str:
 
 
 
+def _diverged_text(row: dict) -> str:
+    """``"diverged (epoch 2/10)"`` (1-based, as train.log counts; the stage too when it is not the
+    row's own: the run stopped before the row's stage)."""
+    where = []
+    for d in row.get("diverged") or []:
+        text = diverged_at(d)
+        if d.get("stage") != row["stage"]:
+            text = f"{d.get('stage')} {text}"
+        if text not in where:
+            where.append(text)
+    return f"diverged ({', '.join(where)})" if where else ""
+
+
+
+def _seeds_text(row: dict) -> str:
+    n = str(row["best"]["n"]) + (f" (last: {row['last']['n']})" if row["last"]["n"] != row["best"]["n"] else "")
+    extra = []
+    if row.get("diverged"):
+        extra.append(f"+{len(row['diverged'])} {_diverged_text(row)}")
+    if row.get("failed"):
+        extra.append(f"+{len(row['failed'])} failed")
+    return n + (f" ({'; '.join(extra)})" if extra and row["best"]["n"] else "")
+
+
+
 def format_table(table: dict) -> str:
     lines = [f"# {table['sweep']}: {table['metric']}", "",
              ("Mean ± sample std over seeds.  **val-best**: the epoch with the best validation top-1 "
@@ -183,13 +248,20 @@ def format_table(table: dict) -> str:
         if r["select_on"] != "val":
             name += " †"
             notes.add("† checkpoint.select_on=last: no validation split, the selected epoch is the last one.")
-        n = str(r["best"]["n"]) + (f" (last: {r['last']['n']})" if r["last"]["n"] != r["best"]["n"] else "")
+        if r.get("diverged"):
+            notes.add("diverged (epoch e/E): a non-finite loss stopped that seed's run in epoch e of E (its "
+                      "diverged.json); those seeds are not in the mean, n seeds counts the others.")
         gain = r.get("gain")
         gain_text = "-" if not gain or gain["mean"] is None else (
             f"{gain['mean']:+.2f}" + (f" ± {gain['std']:.2f}" if gain["std"] is not None else "")
             + f" ({gain['wins']}/{gain['n']})")
-        lines.append(f"| {name} | {r['cell']} | {r['method']} | {_pm(r['best'])} | {_pm(r['last'])} | "
-                     f"{_pm(r['val_best'])} | {gain_text} | {n} |")
+        best, last, val = _pm(r["best"]), _pm(r["last"]), _pm(r["val_best"])
+        if r["best"]["n"] == 0 and r.get("diverged"):  # every seed diverged: say so instead of "-"
+            best = last = val = _diverged_text(r)
+        elif r["best"]["n"] == 0 and r.get("failed"):
+            best = last = val = "failed"
+        lines.append(f"| {name} | {r['cell']} | {r['method']} | {best} | {last} | "
+                     f"{val} | {gain_text} | {_seeds_text(r)} |")
     if any(r.get("gain") for r in table["rows"]):
         notes.add("gain over baseline (paired): mean ± std over seeds of (method - baseline) at val-best, each "
                   "seed's student against the same seed's baseline; (k/n): seeds where the method is ahead.")
@@ -225,9 +297,25 @@ def _reference_mean(ref: dict, sel: str, seeds: list):
 
 
 
+def _diverged_seeds(row: dict) -> set:
+    seeds = {d.get("seed") for d in row.get("diverged") or [] if isinstance(d, dict)}
+    seeds |= {int(s) for s, v in (row.get("per_seed") or {}).items() if isinstance(v, dict) and v.get("diverged")}
+    return seeds
+
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(map(str, sorted(seeds))) or "none"
+
+
+
 def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list, int]:
     """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance``; the
-    reference mean is taken over the seeds this table has where the reference stores them per seed."""
+    reference mean is taken over the seeds this table has where the reference stores them per seed.
+
+    Divergence is compared seed for seed, over the seeds both tables know: a seed that diverged in one
+    table but not in the other puts the row out of band; a row whose compared seeds all diverged in
+    both is ``ok`` (diverged in both); the means are over the seeds that trained, as ever."""
     ours = {r["id"]: r for r in table["rows"]}
     lines, failed, ok, skipped = [], 0, 0, []
     for ref in reference["rows"]:
@@ -236,6 +324,15 @@ def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list
         if mine is None:
             skipped.append(f"{rid} (not run)")
             continue
+        ref_div, our_div = _diverged_seeds(ref), _diverged_seeds(mine)
+        known = set(ref.get("seeds") or []) | {int(s) for s in ref.get("per_seed") or {}} | ref_div
+        common = (set(mine.get("seeds") or []) | our_div) & known
+        if ref_div & common != our_div & common:
+            failed += 1
+            lines.append(f"  OUT OF BAND: {rid}: diverged seeds differ: here {_seed_list(our_div & common)}, "
+                         f"reference {_seed_list(ref_div & common)}")
+            continue
+        both = our_div & common
         parts, bad = [], False
         for sel, title in (("best", "val-best"), ("last", "last")):
             rm, m = _reference_mean(ref, sel, mine.get("seeds") or []), (mine.get(sel) or {}).get("mean")
@@ -245,6 +342,8 @@ def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list
             out = abs(diff) > tolerance
             bad |= out
             parts.append(f"@{title} {m:.2f} vs {rm:.2f} ({diff:+.2f}{' > ' if out else ' <= '}{tolerance:g})")
+        if both:
+            parts.append(f"diverged in both (seed{'s' if len(both) > 1 else ''} {_seed_list(both)})")
         if not parts:
             skipped.append(f"{rid} (no results)")
             continue
@@ -258,4 +357,3 @@ def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list
         lines.append(f"  not in the reference: {', '.join(new)}")
     lines.append(f"compare: {ok} row(s) within ±{tolerance:g} points, {failed} outside")
     return lines, failed
-

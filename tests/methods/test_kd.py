@@ -137,7 +137,7 @@ def test_untrained_teacher_without_weights_is_a_config_error(tmp_path, manager):
 
 
 def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    """A plugin loss that turns NaN in student epoch 2: exit 2, one line naming stage/epoch/step."""
+    """A plugin loss that turns NaN in student epoch 2: exit 4 (diverged), one line naming stage/epoch/step."""
     import kdkit_engine_testplugin
 
     from kdkit.cli import main
@@ -147,9 +147,9 @@ def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path, monke
     monkeypatch.setenv("KDTEST_NAN", "student:1")
     with plugin_manager_for_testing(kdkit_engine_testplugin):
         args = ["train", "--out", str(tmp_path / "r")] + [x for s in TINY for x in ("--set", s)]
-        assert main(args + ["--set", "distill.loss=nanloss", "--set", "distill.alpha=0.0"]) == 2
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kdkit: error")]
-    assert err == [f"kdkit: error: non-finite loss (nan) in stage 'student', epoch 2, step 5; stopped — "
+        assert main(args + ["--set", "distill.loss=nanloss", "--set", "distill.alpha=0.0"]) == 4
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("kdkit: error", "kdkit: diverged"))]
+    assert err == [f"kdkit: diverged: non-finite loss (nan) in stage 'student', epoch 2, step 5; stopped — "
                    f"last good checkpoint kept: {tmp_path / 'r' / 'checkpoints' / 'student' / 'last.pt'}"]
     last = load_checkpoint(tmp_path / "r" / "checkpoints" / "student" / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values()
