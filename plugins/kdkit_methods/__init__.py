@@ -103,8 +103,56 @@ LOSSES = {
     }, "weighted soft labels (Zhou et al. 2021): KD weighted per sample by the CE ratio"),
     # ---- [/logit-2] ----
     # ---- [feature-2] AB, FT, FSP, CC, MGD ----
+    "ab": ("kdkit_methods.feature_more:ABLoss", {
+        "margin": _positive(1.0, "margin m of the activation-boundary hinge (RepDistiller ABLoss margin=1.0)"),
+        "connector": ConfigKey("auto", "auto: a 1x1 conv + BN connector only where the student stage differs from "
+                                       "the teacher's (RepDistiller); always: on every stage (the paper)",
+                               choices=("auto", "always")),
+        "preact_pairs": ConfigKey(False, "the student list gives two paths per stage (the last block's bn2 and "
+                                         "shortcut), summed into its pre-activation"),
+    }, "activation boundaries (Heo et al. 2019): margin hinge on the teacher neurons' signs, through connectors"),
+    "ft": ("kdkit_methods.feature_more:FTLoss", {
+        "rate": ConfigKey(0.5, "factor channels = int(rate x teacher channels) (RepDistiller Paraphraser k=0.5)",
+                          type=float, range="(0, 1]"),
+        "p": _positive(1.0, "exponent of the factor distance (1: L1, the paper's and RepDistiller's p2=1)"),
+        "factor": ConfigKey("attention", "attention: normalise(mean_c F^2) (RepDistiller); flat: normalise(vec F) "
+                                         "(the paper)", choices=("attention", "flat")),
+    }, "factor transfer (Kim et al. 2018): paraphraser (pre-trained) vs translator factors, L1"),
+    "fsp": ("kdkit_methods.feature_more:FSPLoss", {},
+            "flow of solution procedure (Yim et al. 2017): MSE of Gram matrices between consecutive layers"),
+    "cc": ("kdkit_methods.feature_more:CCLoss", {
+        "gamma": _positive(0.4, "gamma of the Gaussian RBF kernel (Knowledge-Distillation-Zoo --gamma 0.4)"),
+        "order": ConfigKey(2, "order P of its Taylor expansion (the paper's 2)", range="[0, inf)"),
+        "embed_dim": ConfigKey(128, "width of the linear embedding heads (RepDistiller --feat_dim; null: none)",
+                               type=int, range="[1, inf)", nullable=True),
+        "kernel": ConfigKey("rbf", "rbf: the paper's Taylor-expanded RBF correlation; consecutive: RepDistiller's "
+                                   "Correlation", choices=("rbf", "consecutive")),
+    }, "correlation congruence (Peng et al. 2019): MSE of the batch's RBF-kernel correlation matrices"),
+    "mgd": ("kdkit_methods.feature_more:MGDLoss", {
+        "alpha_mgd": _positive(7e-5, "scale of the summed squared error (yzd-v/MGD alpha_mgd)"),
+        "lambda_mgd": ConfigKey(0.15, "masked ratio (yzd-v/MGD lambda_mgd)", type=float, range="[0, 1)"),
+        "mask": ConfigKey("channel", "channel: mask whole channels (the reference's classification code); spatial: "
+                                     "positions (its detection code)", choices=("channel", "spatial")),
+    }, "masked generative distillation (Yang et al. 2022): a generator rebuilds the teacher map from a masked student's"),
     # ---- [/feature-2] ----
     # ---- [classifier] SRRL, SimKD, CAT-KD ----
+    "srrl": ("kdkit_methods.classifier_reuse:SRRLLoss", {
+        "alpha": _weight(1.0, "feature-matching weight (KD_SRRL: loss_stat weight 1)"),
+        "beta": _weight(1.0, "softmax-regression weight: MSE of the teacher's classifier on the connected "
+                             "student feature vs the teacher's logits"),
+        "teacher_classifier": ConfigKey("classifier", "module path of the teacher's classifier (fc for "
+                                                      "torchvision ResNets)"),
+    }, "SRRL (Yang et al. 2021): connector + feature matching + the teacher's classifier on student features"),
+    "simkd": ("kdkit_methods.classifier_reuse:SimKDLoss", {},
+              "SimKD (Chen et al. 2022): MSE of the projected student map vs the teacher's (--method simkd "
+              "reuses the teacher's classifier)"),
+    "catkd": ("kdkit_methods.classifier_reuse:CATKDLoss", {
+        "cam_resolution": ConfigKey(2, "side of the pooled class activation maps (CAM_RESOLUTION)", range="[1, inf)"),
+        "normalize": ConfigKey(False, "L2-normalise each pooled CAM over its positions (IF_NORMALIZE)"),
+        "binarize": ConfigKey(False, "binarise the teacher's CAMs at their mean absolute value (IF_BINARIZE)"),
+        "student_classifier": ConfigKey("classifier", "module path of the student's classifier"),
+        "teacher_classifier": ConfigKey("classifier", "module path of the teacher's classifier"),
+    }, "CAT-KD (Guo et al. 2023): MSE of pooled class activation maps (classifier weights as a 1x1 conv)"),
     # ---- [/classifier] ----
 }
 
@@ -122,6 +170,9 @@ def kdkit_register_methods(register):
     for preset in PRESETS:
         register(preset.name, preset.method(), description=preset.description)
     # ---- [classifier-methods] methods that are their own classes (SimKD) ----
+    register("simkd", "kdkit_methods.classifier_reuse:SimKDMethod",
+             description="SimKD (Chen et al. 2022): student + projector + the teacher's frozen classifier, "
+                         "trained by feature MSE")
     # ---- [/classifier-methods] ----
     # ---- [pipeline] methods that are their own classes (DML, TAKD, born-again, BYOT, ...) ----
     from kdkit_methods.pipelines import METHODS as PIPELINE_METHODS
@@ -129,3 +180,9 @@ def kdkit_register_methods(register):
     for name, (target, description) in PIPELINE_METHODS.items():
         register(name, target, description=description)
     # ---- [/pipeline] ----
+    # ---- [feature-2-methods] AB, FSP, FT: an initialisation stage before the student's ----
+    from kdkit_methods.init_stage import INIT_METHODS
+
+    for name, method in INIT_METHODS.items():
+        register(name, method, description=method.description)
+    # ---- [/feature-2-methods] ----
