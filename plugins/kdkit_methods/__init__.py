@@ -103,6 +103,37 @@ LOSSES = {
     }, "weighted soft labels (Zhou et al. 2021): KD weighted per sample by the CE ratio"),
     # ---- [/logit-2] ----
     # ---- [feature-2] AB, FT, FSP, CC, MGD ----
+    "ab": ("kdkit_methods.feature_more:ABLoss", {
+        "margin": _positive(1.0, "margin m of the activation-boundary hinge (RepDistiller ABLoss margin=1.0)"),
+        "connector": ConfigKey("auto", "auto: a 1x1 conv + BN connector only where the student stage differs from "
+                                       "the teacher's (RepDistiller); always: on every stage (the paper)",
+                               choices=("auto", "always")),
+        "preact_pairs": ConfigKey(False, "the student list gives two paths per stage (the last block's bn2 and "
+                                         "shortcut), summed into its pre-activation"),
+    }, "activation boundaries (Heo et al. 2019): margin hinge on the teacher neurons' signs, through connectors"),
+    "ft": ("kdkit_methods.feature_more:FTLoss", {
+        "rate": ConfigKey(0.5, "factor channels = int(rate x teacher channels) (RepDistiller Paraphraser k=0.5)",
+                          type=float, range="(0, 1]"),
+        "p": _positive(1.0, "exponent of the factor distance (1: L1, the paper's and RepDistiller's p2=1)"),
+        "factor": ConfigKey("attention", "attention: normalise(mean_c F^2) (RepDistiller); flat: normalise(vec F) "
+                                         "(the paper)", choices=("attention", "flat")),
+    }, "factor transfer (Kim et al. 2018): paraphraser (pre-trained) vs translator factors, L1"),
+    "fsp": ("kdkit_methods.feature_more:FSPLoss", {},
+            "flow of solution procedure (Yim et al. 2017): MSE of Gram matrices between consecutive layers"),
+    "cc": ("kdkit_methods.feature_more:CCLoss", {
+        "gamma": _positive(0.4, "gamma of the Gaussian RBF kernel (Knowledge-Distillation-Zoo --gamma 0.4)"),
+        "order": ConfigKey(2, "order P of its Taylor expansion (the paper's 2)", range="[0, inf)"),
+        "embed_dim": ConfigKey(128, "width of the linear embedding heads (RepDistiller --feat_dim; null: none)",
+                               type=int, range="[1, inf)", nullable=True),
+        "kernel": ConfigKey("rbf", "rbf: the paper's Taylor-expanded RBF correlation; consecutive: RepDistiller's "
+                                   "Correlation", choices=("rbf", "consecutive")),
+    }, "correlation congruence (Peng et al. 2019): MSE of the batch's RBF-kernel correlation matrices"),
+    "mgd": ("kdkit_methods.feature_more:MGDLoss", {
+        "alpha_mgd": _positive(7e-5, "scale of the summed squared error (yzd-v/MGD alpha_mgd)"),
+        "lambda_mgd": ConfigKey(0.15, "masked ratio (yzd-v/MGD lambda_mgd)", type=float, range="[0, 1)"),
+        "mask": ConfigKey("channel", "channel: mask whole channels (the reference's classification code); spatial: "
+                                     "positions (its detection code)", choices=("channel", "spatial")),
+    }, "masked generative distillation (Yang et al. 2022): a generator rebuilds the teacher map from a masked student's"),
     # ---- [/feature-2] ----
     # ---- [classifier] SRRL, SimKD, CAT-KD ----
     "srrl": ("kdkit_methods.classifier_reuse:SRRLLoss", {
@@ -149,3 +180,9 @@ def kdkit_register_methods(register):
     for name, (target, description) in PIPELINE_METHODS.items():
         register(name, target, description=description)
     # ---- [/pipeline] ----
+    # ---- [feature-2-methods] AB, FSP, FT: an initialisation stage before the student's ----
+    from kdkit_methods.init_stage import INIT_METHODS
+
+    for name, method in INIT_METHODS.items():
+        register(name, method, description=method.description)
+    # ---- [/feature-2-methods] ----

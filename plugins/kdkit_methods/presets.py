@@ -96,6 +96,10 @@ PRESETS = (
            [{"loss": "wsld", "weight": 2.25, "options": {"temperature": 4.0}}]),
     # ---- [/logit-2] ----
     # ---- [feature-2] ----
+    Preset("cc", "CC, correlation congruence (Peng et al. 2019): CE + 100*MSE of RBF correlations of embedded "
+                 "pool features", [_tapped("cc", 100.0, "pool")]),
+    Preset("mgd", "MGD, masked generative distillation (Yang et al. 2022): CE + the teacher's layer3 generated from "
+                  "the masked student's", [_tapped("mgd", 1.0, "layer3")]),
     # ---- [/feature-2] ----
     # ---- [classifier] ----
     Preset("srrl", "SRRL (Yang et al. 2021): CE + feature matching + the teacher's classifier on connected student "
