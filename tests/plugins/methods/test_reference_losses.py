@@ -589,17 +589,21 @@ def test_vid_preset_defaults():
 # crd/memory.py (ContrastMemory: exp(bank . v / T) / Z, Z = N * mean of the first batch's scores,
 # no gradient through Z or the banks).
 
-def ref_crd(f_s, f_t, heads, bank_s, bank_t, idx, negatives, num_samples, nce_t=0.07, eps=1e-7):
+def ref_crd(f_s, f_t, heads, bank_s, bank_t, idx, negatives, num_samples, nce_t=0.07, eps=1e-7, z=None):
+    """The CRD loss; ``z``: a dict holding Z of the student and teacher scores (``"s"``, ``"t"``),
+    filled from this batch when empty (the first batch), used as they are otherwise."""
     (w_s, b_s), (w_t, b_t) = heads
+    z = {} if z is None else z
 
     def embed(f, w, b):
         f = f.mean(dim=(2, 3)) if f.dim() == 4 else f
         v = torch.einsum("bd,ed->be", f, w) + b
         return v / row_norm(v)
 
-    def nce(scores):
-        z = scores.detach().mean() * num_samples  # Z from this (first) batch, a constant
-        p = scores / z
+    def nce(scores, which):
+        if which not in z:  # Z from the first batch, a constant from then on
+            z[which] = float(scores.detach().mean()) * num_samples
+        p = scores / z[which]
         k = scores.shape[1] - 1
         noise = k / num_samples
         positive = torch.log(p[:, 0] / (p[:, 0] + noise + eps))
@@ -610,7 +614,7 @@ def ref_crd(f_s, f_t, heads, bank_s, bank_t, idx, negatives, num_samples, nce_t=
     contrast = torch.cat([idx[:, None], negatives], dim=1)
     out_s = torch.exp(torch.einsum("bd,bkd->bk", v_s, bank_t[contrast]) / nce_t)  # student vs the teacher bank
     out_t = torch.exp(torch.einsum("bd,bkd->bk", v_t, bank_s[contrast]) / nce_t)  # teacher vs the student bank
-    return nce(out_s) + nce(out_t)
+    return nce(out_s, "s") + nce(out_t, "t")
 
 
 CRD_CASES = [((2, 5), (2, 6)), ((5, 8), (5, 4)), ((8, 6), (8, 10)), ((5, 3, 2, 2), (5, 4, 4, 4))]
@@ -625,7 +629,7 @@ def test_crd_value_and_gradient(case):
     idx = torch.randperm(n, generator=g)[:b]
     negatives = torch.randint(0, n, (b, k), generator=g)
     torch.manual_seed(case)
-    loss = build("crd", feat_dim=4, nce_k=k)
+    loss = build("crd", feat_dim=4, nce_k=k, nce_mom=0.3)  # not 0.5: the two sides of the mix differ
     loss.eval()
     with torch.no_grad():  # kdkit's materialising call: builds heads and banks, changes no state
         loss(DistillInputs(torch.zeros(b, 3), student_feature=f_s.float(), teacher_feature=f_t.float(),
@@ -636,9 +640,24 @@ def test_crd_value_and_gradient(case):
         loss.memory_t.copy_(F.normalize(torch.randn(n, 4, generator=g), dim=1))
     heads = [(as64(loss.embed_s.weight), as64(loss.embed_s.bias)), (as64(loss.embed_t.weight), as64(loss.embed_t.bias))]
     bank_s, bank_t = as64(loss.memory_s), as64(loss.memory_t)
+    z = {}
     compare(lambda ss, tt: loss(DistillInputs(torch.zeros(b, 3), student_feature=ss[0], teacher_feature=tt[0],
                                               indices=idx, num_samples=n), negatives=negatives),
-            lambda ss, tt: ref_crd(ss[0], tt[0], heads, bank_s, bank_t, idx, negatives, n), [f_s], [f_t])
+            lambda ss, tt: ref_crd(ss[0], tt[0], heads, bank_s, bank_t, idx, negatives, n, z=z), [f_s], [f_t])
+    assert (float(loss.z_s), float(loss.z_t)) == pytest.approx((z["s"], z["t"]), rel=RTOL)
+    # the banks' rows of the batch became normalise(m * row + (1 - m) * v) (crd/memory.py)
+    for bank, before, (w, bias), f in ((loss.memory_s, bank_s, heads[0], f_s), (loss.memory_t, bank_t, heads[1], f_t)):
+        v = torch.einsum("bd,ed->be", f.mean(dim=(2, 3)) if f.dim() == 4 else f, w) + bias
+        mixed = 0.3 * before[idx] + 0.7 * v / row_norm(v)
+        close(bank[idx], mixed / row_norm(mixed))
+    # a second batch: Z stays the first batch's, the scores read the updated banks
+    f_s2, f_t2 = source(*s_shape, seed=230 + case), source(*t_shape, seed=240 + case)
+    idx2 = torch.randperm(n, generator=g)[:b]
+    negatives2 = torch.randint(0, n, (b, k), generator=g)
+    bank_s2, bank_t2 = as64(loss.memory_s), as64(loss.memory_t)
+    compare(lambda ss, tt: loss(DistillInputs(torch.zeros(b, 3), student_feature=ss[0], teacher_feature=tt[0],
+                                              indices=idx2, num_samples=n), negatives=negatives2),
+            lambda ss, tt: ref_crd(ss[0], tt[0], heads, bank_s2, bank_t2, idx2, negatives2, n, z=z), [f_s2], [f_t2])
 
 
 def test_crd_preset_defaults():
@@ -774,37 +793,75 @@ def test_reviewkd_materialize_leaves_the_abf_batchnorm_statistics_alone():
 # ============================================================ FitNet (kdkit/distill/feature_losses.py HintLoss)
 # Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.  Reference: RepDistiller
 # distiller_zoo/FitNet.py (HintLoss: MSE) with models/util.py ConvReg, mdistiller FitNet.py with
-# _common.py ConvReg: the regressor is conv (with bias) -> BatchNorm2d -> ReLU; for equal spatial
-# sizes the conv is 1x1 (kernel 1 + s_H - t_H).
+# _common.py ConvReg: the regressor is conv (with bias) -> BatchNorm2d -> ReLU, the conv chosen by the
+# two spatial sizes (reference_conv_reg).
 
 def _regressor_layers(loss):
     """The regressor's leaf modules in order."""
     return [m for m in loss.regressor.modules() if not list(m.children())]
 
 
-def ref_fitnet(s, t, conv_weight, conv_bias, bn_weight, bn_bias):
-    r = conv1x1(conv_weight, s) + conv_bias.view(1, -1, 1, 1)
-    r = torch.relu(batch_norm_train(r, bn_weight, bn_bias))
+def reference_conv_reg(s_shape, t_shape):
+    """``(transposed, kernel, stride, padding)`` of the references' ConvReg convolution for these
+    shapes (RepDistiller models/util.py, mdistiller _common.py): by the student's and the teacher's
+    heights, a 3x3 stride-2 conv when the student's is twice the teacher's, a 4x4 stride-2 transposed
+    conv when it is half, else a (1 + s_H - t_H) x (1 + s_W - t_W) conv (1x1 for equal sizes)."""
+    s_h, s_w, t_h, t_w = *s_shape[2:], *t_shape[2:]
+    if s_h == 2 * t_h:
+        return False, (3, 3), (2, 2), (1, 1)
+    if 2 * s_h == t_h:
+        return True, (4, 4), (2, 2), (1, 1)
+    assert s_h >= t_h
+    return False, (1 + s_h - t_h, 1 + s_w - t_w), (1, 1), (0, 0)
+
+
+def ref_fitnet(s, t, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride, padding):
+    if s.dim() == 2:  # kdkit's vector form: linear (with bias) -> BatchNorm1d -> ReLU
+        r = torch.einsum("bc,oc->bo", s, conv_weight) + conv_bias
+        mean = r.mean(dim=0, keepdim=True)
+        var = ((r - mean) ** 2).mean(dim=0, keepdim=True)
+        r = torch.relu((r - mean) / torch.sqrt(var + 1e-5) * bn_weight + bn_bias)
+    else:
+        conv = F.conv_transpose2d if transposed else F.conv2d
+        r = conv(s, conv_weight, conv_bias, stride=stride, padding=padding)
+        r = torch.relu(batch_norm_train(r, bn_weight, bn_bias))
     return ((r - t) ** 2).mean()
 
 
-FITNET_CASES = [((2, 3, 4, 4), (2, 5, 4, 4)), ((5, 8, 8, 8), (5, 4, 8, 8)), ((8, 6, 2, 2), (8, 6, 2, 2))]
+FITNET_CASES = [
+    ((2, 3, 4, 4), (2, 5, 4, 4)),  # equal sizes: 1x1
+    ((5, 8, 8, 8), (5, 4, 8, 8)),
+    ((8, 6, 2, 2), (8, 6, 2, 2)),
+    ((5, 4, 8, 8), (5, 6, 4, 4)),  # student twice the teacher: 3x3 stride 2
+    ((4, 3, 4, 4), (4, 5, 8, 8)),  # student half the teacher: 4x4 stride-2 transposed
+    ((3, 4, 6, 6), (3, 5, 4, 4)),  # student otherwise larger: a 3x3 kernel, no padding
+    ((5, 6), (5, 9)),  # vectors (no reference form: kdkit's linear -> BatchNorm1d -> ReLU)
+]
 
 
 @pytest.mark.parametrize("case", range(len(FITNET_CASES)))
 def test_fitnet_regressor_is_the_references_conv_bn_relu(case):
     s_shape, t_shape = FITNET_CASES[case]
     s, t = source(*s_shape, seed=500 + case), source(*t_shape, seed=510 + case)
+    maps = len(s_shape) == 4
     torch.manual_seed(case)
     loss = build("fitnet")
     with torch.no_grad():
         loss(DistillInputs(torch.zeros(s_shape[0], 3), student_feature=s.float(), teacher_feature=t.float()))
     layers = _regressor_layers(loss)
-    assert [type(m) for m in layers] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU], \
+    if maps:
+        transposed, kernel, stride, padding = reference_conv_reg(s_shape, t_shape)
+        kinds = [nn.ConvTranspose2d if transposed else nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    else:
+        transposed = kernel = stride = padding = None
+        kinds = [nn.Linear, nn.BatchNorm1d, nn.ReLU]
+    assert [type(m) for m in layers] == kinds, \
         f"FitNet's regressor is {layers}; RepDistiller/mdistiller ConvReg is Conv2d(bias) -> BatchNorm2d -> ReLU"
     conv, bn, _ = layers
     assert conv.bias is not None, "ConvReg's conv has a bias"
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (s_shape[1], t_shape[1], (1, 1))
+    if maps:
+        assert (conv.in_channels, conv.out_channels) == (s_shape[1], t_shape[1])
+        assert (conv.kernel_size, conv.stride, conv.padding) == (kernel, stride, padding)
     assert bn.num_features == t_shape[1] and bn.affine and bn.eps == 1e-5 and bn.momentum == 0.1
     with torch.no_grad():  # non-trivial BN affine parameters
         g = torch.Generator().manual_seed(case)
@@ -814,7 +871,7 @@ def test_fitnet_regressor_is_the_references_conv_bn_relu(case):
     parameters = [as64(conv.weight), as64(conv.bias), as64(bn.weight), as64(bn.bias)]
     compare(lambda ss, tt: loss(DistillInputs(torch.zeros(s_shape[0], 3), student_feature=ss[0],
                                               teacher_feature=tt[0])),
-            lambda ss, tt: ref_fitnet(ss[0], tt[0], *parameters), [s], [t])
+            lambda ss, tt: ref_fitnet(ss[0], tt[0], *parameters, transposed, stride, padding), [s], [t])
 
 
 def test_fitnet_regressor_conv_option_keeps_a_bare_1x1_conv():
