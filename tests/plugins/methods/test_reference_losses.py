@@ -20,16 +20,20 @@ and the defaults against the references.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import kdkit
 from kdkit.config.keys import plain_defaults
-from kdkit.distill import DistillInputs, Distiller, TeacherCombiner, TermSpec, build_term_loss
+from kdkit.distill import (
+    Distiller,
+    DistillInputs,
+    TeacherCombiner,
+    TermSpec,
+    build_term_loss,
+)
 
 # float(loss value) on a graph is intended throughout
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
