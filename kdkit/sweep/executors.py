@@ -122,33 +122,45 @@ def parse_executor_opts(items) -> dict:
 class SubmititExecutor:
     """Each run a submitit job: ``AutoExecutor(folder=OUT/submitit, cluster=...)`` (Slurm where
     ``sbatch`` exists, else local processes; ``cluster`` from ``--executor-opt cluster=slurm|local``),
-    its parameters :data:`SUBMITIT_DEFAULTS` updated by the other ``--executor-opt`` items."""
+    its parameters :data:`SUBMITIT_DEFAULTS` updated by the other ``--executor-opt`` items.  The options
+    are checked when it is made (in a scratch folder: OUT is not touched before the sweep claims it)."""
 
     name = "submitit"
     poll_s = 0.5
 
     def __init__(self, folder: Path, opts: dict):
+        import tempfile
+
         from kdkit.lazy import import_extra
 
-        submitit = import_extra("submitit", "cluster", "--executor submitit")
+        self._submitit = import_extra("submitit", "cluster", "--executor submitit")
         opts = dict(opts)
-        cluster = opts.pop("cluster", None)
+        self._cluster = opts.pop("cluster", None)
+        self._params = {**SUBMITIT_DEFAULTS, **opts}
+        self.folder = Path(folder)
+        with tempfile.TemporaryDirectory(prefix="kdkit-submitit-check-") as scratch:
+            self.cluster = self._make(scratch).cluster
+        self.executor = None
+
+    def _make(self, folder):
         try:
-            self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-            self.executor.update_parameters(**{**SUBMITIT_DEFAULTS, **opts})
+            executor = self._submitit.AutoExecutor(folder=str(folder), cluster=self._cluster)
+            executor.update_parameters(**self._params)
         except (ValueError, TypeError, AssertionError, NameError, RuntimeError) as exc:
             # submitit names the valid parameters: its first line is the one-line error
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"--executor submitit: {first} (--executor-opt KEY=VALUE: submitit's parameters, "
                               "e.g. slurm_partition=gpu timeout_min=120 gpus_per_node=1)") from None
-        self.cluster = self.executor.cluster
+        return executor
 
     def submit(self, cmd: list, log_path: Path, env: dict, label: str) -> _SubmititRun:
+        if self.executor is None:
+            self.executor = self._make(self.folder)
         self.executor.update_parameters(name=f"kdkit-{label}"[:100])
         return _SubmititRun(self.executor.submit(run_logged_command, cmd, str(log_path), env))
 
     def describe(self) -> str:
-        return f"submitit jobs ({self.cluster}; its files in {self.executor.folder})"
+        return f"submitit jobs ({self.cluster}; their files in {self.folder})"
 
 
 def make_executor(name: str, out: Path, opts: dict):

@@ -238,3 +238,146 @@ def test_slice_options_are_checked(env, done, tmp_path, capsys):
     assert _main([cfg, "--out", tmp_path / "o", "--no-run"]) == 2
     assert "holds no sweep" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+# --- diverged runs are results -------------------------------------------------------------------
+
+ENGINE_TESTS = Path(__file__).resolve().parents[1] / "engine"
+DIVERGE = {
+    "name": "diverge",
+    "seeds": [0, 1],
+    "base": SWEEP["base"],
+    "cells": [
+        # seed 1's student diverges in its 2nd (last) epoch, seed 0 trains; the teacher row trains for both
+        {"name": "late", "method": "kd", "rows": {"late_teacher": "teacher.convnet", "late": "student"},
+         "set": {"distill.loss": "infloss", "distill.loss_options": {"epoch": 1, "seeds": [1]}, "distill.alpha": 0.0}},
+        # every seed's student diverges in its first epoch
+        {"name": "early", "method": "kd",
+         "set": {"distill.loss": "infloss", "distill.loss_options": {"epoch": 0}, "distill.alpha": 0.0}},
+    ],
+}
+
+
+@pytest.fixture
+def diverge_env(env, monkeypatch):
+    # the runs (subprocesses) import the test plugin too
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ENGINE_TESTS), os.environ.get("PYTHONPATH")])))
+
+
+def _diverge_main(argv):
+    return cli.main(["--plugins-module", "kdkit_diverge_testplugin", "sweep", *map(str, argv)])
+
+
+def test_diverged_runs_are_results_and_the_sweep_exits_0(diverge_env, tmp_path, capsys):
+    cfg, out = _sweep_file(tmp_path, DIVERGE), tmp_path / "out"
+    assert _diverge_main([cfg, "--out", out]) == 0
+    captured = capsys.readouterr()
+    assert "[2/4] late seed=1: diverged in stage student, epoch 2/2 (non-finite loss inf;" in captured.err
+    assert "3 of 4 run(s) diverged (results, not failures" in captured.err
+    assert "failed" not in captured.err.lower()
+    records = _lines(out / "results.jsonl")
+    outcome = {(r["cell"], r["row"], r["seed"]): (r["status"], r["diverged"] and r["diverged"]["epoch"]) for r in records}
+    assert outcome == {("late", "late_teacher", 0): ("trained", None), ("late", "late", 0): ("trained", None),
+                       ("late", "late_teacher", 1): ("trained", None), ("late", "late", 1): ("diverged", 1),
+                       ("early", "early", 0): ("diverged", 0), ("early", "early", 1): ("diverged", 0)}
+    diverged = next(r for r in records if (r["cell"], r["row"], r["seed"]) == ("late", "late", 1))
+    assert diverged["diverged"] == {"stage": "student", "epoch": 1, "epochs": 2, "step": 5, "loss": "inf"}
+    assert diverged["test_top1_best"] is None and diverged["error"] is None and diverged["wall_s"] > 0
+    trained = next(r for r in records if (r["cell"], r["row"], r["seed"]) == ("late", "late_teacher", 1))
+    assert trained["test_top1_best"] is not None  # the stage before the divergence is a result too
+
+    table = {r["id"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
+    assert table["late"]["best"]["n"] == 1 and table["late"]["seeds"] == [0]
+    assert table["late"]["diverged"] == [{"seed": 1, "stage": "student", "epoch": 1, "epochs": 2, "step": 5,
+                                          "loss": "inf"}]
+    assert table["late_teacher"]["best"]["n"] == 2 and not table["late_teacher"]["diverged"]
+    assert table["early"]["best"]["mean"] is None and [d["seed"] for d in table["early"]["diverged"]] == [0, 1]
+    md = (out / "table.md").read_text()
+    assert "| early | early | kd | diverged (epoch 1/2) | diverged (epoch 1/2) | diverged (epoch 1/2) | - | 0 |" in md
+    assert "| 1 (+1 diverged (epoch 2/2)) |" in md and "a non-finite loss stopped" in md
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # run again: nothing is retrained (the diverged runs are results), the same exit status
+    marks = {p: os.stat(p).st_mtime_ns for p in out.glob("runs/*/default/seed*/diverged.json")}
+    assert len(marks) == 3
+    assert _diverge_main([cfg, "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "[4/4] early seed=1: diverged (epoch 1/2), skipped" in err and "(4 done, 0 to run)" in err
+    assert marks == {p: os.stat(p).st_mtime_ns for p in marks}
+
+    # --compare: divergence is compared seed for seed
+    ref = json.loads((out / "table.json").read_text())
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    assert _diverge_main([cfg, "--out", out, "--no-run", "--compare", tmp_path / "ref.json", "--tolerance", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  ok: early: diverged in both (seeds 0, 1)" in lines
+    assert any(ln.startswith("  ok: late: @val-best") and ln.endswith("; diverged in both (seed 1)") for ln in lines)
+    row = next(r for r in ref["rows"] if r["id"] == "early")  # as if seed 0 had trained in the reference
+    row["diverged"] = row["diverged"][1:]
+    row["per_seed"]["0"] = {"best": 50.0, "last": 50.0}
+    row["seeds"], row["best"] = [0], {"mean": 50.0, "std": None, "n": 1, "values": [50.0]}
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    assert _diverge_main([cfg, "--out", out, "--no-run", "--compare", tmp_path / "ref.json"]) == 3
+    assert "  OUT OF BAND: early: diverged seeds differ: here 0, 1, reference 1" in capsys.readouterr().out.splitlines()
+
+
+# --- --jobs and executors ------------------------------------------------------------------------
+
+def _run_files(out: Path) -> dict:
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob("runs/*/*/*/metrics.jsonl"))}
+
+
+def test_jobs_2_gives_the_results_of_jobs_1(done, tmp_path):
+    """The 2 x 2 sweep with --jobs 2: both kd seeds start at once, each frozen run waits for its kd run,
+    and results.jsonl (wall_s aside), the table and every run's metrics.jsonl are those of --jobs 1,
+    in the same order."""
+    cfg, ref_out, _ = done
+    out = tmp_path / "out"
+    assert _main([cfg, "--out", out, "--jobs", "2"]) == 0
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(out / "results.jsonl")]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(ref_out / "results.jsonl")]
+    assert json.loads((out / "table.json").read_text()) == json.loads((ref_out / "table.json").read_text())
+    assert _run_files(out) == _run_files(ref_out) and len(_run_files(out)) == 4
+    log = (out / "sweep.log").read_text()
+    assert "2 at a time as subprocesses of this machine" in log
+    assert log.index("[2/4] kd seed=1: running") < log.index("[1/4] kd seed=0: finished")  # in parallel
+    for seed in (0, 1):
+        assert log.index(f"kd seed={seed}: finished") < log.index(f"frozen seed={seed}: running")
+
+
+def test_submitit_local_executor_runs_the_runs_as_jobs(done, tmp_path):
+    pytest.importorskip("submitit")
+    cfg, ref_out, _ = done
+    out = tmp_path / "out"
+    assert _main([cfg, "--out", out, "--cells", "kd", "--jobs", "2", "--executor", "submitit",
+                  "--executor-opt", "cluster=local", "--executor-opt", "timeout_min=30"]) == 0
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(out / "results.jsonl")]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(ref_out / "results.jsonl")
+                     if r["cell"] == "kd"]
+    assert "as submitit jobs (local;" in (out / "sweep.log").read_text() and any((out / "submitit").iterdir())
+    assert _run_files(out) == {k: v for k, v in _run_files(ref_out).items() if k.parts[1] == "kd"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--executor-opt", "timeout_min=5"], "--executor-opt only applies to --executor submitit"),
+    (["--executor", "submitit", "--executor-opt", "cluster=local", "--executor-opt", "nope=1"],
+     "--executor submitit: Parameter 'nope' need to be prefixed by an executor name."),
+    (["--executor", "submitit", "--executor-opt", "cluster"], "--executor-opt 'cluster': expected KEY=VALUE"),
+    (["--jobs", "0"], "--jobs: expected an integer >= 1, got '0'"),
+])
+def test_bad_executor_options_are_one_line_errors(env, done, tmp_path, capsys, argv, message):
+    pytest.importorskip("submitit")
+    cfg, _, _ = done
+    assert _main([cfg, "--out", tmp_path / "o", *argv]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("kdkit: warning:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_submitit_is_one_line_naming_the_extra(env, done, tmp_path, capsys, monkeypatch):
+    cfg, _, _ = done
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    assert _main([cfg, "--out", tmp_path / "o", "--executor", "submitit"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "kdkit: error: --executor submitit needs the submitit package: pip install 'kdkit[cluster]'")
+    assert not (tmp_path / "o").exists()
