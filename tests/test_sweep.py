@@ -202,3 +202,69 @@ def test_last_epoch_hook_adds_a_record_and_changes_nothing_else(tmp_path):
     assert [(x["stage"], x["epoch"]) for x in extra] == [("teacher.convnet", 0), ("student", 1)]
     teacher_test = next(x for x in lines["plain"] if x["stage"] == "teacher.convnet" and x.get("split") == "test")
     assert extra[0]["test.top1"] == teacher_test["test.top1"]  # one epoch: the best is the last
+
+
+def test_outcomes_trained_diverged_failed_in_records_table_and_compare(tmp_path):
+    """Per run x row: trained (numbers), diverged (where; a stage the run never reached too), failed (why,
+    from the run's attempts file) — in plan order; the table averages the trained seeds only and says
+    how many diverged; --compare matches divergence seed for seed over the seeds both tables know."""
+    from kdkit.sweep.runs import _add_wall
+
+    sweep = _sweep(seeds=[0, 1, 2], cells=[{"name": "kd", "method": "kd", "rows": {"base": "baseline", "kd": "student"}}])
+    runs = ks.plan(sweep, tmp_path)
+    for run in runs:
+        (run.run_dir).mkdir(parents=True)
+        (run.run_dir / "config.yaml").write_text("checkpoint: {select_on: val}\n")
+    _metrics(runs[0].run_dir, "baseline", [1.0], 0, 50.0, 51.0)
+    _metrics(runs[0].run_dir, "student", [1.0, 2.0], 1, 60.0, 59.0)
+    (runs[0].run_dir / "summary.json").write_text("{}")
+    # seed 1: the baseline diverged in its 3rd of 4 epochs, so the student stage never ran
+    (runs[1].run_dir / "diverged.json").write_text(json.dumps(
+        {"status": "diverged", "stage": "baseline", "epoch": 2, "epochs": 4, "step": 9, "loss": "nan"}))
+    _add_wall(tmp_path, runs[2], 3.0, failed="exit 2: kdkit: error: boom")  # seed 2 failed
+    assert [ks.run_status(r.run_dir) for r in runs] == ["done", "diverged", "restart"]
+    records, problems = ks.collect(sweep, runs, tmp_path)
+    assert not problems
+    assert [(r["seed"], r["row"], r["status"]) for r in records] == [
+        (0, "base", "trained"), (0, "kd", "trained"), (1, "base", "diverged"), (1, "kd", "diverged"),
+        (2, "base", "failed"), (2, "kd", "failed")]
+    assert records[3]["diverged"] == {"stage": "baseline", "epoch": 2, "epochs": 4, "step": 9, "loss": "nan"}
+    assert records[4]["error"] == "exit 2: kdkit: error: boom" and records[4]["test_top1_best"] is None
+    assert all(set(r) == set(records[0]) for r in records)  # one schema for every outcome
+
+    table = ks.make_table(sweep, records, runs)
+    kd = next(r for r in table["rows"] if r["id"] == "kd")
+    assert kd["best"]["mean"] == 60.0 and kd["seeds"] == [0] and kd["failed"] == [2]
+    assert [d["seed"] for d in kd["diverged"]] == [1] and kd["per_seed"]["1"]["diverged"]["stage"] == "baseline"
+    text = ks.format_table(table)
+    assert "| kd | kd | kd | 60.00 | 59.00 | 2.00 | +10.00 (1/1) | 1 (+1 diverged (baseline epoch 3/4); +1 failed) |" in text
+    assert "| base | kd | kd | 50.00 | 51.00 | 1.00 | - | 1 (+1 diverged (epoch 3/4); +1 failed) |" in text
+
+    lines, bad = ks.compare_tables(table, json.loads(json.dumps(table)), 0.0)
+    assert bad == 0 and "  ok: kd: @val-best 60.00 vs 60.00 (+0.00 <= 0); @last 59.00 vs 59.00 (+0.00 <= 0); " \
+                       "diverged in both (seed 1)" in lines
+    # an older reference that knows only seed 0 (seed 1 failed there): nothing to say about seed 1
+    old = json.loads(json.dumps(table))
+    for row in old["rows"]:
+        row.pop("diverged")
+        row["per_seed"] = {"0": row["per_seed"]["0"]}
+    assert ks.compare_tables(table, old, 0.0)[1] == 0
+    # a reference where seed 1 trained: out of band, whatever the means
+    trained = json.loads(json.dumps(table))
+    row = next(r for r in trained["rows"] if r["id"] == "kd")
+    row["diverged"], row["per_seed"]["1"] = [], {"best": 61.0, "last": 61.0}
+    lines, bad = ks.compare_tables(table, trained, 100.0)
+    assert bad == 1 and "  OUT OF BAND: kd: diverged seeds differ: here 1, reference none" in lines
+
+
+def test_each_run_gets_a_fixed_thread_count(monkeypatch):
+    """A run's numbers depend on its torch thread count (float summation order), so the sweep sets it
+    (default 1) instead of letting --jobs change it; OMP_NUM_THREADS set by the user is kept."""
+    from kdkit.sweep.runner import child_env, default_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_threads() == 1
+    assert child_env(1) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() is None and child_env(None) == {"OMP_WAIT_POLICY": "PASSIVE"}
