@@ -147,7 +147,7 @@ class SRRLLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------- SimKD
 
 class SimKDLoss:
-    """The training loss of SimKD (Chen, Mei, Wang, Feng & Chen, CVPR 2022, arXiv:2203.14001),
+    """The training loss of SimKD (Chen et al., CVPR 2022, arXiv:2203.14001),
     registered as ``simkd``: the mean squared error between the projected student feature map and
     the teacher's last feature map::
 
@@ -438,8 +438,8 @@ def class_activation_maps(feature: torch.Tensor, weight: torch.Tensor) -> torch.
 
 
 class CATKDLoss:
-    """Class attention transfer (Guo, Lin, Zhang, Lin, Tang & Lu, CVPR 2023, "Class Attention
-    Transfer Based Knowledge Distillation"), registered as ``catkd``.
+    """Class attention transfer (Guo et al., "Class Attention Transfer Based Knowledge
+    Distillation", CVPR 2023; GzyAftermath/CAT-KD), registered as ``catkd``.
 
     The class activation maps of student and teacher — each model's classifier weights ``W`` (``K x
     C``) as a 1x1 convolution without bias over its own last feature map, ``CAM[b, k] = sum_c W[k,
