@@ -38,15 +38,21 @@ no run directory is created), and a config whose ``checkpoint.select_on`` is ``t
 (a sweep table never selects on the test split).  Errors are one line (exit 2).
 
 Runs: each run is ``python -m kdkit --plugins-module kdkit.sweep train --method METHOD --out
-OUT/runs/<cell>/<grid-id>/seed<S> --set ...`` in a subprocess (a crashed run does not stop the
-sweep; the tail of its output goes into ``OUT/sweep.log``, its dependents are skipped, and the
-sweep exits 3 at the end naming the failed runs).  ``<grid-id>`` is ``default`` without a grid,
-else ``g<i>-<key=value,...>``.  The child's output is in ``OUT/logs/<cell>/<grid-id>/seed<S>.log``.
+OUT/runs/<cell>/<grid-id>/seed<S> --set ...`` in a subprocess, or a submitit job
+(``--executor submitit``, :mod:`kdkit.sweep.executors`), up to ``--jobs N`` at once, each after the
+runs it depends on; every run gets ``--threads`` torch threads (default 1: a run's numbers depend on
+its thread count, ``--jobs`` must not change them).  A run ends *trained* (``summary.json``),
+*diverged* (a non-finite loss stopped it: ``diverged.json``, ``kdkit train`` exit 4 — a result) or
+*failed* (anything else: the tail of its output goes into ``OUT/sweep.log``, its dependents are
+skipped, and the sweep exits 3 at the end naming the failed runs; it exits 0 when every run trained
+or diverged).  ``<grid-id>`` is ``default`` without a grid, else ``g<i>-<key=value,...>``.  The
+child's output is in ``OUT/logs/<cell>/<grid-id>/seed<S>.log``, its wall time and last failure in
+``seed<S>.json`` beside it.
 
 Resume: running the same command again skips every run whose directory holds a ``summary.json``
-(``done, skipped``), continues a run killed mid-way with ``kdkit train --resume`` (it has a
-``checkpoints/<stage>/last.pt``) and restarts a run that has no checkpoint yet from an empty
-directory.  The sweep file is copied to ``OUT/sweep.yaml``; a different sweep file (as parsed:
+(``done, skipped``) or a ``diverged.json`` (``diverged (epoch e/E), skipped``), continues a run
+killed mid-way with ``kdkit train --resume`` (it has a ``checkpoints/<stage>/last.pt``) and restarts
+a run that has no checkpoint yet from an empty directory.  The sweep file is copied to ``OUT/sweep.yaml``; a different sweep file (as parsed:
 comments and layout do not count) is refused for an existing ``OUT``.  ``--cells`` / ``--seeds``
 run a slice (a cell's dependencies come with it).
 
@@ -60,21 +66,25 @@ and nothing selects on it), restores the RNG state it found, and appends
 A stage without validation (``checkpoint.select_on: last``) selects its last epoch, whose test
 record is the trainer's own.
 
-Outputs in ``OUT``: ``results.jsonl`` (one record per run x row: ``sweep, cell, method, row, stage,
-kind, grid, grid_id, seed, run_dir, select_on, best_epoch, test_top1_best, val_top1_best,
-last_epoch, test_top1_last, val_top1_last, wall_s``; epochs 0-based as in ``metrics.jsonl``;
+Outputs in ``OUT``: ``results.jsonl`` (one record per run x row of every run that ended, in run
+order whatever ``--jobs``: ``sweep, cell, method, row, stage, kind, grid, grid_id, seed, run_dir,
+select_on, status, diverged, error, best_epoch, test_top1_best, val_top1_best, last_epoch,
+test_top1_last, val_top1_last, wall_s``; ``status`` ``trained`` / ``diverged`` (``diverged``:
+stage, epoch, epochs, step, loss) / ``failed`` (``error``); epochs 0-based as in ``metrics.jsonl``;
 ``wall_s`` the seconds of the sweep's attempts that ran to their end), ``table.json`` /
-``table.md`` (per row and grid point: mean ± sample standard deviation over seeds of the test
-top-1 at the validation-best epoch and at the last epoch, n seeds) and ``table.png``.
+``table.md`` (per row and grid point: mean ± sample standard deviation over the seeds that trained
+of the test top-1 at the validation-best epoch and at the last epoch, n seeds, and the seeds that
+diverged — ``diverged (epoch e/E)`` in ``table.md`` — or failed) and ``table.png``.
 
 ``--compare REF.json --tolerance T``: rows present in both tables are compared; a row whose mean
 (at either selection) is more than ``T`` points from the reference's leaves its band — one line
-each, exit 3.  Reference rows not in this sweep are listed as not compared.  ``--no-run``
+each, exit 3; so does a row where a seed diverged in one table and not in the other (seeds both
+tables know); a row whose compared seeds diverged in both is ``ok``.  Reference rows not in this sweep are listed as not compared.  ``--no-run``
 aggregates (and compares) an existing ``OUT`` without running anything.
 
 The package, one module per concern: :mod:`kdkit.sweep.spec` (the sweep file),
 :mod:`kdkit.sweep.runs` (the plan, config checks, run status), :mod:`kdkit.sweep.runner` (the
-subprocess runner, locking, resume), :mod:`kdkit.sweep.tables` (results, tables, comparison),
+scheduler, locking, resume), :mod:`kdkit.sweep.executors` (local subprocesses, submitit jobs), :mod:`kdkit.sweep.tables` (results, tables, comparison),
 :mod:`kdkit.sweep.plots` (``table.png``) and :mod:`kdkit.sweep.hook` (the plugin of the runs,
 re-exported here because the runs register this module).
 
