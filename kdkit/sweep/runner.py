@@ -26,6 +26,7 @@ from kdkit.sweep.runs import (
     RunSpec,
     _add_wall,
     _child_log,
+    _read_failure,
     check_configs,
     diverged_at,
     divergence,
@@ -262,6 +263,8 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
             offset = fh.tell()
             fh.write(f"$ {' '.join(cmd)}\n".encode())
         log(f"{head[run.key]}: {how}")
+        if _read_failure(out, run) is not None:  # this attempt's outcome replaces the last one's
+            _add_wall(out, run, 0.0)
         t0 = time.perf_counter()
         try:
             handle = pool.executor.submit(cmd, log_path, pool.env, _where(run).replace(" ", "-"))

@@ -212,6 +212,11 @@ def test_a_failing_run_does_not_stop_the_sweep(env, tmp_path, capsys):
     assert "[2/2] after seed=0: SKIPPED: needs cell broken" in err
     assert "2 of 2 run(s) failed: broken seed=0 (exit 2: kdkit: error: " in err
     assert "corrupt.pt" in (out / "sweep.log").read_text() and (out / "table.md").is_file()
+    records = _lines(out / "results.jsonl")  # failed runs are in the results too, with why
+    assert [(r["cell"], r["status"]) for r in records] == [("broken", "failed"), ("after", "failed")]
+    assert records[0]["error"].startswith("exit 2: kdkit: error: ") and "corrupt.pt" in records[0]["error"]
+    assert records[1]["error"] == "needs cell broken (same seed and grid point), which did not finish"
+    assert "| broken | broken | kd | failed | failed | failed | - | 0 |" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("text, message", [
