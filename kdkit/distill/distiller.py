@@ -218,7 +218,7 @@ def resolve_module(model: nn.Module, path: str, owner: str = "model", who: str =
     :raises kdkit.ConfigError: (one line) naming the nearest valid paths.
     """
     model = unwrap_model(model)
-    name = path[len("module."):] if path.startswith("module.") else path
+    name = path.removeprefix("module.")
     try:
         return model.get_submodule(name)
     except AttributeError:

@@ -28,8 +28,17 @@ import kdkit
 from kdkit.distill import FeatureTaps, KDMethod, StudentStage
 from kdkit_methods.feature import _maps, _no_autocast
 
-__all__ = ["SRRLLoss", "SimKDLoss", "CATKDLoss", "SimKDStudent", "SimKDMethod", "SimKDStage", "frozen_call",
-           "class_activation_maps", "simkd_projector"]
+__all__ = [
+    "CATKDLoss",
+    "SRRLLoss",
+    "SimKDLoss",
+    "SimKDMethod",
+    "SimKDStage",
+    "SimKDStudent",
+    "class_activation_maps",
+    "frozen_call",
+    "simkd_projector",
+]
 
 
 def _shape(x: torch.Tensor) -> tuple:
@@ -218,9 +227,9 @@ class SimKDStudent(nn.Module):
         self.feature = feature
         self.source_size = tuple(source_size) if source_size is not None else None
         FeatureTaps(backbone, [feature], owner="student")  # a wrong path: the one-line error, now
-        self._feature_name = feature[len("module."):] if feature.startswith("module.") else feature
+        self._feature_name = feature.removeprefix("module.")
 
-    def train(self, mode: bool = True) -> "SimKDStudent":
+    def train(self, mode: bool = True) -> SimKDStudent:
         super().train(mode)
         self.classifier.eval()  # the teacher's classifier stays as the teacher ran it
         return self

@@ -359,8 +359,8 @@ def test_a_term_reads_the_teachers_and_the_students_modules_by_path():
 @pytest.mark.parametrize("call, message", [
     (lambda i: i.teacher_module("head.fcc", loss="srrl"),
      r"^loss srrl: teacher 0 \(_Net\) has no module 'head.fcc'; nearest valid paths: head.fc, head"),
-    (lambda i: i.student_module("classifier"), r"^a distill term: student \(_Net\) has no module 'classifier'; "
-                                               r"nearest valid paths: body, head, head.fc"),
+    (lambda i: i.student_module("classifier"),
+     r"^a distill term: student \(_Net\) has no module 'classifier'; nearest valid paths: body, head, head.fc"),
     (lambda i: i.teacher_module("fc", index=1, loss="srrl"),
      r"loss srrl needs module 'fc' of teacher 1, but that teacher is not a network \(a LogitsTeacher"),
     (lambda i: i.teacher_module("fc", index=2), r"teacher_index 2, but there are 2 teachers"),
@@ -398,8 +398,8 @@ def test_the_teachers_classifier_on_student_features_trains_the_student_not_the_
     feature.retain_grad()
     with torch.no_grad():
         t_logits = teacher(x)
-    loss, logs = distiller(student.head(feature), [t_logits], y, None, {"body": feature},
-                           [{"body": teacher.body(x)}], student_model=student, teacher_models=[teacher])
+    loss, _ = distiller(student.head(feature), [t_logits], y, None, {"body": feature},
+                        [{"body": teacher.body(x)}], student_model=student, teacher_models=[teacher])
     loss.backward()
     expected = 2.0 * F.mse_loss(feature @ teacher.head.fc.weight.T + teacher.head.fc.bias, t_logits)
     torch.testing.assert_close(loss, expected)

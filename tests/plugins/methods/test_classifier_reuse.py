@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdkit
 from kdkit.distill import DistillInputs
@@ -26,8 +25,14 @@ except ImportError:  # the editable install predates plugins/kdkit_methods
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins"))
     import kdkit_methods
 
-from kdkit_methods.classifier_reuse import (  # noqa: E402
-    CATKDLoss, SimKDLoss, SimKDMethod, SimKDStudent, SRRLLoss, build_simkd_student)
+from kdkit_methods.classifier_reuse import (
+    CATKDLoss,
+    SimKDLoss,
+    SimKDMethod,
+    SimKDStudent,
+    SRRLLoss,
+    build_simkd_student,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -274,7 +279,7 @@ def test_simkd_student_bad_paths_are_one_line_errors():
     student, teacher = Net(channels=4, seed=0), frozen(Net(channels=8, seed=1))
 
     def wrap(**kw):
-        options = dict(student_feature="layer3", teacher_feature="layer3", teacher_classifier="classifier")
+        options = {"student_feature": "layer3", "teacher_feature": "layer3", "teacher_classifier": "classifier"}
         options.update(kw)
         return build_simkd_student(student, teacher, torch.zeros(1, 3, 6, 6), **options)
 
@@ -489,14 +494,14 @@ def test_simkd_runs_end_to_end_resumes_exactly_and_predicts_through_the_teachers
     net.eval()
     correct = 0
     with torch.no_grad():
+        features = {}
+        handle = net.layer3.register_forward_hook(lambda m, a, out: features.update(f=out))
         for x, y in torch.utils.data.DataLoader(test, batch_size=16):
-            features = {}
-            handle = net.layer3.register_forward_hook(lambda m, a, out: features.update(f=out))
             net(x)
-            handle.remove()
             pooled = projector(features["f"]).mean((2, 3))
             logits = pooled @ teacher["classifier.weight"].T + teacher["classifier.bias"]
             correct += int((logits.argmax(1) == y).sum())
+        handle.remove()
     assert summary["student"]["top1"] == pytest.approx(100.0 * correct / len(test))
     assert isinstance(method.stage_model(ctx, "student", 10, test), SimKDStudent)
     # kdkit eval rebuilds the same wrapper
