@@ -27,15 +27,16 @@ constant).  The paper's CWTM and DKPP variants are not implemented.
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 import kdkit
 from kdkit import ConfigError, ConfigKey, lazy_import
 from kdkit.distill import KDMethod, StudentStage, distill_section
-
-from kdkit_methods.pipelines import kd_defaults, log_data, results_table, stage_summary
+from kdkit_methods.pipelines import kd_defaults, log_data, results_table
 
 nets = lazy_import("kdkit_methods.pipeline_nets")
 
-__all__ = ["TAKDMethod", "BornAgainMethod"]
+__all__ = ["BornAgainMethod", "TAKDMethod"]
 
 
 def _distill_summary(dcfg, result) -> dict:
@@ -202,7 +203,7 @@ class BornAgainMethod(kdkit.Method):
         generations = [{**first, "name": names[0], "teacher": None}]
         models = [kdkit.freeze(model)]
         result = None
-        for previous, name in zip(names, names[1:]):
+        for previous, name in pairwise(names):
             model = ctx.build_model("students", cfg.student, num_classes, seed_tag=name)
             result = stage.distil(num_classes, [models[-1]], train, val, test,
                                   references={previous: _reference(generations[-1])}, name=name, seed_tag=name,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import kdkit
 from kdkit import ConfigError, ConfigKey, lazy_import
-
 from kdkit_methods.pipelines import kd_defaults, log_data, results_table, stage_summary
 
 nets = lazy_import("kdkit_methods.pipeline_nets")

@@ -10,16 +10,16 @@ tests re-derive them on their own:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import kdkit
 
-__all__ = ["Cohort", "ExitHead", "SelfDistilled", "Ensemble", "mutual_loss", "byot_loss", "exit_stride",
-           "MutualStep", "cohort_eval", "top1_and_loss"]
+__all__ = ["Cohort", "Ensemble", "ExitHead", "MutualStep", "RunningTop1", "SelfDistilled", "byot_loss",
+           "cohort_eval", "exit_stride", "mutual_loss"]
 
 
 # --------------------------------------------------------------------------------- shared pieces
@@ -39,7 +39,7 @@ def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tempera
     return kl * temperature * temperature
 
 
-class top1_and_loss:  # noqa: N801 - used like a function: accumulates one head's top-1 and mean CE
+class RunningTop1:
     """Running top-1 (percent) and mean cross-entropy of one classifier over an evaluation."""
 
     def __init__(self):
@@ -113,7 +113,7 @@ def cohort_eval(model: Cohort, loader) -> dict:
     """Each peer's top-1 and loss (``peer.<k>.top1``, ``peer.<k>.loss``); ``top1`` and ``loss`` are their
     means over the peers — the cohort stage selects its best epoch on the mean top-1."""
     device = _model_device(model)
-    heads = [top1_and_loss() for _ in model.peers]
+    heads = [RunningTop1() for _ in model.peers]
     for batch in loader:
         x, y = _split(kdkit.to_device(batch, device))
         for head, z in zip(heads, model(x)):
@@ -288,8 +288,8 @@ class SelfDistilled:
             self.taps.attach()
         try:
             device = _model_device(model)
-            deep = top1_and_loss()
-            exits = [top1_and_loss() for _ in self.exits]
+            deep = RunningTop1()
+            exits = [RunningTop1() for _ in self.exits]
             for batch in loader:
                 x, y = _split(kdkit.to_device(batch, device))
                 logits, exit_logits, _, _ = self.outputs(model, x)

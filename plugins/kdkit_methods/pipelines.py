@@ -20,13 +20,13 @@ from __future__ import annotations
 #: ``kdkit_register_methods`` hook (imported when a run or a config resolution needs the class)
 METHODS = {
     "dml": ("kdkit_methods.mutual:DMLMethod",
-            "deep mutual learning (Zhang et al. 2018): a cohort of peers trained together, "
-            "each CE + KL to the others"),
+            ("deep mutual learning (Zhang et al. 2018): a cohort of peers trained together, "
+             "each CE + KL to the others")),
     "takd": ("kdkit_methods.chains:TAKDMethod",
              "teacher-assistant KD (Mirzadeh et al. 2020): teacher -> assistant(s) -> student, KD at each step"),
     "born_again": ("kdkit_methods.chains:BornAgainMethod",
-                   "born-again networks (Furlanello et al. 2018): generations of the student, "
-                   "each distilled from the last; ensemble"),
+                   ("born-again networks (Furlanello et al. 2018): generations of the student, "
+                    "each distilled from the last; ensemble")),
     "byot": ("kdkit_methods.self_distillation:BYOTMethod",
              "be your own teacher (Zhang et al. 2019): exits after shallow stages taught by the deepest classifier"),
 }

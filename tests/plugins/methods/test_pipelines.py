@@ -25,8 +25,8 @@ except ImportError:  # the editable install predates plugins/kdkit_methods
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins"))
     import kdkit_methods
 
-from kdkit_methods.pipeline_nets import byot_loss, mutual_loss  # noqa: E402
-from kdkit_methods.pipelines import METHODS  # noqa: E402
+from kdkit_methods.pipeline_nets import byot_loss, mutual_loss
+from kdkit_methods.pipelines import METHODS
 
 ROOT = Path(__file__).resolve().parents[3]
 #: resnet8s at width 4 on 10 classes x 8 images of shapes (72 training samples: 5 steps an epoch)
@@ -233,7 +233,7 @@ def test_mutual_loss_matches_a_re_derivation_each_peer_learning_from_the_others_
 
 def test_mutual_loss_kl_is_zero_for_identical_peers_and_needs_two():
     z = torch.randn(5, 4)
-    total, logs = mutual_loss([z, z.clone()], torch.zeros(5, dtype=torch.long))
+    _, logs = mutual_loss([z, z.clone()], torch.zeros(5, dtype=torch.long))
     assert float(logs["kl.0"]) == pytest.approx(0.0, abs=1e-6) and float(logs["kl.1"]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(kdkit.ConfigError, match="two peers"):
         mutual_loss([z], torch.zeros(5, dtype=torch.long))
@@ -368,7 +368,7 @@ def test_byot_loss_matches_the_reference_re_derived(b, c, d, n_exits, t, alpha, 
     y = torch.randint(0, c, (b,), generator=gen)
     total, logs = byot_loss(z, exits, f, fs, y, t, alpha, beta)
     total.backward()
-    n = lambda v: v.detach().double().numpy()  # noqa: E731
+    n = lambda v: v.detach().double().numpy()
     value, g_z, g_exits, g_fs = _byot_reference(n(z), [n(e) for e in exits], n(f), [n(x) for x in fs], y.numpy(),
                                                 t, alpha, beta)
     assert float(total.detach()) == pytest.approx(value, rel=1e-5, abs=1e-6)
