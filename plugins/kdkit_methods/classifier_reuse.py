@@ -92,10 +92,12 @@ class SRRLLoss(nn.Module):
 
     The connector is built on the first call (initialised as the authors' ``transfer_conv``: normal
     with std ``sqrt(2 / (k*k*C_t))``, BatchNorm weight 1 and bias 0), in the loss module's own
-    train/eval mode, trains with the student and is checkpointed with the stage.  Taps: the last
-    stage's map (``layer3`` in kdkit, ``layer4`` in the authors' ImageNet ResNets); tapping the
-    pooled feature (``pool``) gives SimKD's CIFAR version, which applies the connector to the pooled
-    vector.  The teacher's logits come from ``inputs.teacher_logits`` (the teacher cache or the
+    train/eval mode, trains with the student and is checkpointed with the stage.  Taps: the
+    student's last stage map (``layer3`` in kdkit, ``layer4`` in the authors' ImageNet ResNets);
+    tapping its pooled feature (``pool``) gives SimKD's CIFAR version, which applies the connector to
+    the pooled vector.  The teacher's feature enters only through its spatial mean, so its map and
+    its pooled feature (``pool``, the preset's choice: ``H x W`` times less to cache) give the same
+    value.  The teacher's logits come from ``inputs.teacher_logits`` (the teacher cache or the
     online teacher).
     """
 

@@ -102,9 +102,12 @@ PRESETS = (
                   "the masked student's", [_tapped("mgd", 1.0, "layer3")]),
     # ---- [/feature-2] ----
     # ---- [classifier] ----
+    # the teacher's map enters SRRL only through its spatial mean: tapping its pooled feature gives the same
+    # value and caches H*W times less
     Preset("srrl", "SRRL (Yang et al. 2021): CE + feature matching + the teacher's classifier on connected student "
                    "features (layer3)",
-           [_tapped("srrl", 1.0, "layer3", alpha=1.0, beta=1.0)]),
+           [{"loss": "srrl", "weight": 1.0, "student": "layer3", "teacher": "pool",
+             "options": {"alpha": 1.0, "beta": 1.0}}]),
     Preset("catkd", "CAT-KD (Guo et al. 2023): CE + 15*MSE of 2x2-pooled class activation maps (layer3)",
            [_tapped("catkd", 15.0, "layer3", cam_resolution=2, normalize=False, binarize=False)]),
     # ---- [/classifier] ----

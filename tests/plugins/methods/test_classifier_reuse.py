@@ -396,8 +396,20 @@ def test_srrl_defaults_are_the_authors():
     assert term["options"] == {"alpha": 1.0, "beta": 1.0}
     loss = SRRLLoss()
     assert (loss.alpha, loss.beta, loss.teacher_classifier) == (1.0, 1.0, "classifier")
-    # the authors tap the last stage's map (layer4 of their ImageNet ResNets: `fea` before avgpool)
-    assert term["student"] == term["teacher"] == "layer3"
+    # the authors tap the last stage's map (layer4 of their ImageNet ResNets: `fea` before avgpool); the
+    # teacher's map enters only through its spatial mean, which kdkit's `pool` is
+    assert (term["student"], term["teacher"]) == ("layer3", "pool")
+
+
+def test_srrl_with_the_teachers_pooled_feature_equals_srrl_with_its_map():
+    teacher = frozen(Net(channels=6, seed=1))
+    s, t, logits = randn(4, 3, 4, 4, seed=2), randn(4, 6, 4, 4, seed=3), randn(4, 5, seed=4)
+    values = []
+    for feature in (t, t.mean((2, 3))):
+        torch.manual_seed(0)
+        values.append(SRRLLoss()(DistillInputs(torch.zeros(4, 5), teacher_logits=logits, teacher_index=0,
+                                               student_feature=s, teacher_feature=feature, teacher_models=(teacher,))))
+    torch.testing.assert_close(values[0], values[1])
 
 
 def test_catkd_defaults_are_the_reference_configs():
