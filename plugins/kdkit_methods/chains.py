@@ -20,7 +20,8 @@ ICML 2018, arXiv:1805.04770.  Stages ``generation.0`` (the student's architectur
 then ``generation.k`` distilled from ``generation.k-1`` for ``k = 1 .. generations - 1``.  The default
 objective is the paper's BAN: the teacher's output distribution alone (``distill.alpha 0``, no label
 term) at temperature 1 (the paper matches the teacher's softmax output; it uses no temperature);
-``--set distill.alpha=0.5`` gives its BAN+L variant (labels too).  The ensemble of the generations
+``--set distill.alpha=0.5`` gives its BAN+L variant (the label loss added, here with equal weights).  The
+authors published no code: the defaults follow the paper's text.  The ensemble of the generations
 (BANE, the mean of their softmax outputs) is evaluated at the end.  kdkit's KL has the same gradient as
 the paper's cross-entropy to the teacher's distribution (they differ by the teacher's entropy, a
 constant).  The paper's CWTM and DKPP variants are not implemented.
