@@ -18,16 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import kdkit
 
-__all__ = ["ABLoss", "FTLoss", "FSPLoss", "CCLoss", "MGDLoss", "Paraphraser", "Translator", "ab_hinge",
-           "fsp_matrix", "rbf_correlation", "CONNECTORS", "FACTORS", "CC_KERNELS", "MGD_MASKS"]
+__all__ = [
+    "CC_KERNELS",
+    "CONNECTORS",
+    "FACTORS",
+    "MGD_MASKS",
+    "ABLoss",
+    "CCLoss",
+    "FSPLoss",
+    "FTLoss",
+    "MGDLoss",
+    "Paraphraser",
+    "Translator",
+    "ab_hinge",
+    "fsp_matrix",
+    "rbf_correlation",
+]
 
 #: AB's connector rule: ``auto`` (RepDistiller: identity when the shapes match), ``always`` (the paper's)
 CONNECTORS = ("auto", "always")
@@ -252,7 +267,7 @@ class FSPLoss:
                                         "teacher's width)")
         with _no_autocast(pairs[0][0].device):
             total = None
-            for (s0, t0, _), (s1, t1, _) in zip(pairs, pairs[1:]):
+            for (s0, t0, _), (s1, t1, _) in itertools.pairwise(pairs):
                 value = (fsp_matrix(s0, s1) - fsp_matrix(t0, t1)).pow(2).mean()
                 total = value if total is None else total + value
         return total

@@ -18,11 +18,12 @@ stage is a ``ctx.fit`` stage, so a run resumes exactly wherever it was stopped.
 from __future__ import annotations
 
 import types
+from typing import ClassVar
 
 from kdkit import ConfigError, ConfigKey
 from kdkit.distill import KDMethod, StudentStage, distill_section
 
-__all__ = ["InitStageMethod", "ABMethod", "FSPMethod", "FTMethod", "INIT_METHODS"]
+__all__ = ["INIT_METHODS", "ABMethod", "FSPMethod", "FTMethod", "InitStageMethod"]
 
 STAGES = ["layer1", "layer2", "layer3"]
 #: the student's pre-activations of kdkit's resnet8 (one block per stage): each stage's last block's
@@ -109,7 +110,7 @@ class _StudentInitMethod(InitStageMethod):
     """AB and FSP: the student (and the term's modules) trained on the ``init.distill`` objective
     first, as the stage ``student.init``, into the model the main stage continues from."""
 
-    init_terms: list = []
+    init_terms: ClassVar[list] = []
 
     @classmethod
     def default_config(cls) -> dict:
@@ -145,7 +146,7 @@ class ABMethod(_StudentInitMethod):
 
     description = ("AB, activation boundaries (Heo et al. 2019): 30 epochs of the AB hinge alone (student.init), "
                    "then CE")
-    init_terms = [{"loss": "ab", "weight": 1.0, "student": RESNET8_PREACT, "teacher": STAGES,
+    init_terms: ClassVar[list] = [{"loss": "ab", "weight": 1.0, "student": RESNET8_PREACT, "teacher": STAGES,
                    "options": {"preact_pairs": True}}]
 
 
@@ -156,7 +157,7 @@ class FSPMethod(_StudentInitMethod):
     resnet32x4 -> resnet8x4 have equal widths too)."""
 
     description = "FSP, flow of solution procedure (Yim et al. 2017): 30 epochs of FSP alone (student.init), then CE"
-    init_terms = [{"loss": "fsp", "weight": 1.0, "student": FSP_LAYERS, "teacher": FSP_LAYERS}]
+    init_terms: ClassVar[list] = [{"loss": "fsp", "weight": 1.0, "student": FSP_LAYERS, "teacher": FSP_LAYERS}]
 
     @classmethod
     def default_config(cls) -> dict:

@@ -17,21 +17,34 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import kdkit
-from kdkit.distill import Distiller, DistillInputs, TeacherCombiner, TermSpec, build_term_loss
+from kdkit.distill import (
+    Distiller,
+    DistillInputs,
+    TeacherCombiner,
+    TermSpec,
+    build_term_loss,
+)
 
 try:
     import kdkit_methods  # noqa: F401
 except ImportError:  # the editable install predates plugins/kdkit_methods
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins"))
 
-from kdkit_methods import LOSSES  # noqa: E402
-from kdkit_methods.feature_more import (ABLoss, CCLoss, FSPLoss, FTLoss, MGDLoss, Paraphraser,  # noqa: E402
-                                        Translator)
-from kdkit_methods.init_stage import INIT_METHODS  # noqa: E402
-from kdkit_methods.presets import PRESETS  # noqa: E402
+from kdkit_methods import LOSSES
+from kdkit_methods.feature_more import (
+    ABLoss,
+    CCLoss,
+    FSPLoss,
+    FTLoss,
+    MGDLoss,
+    Paraphraser,
+    Translator,
+)
+from kdkit_methods.init_stage import INIT_METHODS
+from kdkit_methods.presets import PRESETS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -518,7 +531,6 @@ def test_kdkit_resnets_give_the_taps_the_methods_name():
     """layer1.0.shortcut outputs the stem's post-ReLU map; bn2 + shortcut of a stage's last block is its
     pre-activation (relu of it is the stage's output)."""
     from kdkit.distill import FeatureTaps
-
     from kdkit.models.cifar_resnet import CifarResNet
 
     model = CifarResNet(8, 10, 4).eval()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import ClassVar
 
+import kdkit_methods
 import pytest
 import torch
+from kdkit_methods.init_stage import INIT_METHODS
 
 import kdkit
-import kdkit_methods
-from kdkit_methods.init_stage import INIT_METHODS
 
 ROOT = Path(__file__).resolve().parents[3]
 #: CIFAR ResNet-8s at width 4, 10 classes x 8 images, two epochs in every stage
@@ -39,7 +40,7 @@ class _Plugin:
     stage: str | None = None
     at: int | None = None
     seen = 0
-    states: dict = {}
+    states: ClassVar[dict] = {}
 
     @kdkit.hookimpl
     def kdkit_before_epoch(self, trainer, epoch):
@@ -85,8 +86,8 @@ def _load(path):
 
 def _equal_states(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def test_the_methods_are_registered_and_documented(methods_manager):
