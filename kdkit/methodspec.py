@@ -22,6 +22,9 @@ registry)``                              across keys
 ``evaluate(ctx)``            no          ``kdkit eval --run DIR``
 ``encode(ctx, modality,      no          ``kdkit encode --run DIR``: packed binary codes
 bits, split, texts)``
+``stage_model(ctx, stage,    no          ``kdkit export``: the model of a trained stage, its best
+num_classes)``                           checkpoint loaded (without it: the ``teachers`` /
+                                         ``student`` models of the config, as for ``kd``)
 ===========================  ==========  ==========================================================
 
 ``ctx`` is the :class:`kdkit.RunContext` of the run; a distillation method's student stage is

@@ -68,7 +68,8 @@ def stages_with_checkpoints(run_dir: Path) -> list[str]:
 
 
 def stage_model(ctx, method, stage: str, num_classes: int):
-    """The model of ``stage`` rebuilt from the run's config, its best checkpoint loaded, in eval mode.
+    """The model of ``stage`` rebuilt from the run's config, its best checkpoint loaded, in eval mode —
+    for a method without its own ``stage_model`` member (:mod:`kdkit.methodspec`).
 
     Teacher stages are the method's ``teacher_stage_names(teachers)`` (``teacher.NAME``), built from
     the ``teachers`` registry without their ``pretrained`` weights (the checkpoint holds them); the
@@ -112,7 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     ctx, method = open_run(run_dir, device="cpu")
     test = ctx.build_dataset(None, "test")
-    model = stage_model(ctx, method, args.stage, len(dataset_classes(test)))
+    num_classes = len(dataset_classes(test))
+    # a method whose stages are not plain registry models (SimKD's student carries the teacher's classifier)
+    # rebuilds them itself: the optional Method member stage_model (kdkit.methodspec)
+    custom = getattr(method, "stage_model", None)
+    model = custom(ctx, args.stage, num_classes) if custom is not None else \
+        stage_model(ctx, method, args.stage, num_classes)
     sample = test[0][0]
     example = sample.unsqueeze(0) if isinstance(sample, torch.Tensor) else None
     if args.format == "state_dict":

@@ -126,3 +126,26 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, monkeypatch, args, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message.format(tmp=tmp_path, run=run_dir) in err, err
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_a_method_with_its_own_stage_model_is_exported_through_it(tmp_path):
+    """SimKD's student is backbone + projector + the teacher's classifier (``SimKDMethod.stage_model``):
+    ``kdkit export`` builds it through that optional method member, so the exported TorchScript gives
+    the logits of the model ``kdkit eval`` scores, not a bare student network that cannot hold the
+    checkpoint."""
+    from kdkit.engine import open_run, train
+
+    sets = ["data.name=shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
+            "teachers=[{name: resnet8, width: 4}]", "student.name=resnet8", "student.width=4",
+            "teacher_train.epochs=1", "train.epochs=1", "train.batch_size=16", "teacher_train.batch_size=16",
+            "baseline.enabled=false", "logging.progress=false"]
+    run = tmp_path / "simkd"
+    train(method="simkd", sets=sets, out=run)
+    out = tmp_path / "student.pt"
+    assert cli.main(["export", "--run", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    ctx, method = open_run(run, device="cpu")
+    model = method.stage_model(ctx, "student", 10)
+    assert type(model).__name__ == "SimKDStudent"
+    x = torch.stack([ctx.build_dataset(None, "test")[i][0] for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(out))(x), model(x))
