@@ -133,11 +133,11 @@ class ABLoss(nn.Module):
 
     Connectors (built on the first call, trained with the student; BatchNorm statistics update
     only in training mode): ``connector: auto`` (default) — RepDistiller's ``Connector``: none
-    where the student stage already has the teacher's channels and size, else a 1x1 convolution
-    with bias and BatchNorm (``ConvReg(use_relu=False)``); ``always`` — the paper's, a connector on
-    every stage.  Student and teacher stages must have the same spatial size (RepDistiller's
-    strided or transposed variants of ``ConvReg`` for other sizes are not implemented: a one-line
-    error).
+    where the student stage already has the teacher's channels and size, else a convolution with
+    bias and BatchNorm (``ConvReg(use_relu=False)``); ``always`` — the paper's, a connector on
+    every stage.  ``ConvReg``'s convolution follows the two sizes: 1x1 when they are equal, 3x3
+    stride 2 when the student's is twice the teacher's, a 4x4 stride-2 transposed one when half,
+    a ``(1 + s - t)`` kernel when otherwise larger (a smaller one is a one-line error).
 
     Options (RepDistiller ``distiller_zoo/AB.py``, ``train_student.py``):
 
@@ -186,12 +186,21 @@ class ABLoss(nn.Module):
         return dataclasses.replace(inputs, student_feature=summed)
 
     def _make_connector(self, s: torch.Tensor, t: torch.Tensor, where: str) -> nn.Module:
-        if s.shape[2:] != t.shape[2:]:
-            raise kdkit.ConfigError(f"loss ab: student stage {_shape(s)} and teacher stage {_shape(t)}{where} differ in "
-                                    "spatial size; pair stages of equal resolution")
-        if self.connector == "auto" and s.shape[1] == t.shape[1]:
+        """RepDistiller's ``Connector``: none (``auto``, same channels and size), else ``ConvReg``
+        without its ReLU — a convolution with bias chosen by the two sizes, then BatchNorm."""
+        (c_s, s_h, s_w), (c_t, t_h, t_w) = s.shape[1:], t.shape[1:]
+        if self.connector == "auto" and (c_s, s_h, s_w) == (c_t, t_h, t_w):
             return nn.Identity()
-        return nn.Sequential(nn.Conv2d(s.shape[1], t.shape[1], kernel_size=1), nn.BatchNorm2d(t.shape[1]))
+        if (s_h, s_w) == (2 * t_h, 2 * t_w):
+            conv = nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
+        elif (2 * s_h, 2 * s_w) == (t_h, t_w):
+            conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            conv = nn.Conv2d(c_s, c_t, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))  # 1x1 for equal sizes
+        else:
+            raise kdkit.ConfigError(f"loss ab: student stage {_shape(s)} is smaller than teacher stage {_shape(t)}"
+                                    f"{where} (and not half its size); pair stages of comparable resolution")
+        return nn.Sequential(conv, nn.BatchNorm2d(c_t))
 
     def forward(self, inputs) -> torch.Tensor:
         example = "{loss: ab, student: [layer1, layer2, layer3], teacher: [layer1, layer2, layer3]}"

@@ -190,6 +190,23 @@ def test_ab_connector_is_a_1x1_conv_and_batchnorm_where_the_stages_differ():
     assert all(isinstance(c, nn.Sequential) for c in always.connectors)
 
 
+@pytest.mark.parametrize("s_size,t_size,kind,kernel,stride", [(4, 2, nn.Conv2d, (3, 3), (2, 2)),
+                                                             (2, 4, nn.ConvTranspose2d, (4, 4), (2, 2)),
+                                                             (5, 3, nn.Conv2d, (3, 3), (1, 1)),
+                                                             (3, 3, nn.Conv2d, (1, 1), (1, 1))])
+def test_ab_connector_convolution_follows_repdistillers_convreg(s_size, t_size, kind, kernel, stride):
+    """models/util.py ConvReg: s_H == 2 t_H -> 3x3 stride 2; 2 s_H == t_H -> 4x4 stride-2 transposed;
+    otherwise (s_H >= t_H) a (1 + s_H - t_H) kernel; Connector: none only for equal C and H."""
+    s, t = randn(2, 3, s_size, s_size, seed=13), randn(2, 5, t_size, t_size, seed=14)
+    loss = build("ab")
+    x = leaf(s)
+    value = loss(inputs(x, t.float()))
+    conv, bn = loss.connectors[0]
+    assert type(conv) is kind and conv.kernel_size == kernel and conv.stride == stride and conv.bias is not None
+    assert tuple(conv(x).shape) == tuple(t.shape) and isinstance(bn, nn.BatchNorm2d)
+    assert math.isfinite(float(value)) and grad_of(value, x).abs().sum() > 0
+
+
 # ============================================================================================== FSP
 # Yim et al., CVPR 2017.  Reference: RepDistiller distiller_zoo/FSP.py (compute_fsp: the larger map
 # adaptive-average-pooled to the smaller; (bot * top).mean(-1); compute_loss: (s - t)^2 mean).
@@ -548,7 +565,8 @@ def test_kdkit_resnets_give_the_taps_the_methods_name():
 
 def test_errors_are_one_line():
     m4 = randn(2, 3, 4, 4).float()
-    one_line_error(lambda: build("ab")(inputs([m4, m4], [m4, randn(2, 3, 2, 2).float()])), "spatial size")
+    one_line_error(lambda: build("ab")(inputs([m4, randn(2, 3, 2, 2).float()], [m4, randn(2, 3, 3, 3).float()])),
+                   "smaller than teacher stage")
     one_line_error(lambda: build("ab", preact_pairs=True)(inputs([m4, m4, m4], [m4])), "two student paths")
     one_line_error(lambda: build("ab")(inputs(randn(2, 3).float(), randn(2, 3).float())), "B x C x H x W")
     one_line_error(lambda: build("ab", connector="sometimes"), "connector")
