@@ -105,8 +105,8 @@ LOSSES = {
     # ---- [feature-2] AB, FT, FSP, CC, MGD ----
     "ab": ("kdkit_methods.feature_more:ABLoss", {
         "margin": _positive(1.0, "margin m of the activation-boundary hinge (RepDistiller ABLoss margin=1.0)"),
-        "connector": ConfigKey("auto", "auto: a 1x1 conv + BN connector only where the student stage differs from "
-                                       "the teacher's (RepDistiller); always: on every stage (the paper)",
+        "connector": ConfigKey("auto", "auto: a conv + BN connector (ConvReg) only where the student stage differs "
+                                       "from the teacher's (RepDistiller); always: on every stage (the paper)",
                                choices=("auto", "always")),
         "preact_pairs": ConfigKey(False, "the student list gives two paths per stage (the last block's bn2 and "
                                          "shortcut), summed into its pre-activation"),
