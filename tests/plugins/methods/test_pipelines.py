@@ -8,6 +8,7 @@ are recomputed from the previous step's best checkpoint on the same training sam
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -273,13 +274,20 @@ def test_one_optimiser_over_the_cohort_equals_one_sgd_per_peer():
 
 
 # ------------------------------------------------------------------------------------------- TAKD, born-again
-def _recomputed_logits(run: Path, stage: str, section: dict, indices: torch.Tensor, manager) -> torch.Tensor:
-    """The logits of stage ``stage``'s best checkpoint (a model of ``section``) on the training samples
-    ``indices`` of the run's split."""
+@functools.lru_cache(maxsize=4)
+def _opened(run: str, manager):
+    """A finished run read back (its context, training split and classes), once per run."""
     from kdkit.engine.context import open_run
 
     ctx, _ = open_run(run, manager, device="cpu")
     train, _, _, classes = ctx.classification_data()
+    return ctx, train, classes
+
+
+def _recomputed_logits(run: Path, stage: str, section: dict, indices: torch.Tensor, manager) -> torch.Tensor:
+    """The logits of stage ``stage``'s best checkpoint (a model of ``section``) on the training samples
+    ``indices`` of the run's split."""
+    ctx, train, classes = _opened(str(run), manager)
     model = ctx.build_model("students", section, len(classes))
     ctx.load_best(stage, model)
     model.eval()
