@@ -29,6 +29,7 @@ constant).  The paper's CWTM and DKPP variants are not implemented.
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import ClassVar
 
 import kdkit
 from kdkit import ConfigError, ConfigKey, lazy_import
@@ -55,7 +56,7 @@ def _reference(summary: dict):
 class TAKDMethod(KDMethod):
     """Teacher-assistant KD: teacher -> assistant(s) -> student, plain KD at each step (see the module docs)."""
 
-    component_sections = {"assistants[]": "students"}
+    component_sections: ClassVar[dict[str, str]] = {"assistants[]": "students"}
 
     @classmethod
     def default_config(cls) -> dict:
@@ -120,6 +121,26 @@ class TAKDMethod(KDMethod):
                  for i, a in enumerate(summary["assistants"])]
         rows.append((f"student (takd, from {summary['student']['teacher']})", summary["student"]["top1"]))
         return results_table(rows, summary["selection"]["select_on"])
+
+    def stage_model(self, ctx, stage: str, num_classes: int):
+        """``kdkit export``: the model of ``stage`` (a teacher, ``baseline``, an assistant or ``student``),
+        its best checkpoint loaded, in eval mode."""
+        cfg = ctx.config
+        assistants = self.assistant_stage_names(cfg.assistants)
+        teachers = self.teacher_stage_names(cfg.teachers)
+        if stage in assistants:
+            model = ctx.build_model("students", cfg.assistants[assistants.index(stage)], num_classes, seed_tag=stage)
+        elif stage in teachers:
+            tcfg = cfg.teachers[teachers.index(stage)]
+            model = ctx.build_model("teachers", {**tcfg, "pretrained": None} if "pretrained" in tcfg else tcfg,
+                                    num_classes, seed_tag=stage)
+        elif stage in ("student", "baseline"):
+            model = ctx.build_model("students", cfg.student, num_classes, seed_tag="student")
+        else:
+            raise kdkit.KdkitError(f"--stage {stage}: the stages of takd are {', '.join(teachers)}, baseline, "
+                                   f"{', '.join(assistants)} and student")
+        ctx.load_best(stage, model)
+        return model.eval()
 
     def evaluate(self, ctx) -> dict:
         """``kdkit eval``: kd's stages and every assistant's best checkpoint on the test split."""
@@ -228,6 +249,15 @@ class BornAgainMethod(kdkit.Method):
         if "ensemble" in summary:
             rows.append((f"ensemble of {len(summary['ensemble']['members'])} (BANE)", summary["ensemble"]["top1"]))
         return results_table(rows, summary["selection"]["select_on"])
+
+    def stage_model(self, ctx, stage: str, num_classes: int):
+        """``kdkit export``: generation ``k``'s network (stage ``generation.k``), best epoch, in eval mode."""
+        names = self.stage_names(ctx.config.generations)
+        if stage not in names:
+            raise kdkit.KdkitError(f"--stage {stage}: the stages of born_again are {', '.join(names)}")
+        model = ctx.build_model("students", ctx.config.student, num_classes, seed_tag=stage)
+        ctx.load_best(stage, model)
+        return model.eval()
 
     def evaluate(self, ctx) -> dict:
         """``kdkit eval``: every generation's best checkpoint on the test split, and their ensemble."""

@@ -25,6 +25,8 @@ Deviations from the reference (YingZhangDUT/Deep-Mutual-Learning, ``train_models
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import kdkit
 from kdkit import ConfigError, ConfigKey, lazy_import
 from kdkit_methods.pipelines import kd_defaults, log_data, results_table, stage_summary
@@ -41,7 +43,7 @@ def _peer(default: str = "resnet8", width: int = 8) -> dict:
 class DMLMethod(kdkit.Method):
     """Deep mutual learning: peers trained together, each taught by the others (see the module docs)."""
 
-    component_sections = {"peers[]": "students"}
+    component_sections: ClassVar[dict[str, str]] = {"peers[]": "students"}
 
     @classmethod
     def default_config(cls) -> dict:
@@ -96,6 +98,14 @@ class DMLMethod(kdkit.Method):
         rows = [(f"peer {k} ({p['name']}, dml)", p["top1"]) for k, p in enumerate(summary["peers"])]
         rows.append(("cohort mean", summary["cohort"]["top1"]))
         return results_table(rows, summary["selection"]["select_on"])
+
+    def stage_model(self, ctx, stage: str, num_classes: int):
+        """``kdkit export``: the ``cohort`` stage's module (every peer, ``peers.<k>.`` prefixes), best epoch."""
+        if stage != "cohort":
+            raise kdkit.KdkitError(f"--stage {stage}: dml trains one stage, cohort")
+        cohort = self.build_cohort(ctx, num_classes)
+        ctx.load_best(stage, cohort)
+        return cohort.eval()
 
     def evaluate(self, ctx) -> dict:
         """``kdkit eval``: every peer of the best epoch's cohort on the test split."""

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ class _Harness:
     stage: str = ""
     seen = 0
     current = ""
-    records: dict = {}
+    records: ClassVar[dict] = {}
 
     @kdkit.hookimpl
     def kdkit_before_epoch(self, trainer, epoch):
@@ -175,6 +176,21 @@ def test_runs_end_to_end_and_resumes_exactly_after_a_kill_in_its_last_stage(name
     lines = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     trained = [x for x in lines if x["stage"] == stage and "train.loss" in x]
     assert len(trained) == 2 and all(math.isfinite(x["train.loss"]) for x in trained)
+    # kdkit export rebuilds every stage of the method (its stage_model member) with the best weights
+    stages = {"takd": ["assistant.0", "student"], "born_again": ["generation.0", "generation.1"]}.get(name, [stage])
+    for exported in stages:
+        assert _exported(tmp_path / "run", exported, tmp_path / f"{exported}.pt") == _best(tmp_path / "run", exported)
+
+
+def _exported(run: Path, stage: str, out: Path) -> dict:
+    from kdkit import cli
+
+    assert cli.main(["export", "--run", str(run), "--stage", stage, "--out", str(out)]) == 0
+    return {k: v.tolist() for k, v in torch.load(out, weights_only=True).items()}
+
+
+def _best(run: Path, stage: str) -> dict:
+    return {k: v.tolist() for k, v in torch.load(run / "checkpoints" / stage / "best.pt", weights_only=True)["model"].items()}
 
 
 def _flatten(tree, prefix=""):
