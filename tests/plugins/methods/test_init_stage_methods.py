@@ -27,6 +27,8 @@ TINY = ["data.name=shapes", "data.train_per_class=8", "data.test_per_class=4", "
         "teacher_train.epochs=1", "train.epochs=2", "init.epochs=2", "train.batch_size=16",
         "teacher_train.batch_size=16", "train.lr=0.01", "logging.progress=false"]
 INIT_STAGE = {"ab": "student.init", "fsp": "student.init", "ft": "paraphraser"}
+#: per method: AB's student at width 8 against the width-4 teacher, so its connectors (conv + BN) exist
+SETS = {"ab": [*TINY, "student.width=8"], "fsp": TINY, "ft": TINY}
 
 
 class Interrupt(Exception):
@@ -75,7 +77,7 @@ def reference_run(name, root: Path, manager):
 
         PLUGIN.states = {}
         out = root / f"ref-{name}"
-        summary = train(name, sets=TINY, out=out, manager=manager)
+        summary = train(name, sets=SETS[name], out=out, manager=manager)
         _REFERENCE[name] = (out, summary, dict(PLUGIN.states))
     return _REFERENCE[name]
 
@@ -118,7 +120,7 @@ def test_method_runs_end_to_end_and_resumes_exactly(name, killed, tmp_path_facto
     PLUGIN.stage, PLUGIN.at, PLUGIN.seen = killed, 2, 0
     try:
         with pytest.raises(Interrupt):
-            train(name, sets=TINY, out=out, manager=methods_manager)
+            train(name, sets=SETS[name], out=out, manager=methods_manager)
     finally:
         PLUGIN.at = None
     train(resume=out, manager=methods_manager)
@@ -141,9 +143,11 @@ def test_the_init_stage_trains_the_student_the_main_stage_starts_from(name, tmp_
     assert any(k.startswith("layer3.") for k in changed) and any(k.startswith("layer1.") for k in changed)
     # the init objective has no cross-entropy: the classifier gets no gradient, weight decay alone moves it
     assert not any(k.startswith("conv1") for k in fresh if k not in changed and fresh[k].is_floating_point())
-    if name == "ab":  # the connectors were trained in student.init (ref: width 4 both sides, so none are
-        # needed; the term's state is still the stage's)
-        assert "distill" in _load(ref / "checkpoints" / "student.init" / "last.pt")["extra_modules"]
+    if name == "ab":  # the connectors (student width 8 -> teacher width 4: conv + BN) trained in student.init
+        connectors = {k: v for k, v in _load(ref / "checkpoints" / "student.init" / "last.pt")["extra_modules"]
+                      ["distill"].items() if k.startswith("terms.ab.connectors.")}
+        assert any(k.endswith("running_mean") for k in connectors)
+        assert all(int(v) > 0 for k, v in connectors.items() if k.endswith("num_batches_tracked"))
 
 
 def test_ft_trains_the_paraphraser_first_and_keeps_it_frozen(tmp_path_factory, methods_manager):
