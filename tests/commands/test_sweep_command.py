@@ -386,3 +386,37 @@ def test_a_missing_submitit_is_one_line_naming_the_extra(env, done, tmp_path, ca
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "kdkit: error: --executor submitit needs the submitit package: pip install 'kdkit[cluster]'")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_parallel_sweep_killed_mid_run_resumes_both_runs(done, tmp_path):
+    """--jobs 2, killed (its whole process group) once both kd seeds have a checkpoint: the same command
+    again resumes each unfinished run (under its own run lock) and ends with the uninterrupted sweep's
+    results and metrics, byte for byte."""
+    cfg, ref_out, _ = done
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "kdkit", "sweep", str(cfg), "--out", str(out), "--cells", "kd", "--jobs", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **ENV})
+    marks = [out / f"runs/kd/default/seed{s}/checkpoints/teacher.convnet/last.pt" for s in (0, 1)]
+    deadline = time.monotonic() + 240
+    try:
+        while not all(m.exists() for m in marks):
+            assert proc.poll() is None, "the sweep ended before it was killed"
+            assert time.monotonic() < deadline, "the runs never wrote a checkpoint"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the run that wrote its checkpoint last is mid-way; the other one may have finished meanwhile
+    unfinished = [s for s in (0, 1) if not (out / f"runs/kd/default/seed{s}/summary.json").exists()]
+    assert unfinished
+
+    assert _main([cfg, "--out", out, "--cells", "kd", "--jobs", "2"]) == 0
+    log = (out / "sweep.log").read_text()
+    assert all(f"[{s + 1}/2] kd seed={s}: resuming" in log for s in unfinished), log
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(out / "results.jsonl")]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(ref_out / "results.jsonl")
+                     if r["cell"] == "kd"]
+    assert _run_files(out) == {k: v for k, v in _run_files(ref_out).items() if k.parts[1] == "kd"}
