@@ -139,8 +139,9 @@ class StudentStage:
     :param teacher_names: the stage name of each ``teachers`` item (``teacher.<name>``, ...).
     :param model_options: ``model_options(teacher_config) -> section`` given to ``ctx.build_model``
         for a teacher (default: the teacher's config; keys that are the method's own go here).
-    :param extra_teachers: how many teachers the method adds after the ``teachers`` items, as
-        :class:`LogitsTeacher` s.
+    :param extra_teachers: how many teachers the method adds after the ``teachers`` items:
+        :class:`LogitsTeacher` s, or networks the method trained itself (an assistant, the previous
+        generation).  A config without a ``teachers`` section has only these.
     :param distill: the ``distill`` section the objective is built from (default: the run config's);
         a method with a second objective — an initialisation stage before the main one — builds a
         second stage with its own section.
@@ -157,7 +158,8 @@ class StudentStage:
         self.ctx = ctx
         self.config = ctx.config
         self.defaults = plain_defaults(defaults)
-        self.teachers = list(ctx.config.teachers)
+        # a method whose teachers are all its own (born-again generations) declares no teachers section
+        self.teachers = list(ctx.config.get("teachers", ()))
         self.teacher_names = list(teacher_names)
         if len(self.teacher_names) != len(self.teachers):
             raise ValueError("StudentStage: one stage name per teachers item")
@@ -180,10 +182,11 @@ class StudentStage:
         from kdkit.distill.teachers import check_teachers
         from kdkit.distill.terms import check_distill
 
-        num_teachers = len(config.teachers) + int(extra_teachers)
+        teachers = config.get("teachers", ())  # no section: every teacher is the method's own (extra_teachers)
+        num_teachers = len(teachers) + int(extra_teachers)
         if num_teachers == 0:
             raise ConfigError("config key teachers: at least one teacher is needed")
-        check_teachers(config.teachers)
+        check_teachers(teachers)
         check_distill(config.distill, plain_defaults(defaults), registry, num_teachers)
 
     def build_distiller(self) -> "Distiller":

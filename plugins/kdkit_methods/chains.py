@@ -154,34 +154,6 @@ class TAKDMethod(KDMethod):
 
 
 # ------------------------------------------------------------------------------------------- BAN
-class _NoOutsideTeacher:
-    """A run's config as :class:`~kdkit.distill.StudentStage` reads it, with an empty ``teachers`` list:
-    born-again networks have no configured teacher — each generation is the next one's, handed to the
-    stage as its one extra teacher (``extra_teachers=1``)."""
-
-    teachers = ()
-
-    def __init__(self, config):
-        self._config = config
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-    def __getitem__(self, key):
-        return [] if key == "teachers" else self._config[key]
-
-
-class _GenerationsContext:
-    """The run context with :class:`_NoOutsideTeacher` as its config; everything else is the run's."""
-
-    def __init__(self, ctx):
-        self._ctx = ctx
-        self.config = _NoOutsideTeacher(ctx.config)
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-
 class BornAgainMethod(kdkit.Method):
     """Born-again networks: generations of the student, each distilled from the last (see the module docs)."""
 
@@ -199,8 +171,8 @@ class BornAgainMethod(kdkit.Method):
 
     @classmethod
     def check_config(cls, config, registry=None) -> None:
-        StudentStage.check_config(_NoOutsideTeacher(config), cls.default_config()["distill"], registry,
-                                  extra_teachers=1)
+        # no teachers section: the one teacher of each generation is the previous generation (extra_teachers)
+        StudentStage.check_config(config, cls.default_config()["distill"], registry, extra_teachers=1)
 
     @staticmethod
     def stage_names(generations: int) -> list[str]:
@@ -208,7 +180,7 @@ class BornAgainMethod(kdkit.Method):
 
     def run(self, ctx) -> dict:
         cfg = ctx.config
-        stage = StudentStage(_GenerationsContext(ctx), self.default_config()["distill"], [], extra_teachers=1)
+        stage = StudentStage(ctx, self.default_config()["distill"], [], extra_teachers=1)
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
         log_data(ctx, train, val, test, num_classes)
