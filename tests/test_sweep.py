@@ -258,13 +258,12 @@ def test_outcomes_trained_diverged_failed_in_records_table_and_compare(tmp_path)
 
 
 def test_each_run_gets_a_fixed_thread_count(monkeypatch):
-    """A run's numbers depend on its torch thread count (float summation order), so the sweep sets it
-    (default 1) instead of letting --jobs change it; OMP_NUM_THREADS set by the user is kept."""
+    """A run's numbers depend on its torch thread count (float summation order), so --jobs never sets
+    it: by default a run inherits the sweep's environment (the threads kdkit train uses, so a sweep's
+    run is the run started by hand); --threads T sets T for every run."""
     from kdkit.sweep.runner import child_env, default_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert default_threads() == 1
-    assert child_env(1) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() is None and child_env(None) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert child_env(1) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs in flight at once (default 1); a run waits for the runs it depends on "
                              "({cell:NAME}); results.jsonl is the same for any N")
     parser.add_argument("--threads", metavar="T", type=_positive, default=None,
-                        help="torch CPU threads of each run (OMP_NUM_THREADS; default: the environment's "
-                             "OMP_NUM_THREADS, else 1) — a run's numbers depend on it, --jobs does not change it")
+                        help="torch CPU threads of each run (OMP_NUM_THREADS; default: what kdkit train uses "
+                             "here) — a run's numbers depend on it, --jobs does not change them")
     parser.add_argument("--executor", choices=["local", "submitit"], default="local",
                         help="where runs execute: local subprocesses (default), or submitit jobs — Slurm where "
                              "sbatch exists (pip install 'kdkit[cluster]'); see docs/sweep.md")

@@ -111,10 +111,12 @@ def child_env(threads: int | None) -> dict:
 
 
 def default_threads() -> int | None:
-    """``--threads`` unless given: the environment's OMP_NUM_THREADS when set (``None``: inherited),
-    else 1 — a run's numbers depend on its thread count (float summation order), so the sweep fixes
-    it: ``--jobs`` never changes a result."""
-    return None if os.environ.get("OMP_NUM_THREADS") else 1
+    """``--threads`` unless given: ``None`` — every run inherits the sweep's environment and so uses the
+    thread count ``kdkit train`` uses on this machine (``OMP_NUM_THREADS`` when set, else torch's
+    default).  A run's numbers depend on its thread count (float summation order), not on how many
+    runs share the machine: a sweep's runs are the runs started by hand, for any ``--jobs``.  (Several
+    runs at once then share the cores; ``--threads`` divides them, at that thread count's numbers.)"""
+    return None
 
 
 
@@ -202,7 +204,8 @@ class _Pool:
 
     def describe(self) -> str:
         threads = (f"{self.threads} torch thread(s) each" if self.threads is not None
-                   else "torch threads from OMP_NUM_THREADS")
+                   else "each with kdkit train's torch threads" +
+                   (" (sharing the cores: --threads divides them)" if self.jobs > 1 else ""))
         return f"{self.jobs} at a time as {self.executor.describe()}, {threads}"
 
 
