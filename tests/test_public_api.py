@@ -95,7 +95,7 @@ PUBLIC = {
     "kdkit.distill": {
         "StudentStage", "LogitsTeacher", "KDMethod", "FeatureTaps", "module_paths", "TeacherCombiner",
         "COMBINE_RULES", "Distiller", "DistillInputs", "build_term_loss", "TermSpec", "distill_section",
-        "distill_terms",
+        "distill_terms", "conv_regressor",
     },
 }
 

@@ -10,6 +10,8 @@
   captured by forward hooks during its forward pass, with no edit to the model;
 * :class:`TeacherCombiner` — several teachers' logits into one distillation loss, by one of
   :data:`COMBINE_RULES` (its weights are buffers: checkpointed with the stage);
+* :func:`conv_regressor` — the references' ``ConvReg`` convolution between maps of other widths and sizes
+  (FitNet's regressor, AB's connectors);
 * :class:`Distiller` — the objective ``alpha * CE + sum_i weight_i * term_i``; every term is a
   registered loss called with one :class:`DistillInputs` (``distill.terms``, :class:`TermSpec`,
   :func:`distill_section` (the declared ``distill`` keys), :func:`distill_terms`, :func:`build_term_loss`).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["StudentStage", "LogitsTeacher", "KDMethod", "FeatureTaps", "module_paths", "TeacherCombiner",
            "COMBINE_RULES", "Distiller", "DistillInputs", "build_term_loss", "TermSpec", "distill_section",
-           "distill_terms"]
+           "distill_terms", "conv_regressor"]
 
 #: How :class:`TeacherCombiner` combines teachers (``distill.combine``).
 COMBINE_RULES = ("avg_logits", "mean_loss", "inv_val_loss", "ema_inv_loss")
@@ -31,7 +33,7 @@ _LAZY = {"StudentStage": "kdkit.distill.stage", "LogitsTeacher": "kdkit.distill.
          "TeacherCombiner": "kdkit.distill.combine", "Distiller": "kdkit.distill.distiller",
          "DistillInputs": "kdkit.distill.distiller", "build_term_loss": "kdkit.distill.distiller",
          "TermSpec": "kdkit.distill.terms", "distill_terms": "kdkit.distill.terms",
-         "distill_section": "kdkit.distill.terms"}
+         "distill_section": "kdkit.distill.terms", "conv_regressor": "kdkit.distill.feature_losses"}
 
 #: names that were public only for a second copy of the student stage (kdkit.distill.StudentStage
 #: replaces it); they still resolve, with a DeprecationWarning, for one release

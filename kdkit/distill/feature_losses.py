@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from kdkit.errors import ConfigError
 
-__all__ = ["HintLoss", "REGRESSORS"]
+__all__ = ["REGRESSORS", "HintLoss", "conv_regressor"]
 
 #: FitNet's regressor forms (the ``regressor`` option of the ``fitnet`` loss)
 REGRESSORS = ("conv_bn_relu", "conv")
@@ -17,12 +17,17 @@ def _shape(x: torch.Tensor) -> tuple:
     return tuple(x.shape[1:])
 
 
-def _spatial_conv(c_s: int, c_t: int, s: tuple, t: tuple) -> nn.Module:
-    """The convolution of the references' regressor from a ``c_s x s`` map to a ``c_t x t`` map:
-    1x1 when the sizes match, a 3x3 stride-2 convolution when the student map is twice the
-    teacher's, a 4x4 stride-2 transposed convolution when it is half, and a ``(1 + s - t)`` kernel
-    (no padding) when it is otherwise larger (RepDistiller / mdistiller ``ConvReg``)."""
-    (s_h, s_w), (t_h, t_w) = s, t
+def conv_regressor(student_channels: int, teacher_channels: int, student_size: tuple, teacher_size: tuple,
+                   loss: str = "fitnet") -> nn.Module:
+    """The convolution the references' regressors (RepDistiller / mdistiller ``ConvReg``) use to map a
+    ``student_channels x student_size`` map onto a ``teacher_channels x teacher_size`` one: 1x1 when
+    the sizes match, a 3x3 stride-2 convolution when the student map is twice the teacher's, a 4x4
+    stride-2 transposed convolution when it is half, and a ``(1 + s - t)`` kernel (no padding) when it
+    is otherwise larger; each with bias.  A smaller student map (not half) is a one-line
+    :class:`kdkit.ConfigError` naming ``loss``.  FitNet's regressor and AB's connectors are built on it
+    (their BatchNorm / ReLU are theirs)."""
+    (s_h, s_w), (t_h, t_w) = tuple(student_size), tuple(teacher_size)
+    c_s, c_t = int(student_channels), int(teacher_channels)
     if (s_h, s_w) == (t_h, t_w):
         return nn.Conv2d(c_s, c_t, kernel_size=1)
     if (s_h, s_w) == (2 * t_h, 2 * t_w):
@@ -31,7 +36,7 @@ def _spatial_conv(c_s: int, c_t: int, s: tuple, t: tuple) -> nn.Module:
         return nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
     if s_h >= t_h and s_w >= t_w:
         return nn.Conv2d(c_s, c_t, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
-    raise ConfigError(f"loss fitnet: student feature {c_s} x {s_h} x {s_w} is smaller than teacher feature "
+    raise ConfigError(f"loss {loss}: student feature {c_s} x {s_h} x {s_w} is smaller than teacher feature "
                       f"{c_t} x {t_h} x {t_w} (and not half its size); tap a student layer of at least the "
                       "teacher layer's resolution")
 
@@ -46,7 +51,7 @@ class HintLoss(nn.Module):
 
         * ``conv_bn_relu`` (default) — the references' (RepDistiller ``models/util.py`` and mdistiller
           ``distillers/_common.py`` ``ConvReg``): a convolution with bias (1x1 for equal spatial
-          sizes; strided, transposed or larger-kernel when they differ, see :func:`_spatial_conv`),
+          sizes; strided, transposed or larger-kernel when they differ, see :func:`conv_regressor`),
           then BatchNorm, then ReLU, so that ``r(f_s)`` is non-negative like a post-ReLU hint
           target.  For ``B x C`` vectors: linear (with bias), BatchNorm1d, ReLU (the references
           have no vector form).
@@ -75,7 +80,7 @@ class HintLoss(nn.Module):
                                       f"{_shape(teacher)} differ in spatial size; tap layers of equal resolution "
                                       "(or use the default regressor: conv_bn_relu)")
                 return nn.Conv2d(c_s, c_t, kernel_size=1, bias=False)
-            conv = _spatial_conv(c_s, c_t, tuple(student.shape[2:]), tuple(teacher.shape[2:]))
+            conv = conv_regressor(c_s, c_t, tuple(student.shape[2:]), tuple(teacher.shape[2:]))
             return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
         if student.dim() == 2 and teacher.dim() == 2:
             if self.form == "conv":

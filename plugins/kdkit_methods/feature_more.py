@@ -16,7 +16,6 @@ their own, for tests and reuse.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdkit
+from kdkit.distill import conv_regressor
+from kdkit_methods.feature import _no_autocast, _shape
 
 __all__ = [
     "CC_KERNELS",
@@ -55,18 +56,6 @@ MGD_MASKS = ("channel", "spatial")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-def _shape(x: torch.Tensor) -> tuple:
-    return tuple(x.shape)
-
-
-def _no_autocast(device: torch.device):
-    """A context with autocast off on ``device`` (the losses are computed in float32)."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):  # a device type without autocast
-        return contextlib.nullcontext()
-
 
 def _choice(loss: str, option: str, value, choices) -> str:
     if value not in choices:
@@ -191,15 +180,7 @@ class ABLoss(nn.Module):
         (c_s, s_h, s_w), (c_t, t_h, t_w) = s.shape[1:], t.shape[1:]
         if self.connector == "auto" and (c_s, s_h, s_w) == (c_t, t_h, t_w):
             return nn.Identity()
-        if (s_h, s_w) == (2 * t_h, 2 * t_w):
-            conv = nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
-        elif (2 * s_h, 2 * s_w) == (t_h, t_w):
-            conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
-        elif s_h >= t_h and s_w >= t_w:
-            conv = nn.Conv2d(c_s, c_t, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))  # 1x1 for equal sizes
-        else:
-            raise kdkit.ConfigError(f"loss ab: student stage {_shape(s)} is smaller than teacher stage {_shape(t)}"
-                                    f"{where} (and not half its size); pair stages of comparable resolution")
+        conv = conv_regressor(c_s, c_t, (s_h, s_w), (t_h, t_w), loss="ab")
         return nn.Sequential(conv, nn.BatchNorm2d(c_t))
 
     def forward(self, inputs) -> torch.Tensor:

@@ -566,7 +566,7 @@ def test_kdkit_resnets_give_the_taps_the_methods_name():
 def test_errors_are_one_line():
     m4 = randn(2, 3, 4, 4).float()
     one_line_error(lambda: build("ab")(inputs([m4, randn(2, 3, 2, 2).float()], [m4, randn(2, 3, 3, 3).float()])),
-                   "smaller than teacher stage")
+                   "smaller than teacher feature")
     one_line_error(lambda: build("ab", preact_pairs=True)(inputs([m4, m4, m4], [m4])), "two student paths")
     one_line_error(lambda: build("ab")(inputs(randn(2, 3).float(), randn(2, 3).float())), "B x C x H x W")
     one_line_error(lambda: build("ab", connector="sometimes"), "connector")
