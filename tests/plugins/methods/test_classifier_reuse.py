@@ -10,21 +10,9 @@ evaluation, ``kdkit eval`` and its checkpoint — through the teacher's classifi
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-import kdkit
-from kdkit.distill import DistillInputs
-
-try:
-    import kdkit_methods
-except ImportError:  # the editable install predates plugins/kdkit_methods
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins"))
-    import kdkit_methods
-
 from kdkit_methods.classifier_reuse import (
     CATKDLoss,
     SimKDLoss,
@@ -33,6 +21,10 @@ from kdkit_methods.classifier_reuse import (
     SRRLLoss,
     build_simkd_student,
 )
+from methods_harness import INTERRUPT, TINY, Interrupt, methods_plugin_manager
+
+import kdkit
+from kdkit.distill import DistillInputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -440,38 +432,9 @@ def test_simkd_defaults_are_the_references():
 
 # ================================================================== SimKD's method, end to end
 
-TINY = ["data.name=shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
-        "teachers=[{name: resnet8, width: 4}]", "student.name=resnet8", "student.width=4",
-        "teacher_train.epochs=1", "train.epochs=2", "train.batch_size=16", "teacher_train.batch_size=16",
-        "train.lr=0.01", "logging.progress=false"]
-
-
-class Interrupt(Exception):
-    pass
-
-
-class _InterruptPlugin:
-    """Raises :class:`Interrupt` at the ``at``-th step of the student stage's second epoch."""
-
-    at: int | None = None
-    seen = 0
-
-    @kdkit.hookimpl
-    def kdkit_after_step(self, trainer, step, loss, logs):
-        if self.at is not None and trainer.stage.name == "student" and trainer.epoch == 1:
-            self.seen += 1
-            if self.seen == self.at:
-                raise Interrupt
-
-
-INTERRUPT = _InterruptPlugin()
-
-
 @pytest.fixture
 def methods_manager():
-    from kdkit.plugins import plugin_manager_for_testing
-
-    with plugin_manager_for_testing(kdkit_methods, INTERRUPT) as pm:
+    with methods_plugin_manager() as pm:
         yield pm
 
 

@@ -10,48 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from kdkit_methods.presets import PRESETS
+from methods_harness import INTERRUPT, TINY, Interrupt, methods_plugin_manager
 
 import kdkit
-import kdkit_methods
-from kdkit_methods.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMES = [p.name for p in PRESETS]
 FEATURE_PRESETS = [p.name for p in PRESETS if any("student" in t for t in p.terms)]
-#: CIFAR ResNet-8s at width 4 (stages layer1..3 and the pooled `pool` embedding), 10 classes x 8 images
-TINY = ["data.name=shapes", "data.train_per_class=8", "data.test_per_class=4", "data.augment=none",
-        "teachers=[{name: resnet8, width: 4}]", "student.name=resnet8", "student.width=4",
-        "teacher_train.epochs=1", "train.epochs=2", "train.batch_size=16", "teacher_train.batch_size=16",
-        "train.lr=0.01", "logging.progress=false"]
-
-
-class Interrupt(Exception):
-    pass
-
-
-class _InterruptPlugin:
-    """Raises :class:`Interrupt` after the ``at``-th step of the student stage's second epoch (mid-epoch,
-    after the first epoch's checkpoint; ``None``: never)."""
-
-    at: int | None = None
-    seen = 0
-
-    @kdkit.hookimpl
-    def kdkit_after_step(self, trainer, step, loss, logs):
-        if self.at is not None and trainer.stage.name == "student" and trainer.epoch == 1:
-            self.seen += 1
-            if self.seen == self.at:
-                raise Interrupt
-
-
-INTERRUPT = _InterruptPlugin()
-
-
 @pytest.fixture
 def methods_manager():
-    from kdkit.plugins import plugin_manager_for_testing
-
-    with plugin_manager_for_testing(kdkit_methods, INTERRUPT) as pm:
+    with methods_plugin_manager() as pm:
         yield pm
 
 
