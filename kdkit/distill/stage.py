@@ -173,11 +173,14 @@ class StudentStage:
     # --- checks -------------------------------------------------------------------------------
 
     @staticmethod
-    def check_config(config: dict, defaults: Mapping, registry=None, extra_teachers: int = 0) -> None:
+    def check_config(config: dict, defaults: Mapping, registry=None, extra_teachers: int = 0,
+                     distill: Mapping | None = None) -> None:
         """The rules of the ``teachers`` and ``distill`` sections, for a method's ``check_config``
         (before a run directory exists): at least one teacher, ``train: false`` only with
         ``pretrained`` weights, the terms' losses registered with the options they take, a feature
-        term's ``teacher_index`` below the number of teachers (``teachers`` plus ``extra_teachers``)."""
+        term's ``teacher_index`` below the number of teachers (``teachers`` plus ``extra_teachers``).
+        ``distill``: the section to check instead of ``config.distill`` (a stage's own objective, as
+        the constructor's ``distill``)."""
         from kdkit.config import plain_defaults
         from kdkit.distill.teachers import check_teachers
         from kdkit.distill.terms import check_distill
@@ -187,7 +190,8 @@ class StudentStage:
         if num_teachers == 0:
             raise ConfigError("config key teachers: at least one teacher is needed")
         check_teachers(teachers)
-        check_distill(config.distill, plain_defaults(defaults), registry, num_teachers)
+        check_distill(config.distill if distill is None else distill, plain_defaults(defaults), registry,
+                      num_teachers)
 
     def build_distiller(self) -> "Distiller":
         """A new objective of the ``distill`` section (each student stage trains its own)."""

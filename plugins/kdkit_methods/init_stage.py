@@ -17,7 +17,6 @@ stage is a ``ctx.fit`` stage, so a run resumes exactly wherever it was stopped.
 """
 from __future__ import annotations
 
-import types
 from typing import ClassVar
 
 from kdkit import ConfigError, ConfigKey
@@ -125,8 +124,8 @@ class _StudentInitMethod(InitStageMethod):
     @classmethod
     def check_config(cls, config, registry=None) -> None:
         super().check_config(config, registry)
-        init = types.SimpleNamespace(teachers=config.teachers, distill=config.init.distill)
-        StudentStage.check_config(init, cls.default_config()["init"]["distill"], registry)
+        StudentStage.check_config(config, cls.default_config()["init"]["distill"], registry,
+                                  distill=config.init.distill)
 
     def init_stage(self, ctx) -> StudentStage:
         return StudentStage(ctx, self.default_config()["init"]["distill"], self.teacher_stage_names(ctx.config.teachers),
