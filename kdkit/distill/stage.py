@@ -141,10 +141,12 @@ class StudentStage:
         for a teacher (default: the teacher's config; keys that are the method's own go here).
     :param extra_teachers: how many teachers the method adds after the ``teachers`` items:
         :class:`LogitsTeacher` s, or networks the method trained itself (an assistant, the previous
-        generation).  A config without a ``teachers`` section has only these.
+        generation).
     :param distill: the ``distill`` section the objective is built from (default: the run config's);
         a method with a second objective — an initialisation stage before the main one — builds a
         second stage with its own section.
+    :param teachers: the configured teacher items (default: the run config's ``teachers``); ``[]``
+        for a method whose teachers are all its own (born-again generations: ``extra_teachers``).
 
     Building it builds the objective of ``distill``, so a section that cannot be built fails before
     anything trains.
@@ -152,14 +154,13 @@ class StudentStage:
 
     def __init__(self, ctx: "RunContext", defaults: Mapping, teacher_names: Sequence[str],
                  model_options: Callable[[dict], dict] | None = None, extra_teachers: int = 0,
-                 distill: Mapping | None = None):
+                 distill: Mapping | None = None, teachers: Sequence[Mapping] | None = None):
         from kdkit.config import plain_defaults
 
         self.ctx = ctx
         self.config = ctx.config
         self.defaults = plain_defaults(defaults)
-        # a method whose teachers are all its own (born-again generations) declares no teachers section
-        self.teachers = list(ctx.config.get("teachers", ()))
+        self.teachers = list(ctx.config.teachers if teachers is None else teachers)
         self.teacher_names = list(teacher_names)
         if len(self.teacher_names) != len(self.teachers):
             raise ValueError("StudentStage: one stage name per teachers item")
@@ -174,18 +175,18 @@ class StudentStage:
 
     @staticmethod
     def check_config(config: dict, defaults: Mapping, registry=None, extra_teachers: int = 0,
-                     distill: Mapping | None = None) -> None:
+                     distill: Mapping | None = None, teachers: Sequence[Mapping] | None = None) -> None:
         """The rules of the ``teachers`` and ``distill`` sections, for a method's ``check_config``
         (before a run directory exists): at least one teacher, ``train: false`` only with
         ``pretrained`` weights, the terms' losses registered with the options they take, a feature
         term's ``teacher_index`` below the number of teachers (``teachers`` plus ``extra_teachers``).
-        ``distill``: the section to check instead of ``config.distill`` (a stage's own objective, as
-        the constructor's ``distill``)."""
+        ``distill`` / ``teachers``: the section and teacher items to check instead of ``config``'s (as
+        the constructor's)."""
         from kdkit.config import plain_defaults
         from kdkit.distill.teachers import check_teachers
         from kdkit.distill.terms import check_distill
 
-        teachers = config.get("teachers", ())  # no section: every teacher is the method's own (extra_teachers)
+        teachers = config.teachers if teachers is None else teachers
         num_teachers = len(teachers) + int(extra_teachers)
         if num_teachers == 0:
             raise ConfigError("config key teachers: at least one teacher is needed")

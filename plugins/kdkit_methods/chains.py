@@ -171,8 +171,8 @@ class BornAgainMethod(kdkit.Method):
 
     @classmethod
     def check_config(cls, config, registry=None) -> None:
-        # no teachers section: the one teacher of each generation is the previous generation (extra_teachers)
-        StudentStage.check_config(config, cls.default_config()["distill"], registry, extra_teachers=1)
+        # no configured teacher: the one teacher of each generation is the previous generation (extra_teachers)
+        StudentStage.check_config(config, cls.default_config()["distill"], registry, extra_teachers=1, teachers=[])
 
     @staticmethod
     def stage_names(generations: int) -> list[str]:
@@ -180,7 +180,7 @@ class BornAgainMethod(kdkit.Method):
 
     def run(self, ctx) -> dict:
         cfg = ctx.config
-        stage = StudentStage(ctx, self.default_config()["distill"], [], extra_teachers=1)
+        stage = StudentStage(ctx, self.default_config()["distill"], [], extra_teachers=1, teachers=[])
         train, val, test, classes = ctx.classification_data()
         num_classes = len(classes)
         log_data(ctx, train, val, test, num_classes)
