@@ -231,7 +231,8 @@ class MLKDLoss:
 
     name = "mlkd"
 
-    def __init__(self, temperatures: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0)):
+    # a list, as the registry declares it (copied below, never mutated)
+    def __init__(self, temperatures: Sequence[float] = [2.0, 3.0, 4.0, 5.0, 6.0]):
         if isinstance(temperatures, (int, float)):
             temperatures = [temperatures]
         self.temperatures = [float(x) for x in temperatures]
