@@ -1,9 +1,11 @@
 """Built-in kdkit plugin ``methods``: the catalogue of published distillation methods.
 
 Every method is a loss registered in the ``losses`` registry (usable in any ``distill.terms``)
-and a method preset registered in the ``methods`` registry (``kdkit train --method dkd``): kd's
-teacher/student pipeline with the paper's terms and weights as its ``distill`` defaults.  See
-``docs/methods.md`` for the papers, formulas and defaults.
+and a method registered in the ``methods`` registry (``kdkit train --method dkd``): a preset — kd's
+teacher/student pipeline with the paper's terms and weights as its ``distill`` defaults — or, where
+the paper's pipeline has other stages, a class of its own (SimKD, DML, TAKD, born-again, BYOT, and AB,
+FSP, FT with their initialisation stage).  See ``docs/methods.md`` for the papers, formulas and
+defaults.
 
 Uses only kdkit's public API; torch is imported only when a loss is built.
 """
@@ -80,7 +82,7 @@ LOSSES = {
                                   type=int, range="[1, inf)"),
         "warmup_epochs": _weight(20.0, "epochs of linear warm-up (mdistiller WARMUP_EPOCHS)"),
     }, "knowledge review (Chen et al. 2021): attention-based fusion + hierarchical context loss"),
-    # ---- [logit-2] CTKD, MLKD, NKD, WSLD ----
+    # logit methods after the first twelve: CTKD, MLKD, NKD, WSLD (kdkit_methods.logit_recent)
     "ctkd": ("kdkit_methods.logit_recent:CTKDLoss", {
         "temp_min": _positive(1.0, "lowest temperature (reference --t_start)"),
         "temp_range": _positive(20.0, "T = temp_min + temp_range * sigmoid(theta) (reference --t_end)"),
@@ -101,8 +103,7 @@ LOSSES = {
         "temperature": _positive(2.0, "temperature T (null: distill.temperature; 4 on CIFAR-100)", nullable=True),
         "eps": _positive(1e-7, "added to the teacher's cross-entropy in the weight's ratio"),
     }, "weighted soft labels (Zhou et al. 2021): KD weighted per sample by the CE ratio"),
-    # ---- [/logit-2] ----
-    # ---- [feature-2] AB, FT, FSP, CC, MGD ----
+    # feature methods after the first twelve: AB, FT, FSP, CC, MGD (kdkit_methods.feature_more)
     "ab": ("kdkit_methods.feature_more:ABLoss", {
         "margin": _positive(1.0, "margin m of the activation-boundary hinge (RepDistiller ABLoss margin=1.0)"),
         "connector": ConfigKey("auto", "auto: a conv + BN connector (ConvReg) only where the student stage differs "
@@ -134,8 +135,7 @@ LOSSES = {
         "mask": ConfigKey("channel", "channel: mask whole channels (the reference's classification code); spatial: "
                                      "positions (its detection code)", choices=("channel", "spatial")),
     }, "masked generative distillation (Yang et al. 2022): a generator rebuilds the teacher map from a masked student's"),
-    # ---- [/feature-2] ----
-    # ---- [classifier] SRRL, SimKD, CAT-KD ----
+    # methods that use a classifier: SRRL, SimKD, CAT-KD (kdkit_methods.classifier_reuse)
     "srrl": ("kdkit_methods.classifier_reuse:SRRLLoss", {
         "alpha": _weight(1.0, "feature-matching weight (KD_SRRL: loss_stat weight 1)"),
         "beta": _weight(1.0, "softmax-regression weight: MSE of the teacher's classifier on the connected "
@@ -153,7 +153,6 @@ LOSSES = {
         "student_classifier": ConfigKey("classifier", "module path of the student's classifier"),
         "teacher_classifier": ConfigKey("classifier", "module path of the teacher's classifier"),
     }, "CAT-KD (Guo et al. 2023): MSE of pooled class activation maps (classifier weights as a 1x1 conv)"),
-    # ---- [/classifier] ----
 }
 
 
@@ -169,20 +168,17 @@ def kdkit_register_methods(register):
 
     for preset in PRESETS:
         register(preset.name, preset.method(), description=preset.description)
-    # ---- [classifier-methods] methods that are their own classes (SimKD) ----
+    # methods that are their own classes: SimKD (its student carries the teacher's classifier),
     register("simkd", "kdkit_methods.classifier_reuse:SimKDMethod",
              description="SimKD (Chen et al. 2022): student + projector + the teacher's frozen classifier, "
                          "trained by feature MSE")
-    # ---- [/classifier-methods] ----
-    # ---- [pipeline] methods that are their own classes (DML, TAKD, born-again, BYOT, ...) ----
+    # the pipeline methods (DML, TAKD, born-again, BYOT),
     from kdkit_methods.pipelines import METHODS as PIPELINE_METHODS
 
     for name, (target, description) in PIPELINE_METHODS.items():
         register(name, target, description=description)
-    # ---- [/pipeline] ----
-    # ---- [feature-2-methods] AB, FSP, FT: an initialisation stage before the student's ----
+    # and AB, FSP, FT (an initialisation stage before the student's)
     from kdkit_methods.init_stage import INIT_METHODS
 
     for name, method in INIT_METHODS.items():
         register(name, method, description=method.description)
-    # ---- [/feature-2-methods] ----

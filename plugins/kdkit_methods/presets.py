@@ -83,7 +83,7 @@ PRESETS = (
            [_tapped("crd", 0.8, "pool")]),
     Preset("reviewkd", "ReviewKD (Chen et al. 2021): CE + attention-based fusion and hierarchical context loss",
            [_tapped("reviewkd", 1.0, [*STAGES, "pool"])]),
-    # ---- [logit-2] ----
+    # logit methods after the first twelve (kdkit_methods.logit_recent)
     Preset("ctkd", "CTKD, curriculum temperature KD (Li et al. 2023): 0.1*CE + 0.9*KD at an adversarial, learned "
            "temperature", [{"loss": "ctkd", "weight": 0.9, "options": {"curriculum_epochs": 10}}], alpha=0.1),
     Preset("mlkd", "MLKD, multi-level logit distillation (Jin et al. 2023): 0.1*CE + 0.9*instance, batch and class "
@@ -94,14 +94,12 @@ PRESETS = (
            [{"loss": "nkd", "weight": 1.0, "options": {"temperature": 3.0, "gamma": 3.5}}], temperature=3.0),
     Preset("wsld", "WSLD, weighted soft labels (Zhou et al. 2021): CE + 2.25*per-sample weighted KD, T = 4",
            [{"loss": "wsld", "weight": 2.25, "options": {"temperature": 4.0}}]),
-    # ---- [/logit-2] ----
-    # ---- [feature-2] ----
+    # feature methods after the first twelve (kdkit_methods.feature_more)
     Preset("cc", "CC, correlation congruence (Peng et al. 2019): CE + 100*MSE of RBF correlations of embedded "
                  "pool features", [_tapped("cc", 100.0, "pool")]),
     Preset("mgd", "MGD, masked generative distillation (Yang et al. 2022): CE + the teacher's layer3 generated from "
                   "the masked student's", [_tapped("mgd", 1.0, "layer3")]),
-    # ---- [/feature-2] ----
-    # ---- [classifier] ----
+    # methods that use a classifier (kdkit_methods.classifier_reuse)
     # the teacher's map enters SRRL only through its spatial mean: tapping its pooled feature gives the same
     # value and caches H*W times less
     Preset("srrl", "SRRL (Yang et al. 2021): CE + feature matching + the teacher's classifier on connected student "
@@ -110,5 +108,4 @@ PRESETS = (
              "options": {"alpha": 1.0, "beta": 1.0}}]),
     Preset("catkd", "CAT-KD (Guo et al. 2023): CE + 15*MSE of 2x2-pooled class activation maps (layer3)",
            [_tapped("catkd", 15.0, "layer3", cam_resolution=2, normalize=False, binarize=False)]),
-    # ---- [/classifier] ----
 )
