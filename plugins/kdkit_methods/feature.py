@@ -41,19 +41,29 @@ def _no_autocast(device: torch.device):
         return contextlib.nullcontext()
 
 
-def _maps(loss: str, s: torch.Tensor, t: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two ``B x C x H x W`` maps brought to the same spatial size: the larger one is
-    adaptive-average-pooled to the smaller (per dimension), as RepDistiller's AT and NST do."""
+def _check_maps(loss: str, s: torch.Tensor, t: torch.Tensor, where: str) -> None:
+    """A one-line error unless ``s`` and ``t`` are both ``B x C x H x W`` maps."""
     if s.dim() != 4 or t.dim() != 4:
         raise kdkit.ConfigError(f"loss {loss}: student feature {_shape(s)} and teacher feature {_shape(t)}{where}: "
                                 "expected two B x C x H x W maps (tap convolutional stages such as layer1, layer2, "
                                 "layer3)")
-    size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
-    if tuple(s.shape[2:]) != size:
-        s = F.adaptive_avg_pool2d(s, size)
-    if tuple(t.shape[2:]) != size:
-        t = F.adaptive_avg_pool2d(t, size)
-    return s, t
+
+
+def _pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two maps brought to one spatial size: the larger one is adaptive-average-pooled to the smaller
+    (per dimension), as RepDistiller's AT, NST, FSP and FT do."""
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    if tuple(a.shape[2:]) != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if tuple(b.shape[2:]) != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def _maps(loss: str, s: torch.Tensor, t: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``B x C x H x W`` maps (:func:`_check_maps`) brought to the same spatial size (:func:`_pool_to_smaller`)."""
+    _check_maps(loss, s, t, where)
+    return _pool_to_smaller(s, t)
 
 
 def _vectors(x: torch.Tensor, pool: bool) -> torch.Tensor:

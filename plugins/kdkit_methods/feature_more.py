@@ -26,7 +26,7 @@ from torch import nn
 
 import kdkit
 from kdkit.distill import conv_regressor
-from kdkit_methods.feature import _no_autocast, _shape
+from kdkit_methods.feature import _check_maps, _no_autocast, _pool_to_smaller, _shape
 
 __all__ = [
     "CC_KERNELS",
@@ -65,21 +65,7 @@ def _choice(loss: str, option: str, value, choices) -> str:
 
 def _maps(loss: str, pairs) -> None:
     for s, t, where in pairs:
-        if s.dim() != 4 or t.dim() != 4:
-            raise kdkit.ConfigError(f"loss {loss}: student feature {_shape(s)} and teacher feature {_shape(t)}{where}: "
-                                    "expected two B x C x H x W maps (tap convolutional stages such as layer1, layer2, "
-                                    "layer3)")
-
-
-def _pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two maps brought to one spatial size: the larger adaptive-average-pooled to the smaller,
-    per dimension (RepDistiller's FSP and FT pool the larger map to the smaller one)."""
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    if tuple(a.shape[2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
+        _check_maps(loss, s, t, where)
 
 
 def _built_for(loss: str, built, now, what: str) -> None:
