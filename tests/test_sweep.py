@@ -267,3 +267,38 @@ def test_each_run_gets_a_fixed_thread_count(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert default_threads() is None and child_env(None) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert child_env(1) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("data, match", [
+    # each name becomes a directory (runs/<cell>, logs/<cell>, the default --out): a file system refuses a
+    # component over 255 bytes, and the sweep used to abort mid-way, at the first run of that cell
+    ({"seeds": [0], "cells": [{"name": "a" * 300, "method": "kd"}]},
+     r"cells\[0\].name: 'aaaaaaaaaaaaaaaaaaaa\.\.\.' is 300 characters long; at most 100"),
+    ({"name": "n" * 101, "seeds": [0], "cells": [{"name": "a", "method": "kd"}]},
+     r"name: 'nnnnnnnnnnnnnnnnnnnn\.\.\.' is 101 characters long; at most 100"),
+    ({"seeds": [10 ** 120], "cells": [{"name": "a", "method": "kd"}]}, r"seeds: seed 10000000000000000000\.\.\. has 121 digits; at most 96"),
+    # one directory on a case-insensitive file system (macOS, Windows)
+    ({"seeds": [0], "cells": [{"name": "kd", "method": "kd"}, {"name": "KD", "method": "kd", "rows": {"KD2": "student"}}]},
+     r"cells\[1\] \(KD\): cell name 'KD' differs from 'kd' only in case"),
+])
+def test_names_that_cannot_be_directories_are_refused_by_the_spec_check(data, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        ks.parse_sweep(data, "bad.yaml")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_the_longest_names_make_runs_and_their_files(tmp_path):
+    """A cell name and seed at the limit plan runs whose directories and log files can be created."""
+    from kdkit.sweep.runs import _add_wall
+
+    sweep = ks.parse_sweep({"seeds": [10 ** 95], "cells": [{"name": "c" * ks.MAX_NAME_LENGTH, "method": "kd"}]},
+                           "s.yaml")
+    (run,) = ks.plan(sweep, tmp_path)
+    run.run_dir.mkdir(parents=True)
+    _add_wall(tmp_path, run, 1.0)
+
+
+@pytest.mark.parametrize("name, dir_name", [("fashion mnist/v2", "fashion_mnist_v2"), ("..", "__"), (".", "_"),
+                                            ("a..b", "a..b")])
+def test_the_default_out_is_one_directory_below_sweeps(name, dir_name):
+    assert _sweep(name=name).dir_name == dir_name

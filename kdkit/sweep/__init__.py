@@ -11,7 +11,8 @@ The sweep file (YAML, ``yaml.safe_load``)::
     grid:                           # optional: dotted key -> non-empty list; the cartesian
       train.lr: [0.1, 0.05]         #   product of the lists is run for every cell and seed
     cells:                          # required, non-empty: a cell = one method + its overrides
-      - name: kd                    # required, unique, [A-Za-z0-9][A-Za-z0-9_.-]* (a directory)
+      - name: kd                    # required, unique, [A-Za-z0-9][A-Za-z0-9_.-]*, at most 100
+                                    #   characters, unique ignoring case (a directory)
         method: kd                  # required: a name of the methods registry (--method)
         set: {baseline.enabled: true}          # optional: dotted key -> value (wins over base)
         rows:                       # optional: table row -> stage name (default {<name>: student})
@@ -105,6 +106,7 @@ from kdkit.sweep.runner import SWEEP_FILE, run_sweep
 from kdkit.sweep.runs import RunSpec, check_configs, plan, run_status
 from kdkit.sweep.runs import run_dir_of as run_dir_of
 from kdkit.sweep.spec import CELL_KEYS as CELL_KEYS
+from kdkit.sweep.spec import MAX_NAME_LENGTH as MAX_NAME_LENGTH
 from kdkit.sweep.spec import SWEEP_KEYS as SWEEP_KEYS
 from kdkit.sweep.spec import Cell, GridPoint, Sweep, load_sweep, parse_sweep
 from kdkit.sweep.spec import _set_item as _set_item

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -178,7 +177,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"--threads must be an integer >= 1 (torch threads per run), got {threads!r}")
     sweep = load_sweep(config)
-    out = Path(out) if out is not None else Path("sweeps") / re.sub(r"[^A-Za-z0-9_.-]", "_", sweep.name)
+    out = Path(out) if out is not None else Path("sweeps") / sweep.dir_name
     reference = load_table(compare) if compare is not None else None
     runs = plan(sweep, out, cells, seeds)
     # a sweep run again (its resume) loads the plugin modules it was started with by itself

@@ -19,6 +19,10 @@ CELL_KEYS = ("name", "method", "set", "rows")
 _RESERVED = ("seed", "method")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CELL_REF = re.compile(r"\{cell:([^}]*)\}")
+#: The longest cell name, sweep name and ``seed<S>``: each names a directory (``runs/<cell>``,
+#: ``logs/<cell>``, the default ``--out sweeps/<name>``, ``seed<S>``) or a file in one, and a file
+#: system refuses a name over 255 bytes (the names kdkit derives from them are longer still).
+MAX_NAME_LENGTH = 100
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class Sweep:
     cells: list  # Cell, in run order (dependencies first; file order otherwise)
     source: Path | None = None
     data: dict = field(default_factory=dict)  # the parsed file
+
+    @property
+    def dir_name(self) -> str:
+        """The name as one directory name (the default ``--out sweeps/<dir_name>``): ``.`` and ``..``
+        would name the parent directories."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
+        return safe.replace(".", "_") if set(safe) == {"."} else safe
 
     def cell(self, name: str) -> Cell:
         return next(c for c in self.cells if c.name == name)
@@ -100,6 +111,18 @@ def _set_item(key: str, value) -> str:
     if not ok:
         raise ConfigError(f"value of {key} ({value!r}) cannot be passed as --set {key}=...; use a simpler value")
     return item
+
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 20 else text[:20] + "...")
+
+
+
+def _check_length(name: str, what: str, source) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(_where(source, f"{what}: {_short(name)} is {len(name)} characters long; at most "
+                                          f"{MAX_NAME_LENGTH} (it names a directory)"))
 
 
 
@@ -165,6 +188,7 @@ def parse_sweep(data, source: str | Path | None = None) -> Sweep:
     name = data.get("name", Path(source).stem if source else "sweep")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(_where(source, f"name: expected a non-empty string, got {name!r}"))
+    _check_length(name.strip(), "name", source)
     seeds = data.get("seeds")
     if (not isinstance(seeds, list) or not seeds
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
@@ -172,6 +196,10 @@ def parse_sweep(data, source: str | Path | None = None) -> Sweep:
                                           f"got {seeds!r}"))
     if len(set(seeds)) != len(seeds):
         raise ConfigError(_where(source, f"seeds: {seeds!r} repeats a seed"))
+    for s in seeds:
+        if len(f"seed{s}") > MAX_NAME_LENGTH:
+            raise ConfigError(_where(source, f"seeds: seed {str(s)[:20]}... has {len(str(s))} digits; at most "
+                                              f"{MAX_NAME_LENGTH - len('seed')} (it names the directory seed<S>)"))
     base = _check_overrides(data.get("base"), "base", source, allow_refs=False)
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
@@ -202,9 +230,15 @@ def parse_sweep(data, source: str | Path | None = None) -> Sweep:
         if not isinstance(cname, str) or not _NAME_RE.match(cname):
             raise ConfigError(_where(source, f"{what}.name: expected a name of letters, digits, _ . - "
                                               f"(it names a directory), got {cname!r}"))
+        _check_length(cname, f"{what}.name", source)
         what = f"cells[{i}] ({cname})"
         if any(x.name == cname for x in cells):
             raise ConfigError(_where(source, f"{what}: duplicate cell name {cname!r}"))
+        # a case-insensitive file system (macOS, Windows) would give both cells one directory
+        twin = next((x.name for x in cells if x.name.lower() == cname.lower()), None)
+        if twin is not None:
+            raise ConfigError(_where(source, f"{what}: cell name {cname!r} differs from {twin!r} only in case "
+                                              "(the names are directories: rename one)"))
         method = c.get("method")
         if not isinstance(method, str) or not method.strip():
             raise ConfigError(_where(source, f"{what}.method: expected a method name (e.g. kd), got {method!r}"))

@@ -226,6 +226,7 @@ def test_a_failing_run_does_not_stop_the_sweep(env, tmp_path, capsys):
      "cell b (b seed=0): unknown config key 'trian'"),
     ("seeds: [0]\ncells: [{name: a, method: nope}]\n", "nope"),
     ("seeds: [0\n", "invalid YAML"),
+    (f"seeds: [0]\ncells: [{{name: {'a' * 300}, method: kd}}]\n", "is 300 characters long; at most 100"),
 ])
 def test_bad_sweep_files_exit_2_with_one_line(env, tmp_path, capsys, text, message):
     cfg = tmp_path / "bad.yaml"
