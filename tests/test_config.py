@@ -1,6 +1,8 @@
 """kdkit.config: precedence, validation, YAML safety, --set parsing."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kdkit.config import (ConfigKey, apply_sets, base_config, load_yaml, parse_set, plain_defaults, resolve_config,
@@ -338,3 +340,70 @@ def test_keys_the_method_declares_in_a_component_section_stay_when_the_component
     defaults = {"data": {**METHOD_DEFAULTS["data"], "augment": ConfigKey("weak", "the student's augmentation")}}
     cfg = resolve_config(defaults, None, ["data.name=folder"], registry_lookup=lambda kind: _TwoComponents())
     assert cfg["data"]["augment"] == "weak" and "per_class" not in cfg["data"]  # the old dataset's option goes
+
+
+# --- issue 22: duplicate keys and overlapping dotted keys are errors, not "the last one wins" ---
+
+def test_a_duplicate_key_in_a_config_file_is_a_one_line_error_naming_key_and_lines(tmp_path):
+    cfg = _write(tmp_path / "dup.yaml", "seed: 1\ndata:\n  name: shapes\n  name: fashion_mnist\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(cfg)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "(line 4, column 3): duplicate key 'name' (first on line 3)" in message, message
+
+
+def test_a_duplicate_key_in_a_set_value_is_an_error():
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):
+        parse_set("data={name: shapes, name: cifar10}")
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    # `<<: *base` then a key of base is YAML's documented override, not a duplicate
+    cfg = _write(tmp_path / "merge.yaml", "base: &b {lr: 0.1, epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.5\n")
+    assert load_yaml(cfg)["train"] == {"lr": 0.5, "epochs": 2}
+
+
+def test_layers_set_values_go_through_the_same_loader():
+    from kdkit.commands.layers import _options
+
+    assert _options(["width=8"]) == {"width": 8}
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        _options(["width={a: 1, a: 2}"])
+
+
+def test_no_yaml_read_outside_the_config_loader():
+    """Every YAML read of a user file goes through kdkit.config.files (duplicate keys refused)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(p for d in ("kdkit", "plugins", "examples") for p in (root / d).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "kdkit/config/files.py" or rel.startswith("kdkit/sweep/"):  # sweep/: switched separately
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"
+                    and node.func.attr in ("load", "safe_load", "full_load", "unsafe_load", "load_all",
+                                           "safe_load_all")):
+                found.append(f"{rel}:{node.lineno}: yaml.{node.func.attr}")
+    assert not found, "use kdkit.config.files.parse_yaml / load_yaml:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"data.name": "shapes", "data": {"name": "fashion_mnist"}}, "'data.name' and 'data' both set data.name"),
+    ({"data": {"name": "fashion_mnist"}, "data.name": "shapes"}, "'data' and 'data.name' both set data.name"),
+    ({"train.opt": {"momentum": 0.9}, "train": {"opt": {"momentum": 0.5}}},
+     "'train.opt' and 'train' both set train.opt.momentum"),
+    ({"data": None, "data.name": "x"}, "'data' and 'data.name' both set data;"),
+    # not the same leaf, but which one survives depends on their order: a mapping replaces the section
+    ({"train.epochs": 2, "train": {"lr": 0.1}}, "'train.epochs' and 'train' overlap"),
+])
+def test_a_dotted_key_and_a_mapping_naming_the_same_setting_are_an_error(mapping, message):
+    from kdkit.config import check_dotted_keys
+
+    with pytest.raises(ConfigError, match=re.escape(f"base: keys {message}")):
+        check_dotted_keys(mapping, "base")
+    check_dotted_keys({"data.name": "x", "data.root": "y", "train.lr": 0.1, "train.epochs": 2}, "base")

@@ -34,17 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(sets: list[str]) -> dict:
-    import yaml
+    from kdkit.config.files import parse_yaml
 
     options = {}
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set width=8")
-        try:
-            options[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        options[key.strip()] = parse_yaml(value, f"--set {item!r}: the value is not valid YAML", with_position=False)
     return options
 
 

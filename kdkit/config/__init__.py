@@ -1,4 +1,4 @@
-"""Configuration: declared keys, YAML files (``yaml.safe_load`` only), dotted ``--set`` overrides.
+"""Configuration: declared keys, YAML files (safe loading only, no duplicate keys), dotted ``--set`` overrides.
 
 Precedence, highest first: ``--set a.b=value`` > ``--config FILE`` > the method's
 ``default_config()``.  The defaults are the schema, and each key is declared once:
@@ -30,7 +30,7 @@ The package's modules, one concern each: :mod:`~kdkit.config.keys` (declarations
 """
 from __future__ import annotations
 
-from kdkit.config.files import apply_sets, dump_yaml, load_yaml, parse_set, write_config
+from kdkit.config.files import apply_sets, check_dotted_keys, dump_yaml, load_yaml, parse_set, write_config
 from kdkit.config.help import config_rows, format_config_help, method_config_help
 from kdkit.config.keys import ConfigKey, inherit_declarations, plain_defaults
 from kdkit.config.resolve import get_path, merge, resolve_config, resolve_method_config, validate
@@ -49,6 +49,7 @@ __all__ = [
     "load_yaml",
     "parse_set",
     "apply_sets",
+    "check_dotted_keys",
     "merge",
     "validate",
     "resolve_config",

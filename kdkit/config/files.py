@@ -1,5 +1,5 @@
-"""Config text: YAML files (``yaml.safe_load`` only, pathological documents refused in one line),
-the resolved config written back, and dotted ``--set KEY=VALUE`` overrides."""
+"""Config text: YAML files (safe loading only; duplicate keys and pathological documents refused in
+one line), the resolved config written back, and dotted ``--set KEY=VALUE`` overrides."""
 from __future__ import annotations
 
 import copy
@@ -12,10 +12,33 @@ import yaml
 from kdkit.errors import ConfigError
 
 __all__ = ["load_yaml", "parse_yaml", "dump_yaml", "write_config", "plain_value", "parse_set", "apply_sets",
-           "MAX_YAML_VALUES"]
+           "check_dotted_keys", "MAX_YAML_VALUES"]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                # `<<: *alias` merges are YAML's way to override keys: only the keys written here count
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:  # unhashable: SafeConstructor reports it
+                    continue
+                if seen is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen.start_mark.line + 1}); "
+                        "give each key once", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file with ``yaml.safe_load``; errors are one-line :class:`ConfigError`."""
+    """Read a YAML config file with :func:`parse_yaml`; errors are one-line :class:`ConfigError`."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a directory; give a YAML file")
@@ -42,10 +65,11 @@ MAX_YAML_VALUES = 100_000
 
 
 def parse_yaml(text: str, what: str, with_position: bool = True):
-    """``yaml.safe_load(text)``; malformed or pathological YAML is a one-line :class:`ConfigError`
-    starting with ``what``."""
+    """``text`` read by a ``yaml.SafeLoader`` that refuses duplicate keys: every YAML read of a user
+    file goes through here.  Malformed, duplicated or pathological YAML is a one-line
+    :class:`ConfigError` starting with ``what``."""
     try:
-        data = yaml.safe_load(io.StringIO(text))
+        data = yaml.load(io.StringIO(text), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and with_position else ""
@@ -139,6 +163,40 @@ def apply_sets(config: dict, sets: Iterable[str]) -> dict:
         else:
             raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a mapping")
     return config
+
+
+def check_dotted_keys(mapping: Mapping, what: str) -> None:
+    """Refuse two keys of one mapping of dotted keys (a sweep's ``base`` or ``set``) where one is a
+    prefix of the other (``data.name`` beside ``data: {name: ...}``): applied as ``--set`` items,
+    the later one silently replaces or is replaced by the other, depending on their order."""
+    keys = [key for key in mapping if isinstance(key, str)]
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            pa, pb = a.split("."), b.split(".")
+            short, long_ = (pa, pb) if len(pa) <= len(pb) else (pb, pa)
+            if long_[:len(short)] != short:
+                continue
+            nested = mapping[".".join(long_)]
+            for part in reversed(long_[len(short):]):  # the longer key written as the shorter one's value
+                nested = {part: nested}
+            leaf = _common_leaf(mapping[".".join(short)], nested, short)
+            if leaf is not None:
+                raise ConfigError(f"{what}: keys {a!r} and {b!r} both set {'.'.join(leaf)}; give each setting "
+                                  "once, dotted or nested")
+            raise ConfigError(f"{what}: keys {a!r} and {b!r} overlap (a mapping given for one replaces what the "
+                              "other sets, depending on their order); merge them into one key")
+
+
+def _common_leaf(x, y, path: list) -> list | None:
+    """The first path below ``path`` that both ``x`` and ``y`` give a value for (``None``: none)."""
+    if isinstance(x, Mapping) and isinstance(y, Mapping) and x and y:
+        for key in x:
+            if key in y:
+                leaf = _common_leaf(x[key], y[key], path + [str(key)])
+                if leaf is not None:
+                    return leaf
+        return None
+    return path
 
 
 def _list_index(node: list, part: str, path: str) -> int:
