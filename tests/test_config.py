@@ -407,3 +407,20 @@ def test_a_dotted_key_and_a_mapping_naming_the_same_setting_are_an_error(mapping
     with pytest.raises(ConfigError, match=re.escape(f"base: keys {message}")):
         check_dotted_keys(mapping, "base")
     check_dotted_keys({"data.name": "x", "data.root": "y", "train.lr": 0.1, "train.epochs": 2}, "base")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_config_that_is_not_a_regular_file_is_refused_by_type(tmp_path, kind):
+    """`--config /dev/zero` or a FIFO was "not found" (and opening a FIFO blocks): refused before opening."""
+    import os
+
+    if kind == "fifo":
+        path = tmp_path / "cfg.fifo"
+        os.mkfifo(path)
+        what = "is a FIFO"
+    elif kind == "device":
+        path, what = "/dev/zero", "is a character device"
+    else:
+        path, what = tmp_path, "is a directory"
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(path))} {what}, not a regular file"):
+        load_yaml(path)

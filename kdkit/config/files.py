@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -40,10 +42,15 @@ class _Loader(yaml.SafeLoader):
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file with :func:`parse_yaml`; errors are one-line :class:`ConfigError`."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; give a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    # by type, before opening: reading /dev/zero never ends and opening a FIFO blocks
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"config file {path} is {_file_kind(mode)}, not a regular file; give a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -57,6 +64,14 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 #: Values a config document may expand to; far above any real config, far below what aliases of
