@@ -302,3 +302,63 @@ def test_the_longest_names_make_runs_and_their_files(tmp_path):
                                             ("a..b", "a..b")])
 def test_the_default_out_is_one_directory_below_sweeps(name, dir_name):
     assert _sweep(name=name).dir_name == dir_name
+
+
+def _reference(**row_changes) -> dict:
+    row = {"id": "kd", "best": {"mean": 60.0}, "last": {"mean": 59.0}, "seeds": [0, 1],
+           "per_seed": {"0": {"best": 59.0, "last": 58.0}, "1": {"best": 61.0, "last": 60.0}},
+           "diverged": []}
+    row.update(row_changes)
+    return {"sweep": "s", "rows": [row]}
+
+
+@pytest.mark.parametrize("text, match", [
+    # each of these was compared as if it were fine (or raised a traceback in compare_tables)
+    (json.dumps(_reference(best={"mean": float("nan")})), r"rows\[0\] \(kd\): best.mean is nan; expected a finite"),
+    (json.dumps(_reference(last={"mean": True})), r"rows\[0\] \(kd\): last.mean is True; expected a finite"),
+    (json.dumps(_reference(best={"mean": "high"})), r"rows\[0\] \(kd\): best.mean is 'high'; expected a finite"),
+    (json.dumps({"rows": []}), r"no rows: nothing to compare with"),
+    (json.dumps({"rows": _reference()["rows"] * 2}), r"rows\[1\] \(kd\): row 'kd' appears twice \(also rows\[0\]\)"),
+    (json.dumps(_reference(per_seed={"0": {"best": "x"}})), r"rows\[0\] \(kd\): per_seed.0.best is 'x'"),
+    (json.dumps(_reference(per_seed={"zero": {"best": 1.0}})), r"rows\[0\] \(kd\): per_seed: key 'zero' is not a seed"),
+    (json.dumps(_reference(per_seed=[1])), r"rows\[0\] \(kd\): per_seed is \[1\]; expected a mapping"),
+    (json.dumps(_reference(seeds=["0"])), r"rows\[0\] \(kd\): seeds is \['0'\]; expected a list of integers"),
+    (json.dumps(_reference(diverged=[{"seed": "1"}])), r"rows\[0\] \(kd\): diverged\[0\] is"),
+    (json.dumps(_reference(best=[60.0])), r"rows\[0\] \(kd\): best is \[60.0\]; expected a mapping"),
+    (json.dumps(_reference(id="")), r"rows\[0\]: id is ''; expected a non-empty string"),
+    (json.dumps({"rows": {"kd": {}}}), r"not a kdkit sweep table.json: rows is a dict; expected a list"),
+    ("[" * 100_000, r"not JSON \(nested too deeply\)"),
+])
+def test_a_bad_reference_table_is_one_line_naming_the_file_and_the_row(tmp_path, text, match):
+    path = tmp_path / "ref.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        ks.load_table(path)
+    assert str(info.value).startswith(f"--compare {path}: ") and "\n" not in str(info.value)
+
+
+def test_a_valid_reference_loads_as_it_is(tmp_path):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(_reference()))
+    assert ks.load_table(path) == _reference()
+    # the committed reference of the published table
+    committed = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_methods.reference.json"
+    assert ks.load_table(committed)["rows"]
+
+
+def test_a_reference_without_a_row_of_this_sweep_is_an_error(tmp_path):
+    sweep = _sweep()
+    runs = ks.plan(sweep, tmp_path)
+    ref = {"rows": [{"id": "dkd", "best": {"mean": 1.0}}]}
+    with pytest.raises(ConfigError, match=r"--compare ref.json: no row of this sweep is in the reference "
+                                          r"\(reference rows: dkd; this sweep's: kd\); nothing would be compared"):
+        ks.check_common_rows(ref, sweep, runs, "ref.json")
+    ks.check_common_rows({"rows": [{"id": "kd", "best": {"mean": 1.0}}]}, sweep, runs, "ref.json")
+
+
+def test_a_comparison_that_compared_no_row_fails():
+    """Rows in common, but none with results here (--no-run before the runs ended): not a pass."""
+    table = {"rows": [{"id": "kd", "seeds": [], "best": {"mean": None}, "last": {"mean": None}, "per_seed": {},
+                       "diverged": []}]}
+    lines, failed = ks.compare_tables(table, _reference(), 1.0)
+    assert failed == 1 and lines[-1] == "compare: no row was compared (not compared: kd (no results))"

@@ -80,7 +80,10 @@ diverged — ``diverged (epoch e/E)`` in ``table.md`` — or failed) and ``table
 ``--compare REF.json --tolerance T``: rows present in both tables are compared; a row whose mean
 (at either selection) is more than ``T`` points from the reference's leaves its band — one line
 each, exit 3; so does a row where a seed diverged in one table and not in the other (seeds both
-tables know); a row whose compared seeds diverged in both is ``ok``.  Reference rows not in this sweep are listed as not compared.  ``--no-run``
+tables know); a row whose compared seeds diverged in both is ``ok``.  Reference rows not in this sweep are listed as not compared;
+no row compared at all exits 3.  The reference's structure is checked when it is loaded, before
+anything runs (:func:`kdkit.sweep.tables.load_table`: no rows, no row in common with this sweep, a
+repeated row, a mean that is not a finite number or null are one-line errors).  ``--no-run``
 aggregates (and compares) an existing ``OUT`` without running anything.
 
 The package, one module per concern: :mod:`kdkit.sweep.spec` (the sweep file),
@@ -111,6 +114,7 @@ from kdkit.sweep.spec import SWEEP_KEYS as SWEEP_KEYS
 from kdkit.sweep.spec import Cell, GridPoint, Sweep, load_sweep, parse_sweep
 from kdkit.sweep.spec import _set_item as _set_item
 from kdkit.sweep.tables import (
+    check_common_rows,
     collect,
     compare_tables,
     format_table,
@@ -128,6 +132,7 @@ __all__ = [
     "GridPoint",
     "RunSpec",
     "Sweep",
+    "check_common_rows",
     "check_configs",
     "collect",
     "compare_tables",

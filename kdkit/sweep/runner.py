@@ -6,6 +6,7 @@ results, tables and plot."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -35,6 +36,7 @@ from kdkit.sweep.runs import (
 )
 from kdkit.sweep.spec import Sweep, load_sweep
 from kdkit.sweep.tables import (
+    check_common_rows,
     collect,
     compare_tables,
     format_table,
@@ -168,8 +170,8 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     threads of each run (``"auto"``: :func:`default_threads`; ``None``: inherited); ``executor``:
     ``local`` or ``submitit`` (:mod:`kdkit.sweep.executors`), ``executor_opts`` its options."""
     stdout = stdout or (lambda m: print(m, flush=True))
-    if tolerance is None or not tolerance >= 0:
-        raise ConfigError(f"--tolerance must be a number >= 0 (points of top-1), got {tolerance}")
+    if tolerance is None or not 0 <= tolerance < math.inf:  # nan and inf would pass every row
+        raise ConfigError(f"--tolerance must be a finite number >= 0 (points of top-1), got {tolerance}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1 (runs at once), got {jobs!r}")
     if threads == "auto":
@@ -180,6 +182,8 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     out = Path(out) if out is not None else Path("sweeps") / sweep.dir_name
     reference = load_table(compare) if compare is not None else None
     runs = plan(sweep, out, cells, seeds)
+    if reference is not None:
+        check_common_rows(reference, sweep, runs, compare)
     # a sweep run again (its resume) loads the plugin modules it was started with by itself
     modules = list(dict.fromkeys([*load_recorded_plugins(out, manager), *plugin_modules]))
     # the whole file is checked, not only the slice: a typo in any cell fails before anything runs

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -272,17 +273,116 @@ def format_table(table: dict) -> str:
 
 
 def load_table(path: str | Path) -> dict:
+    """A reference ``table.json`` for ``--compare``, its structure checked here, once: every value
+    :func:`compare_tables` reads is of its type (a finite mean, integer seeds, one row per id), so a
+    bad reference is a one-line :class:`ConfigError` naming the file and the row, never a silent pass."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--compare: reference table not found: {path}")
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"--compare {path}: not JSON ({exc})") from None
-    if (not isinstance(table, dict) or not isinstance(table.get("rows"), list)
-            or not all(isinstance(r, dict) and "id" in r and isinstance(r.get("best"), dict) for r in table["rows"])):
-        raise ConfigError(f"--compare {path}: not a kdkit sweep table.json (no rows with id and best)")
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested too deeply
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"--compare {path}: not JSON ({why})") from None
+    if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
+        got = type(table.get("rows")).__name__ if isinstance(table, dict) else type(table).__name__
+        raise ConfigError(f"--compare {path}: not a kdkit sweep table.json: rows is a {got}; expected a list "
+                          "of rows (each with id and best)")
+    if not table["rows"]:
+        raise ConfigError(f"--compare {path}: the table has no rows: nothing to compare with")
+    seen: dict = {}
+    for i, row in enumerate(table["rows"]):
+        where = f"rows[{i}]" + (f" ({row['id']})" if isinstance(row, dict) and isinstance(row.get("id"), str)
+                                 and row["id"] else "")
+        problem = _row_problem(row)
+        if problem is None and row["id"] in seen:
+            problem = f"row {row['id']!r} appears twice (also rows[{seen[row['id']]}]); keep one"
+        if problem is not None:
+            raise ConfigError(f"--compare {path}: {where}: {problem}")
+        seen[row["id"]] = i
     return table
+
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+
+def _mean_problem(value, what: str) -> str | None:
+    """What is wrong with a top-1 value the comparison reads (``None``: nothing; null means no result)."""
+    if value is None:
+        return None
+    # bool is an int: true would be compared as 1.0; NaN would pass every band
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{what} is {_short(value)}; expected a finite number (top-1 %) or null"
+    return None
+
+
+
+def _row_problem(row) -> str | None:
+    """What is wrong with a reference row (``None``: nothing).  Optional keys (an older table's) may
+    be missing; those present must hold what :func:`make_table` writes."""
+    if not isinstance(row, dict):
+        return f"expected a mapping with id and best, got {_short(row)}"
+    if not isinstance(row.get("id"), str) or not row["id"]:
+        return f"id is {_short(row.get('id'))}; expected a non-empty string (the row's name)"
+    for sel in ("best", "last"):
+        if sel not in row and sel == "last":
+            continue
+        if not isinstance(row.get(sel), dict):
+            return f"{sel} is {_short(row.get(sel))}; expected a mapping with mean"
+        problem = _mean_problem(row[sel].get("mean"), f"{sel}.mean")
+        if problem:
+            return problem
+    seeds = row.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not all(_is_int(s) and s >= 0 for s in seeds)):
+        return f"seeds is {_short(seeds)}; expected a list of integers >= 0"
+    per_seed = row.get("per_seed")
+    if per_seed is not None:
+        if not isinstance(per_seed, dict):
+            return f"per_seed is {_short(per_seed)}; expected a mapping of seed to {{best, last}}"
+        for seed, values in per_seed.items():
+            if not seed.isdigit() or str(int(seed)) != seed:
+                return f"per_seed: key {_short(seed)} is not a seed (an integer >= 0)"
+            if not isinstance(values, dict):
+                return f"per_seed.{seed} is {_short(values)}; expected a mapping with best and last"
+            for sel in ("best", "last"):
+                problem = _mean_problem(values.get(sel), f"per_seed.{seed}.{sel}")
+                if problem:
+                    return problem
+            if values.get("diverged") is not None and not isinstance(values["diverged"], dict):
+                return f"per_seed.{seed}.diverged is {_short(values['diverged'])}; expected a mapping or null"
+    diverged = row.get("diverged")
+    if diverged is not None:
+        if not isinstance(diverged, list):
+            return f"diverged is {_short(diverged)}; expected a list of {{seed, stage, epoch, ...}}"
+        for j, d in enumerate(diverged):
+            if not isinstance(d, dict) or not _is_int(d.get("seed")) or d["seed"] < 0:
+                return f"diverged[{j}] is {_short(d)}; expected a mapping whose seed is an integer >= 0"
+    return None
+
+
+
+def check_common_rows(reference: dict, sweep: Sweep, runs: list, path) -> None:
+    """Refuse a reference without a row of this sweep (or slice): nothing would be compared.  Checked
+    before anything runs."""
+    ours = [row_id(row, point.label) for cell in sweep.file_order if cell.name in {r.cell.name for r in runs}
+            for row in cell.rows for point in sweep.grid_points()]
+    theirs = [r["id"] for r in reference["rows"]]
+    if not set(ours) & set(theirs):
+        def some(ids: list) -> str:
+            return ", ".join(ids[:5]) + (f", ... ({len(ids)})" if len(ids) > 5 else "")
+
+        raise ConfigError(f"--compare {path}: no row of this sweep is in the reference (reference rows: "
+                          f"{some(theirs)}; this sweep's: {some(ours)}); nothing would be compared — give the "
+                          "table.json of this sweep file")
 
 
 
@@ -310,8 +410,9 @@ def _seed_list(seeds) -> str:
 
 
 def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list, int]:
-    """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance``; the
-    reference mean is taken over the seeds this table has where the reference stores them per seed.
+    """Lines of a comparison and the number of rows outside ``|mean - ref_mean| <= tolerance`` (1 when
+    no row could be compared); the reference mean is taken over the seeds this table has where the
+    reference stores them per seed.  ``reference`` is a :func:`load_table` (its structure checked).
 
     Divergence is compared seed for seed, over the seeds both tables know: a seed that diverged in one
     table but not in the other puts the row out of band; a row whose compared seeds all diverged in
@@ -355,5 +456,8 @@ def compare_tables(table: dict, reference: dict, tolerance: float) -> tuple[list
     new = [rid for rid in ours if rid not in {r['id'] for r in reference['rows']}]
     if new:
         lines.append(f"  not in the reference: {', '.join(new)}")
+    if not ok and not failed:  # every row in common lacked results: nothing passed
+        lines.append(f"compare: no row was compared (not compared: {', '.join(skipped)})")
+        return lines, 1
     lines.append(f"compare: {ok} row(s) within ±{tolerance:g} points, {failed} outside")
     return lines, failed

@@ -237,6 +237,22 @@ def test_bad_sweep_files_exit_2_with_one_line(env, tmp_path, capsys, text, messa
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
 
 
+@pytest.mark.parametrize("reference, message", [
+    ('{"rows": [{"id": "kd", "best": {"mean": NaN}}]}', "ref.json: rows[0] (kd): best.mean is nan; expected a finite"),
+    ('{"rows": []}', "ref.json: the table has no rows: nothing to compare with"),
+    ('{"rows": [{"id": "dkd", "best": {"mean": 1}}]}', "ref.json: no row of this sweep is in the reference"),
+])
+def test_a_bad_reference_exits_2_before_anything_runs(env, tmp_path, capsys, reference, message):
+    (tmp_path / "ref.json").write_text(reference)
+    assert _main([_sweep_file(tmp_path), "--out", tmp_path / "out", "--compare", tmp_path / "ref.json"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("kdkit: warning:")]
+    assert len(err) == 1 and err[0].startswith("kdkit: error: --compare ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+    for tolerance in ("nan", "inf"):
+        assert _main([_sweep_file(tmp_path), "--out", tmp_path / "out", "--tolerance", tolerance]) == 2
+    assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_slice_options_are_checked(env, done, tmp_path, capsys):
     cfg, _, _ = done
     assert _main([cfg, "--out", tmp_path / "o", "--cells", "nope"]) == 2
