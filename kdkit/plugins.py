@@ -14,9 +14,11 @@ The modules of source 3 a run loaded are recorded in its directory (:data:`RECOR
 :func:`record_plugin_modules`) and loaded again by whatever reads that run later (``kdkit eval``,
 ``kdkit train --resume``, ``kdkit sweep``: :func:`load_recorded_plugins`).
 
-Each entry point loads in its own ``try``: a plugin that fails to import or to register is
-reported as one warning line naming the plugin and its distribution, and skipped
-(``KDKIT_STRICT_PLUGINS=1`` re-raises instead).  ``KDKIT_BLOCK_PLUGINS=a,b`` skips plugins by
+Each entry point loads in its own ``try``: a plugin that fails to import or to register (an
+exception, or a call of ``sys.exit()``) is reported as one warning line naming the plugin and its
+distribution, and skipped (``KDKIT_STRICT_PLUGINS=1`` re-raises instead; ``sys.exit()`` as a
+:class:`PluginError`).  A dotted-path module that fails the same way is a one-line
+:class:`PluginError` naming it.  ``KDKIT_BLOCK_PLUGINS=a,b`` skips plugins by
 name (entry-point name, or dotted module path for the other two sources).
 
 Registries are built lazily: ``manager.registry(kind)`` calls every implementation of
@@ -101,6 +103,8 @@ def _env_list(name: str) -> list[str]:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -218,6 +222,8 @@ class PluginManager(pluggy.PluginManager):
 
     def _fail(self, failure: PluginFailure, exc: BaseException) -> None:
         if self.strict:
+            if isinstance(exc, SystemExit):  # re-raised, it would end kdkit silently with the plugin's status
+                raise PluginError(f"plugin {failure.name!r} failed to load: {failure.error}") from exc
             raise exc
         self.failures.append(failure)
         print(failure.message(), file=sys.stderr)
@@ -256,7 +262,8 @@ class PluginManager(pluggy.PluginManager):
                 self.register(plugin, name=ep.name, source=SOURCE_ENTRY_POINT,
                               version=dist_version or "unknown", distribution=dist_name,
                               module=ep.value.split(":")[0])
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not kill kdkit
+            # SystemExit too: a plugin calling sys.exit() at import made kdkit exit 0 with no output
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not kill kdkit
                 self._fail(PluginFailure(ep.name, dist_name, dist_version, _describe(exc)), exc)
 
     def load_module(self, dotted: str, origin: str = "--plugins-module") -> None:
@@ -265,7 +272,7 @@ class PluginManager(pluggy.PluginManager):
             return
         try:
             module = importlib.import_module(dotted)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in the plugin must not end kdkit silently
             raise PluginError(
                 f"cannot import plugin module {dotted!r} (from {origin}): {_describe(exc)}"
             ) from exc
@@ -330,13 +337,16 @@ class PluginManager(pluggy.PluginManager):
 
         try:
             impl.function(register=register) if "register" in impl.argnames else impl.function()
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - SystemExit: see load_entry_points
             info = self._info.get(plugin_name)
-            if info is None or info.source != SOURCE_ENTRY_POINT:
-                raise  # kdkit's own modules and the user's dotted-path modules: a real error
-            self._fail(PluginFailure(plugin_name, info.distribution, info.version,
-                                     f"kdkit_register_{kind} raised {_describe(exc)}"), exc)
-            return []
+            if info is not None and info.source == SOURCE_ENTRY_POINT:
+                self._fail(PluginFailure(plugin_name, info.distribution, info.version,
+                                         f"kdkit_register_{kind} raised {_describe(exc)}"), exc)
+                return []
+            if isinstance(exc, KdkitError) or (isinstance(exc, Exception) and (info is None or info.internal)):
+                raise  # the plugin's own one-line error, or a bug in kdkit's own modules
+            # the user's dotted-path modules: one line naming the module (--debug shows the traceback)
+            raise PluginError(f"plugin module {plugin_name!r}: kdkit_register_{kind} raised {_describe(exc)}") from exc
         return collected
 
     def registries(self) -> dict[str, Registry]:

@@ -180,6 +180,50 @@ def test_register_hook_raising_in_entry_point_is_a_broken_plugin(site, capsys):
     assert "kdkit_register_teachers" in line and "no teacher today" in line
 
 
+
+EXITING_PLUGIN = """
+import sys
+
+sys.exit(0)
+"""
+
+
+def test_an_entry_point_calling_sys_exit_at_import_is_a_broken_plugin(site, capsys):
+    """sys.exit(0) in a plugin made `kdkit train` exit 0 with no output and no run (issue 22)."""
+    site.module("fake_good", LOSS_PLUGIN.format(loss="fake_loss"))
+    site.module("fake_exits", EXITING_PLUGIN)
+    site.dist("kdkit-fake", "1.2", {"fakeexits": "fake_exits", "fakegood": "fake_good"})
+    manager = kdkit.get_plugin_manager()
+    assert "fake_loss" in manager.registry("losses")  # kdkit goes on without it
+    (line,) = [line for line in _warnings(capsys.readouterr().err) if "fakeexits" in line]
+    assert "kdkit-fake 1.2" in line and "called sys.exit(0)" in line
+
+
+def test_strict_entry_point_calling_sys_exit_is_a_plugin_error(site, monkeypatch):
+    site.module("fake_exits", EXITING_PLUGIN)
+    site.dist("kdkit-fake", "1.2", {"fakeexits": "fake_exits"})
+    monkeypatch.setenv("KDKIT_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("KDKIT_BLOCK_PLUGINS", "soda,wordnet_relax,tensorboard")  # kdkit's own
+    with pytest.raises(PluginError, match=r"'fakeexits'.*called sys\.exit\(0\)"):
+        kdkit.get_plugin_manager()
+
+
+def test_an_entry_point_register_hook_calling_sys_exit_is_a_broken_plugin(site, capsys):
+    site.module("fake_exits_late", """
+        import sys
+
+        import kdkit
+
+        @kdkit.hookimpl
+        def kdkit_register_losses(register):
+            sys.exit(3)
+    """)
+    site.dist("kdkit-fake", "1.2", {"fakeexitslate": "fake_exits_late"})
+    assert len([c for c in kdkit.get_plugin_manager().registry("losses") if c.plugin == "fakeexitslate"]) == 0
+    (line,) = [line for line in _warnings(capsys.readouterr().err) if "fakeexitslate" in line]
+    assert "kdkit_register_losses raised" in line and "called sys.exit(3)" in line
+
+
 # --- dotted-path modules ------------------------------------------------------------------------
 
 def test_plugins_module_flag_loads_module(site, capsys):
@@ -221,6 +265,33 @@ def test_unimportable_env_module_names_the_variable(monkeypatch):
     monkeypatch.setenv("KDKIT_PLUGINS", "no_such_env_plugin")
     with pytest.raises(PluginError, match=r"'no_such_env_plugin' \(from KDKIT_PLUGINS\)"):
         kdkit.get_plugin_manager()
+
+
+
+def test_a_plugins_module_calling_sys_exit_at_import_is_a_user_error(site, capsys):
+    site.module("exiting_plugin", EXITING_PLUGIN)
+    assert main(["--plugins-module", "exiting_plugin", "plugins"]) == 2
+    assert _errors(capsys.readouterr().err) == [
+        "kdkit: error: cannot import plugin module 'exiting_plugin' (from --plugins-module): "
+        "SystemExit: the plugin called sys.exit(0)"
+    ]
+
+
+@pytest.mark.parametrize("body", ["sys.exit('bye')", "raise ValueError('no loss today')"])
+def test_a_plugins_module_whose_register_hook_fails_is_a_user_error(site, capsys, body):
+    site.module("failing_hook_plugin", f"""
+        import sys
+
+        import kdkit
+
+        @kdkit.hookimpl
+        def kdkit_register_losses(register):
+            {body}
+    """)
+    assert main(["--plugins-module", "failing_hook_plugin", "plugins"]) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert line.startswith("kdkit: error: plugin module 'failing_hook_plugin': kdkit_register_losses raised "), line
+    assert ("called sys.exit('bye')" if "exit" in body else "ValueError: no loss today") in line, line
 
 
 def test_misspelt_hook_in_module_fails_loudly(site):
