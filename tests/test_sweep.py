@@ -362,3 +362,42 @@ def test_a_comparison_that_compared_no_row_fails():
                        "diverged": []}]}
     lines, failed = ks.compare_tables(table, _reference(), 1.0)
     assert failed == 1 and lines[-1] == "compare: no row was compared (not compared: kd (no results))"
+
+
+def test_a_sweep_over_the_cap_says_its_size_and_plans_nothing_without_yes(tmp_path, monkeypatch):
+    """100,000 grid points used to plan and check silently for minutes: the size is printed first,
+    and more than MAX_RUNS_WITHOUT_YES runs is refused (one line) unless --yes."""
+    from kdkit.sweep import runner
+
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(json.dumps({"seeds": [0], "grid": {"train.lr": [i / 1000 for i in range(1, 501)],
+                                                      "train.epochs": list(range(1, 201))},
+                               "cells": [{"name": "a", "method": "kd"}]}))
+
+    def planned(*args, **kwargs):
+        raise AssertionError("planned")
+
+    monkeypatch.setattr(runner, "plan", planned)
+    lines = []
+    with pytest.raises(ks.KdkitError) as info:
+        ks.run_sweep(cfg, tmp_path / "out", stdout=lines.append)
+    assert lines == ["kdkit sweep big: 100000 run(s) = 1 cell(s) x 100000 grid point(s) x 1 seed(s)"]
+    assert str(info.value) == ("sweep big has 100000 runs, more than the 1000 a sweep plans and runs without --yes; "
+                               "check the grid, or pass --yes to run them all")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(AssertionError, match="planned"):  # --yes: on to planning
+        ks.run_sweep(cfg, tmp_path / "out", stdout=lines.append, yes=True)
+
+
+def test_the_size_counts_the_whole_file_and_names_the_slice(tmp_path, monkeypatch):
+    from kdkit.sweep import runner
+
+    sweep = _sweep(seeds=[0, 1, 2], grid={"train.lr": [0.1, 0.2]},
+                   cells=[{"name": "a", "method": "kd"}, {"name": "b", "method": "kd"}])
+    assert runner.sweep_size(sweep) == "12 run(s) = 2 cell(s) x 2 grid point(s) x 3 seed(s)"
+    assert runner.sweep_size(sweep, ["b"], [0]) == ("12 run(s) = 2 cell(s) x 2 grid point(s) x 3 seed(s), all "
+                                                    "checked; 2 of them run here (--cells/--seeds)")
+    monkeypatch.setattr(runner, "MAX_RUNS_WITHOUT_YES", 11)
+    with pytest.raises(ks.KdkitError, match="sweep s has 12 runs, more than the 11"):
+        runner.check_size(sweep, yes=False)
+    runner.check_size(sweep, yes=True)

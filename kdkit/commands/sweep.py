@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="band of --compare: |mean - reference mean| <= T points of top-1 (default 1.0)")
     parser.add_argument("--no-run", action="store_true",
                         help="run nothing: tabulate (and compare) the finished runs of an existing --out")
+    parser.add_argument("--yes", action="store_true",
+                        # 1000: kdkit.sweep.runner.MAX_RUNS_WITHOUT_YES (not imported here: kdkit --help stays quick)
+                        help="run a sweep file of more than 1000 runs (cells x grid points x seeds; "
+                             "without it such a sweep is refused before anything is planned)")
     parser.add_argument("--jobs", metavar="N", type=_positive, default=1,
                         help="runs in flight at once (default 1); a run waits for the runs it depends on "
                              "({cell:NAME}); results.jsonl is the same for any N")
@@ -74,4 +78,5 @@ def run(args: argparse.Namespace) -> int:
     return run_sweep(args.config, args.out, cells=args.cells, seeds=args.seeds, compare=args.compare,
                      tolerance=args.tolerance, no_run=args.no_run, plugin_modules=args.plugins_module or (),
                      jobs=args.jobs, threads=args.threads if args.threads is not None else "auto",
-                     executor=args.executor, executor_opts=parse_executor_opts(args.executor_opts))
+                     executor=args.executor, executor_opts=parse_executor_opts(args.executor_opts),
+                     yes=args.yes)

@@ -36,7 +36,9 @@ table's rows and are unique across the sweep.
 Everything is checked before anything runs: the file's keys and values, then every run's config
 with :func:`kdkit.config.resolve_method_config` (unknown keys, types, the method's own rules —
 no run directory is created), and a config whose ``checkpoint.select_on`` is ``test`` is refused
-(a sweep table never selects on the test split).  Errors are one line (exit 2).
+(a sweep table never selects on the test split).  Errors are one line (exit 2).  The size
+(cells x grid points x seeds) is printed first, before planning; a file of more than
+:data:`kdkit.sweep.runner.MAX_RUNS_WITHOUT_YES` (1000) runs is refused unless ``--yes``.
 
 Runs: each run is ``python -m kdkit --plugins-module kdkit.sweep train --method METHOD --out
 OUT/runs/<cell>/<grid-id>/seed<S> --set ...`` in a subprocess, or a submitit job

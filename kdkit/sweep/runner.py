@@ -33,6 +33,7 @@ from kdkit.sweep.runs import (
     plan,
     run_dir_of,
     run_status,
+    select,
 )
 from kdkit.sweep.spec import Sweep, load_sweep
 from kdkit.sweep.tables import (
@@ -49,6 +50,10 @@ from kdkit.sweep.tables import (
 RESULTS_FAILED = 3
 #: the copy of the sweep file kept in OUT.
 SWEEP_FILE = "sweep.yaml"
+#: the most runs a sweep file may have without ``--yes``: the whole file's runs are planned and
+#: checked before any runs (about 3 s per hundred runs on 2 cores), so a grid typed wrong (100,000 points)
+#: would otherwise keep the sweep silent for most of an hour before it started months of runs.
+MAX_RUNS_WITHOUT_YES = 1000
 
 
 def _fmt_time(seconds: float) -> str:
@@ -152,6 +157,28 @@ def _prepare_out(sweep: Sweep, out: Path, create: bool) -> None:
 
 
 
+def sweep_size(sweep: Sweep, cells: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> str:
+    """``"12 run(s) = 2 cell(s) x 2 grid point(s) x 3 seed(s)"``, counted without planning a run; with
+    a slice, also how many of them this invocation runs."""
+    total = len(sweep.cells) * sweep.n_grid_points * len(sweep.seeds)
+    text = (f"{total} run(s) = {len(sweep.cells)} cell(s) x {sweep.n_grid_points} grid point(s) x "
+            f"{len(sweep.seeds)} seed(s)")
+    if cells is not None or seeds is not None:
+        wanted, seed_list = select(sweep, cells, seeds)
+        text += f", all checked; {len(wanted) * sweep.n_grid_points * len(seed_list)} of them run here (--cells/--seeds)"
+    return text
+
+
+
+def check_size(sweep: Sweep, yes: bool) -> None:
+    """Refuse a sweep file of more than :data:`MAX_RUNS_WITHOUT_YES` runs unless ``yes``."""
+    total = len(sweep.cells) * sweep.n_grid_points * len(sweep.seeds)
+    if total > MAX_RUNS_WITHOUT_YES and not yes:
+        raise KdkitError(f"sweep {sweep.name} has {total} runs, more than the {MAX_RUNS_WITHOUT_YES} a sweep plans "
+                         "and runs without --yes; check the grid, or pass --yes to run them all")
+
+
+
 def _write_results(out: Path, records: list) -> None:
     _write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
@@ -162,13 +189,14 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
               no_run: bool = False, plugin_modules: Iterable[str] = (), manager=None,
               echo: Callable[[str], None] | None = None, stdout: Callable[[str], None] | None = None,
               jobs: int = 1, threads: int | None | str = "auto", executor: str = "local",
-              executor_opts: dict | None = None) -> int:
+              executor_opts: dict | None = None, yes: bool = False) -> int:
     """``kdkit sweep``; returns the exit status (0, or :data:`RESULTS_FAILED` for failed runs / rows out
     of band; runs that diverged are results, not failures).
 
     ``jobs``: runs in flight at once (a run waits for the runs it depends on); ``threads``: torch CPU
     threads of each run (``"auto"``: :func:`default_threads`; ``None``: inherited); ``executor``:
-    ``local`` or ``submitit`` (:mod:`kdkit.sweep.executors`), ``executor_opts`` its options."""
+    ``local`` or ``submitit`` (:mod:`kdkit.sweep.executors`), ``executor_opts`` its options; ``yes``:
+    run a sweep file of more than :data:`MAX_RUNS_WITHOUT_YES` runs."""
     stdout = stdout or (lambda m: print(m, flush=True))
     if tolerance is None or not 0 <= tolerance < math.inf:  # nan and inf would pass every row
         raise ConfigError(f"--tolerance must be a finite number >= 0 (points of top-1), got {tolerance}")
@@ -179,6 +207,10 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"--threads must be an integer >= 1 (torch threads per run), got {threads!r}")
     sweep = load_sweep(config)
+    # the size first (on stdout: stderr holds only the error of a bad sweep), before anything that
+    # takes time in proportion to it
+    stdout(f"kdkit sweep {sweep.name}: {sweep_size(sweep, cells, seeds)}")
+    check_size(sweep, yes)
     out = Path(out) if out is not None else Path("sweeps") / sweep.dir_name
     reference = load_table(compare) if compare is not None else None
     runs = plan(sweep, out, cells, seeds)

@@ -36,12 +36,9 @@ def run_dir_of(out: Path, cell: str, point: GridPoint, seed: int) -> Path:
 
 
 
-def plan(sweep: Sweep, out: str | Path, cells: Iterable[str] | None = None,
-         seeds: Iterable[int] | None = None) -> list:
-    """The runs of the sweep (or of a slice), in run order: cell (dependencies first), grid point, seed.
-
-    ``cells`` selects cells by name (their dependencies are added); ``seeds`` a subset of the seeds.
-    """
+def select(sweep: Sweep, cells: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> tuple:
+    """``(cell names, seeds)`` of a slice: ``cells`` by name with their dependencies, ``seeds`` a subset
+    of the sweep's (``None``: all); an unknown name or seed is an error."""
     names = [c.name for c in sweep.cells]
     wanted = set(names)
     if cells is not None:
@@ -63,6 +60,17 @@ def plan(sweep: Sweep, out: str | Path, cells: Iterable[str] | None = None,
         if bad:
             raise ConfigError(f"--seeds: seed {bad[0]} is not in the sweep (seeds: {sweep.seeds})")
         seed_list = [s for s in sweep.seeds if s in seeds]
+    return wanted, seed_list
+
+
+
+def plan(sweep: Sweep, out: str | Path, cells: Iterable[str] | None = None,
+         seeds: Iterable[int] | None = None) -> list:
+    """The runs of the sweep (or of a slice), in run order: cell (dependencies first), grid point, seed.
+
+    ``cells`` selects cells by name (their dependencies are added); ``seeds`` a subset of the seeds.
+    """
+    wanted, seed_list = select(sweep, cells, seeds)
     runs = []
     for cell in sweep.cells:
         if cell.name not in wanted:

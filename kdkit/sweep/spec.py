@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,11 @@ class Sweep:
     @property
     def file_order(self) -> list:
         return sorted(self.cells, key=lambda c: c.index)
+
+    @property
+    def n_grid_points(self) -> int:
+        """How many grid points :meth:`grid_points` gives, without making them."""
+        return math.prod(len(values) for values in self.grid.values())
 
     def grid_points(self) -> list:
         if not self.grid:

@@ -253,6 +253,26 @@ def test_a_bad_reference_exits_2_before_anything_runs(env, tmp_path, capsys, ref
     assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
 
 
+def test_a_sweep_over_the_cap_needs_yes(env, done, tmp_path, capsys, monkeypatch):
+    from kdkit.commands import sweep as command
+    from kdkit.sweep import runner
+
+    cfg, out, _ = done
+    monkeypatch.setattr(runner, "MAX_RUNS_WITHOUT_YES", 3)
+    assert _main([cfg, "--out", tmp_path / "o"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "kdkit sweep tiny: 4 run(s) = 2 cell(s) x 1 grid point(s) x 2 seed(s)\n"
+    assert captured.err == ("kdkit: error: sweep tiny has 4 runs, more than the 3 a sweep plans and runs without "
+                            "--yes; check the grid, or pass --yes to run them all\n")
+    assert not (tmp_path / "o").exists()
+    assert _main([cfg, "--out", out, "--no-run", "--yes"]) == 0
+    assert "| kd | kd | kd |" in capsys.readouterr().out
+    parser = __import__("argparse").ArgumentParser()
+    command.add_arguments(parser)
+    monkeypatch.undo()
+    assert f"more than {runner.MAX_RUNS_WITHOUT_YES} runs" in " ".join(parser.format_help().split())
+
+
 def test_slice_options_are_checked(env, done, tmp_path, capsys):
     cfg, _, _ = done
     assert _main([cfg, "--out", tmp_path / "o", "--cells", "nope"]) == 2
