@@ -401,3 +401,45 @@ def test_the_size_counts_the_whole_file_and_names_the_slice(tmp_path, monkeypatc
     with pytest.raises(ks.KdkitError, match="sweep s has 12 runs, more than the 11"):
         runner.check_size(sweep, yes=False)
     runner.check_size(sweep, yes=True)
+
+
+def test_sweep_yaml_is_written_only_under_the_lock(tmp_path, monkeypatch, lean_plugin_manager):
+    """Of two sweeps started together on one --out, the one that does not get the lock writes nothing:
+    its sweep.yaml used to be written before the lock was taken and could replace the winner's."""
+    from kdkit.paths import lock_directory
+    from kdkit.sweep import runner
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(json.dumps(BASE))
+    out = tmp_path / "out"
+    seen = []
+
+    def lost_the_race(directory, what, advice):
+        seen.append((out / ks.SWEEP_FILE).exists())
+        raise ks.KdkitError(f"{what} is in use by another kdkit process (PID 1); {advice}")
+
+    monkeypatch.setattr(runner, "lock_directory", lost_the_race)
+    with pytest.raises(ks.KdkitError, match="in use"):
+        ks.run_sweep(cfg, out, stdout=lambda m: None)
+    assert seen == [False] and not (out / ks.SWEEP_FILE).exists()
+    monkeypatch.undo()
+
+    # a real lock held by another sweep (OUT holds only its .lock yet): refused as in use, nothing written
+    out.mkdir(exist_ok=True)
+    ran = []
+    monkeypatch.setattr(runner, "_execute", lambda *args: ran.append(args) or 0)
+    with lock_directory(out, "held", "wait"):
+        with pytest.raises(ks.KdkitError, match=r"sweep directory .* is in use by another kdkit process"):
+            ks.run_sweep(cfg, out, stdout=lambda m: None)
+        assert not (out / ks.SWEEP_FILE).exists() and not ran
+    # once it is free, an OUT that holds only a .lock (its sweep was killed before writing sweep.yaml) is used
+    assert ks.run_sweep(cfg, out, stdout=lambda m: None) == 0 and len(ran) == 1
+    assert json.loads(json.dumps(__import__("yaml").safe_load((out / ks.SWEEP_FILE).read_text()))) == BASE
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, lean_plugin_manager):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(json.dumps(BASE))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ks.KdkitError, match=r"--out .*file/out: cannot create it \(Not a directory\)"):
+        ks.run_sweep(cfg, tmp_path / "file" / "out", stdout=lambda m: None)

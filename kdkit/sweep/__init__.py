@@ -55,7 +55,7 @@ child's output is in ``OUT/logs/<cell>/<grid-id>/seed<S>.log``, its wall time an
 Resume: running the same command again skips every run whose directory holds a ``summary.json``
 (``done, skipped``) or a ``diverged.json`` (``diverged (epoch e/E), skipped``), continues a run
 killed mid-way with ``kdkit train --resume`` (it has a ``checkpoints/<stage>/last.pt``) and restarts
-a run that has no checkpoint yet from an empty directory.  The sweep file is copied to ``OUT/sweep.yaml``; a different sweep file (as parsed:
+a run that has no checkpoint yet from an empty directory.  The sweep file is copied to ``OUT/sweep.yaml`` under OUT's lock; a different sweep file (as parsed:
 comments and layout do not count) is refused for an existing ``OUT``.  ``--cells`` / ``--seeds``
 run a slice (a cell's dependencies come with it).
 

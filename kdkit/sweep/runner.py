@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from kdkit.errors import ConfigError, KdkitError
-from kdkit.paths import lock_directory
+from kdkit.paths import LOCK_FILE, lock_directory
 from kdkit.plugins import load_recorded_plugins, record_plugin_modules
 from kdkit.sweep.executors import make_executor
 from kdkit.sweep.plots import plot_table
@@ -133,8 +133,10 @@ def _write_text(path: Path, text: str) -> None:
 
 
 
-def _prepare_out(sweep: Sweep, out: Path, create: bool) -> None:
-    """Copy the sweep file into OUT; refuse an OUT that holds another sweep."""
+def _check_out(sweep: Sweep, out: Path, create: bool) -> bool:
+    """Refuse an OUT that holds another sweep (or, ``create`` false, none); ``True`` when OUT holds
+    this sweep's copy of the sweep file.  Reads only: called before the lock (to refuse early) and
+    again under it (another sweep may have claimed OUT in between)."""
     copy_path = out / SWEEP_FILE
     if copy_path.is_file():
         try:
@@ -144,16 +146,24 @@ def _prepare_out(sweep: Sweep, out: Path, create: bool) -> None:
         if stored != sweep.data:
             raise KdkitError(f"--out {out} holds a sweep with a different config ({copy_path}); "
                              "run this one with --out elsewhere (or restore that file)")
-        return
+        return True
     if not create:
         raise KdkitError(f"--no-run: {out} holds no sweep ({copy_path} is missing)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # a lone lock file: a sweep killed between taking OUT's lock and writing its copy
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise KdkitError(f"--out {out} exists and is not a kdkit sweep directory (no {SWEEP_FILE}); "
                          "choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    text = (sweep.source.read_text(encoding="utf-8") if sweep.source is not None
-            else yaml.safe_dump(sweep.data, sort_keys=False))
-    _write_text(copy_path, text)
+    return False
+
+
+
+def _claim_out(sweep: Sweep, out: Path) -> None:
+    """Under OUT's lock: copy the sweep file into OUT unless it is there (only the sweep that holds
+    the lock writes it, so of two sweeps started together the loser's copy never lands in OUT)."""
+    if not _check_out(sweep, out, create=True):
+        text = (sweep.source.read_text(encoding="utf-8") if sweep.source is not None
+                else yaml.safe_dump(sweep.data, sort_keys=False))
+        _write_text(out / SWEEP_FILE, text)
 
 
 
@@ -222,9 +232,18 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     check_configs(plan(sweep, out), manager)
     # the executor's options and library are checked before OUT is claimed
     pool = None if no_run else make_executor(executor, out, executor_opts or {})
-    _prepare_out(sweep, out, create=not no_run)
+    _check_out(sweep, out, create=not no_run)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KdkitError(f"--out {out}: cannot create it ({exc.strerror or exc}); choose a directory you can "
+                         "write to") from None
     log = _Log(out / "sweep.log", echo)
     with lock_directory(out, f"sweep directory {out}", "wait for it to finish or choose another --out"):
+        if no_run:
+            _check_out(sweep, out, create=False)
+        else:
+            _claim_out(sweep, out)
         record_plugin_modules(out, modules)
         return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules,
                         _Pool(pool, jobs, child_env(threads), threads))
