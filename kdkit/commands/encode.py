@@ -36,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from kdkit.retrieval import code_file_path, save_codes
+    from kdkit.retrieval import save_codes
 
     if bool(args.run) == bool(args.features):
         raise KdkitError("give exactly one of --run DIR or --features FILE")
+    out_path = _out_path(args.out)
     if args.features:
         import torch
 
@@ -48,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.features)
         if not path.is_file():
             raise KdkitError(f"--features: file not found: {path}")
-        out_path = code_file_path(args.out)
         if out_path.resolve() == path.resolve() or (out_path.exists() and os.path.samefile(out_path, path)):
             raise KdkitError(f"--out {args.out} is the --features input {path}; writing the codes there would "
                              "overwrite it: choose another --out")
@@ -76,12 +76,29 @@ def run(args: argparse.Namespace) -> int:
     meta.update({"run": str(args.run), "method": ctx.config["method"]})
     if indices is not None:
         meta["indices"] = [int(i) for i in indices]
-    out = save_codes(args.out, codes, meta)
+    out = save_codes(out_path, codes, meta)
     if labels is not None:
         np.save(out.with_name(out.stem + ".labels.npy"), np.asarray(labels))
     print(f"kdkit encode: {codes.shape[0]} {args.modality} codes of {codes.shape[1] * 8} bits -> {out}"
           + (f" (labels: {out.with_name(out.stem + '.labels.npy')})" if labels is not None else ""))
     return 0
+
+
+def _out_path(out: str) -> Path:
+    """The code file ``--out`` names, checked before any work: a directory there would make the
+    final rename fail and leave the temp file behind."""
+    from kdkit.retrieval import code_file_path
+
+    if not out.strip():
+        raise KdkitError("--out is empty; give a file name, e.g. --out codes.npy")
+    path = Path(out)
+    code = None if path.is_dir() else code_file_path(path)  # '.' has no name to append .npy to
+    for candidate in (path, code):
+        if candidate is not None and candidate.is_dir():
+            what = f"--out {out} is a directory" if candidate is path else \
+                f"--out {out}: the codes would go to {candidate}, a directory"
+            raise KdkitError(f"{what}; give a file name, e.g. --out {candidate / 'codes.npy'}")
+    return code
 
 
 def _load_features(path: Path):

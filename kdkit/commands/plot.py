@@ -1,20 +1,24 @@
 """``kdkit plot RUN_DIR [--out FILE]``: PNG training curves from ``metrics.jsonl``.
 
-One figure with a row per metric family (loss, top-1, ...) and a line per stage.  Needs
+One figure with a row per metric family (loss, top-1, ...) and a line per stage, written to exactly
+``--out`` in the format its extension names (one matplotlib writes: png, svg, pdf, ...).  Needs
 matplotlib (``pip install kdkit[plot]``).
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
 from kdkit.errors import KdkitError
+from kdkit.files import atomic_write_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'kdkit train'")
-    parser.add_argument("--out", metavar="FILE", default=None, help="PNG file (default: RUN_DIR/curves.png)")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="image file; its extension is the format (default: RUN_DIR/curves.png)")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -44,6 +48,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
+    out_path = Path(out) if out is not None else run_dir / "curves.png"
+    if out is not None and not str(out).strip():
+        raise KdkitError("--out is empty; give an image file, e.g. --out curves.png")
+    if out_path.is_dir():
+        raise KdkitError(f"--out {out_path} is a directory; give an image file, e.g. --out {out_path / 'curves.png'}")
     records = [r for r in read_metrics(run_dir) if r.get("split") != "test"]
     if not records:
         raise KdkitError(f"{run_dir}/metrics.jsonl has no per-epoch evaluations to plot")
@@ -54,6 +63,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise KdkitError("kdkit plot needs matplotlib: pip install kdkit[plot]") from None
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # matplotlib would append .png to a name without an extension and fail late on an unknown one
+    formats = FigureCanvasBase.get_supported_filetypes()
+    fmt = out_path.suffix[1:].lower()
+    if fmt not in formats:
+        what = f": .{fmt} is not an image format matplotlib writes" if fmt else " has no extension"
+        raise KdkitError(f"--out {out_path}{what}; end the name in one of: {', '.join(sorted(formats))}")
     keys = sorted({k for r in records for k, v in r.items()
                    if "." in k and isinstance(v, (int, float)) and not isinstance(v, bool)})
     families: dict[str, list[str]] = {}
@@ -77,10 +94,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    out_path = Path(out) if out is not None else run_dir / "curves.png"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
+    buffer = io.BytesIO()  # the format given, into memory, then atomically to exactly out_path
+    fig.savefig(buffer, format=fmt, dpi=100)
     plt.close(fig)
+    atomic_write_bytes(out_path, buffer.getvalue())
     return out_path
 
 

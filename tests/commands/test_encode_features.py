@@ -71,3 +71,16 @@ def test_valid_features_of_any_real_dtype_pack_by_sign(tmp_path, capsys):
         bits = stored if stored.dtype == np.bool_ else stored >= 0
         np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), np.packbits(bits, axis=1, bitorder="little"),
                                       err_msg=str(stored.dtype))
+
+
+# --- issue 22: --out names a file ---
+
+@pytest.mark.parametrize("out", ["", "d", "d.npy"], ids=["empty", "dir", "dir-named-npy"])
+def test_an_out_that_is_empty_or_a_directory_is_a_one_line_error(tmp_path, capsys, monkeypatch, out):
+    """`--out ''` was a traceback; `--out DIR` left DIR.npy.tmp.npy behind."""
+    monkeypatch.chdir(tmp_path)
+    np.save("f.npy", np.ones((2, 8), np.float32))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d.npy").mkdir()
+    _one_line_error(capsys, "f.npy", out, "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "d.npy", "f.npy"]

@@ -78,3 +78,38 @@ def test_a_corrupt_sidecar_is_a_one_line_error(tmp_path, capsys, sidecar):
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.count("\n") == 1 and f"corrupt code metadata {db}.json" in err, err
+
+
+# --- issue 22: --out writes exactly the file it names ---
+
+def _search(capsys, tmp_path, out, db=None):
+    from kdkit.cli import main
+
+    db = db or _codes(tmp_path, 5, 12)
+    status = main(["search", "--db", str(db), "--queries", str(db), "-k", "2", "--out", str(out)])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["db.npy", "result", ""], ids=["npy", "no-suffix", "empty"])
+def test_an_out_not_named_npz_is_refused_before_searching(tmp_path, capsys, monkeypatch, out):
+    """numpy appended .npz: `--out db.npy` printed `-> db.npy` but wrote db.npy.npz."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, err = _search(capsys, tmp_path, out, db=_codes(tmp_path, 5, 12))
+    assert status == 2 and err.count("\n") == 1 and "--out" in err and ".npz" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["codes5.npy"])
+
+
+def test_the_result_is_written_exactly_where_out_says(tmp_path, capsys):
+    status, err = _search(capsys, tmp_path, tmp_path / "r.npz")
+    assert status == 0, err
+    assert err.rstrip().endswith(f"-> {tmp_path / 'r.npz'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes5.npy", "r.npz"]  # no temp file left
+    assert set(np.load(tmp_path / "r.npz")) == {"indices", "distances"}
+
+
+def test_an_out_that_is_an_input_is_refused(tmp_path, capsys):
+    db = _codes(tmp_path, 6, 12).rename(tmp_path / "codes.npz")  # np.load reads .npy by content
+    status, err = _search(capsys, tmp_path, db, db=db)
+    assert status == 2 and "would overwrite it" in err, err
+    assert np.load(db).shape == (12, 8)
