@@ -443,3 +443,24 @@ def test_an_out_that_cannot_be_created_is_one_line(tmp_path, lean_plugin_manager
     (tmp_path / "file").write_text("")
     with pytest.raises(ks.KdkitError, match=r"--out .*file/out: cannot create it \(Not a directory\)"):
         ks.run_sweep(cfg, tmp_path / "file" / "out", stdout=lambda m: None)
+
+
+def test_grid_values_with_mixed_mapping_keys_are_compared_not_a_type_error(tmp_path):
+    """Found by tests/fuzz/test_fuzz_sweep.py: json.dumps(sort_keys=True) of {1: a, b: c} raised TypeError."""
+    sweep = _sweep(grid={"distill.loss_options": [{1: "a", "b": "c"}, {"b": "c", 1: "a", "d": 1}]})
+    assert [p.values for p in sweep.grid_points()] == [{"distill.loss_options": {1: "a", "b": "c"}},
+                                                       {"distill.loss_options": {"b": "c", 1: "a", "d": 1}}]
+    with pytest.raises(ConfigError, match="repeats a value"):
+        _sweep(grid={"distill.loss_options": [{1: "a", "b": "c"}, {"b": "c", 1: "a"}]})
+    assert ks.make_table(sweep, [], ks.plan(sweep, tmp_path))["rows"]
+
+
+@pytest.mark.parametrize("text", ["grid: {train.lr: [0.1, 2020-01-01]}", "base: {x: !!binary Zm9v}",
+                                  "base: {x: [!!set {a, b}]}"])
+def test_yaml_values_that_are_no_config_values_are_refused(tmp_path, text):
+    """Found by tests/fuzz/test_fuzz_sweep.py: a date grid value passed the spec check and then made
+    results.jsonl fail to serialise, after the first run."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"seeds: [0]\n{text}\ncells: [{{name: a, method: kd}}]\n")
+    with pytest.raises(ConfigError, match=r"is a YAML date, binary or set, not a config value; quote it"):
+        ks.load_sweep(cfg)

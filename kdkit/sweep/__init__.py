@@ -27,8 +27,8 @@ The sweep file (YAML, ``yaml.safe_load``)::
 
 Overrides apply in the order ``base``, grid point, the cell's ``set``, then ``seed=S`` (a later one
 wins).  ``seed`` and ``method`` cannot be set (``seeds`` / ``method`` say them); a grid key cannot
-also be set by ``base`` or by a cell (the grid would not vary it).  Values are YAML values, passed
-to ``kdkit train --set KEY=VALUE`` unchanged.  ``{cell:NAME}`` in a string value of a cell's
+also be set by ``base`` or by a cell (the grid would not vary it).  Values are plain YAML values (no
+date, ``!!binary`` or ``!!set``), passed to ``kdkit train --set KEY=VALUE`` unchanged.  ``{cell:NAME}`` in a string value of a cell's
 ``set`` is replaced by the run directory (absolute) of cell ``NAME`` at the same seed and grid
 point, and makes ``NAME`` run first (unknown names and cycles are errors).  Row names are the
 table's rows and are unique across the sweep.

@@ -100,9 +100,37 @@ def _show(value) -> str:
 
 
 
+def canonical(value) -> str:
+    """``value`` as text that is equal for equal values, mapping order aside (``json.dumps(...,
+    sort_keys=True)`` raises TypeError on a YAML mapping with keys of mixed types, ``{1: a, b: c}``)."""
+    def keyed(v):
+        if isinstance(v, dict):
+            return sorted(([json.dumps(keyed(k), default=str), keyed(x)] for k, x in v.items()),
+                          key=lambda pair: pair[0])
+        if isinstance(v, (list, tuple)):
+            return [keyed(x) for x in v]
+        return v
+
+    return json.dumps(keyed(value), default=str)
+
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+
 def _set_item(key: str, value) -> str:
     """``KEY=VALUE`` for ``kdkit train --set`` that parses back to ``value`` exactly."""
     from kdkit.config import parse_set
+
+    if not _plain(value):  # a YAML date, !!binary or !!set: no config value, and no JSON for results.jsonl
+        raise ConfigError(f"value of {key} ({value!r}) is a YAML date, binary or set, not a config value; "
+                          "quote it to pass a string")
 
     text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
     if text.endswith("\n..."):
@@ -214,7 +242,7 @@ def parse_sweep(data, source: str | Path | None = None) -> Sweep:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(_where(source, f"grid.{key}: expected a non-empty list of values, got {values!r}"))
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+        if len({canonical(v) for v in values}) != len(values):
             raise ConfigError(_where(source, f"grid.{key}: {values!r} repeats a value"))
         for v in values:
             _set_item(key, v)

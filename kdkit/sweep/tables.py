@@ -21,7 +21,7 @@ from kdkit.sweep.runs import (
     divergence,
     run_status,
 )
-from kdkit.sweep.spec import Sweep
+from kdkit.sweep.spec import Sweep, canonical
 
 
 def _read_jsonl(path: Path) -> list:
@@ -189,7 +189,7 @@ def _add_paired_gains(rows: list) -> None:
     ``wins`` (seeds where the method is ahead).  Only when the grid point has exactly one baseline row."""
     by_point: dict = {}
     for r in rows:
-        by_point.setdefault(json.dumps(r["grid"], sort_keys=True), []).append(r)
+        by_point.setdefault(canonical(r["grid"]), []).append(r)
     for group in by_point.values():
         baselines = [r for r in group if r["kind"] == "baseline"]
         if len(baselines) != 1:
