@@ -61,6 +61,11 @@ def test_import_does_not_load_torch():
                               {"name": "b", "method": "kd", "set": {"x": "{cell:a}"}, "rows": {"b": "student"}}]},
      r"dependency cycle a -> b -> a"),
     ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"x": "{cell:a}"}}]}, r"dependency cycle a -> a"),
+    # a dotted key beside a mapping naming the same setting: applied as --set items one silently won
+    ({"seeds": [0], "base": {"data.name": "shapes", "data": {"name": "fashion_mnist"}},
+      "cells": [{"name": "a", "method": "kd"}]}, r"base: keys 'data.name' and 'data' both set data.name"),
+    ({"seeds": [0], "cells": [{"name": "a", "method": "kd", "set": {"train": {"lr": 1}, "train.epochs": 2}}]},
+     r"keys 'train' and 'train.epochs' overlap"),
 ])
 def test_bad_sweep_files_are_one_line_config_errors(data, match):
     with pytest.raises(ConfigError, match=match) as info:
@@ -463,4 +468,11 @@ def test_yaml_values_that_are_no_config_values_are_refused(tmp_path, text):
     cfg = tmp_path / "s.yaml"
     cfg.write_text(f"seeds: [0]\n{text}\ncells: [{{name: a, method: kd}}]\n")
     with pytest.raises(ConfigError, match=r"is a YAML date, binary or set, not a config value; quote it"):
+        ks.load_sweep(cfg)
+
+
+def test_a_key_given_twice_in_a_sweep_file_is_refused(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("seeds: [0]\nbase:\n  train.lr: 0.1\n  train.lr: 0.2\ncells: [{name: a, method: kd}]\n")
+    with pytest.raises(ConfigError, match=r"line 4.*duplicate key 'train.lr' \(first on line 3\)"):
         ks.load_sweep(cfg)

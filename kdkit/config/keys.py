@@ -147,7 +147,11 @@ def check_type(value, kind, where: str, allowed: str):
             if isinstance(value, str) and FLOAT_RE.match(value.strip()):
                 return float(value)  # YAML 1.1 reads "1e-3" as a string
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                try:
+                    return float(value)
+                except OverflowError:  # an int beyond float's range (a 400-digit literal)
+                    raise ConfigError(f"config key {where}: an integer of {value.bit_length()} bits is too large "
+                                      f"for a float (at most about 1.8e308); expected {allowed}") from None
         if k is str and isinstance(value, str):
             return value
         if k is list and isinstance(value, (list, tuple)):

@@ -14,8 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import yaml
-
+from kdkit.config.files import parse_yaml
 from kdkit.errors import ConfigError
 
 #: ``--executor`` names
@@ -113,8 +112,8 @@ def parse_executor_opts(items) -> dict:
         if not sep or not key:
             raise ConfigError(f"--executor-opt {item!r}: expected KEY=VALUE (e.g. slurm_partition=gpu)")
         try:
-            opts[key] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+            opts[key] = parse_yaml(value, f"--executor-opt {item!r}", with_position=False) if value.strip() else ""
+        except ConfigError:  # not YAML: the plain string
             opts[key] = value
     return opts
 

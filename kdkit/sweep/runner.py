@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from kdkit.config.files import parse_yaml
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.paths import LOCK_FILE, lock_directory
 from kdkit.plugins import load_recorded_plugins, record_plugin_modules
@@ -140,8 +141,8 @@ def _check_out(sweep: Sweep, out: Path, create: bool) -> bool:
     copy_path = out / SWEEP_FILE
     if copy_path.is_file():
         try:
-            stored = yaml.safe_load(copy_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+            stored = parse_yaml(copy_path.read_text(encoding="utf-8"), f"invalid YAML in {copy_path}")
+        except ConfigError:  # unreadable: not this sweep's copy
             stored = None
         if stored != sweep.data:
             raise KdkitError(f"--out {out} holds a sweep with a different config ({copy_path}); "

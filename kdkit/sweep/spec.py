@@ -180,6 +180,12 @@ def _check_overrides(mapping, what: str, source, allow_refs: bool) -> dict:
         if not allow_refs and _refs(value):
             raise ConfigError(_where(source, f"{what}.{key}: {{cell:NAME}} is only allowed in a cell's `set`"))
         _set_item(key, value)
+    from kdkit.config import check_dotted_keys
+
+    try:
+        check_dotted_keys(mapping, what)
+    except ConfigError as exc:
+        raise ConfigError(_where(source, str(exc))) from None
     return dict(mapping)
 
 

@@ -10,8 +10,7 @@ import os
 import statistics
 from pathlib import Path
 
-import yaml
-
+from kdkit.config.files import load_yaml
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.sweep.hook import LAST_EPOCH_SPLIT
 from kdkit.sweep.runs import (
@@ -98,9 +97,9 @@ def collect(sweep: Sweep, runs: list, out: Path) -> tuple[list, list]:
         select_on = None
         if failure is None:
             try:
-                config = yaml.safe_load((run.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+                config = load_yaml(run.run_dir / "config.yaml")
                 select_on = config["checkpoint"]["select_on"]
-            except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            except (OSError, ConfigError, KeyError, TypeError) as exc:
                 problems.append(f"{run.label}: cannot read checkpoint.select_on from its config.yaml "
                                 f"({type(exc).__name__})")
         for row, stage in run.cell.rows.items():
