@@ -476,3 +476,30 @@ def test_a_key_given_twice_in_a_sweep_file_is_refused(tmp_path):
     cfg.write_text("seeds: [0]\nbase:\n  train.lr: 0.1\n  train.lr: 0.2\ncells: [{name: a, method: kd}]\n")
     with pytest.raises(ConfigError, match=r"line 4.*duplicate key 'train.lr' \(first on line 3\)"):
         ks.load_sweep(cfg)
+
+
+def test_runs_that_outlive_the_grace_after_a_signal_are_killed_in_one_line():
+    """The sweep passes its signal to every run, waits at most the grace, then SIGKILLs the rest."""
+    import signal
+
+    from kdkit.sweep import runner
+
+    class Run:
+        def __init__(self, obeys):
+            self.obeys, self.got, self.killed = obeys, [], False
+
+        def interrupt(self, signum):
+            self.got.append(signum)
+
+        def poll(self):
+            return (0, "") if (self.got and self.obeys) or self.killed else None
+
+        def kill(self):
+            self.killed = True
+
+    runs, lines = [Run(True), Run(False)], []
+    assert runner._stop_runs(runs, signal.SIGTERM, lines.append, grace=0.2) == 128 + signal.SIGTERM
+    assert [r.got for r in runs] == [[signal.SIGTERM]] * 2 and [r.killed for r in runs] == [False, True]
+    assert lines == ["kdkit sweep: 1 run(s) still running 0.2 s after SIGTERM: killed (SIGKILL)",
+                     "kdkit sweep: interrupted (SIGTERM); 2 running run(s) stopped; run the same command again "
+                     "to resume"]

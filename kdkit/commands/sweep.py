@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "timeout_min=240 gpus_per_node=1 cpus_per_task=8; cluster=local runs the jobs here")
     parser.epilog = ("Exit status: 0 every run trained or diverged (a non-finite loss: shown as 'diverged (epoch "
                      "e/E)' in the table, not in the means); 3 a run failed or a row left its --compare band; "
-                     "2 a user error.")
+                     "2 a user error; 130/143 stopped by SIGINT/SIGTERM (passed on to the running runs, "
+                     "which are resumed next time).")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ at most ``--jobs`` of them in flight (:func:`kdkit.sweep.runner.run_sweep`).
 
 A handle's ``poll()`` returns ``None`` while the run is going, then ``(exit status, note)`` — the note
 says what went wrong outside the run itself (a job that submitit reports as failed: timed out,
-cancelled, its node lost), ``""`` otherwise.  ``cancel()`` stops it (the run is resumed next time).
+cancelled, its node lost), ``""`` otherwise.  ``cancel()`` stops it (the run is resumed next time);
+``interrupt(signum)`` passes the sweep's SIGTERM/SIGINT on and ``kill()`` ends a run that outlived it.
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ class _LocalRun:
             _stop(self.proc)
         self.fh.close()
 
+    def interrupt(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.fh.close()
+
 
 class LocalExecutor:
     """Each run a subprocess of the sweep (its output appended to the run's log)."""
@@ -101,6 +112,12 @@ class _SubmititRun:
             self.job.cancel(check=False)
         except Exception:  # noqa: BLE001, S110 - best effort while the sweep stops
             pass
+
+    def interrupt(self, signum: int) -> None:  # the scheduler stops the job (scancel) however it was signalled
+        self.cancel()
+
+    def kill(self) -> None:
+        self.cancel()
 
 
 def parse_executor_opts(items) -> dict:

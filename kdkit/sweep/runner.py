@@ -9,8 +9,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,6 +57,8 @@ SWEEP_FILE = "sweep.yaml"
 #: checked before any runs (about 3 s per hundred runs on 2 cores), so a grid typed wrong (100,000 points)
 #: would otherwise keep the sweep silent for most of an hour before it started months of runs.
 MAX_RUNS_WITHOUT_YES = 1000
+#: seconds the runs get to end after the sweep passed them its SIGTERM/SIGINT, before SIGKILL
+STOP_GRACE_S = 30.0
 
 
 def _fmt_time(seconds: float) -> str:
@@ -202,7 +206,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
               jobs: int = 1, threads: int | None | str = "auto", executor: str = "local",
               executor_opts: dict | None = None, yes: bool = False) -> int:
     """``kdkit sweep``; returns the exit status (0, or :data:`RESULTS_FAILED` for failed runs / rows out
-    of band; runs that diverged are results, not failures).
+    of band; runs that diverged are results, not failures; 128 + the signal when SIGTERM/SIGINT stopped it).
 
     ``jobs``: runs in flight at once (a run waits for the runs it depends on); ``threads``: torch CPU
     threads of each run (``"auto"``: :func:`default_threads`; ``None``: inherited); ``executor``:
@@ -268,6 +272,39 @@ class _Pool:
 def _where(run: RunSpec) -> str:
     return f"{run.cell.name} seed={run.seed}" + (f" {run.point.id}" if run.point.id != "default" else "")
 
+
+
+def _catch_signals(handler) -> dict:
+    """Route SIGTERM and SIGINT to ``handler`` (main thread only: elsewhere Python refuses); returns
+    the handlers to restore.  Without this, SIGTERM ended the sweep and left its runs training."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _stop_runs(handles: list, signum: int, log, grace: float | None = None) -> int:
+    """Pass the sweep's signal on to its runs, wait for them (``grace`` s, :data:`STOP_GRACE_S`), SIGKILL
+    the ones still running; returns the exit status of a process ended by ``signum`` (128 + signum)."""
+    grace = STOP_GRACE_S if grace is None else grace
+    name = signal.Signals(signum).name
+    for handle in handles:
+        handle.interrupt(signum)
+    deadline = time.monotonic() + grace
+    while any(h.poll() is None for h in handles) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stuck = [h for h in handles if h.poll() is None]
+    for handle in stuck:
+        handle.kill()
+    if stuck:
+        log(f"kdkit sweep: {len(stuck)} run(s) still running {grace:g} s after {name}: killed (SIGKILL)")
+    log(f"kdkit sweep: interrupted ({name}); {len(handles)} running run(s) stopped; run the same command "
+        "again to resume")
+    return 128 + signum
 
 
 def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin_modules, pool) -> int:
@@ -357,8 +394,10 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
                 + (f"\n    {note}" if note else ""))
         _write_results(out, collect(sweep, runs, out)[0])
 
+    stop: list[int] = []  # the signal that stops the sweep (SIGTERM, SIGINT), once received
+    previous = _catch_signals(lambda signum, frame: stop or stop.append(signum))
     try:
-        while pending or in_flight:
+        while (pending or in_flight) and not stop:
             progressed = False
             for run in list(pending):  # plan order: dependencies first
                 if len(in_flight) >= pool.jobs:
@@ -384,10 +423,14 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
                 finish(run, result[0], time.perf_counter() - t0, offset, result[1])
             if not progressed:
                 time.sleep(pool.executor.poll_s)
-    except BaseException:  # KeyboardInterrupt: stop the runs too; they are resumed next time
+    except BaseException:  # a bug or an error here: stop the runs too; they are resumed next time
         for _, handle, _, _ in in_flight.values():
             handle.cancel()
         raise
+    finally:
+        _restore_signals(previous)
+    if stop:
+        return _stop_runs([handle for _, handle, _, _ in in_flight.values()], stop[0], log)
 
     records, problems = collect(sweep, runs, out)
     _write_results(out, records)

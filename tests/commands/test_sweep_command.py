@@ -457,3 +457,68 @@ def test_a_parallel_sweep_killed_mid_run_resumes_both_runs(done, tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in _lines(ref_out / "results.jsonl")
                      if r["cell"] == "kd"]
     assert _run_files(out) == {k: v for k, v in _run_files(ref_out).items() if k.parts[1] == "kd"}
+
+
+# --- signals and run locks -----------------------------------------------------------------------
+
+ONE_RUN = dict(SWEEP, seeds=[0], cells=[{"name": "kd", "method": "kd"}])
+
+
+def start_held_sweep(cfg: Path, out: Path, hold: float = 60, *args) -> subprocess.Popen:
+    """``kdkit sweep`` in its own process group, each run holding its run directory's lock ``hold`` s
+    before it trains (kdkit_fault_testplugin's KDTEST_HOLD)."""
+    argv = [sys.executable, "-m", "kdkit", "--plugins-module", "kdkit_fault_testplugin", "sweep", str(cfg),
+            "--out", str(out), *args]
+    path = os.pathsep.join(filter(None, [str(ENGINE_TESTS), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **ENV, "PYTHONPATH": path, "KDTEST_HOLD": str(hold)})
+
+
+def holder_pid(run_dir: Path, proc: subprocess.Popen, timeout: float = 60) -> int:
+    """The PID in ``run_dir/.lock`` once a run holds it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = (run_dir / ".lock").read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit() and int(text) != proc.pid:
+            return int(text)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never took its lock"
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie has ended
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_sweep_stops_its_runs_before_it_exits(env, tmp_path, sig):
+    """SIGTERM (or SIGINT) of the sweep alone reaches its running run, the sweep waits for it and exits
+    128 + the signal; SIGTERM used to end the sweep and leave the run training in its directory."""
+    cfg, out = _sweep_file(tmp_path, ONE_RUN), tmp_path / "out"
+    proc = start_held_sweep(cfg, out)
+    try:
+        child = holder_pid(out / "runs/kd/default/seed0", proc)
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=60) == 128 + sig
+        assert not alive(child)
+    finally:
+        kill_group(proc)
+        proc.stderr.close()
+    log = (out / "sweep.log").read_text()
+    assert f"kdkit sweep: interrupted ({signal.Signals(sig).name}); 1 running run(s) stopped" in log
