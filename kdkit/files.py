@@ -1,4 +1,6 @@
-"""Atomic file writes: a file is replaced whole or not at all (temp file in the same directory,
+"""Reading: :func:`regular_file` checks, before opening, that a file a user named is a regular file.
+
+Atomic file writes: a file is replaced whole or not at all (temp file in the same directory,
 fsync, ``os.replace``, fsync of the directory).  Every file a run, a sweep, the config or a plugin
 writes goes through here, so a crash or a full disk never leaves half a file.
 
@@ -10,14 +12,40 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from kdkit.errors import KdkitError
 
-__all__ = ["WriteError", "write_error", "first_line", "fsync_dir", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["file_kind", "regular_file", "WriteError", "write_error", "first_line", "fsync_dir", "atomic_write_bytes", "atomic_write_text",
            "atomic_torch_save"]
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, from its ``st_mode`` ("a FIFO", "a directory", ...), for messages."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def regular_file(path: str | Path, what: str, error: type[KdkitError] = KdkitError) -> Path:
+    """``path`` when it is a regular file (symlinks followed), else a one-line ``error`` naming it:
+    "<what> not found: PATH" or "<what> PATH is a FIFO, not a regular file".  Checked by type
+    *before* opening, because opening a FIFO blocks for ever and reading a device may never end."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise error(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or first_line(exc)}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is {file_kind(mode)}, not a regular file")
+    return path
 
 
 class WriteError(KdkitError, OSError):

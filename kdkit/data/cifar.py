@@ -22,6 +22,7 @@ import torch
 
 from kdkit.data.base import TensorImageDataset, check_split
 from kdkit.errors import DataError
+from kdkit.files import regular_file
 from kdkit.paths import user_path
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -64,6 +65,7 @@ def _check_memo_indices(f) -> None:
 
 def read_pickle(path: Path) -> dict:
     """One CIFAR pickle as a ``dict`` with ``str`` keys (``encoding="latin1"`` like torchvision)."""
+    regular_file(path, "CIFAR file", DataError)
     try:
         with open(path, "rb") as f:
             _check_memo_indices(f)
@@ -137,19 +139,22 @@ class _CIFARBase(TensorImageDataset):
         folder = root_path if (root_path.name == base and not (root_path / base).is_dir()) else root_path / base
         files = [name for name, _ in (tv.train_list if split == "train" else tv.test_list)]
         needed = files + [tv.meta["filename"]]
-        missing = [f for f in needed if not (folder / f).is_file()]
+        # exists(), not is_file(): a FIFO or directory there is refused by type below, not "missing"
+        missing = [f for f in needed if not (folder / f).exists()]
         if missing and download:
             try:
                 tv(str(folder.parent), train=split == "train", download=True)
             except Exception as exc:  # noqa: BLE001
                 raise DataError(f"downloading {self.display} into {folder.parent} failed: {exc}") from None
-            missing = [f for f in needed if not (folder / f).is_file()]
+            missing = [f for f in needed if not (folder / f).exists()]
         if missing:
             what = folder if not folder.is_dir() else folder / missing[0]
             raise DataError(
                 f"{self.display} not found: {what} is missing; put torchvision's {base}/ folder under "
                 f"{folder.parent} (set data.root) or download it with --set data.download=true"
             )
+        for name in needed:  # before the MD5 check, which opens them
+            regular_file(folder / name, f"{self.display} file", DataError)
         if verify:
             from torchvision.datasets.utils import check_integrity
 

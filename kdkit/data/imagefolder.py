@@ -24,11 +24,13 @@ reads the headers of up to :data:`PROBE_IMAGES` images spread over the classes (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
 from kdkit.data.base import ImageClassificationDataset, check_split
 from kdkit.errors import DataError
+from kdkit.files import regular_file
 from kdkit.paths import user_path
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,9 +69,7 @@ def own_image_size(sizes: list[tuple[int, int]]) -> tuple[int, bool]:
 
 def read_class_map(path: str | Path, *, first_name: bool = True) -> dict[str, str]:
     """Parse a JSON or text folder -> class-name mapping file (see the module docstring)."""
-    path = user_path(path)
-    if not path.is_file():
-        raise DataError(f"class map file not found: {path}")
+    path = regular_file(user_path(path), "class map file", DataError)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -109,6 +109,27 @@ def _unreadable(path, exc: Exception) -> DataError:
     return DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}")
 
 
+def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """``(path, label)`` of the images under ``folder/<class>`` for each of ``classes`` present, in
+    torchvision's order (classes, then sorted directories, then sorted names); images are told by
+    their extension, as torchvision does.  An image name on a FIFO, device or socket is refused
+    by type (opening a FIFO blocks for ever)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    samples = []
+    for label, name in enumerate(classes):
+        top = folder / name
+        if not top.is_dir():
+            continue
+        for dirpath, _, names in sorted(os.walk(top, followlinks=True)):
+            for fname in sorted(names):
+                if has_file_allowed_extension(fname, IMG_EXTENSIONS):
+                    path = os.path.join(dirpath, fname)
+                    regular_file(path, "image", DataError)
+                    samples.append((path, label))
+    return samples
+
+
 class ImageFolderDataset(ImageClassificationDataset):
     """Images read from class folders (see the module docstring).
 
@@ -139,8 +160,6 @@ class ImageFolderDataset(ImageClassificationDataset):
         test_dir: str | None = None,
         transform: Callable | None = None,
     ):
-        from torchvision.datasets import ImageFolder
-
         check_split(split, "imagefolder")
         if not root:
             raise DataError("dataset 'imagefolder' needs a root folder: --set data.root=PATH (holding train/ and val/ or test/)")
@@ -161,19 +180,18 @@ class ImageFolderDataset(ImageClassificationDataset):
         if not class_dirs:
             raise DataError(f"no class folders in {train_folder if train_folder.is_dir() else folder}")
         try:
-            inner = ImageFolder(str(folder), allow_empty=True)
-        except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"cannot read image folder {folder}: {exc}") from None
-        extra = sorted(set(inner.classes) - set(class_dirs))
+            here = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        except OSError as exc:
+            raise DataError(f"cannot read image folder {folder}: {exc.strerror or exc}") from None
+        extra = sorted(set(here) - set(class_dirs))
         if extra:
             raise DataError(f"{folder} has class folders missing from {train_folder}: "
                             f"{', '.join(map(_shown, extra[:5]))}")
-        to_label = {c: i for i, c in enumerate(class_dirs)}
-        self.samples = [(p, to_label[inner.classes[t]]) for p, t in inner.samples]
+        self.samples = list_images(folder, class_dirs)
         if not self.samples:
             raise DataError(f"no images found under {folder}")
-        # torchvision refuses a class folder without images; an imageless class would silently widen the head
-        empty = sorted(set(inner.classes) - {inner.classes[t] for _, t in inner.samples})
+        # an imageless class would silently widen the head
+        empty = sorted(set(here) - {class_dirs[t] for _, t in self.samples})
         if empty:
             raise DataError(f"class folder {_shown(str(folder / empty[0]))} holds no image"
                             + (f" (nor do {len(empty) - 1} more: {', '.join(map(_shown, empty[1:4]))}"
@@ -191,8 +209,8 @@ class ImageFolderDataset(ImageClassificationDataset):
         self.std = tuple(float(v) for v in std) if std is not None else IMAGENET_STD
         if image_size is None:
             # both splits must agree: the size comes from the train folder when there is one
-            probed = self.samples if split == "train" or not train_folder.is_dir() else ImageFolder(
-                str(train_folder), allow_empty=True).samples
+            probed = self.samples if split == "train" or not train_folder.is_dir() else list_images(
+                train_folder, class_dirs)
             probed = [path for path, _ in probed]
             image_size, uniform = own_image_size(probe_image_sizes(probed))
             if image_size <= SMALL_SIDE:

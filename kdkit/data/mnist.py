@@ -37,6 +37,7 @@ import torch
 
 from kdkit.data.base import TensorImageDataset, check_split
 from kdkit.errors import ConfigError, DataError
+from kdkit.files import regular_file
 from kdkit.paths import user_path
 
 #: Where Debian's ``dataset-fashion-mnist`` installs the four gzipped IDX files.
@@ -81,7 +82,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     :raises DataError: one line naming ``path``: unreadable, bad gzip, wrong magic, unknown type,
         truncated or with trailing bytes.
     """
-    path = Path(path)
+    path = regular_file(path, "IDX file", DataError)
     try:
         with open(path, "rb") as f:
             payload = f.read()
@@ -147,7 +148,7 @@ def candidate_folders(base: Path, torchvision_folder: str) -> list[Path]:
 
 def _file_in(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
+        if candidate.exists():  # not is_file(): a FIFO or directory there is refused by name, not skipped
             return candidate
     return None
 

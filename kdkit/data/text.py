@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from kdkit.data.base import check_split
 from kdkit.errors import ConfigError, DataError
+from kdkit.files import regular_file
 from kdkit.lazy import import_extra
 from kdkit.paths import user_path
 
@@ -33,14 +34,11 @@ SUFFIXES = (".jsonl", ".csv")
 
 def _split_file(root: Path, given: str | None, names: tuple[str, ...]) -> Path:
     if given:
-        path = root / given
-        if not path.is_file():
-            raise DataError(f"text dataset file not found: {path}")
-        return path
+        return regular_file(root / given, "text dataset file", DataError)
     for name in names:
         for suffix in SUFFIXES:
-            if (root / f"{name}{suffix}").is_file():
-                return root / f"{name}{suffix}"
+            if (root / f"{name}{suffix}").exists():  # a FIFO or directory there is refused by name, not skipped
+                return regular_file(root / f"{name}{suffix}", "text dataset file", DataError)
     wanted = " or ".join(f"{n}{s}" for n in names for s in SUFFIXES)
     raise DataError(f"text dataset: no {wanted} in {root} (set data.root, or data.train_file / data.test_file)")
 
@@ -48,6 +46,7 @@ def _split_file(root: Path, given: str | None, names: tuple[str, ...]) -> Path:
 def read_records(path: Path, text_field: str, label_field: str) -> tuple[list[str], list]:
     """``(texts, labels)`` of a JSONL or CSV file; a malformed row is a :class:`DataError` naming its line."""
     texts, labels = [], []
+    regular_file(path, "text dataset file", DataError)
     try:
         with open(path, encoding="utf-8", newline="") as fh:
             if path.suffix == ".csv":
