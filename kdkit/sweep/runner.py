@@ -102,12 +102,38 @@ def _child_command(run: RunSpec, status: str, plugin_modules: list) -> list:
     if status == "resume":
         return cmd + ["train", "--resume", str(run.run_dir)]
     if status == "restart":
-        shutil.rmtree(run.run_dir)
+        _clear_run_dir(run.run_dir)
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd += ["train", "--method", run.cell.method, "--out", str(run.run_dir)]
     for item in run.sets:
         cmd += ["--set", item]
     return cmd
+
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Empty a run directory that holds no checkpoint, its ``.lock`` aside (the caller holds it)."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+
+def _take_run(run: RunSpec, plugin_modules: list) -> tuple:
+    """``(status, command)`` of a run about to start, decided (and a restarted run's directory emptied)
+    under the run directory's lock, the one ``kdkit train`` takes; a lock held by another process is a
+    :class:`KdkitError` naming the run and its PID.  The lock is released before the run starts, as the
+    run takes it itself: only another process could slip in between, and the run then stops 'in use'."""
+    if not run.run_dir.exists():
+        return "new", _child_command(run, "new", plugin_modules)
+    with lock_directory(run.run_dir, f"run {_where(run)} ({run.run_dir})",
+                        "skipped (counted as failed); stop that process or let it end, then run the sweep again"):
+        status = run_status(run.run_dir)
+        return status, _child_command(run, status, plugin_modules)
 
 
 
@@ -348,10 +374,17 @@ def _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, plugin
         return None
 
     def start(run: RunSpec) -> None:
-        st = run_status(run.run_dir)
+        nonlocal left
+        try:
+            st, cmd = _take_run(run, plugin_modules)
+        except KdkitError as exc:  # another process holds the run: never clear or start it under that one
+            failed[run.key] = str(exc)
+            _add_wall(out, run, 0.0, failed=failed[run.key])
+            log(f"{head[run.key]}: SKIPPED: {exc}")
+            left -= 1
+            return
         how = {"new": "running", "restart": "restarting (its directory had no checkpoint)",
                "resume": "resuming (kdkit train --resume)"}[st]
-        cmd = _child_command(run, st, plugin_modules)
         log_path = _child_log(out, run)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as fh:

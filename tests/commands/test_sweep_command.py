@@ -522,3 +522,23 @@ def test_a_signalled_sweep_stops_its_runs_before_it_exits(env, tmp_path, sig):
         proc.stderr.close()
     log = (out / "sweep.log").read_text()
     assert f"kdkit sweep: interrupted ({signal.Signals(sig).name}); 1 running run(s) stopped" in log
+
+
+def test_a_run_directory_another_process_holds_is_neither_cleared_nor_started(env, tmp_path, capsys):
+    """A run directory without checkpoint whose lock another process holds (a run left by a killed
+    sweep): the sweep used to empty it and start a second run there; now that run is skipped, one line
+    naming it and the holder's PID, and counted as failed (exit 3)."""
+    from kdkit.paths import lock_directory
+
+    cfg, out = _sweep_file(tmp_path, ONE_RUN), tmp_path / "out"
+    run_dir = out / "runs/kd/default/seed0"
+    run_dir.mkdir(parents=True)
+    shutil.copy2(cfg, out / "sweep.yaml")
+    (run_dir / "metrics.jsonl").write_text('{"stage": "teacher.convnet", "epoch": 0}\n')
+    with lock_directory(run_dir, "held", "wait"):
+        assert _main([cfg, "--out", out]) == 3
+    err = capsys.readouterr().err
+    assert (f"[1/1] kd seed=0: SKIPPED: run kd seed=0 ({run_dir.resolve()}) is in use by another kdkit process "
+            f"(PID {os.getpid()}); skipped (counted as failed)") in err
+    assert "1 of 1 run(s) failed" in err and "running" not in err
+    assert (run_dir / "metrics.jsonl").read_text() == '{"stage": "teacher.convnet", "epoch": 0}\n'
