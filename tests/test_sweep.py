@@ -503,3 +503,33 @@ def test_runs_that_outlive_the_grace_after_a_signal_are_killed_in_one_line():
     assert lines == ["kdkit sweep: 1 run(s) still running 0.2 s after SIGTERM: killed (SIGKILL)",
                      "kdkit sweep: interrupted (SIGTERM); 2 running run(s) stopped; run the same command again "
                      "to resume"]
+
+
+def test_a_kept_run_with_another_config_is_refused_not_tabulated(tmp_path, monkeypatch, lean_plugin_manager):
+    """A finished run is reused only when its config.yaml is the config the sweep would run now; a run
+    of 2 epochs used to be skipped as done by a sweep of 4 and tabulated with its runs, exit 0."""
+    import shutil
+
+    from kdkit.config import dump_yaml
+    from kdkit.sweep import runner
+
+    cfg, out = tmp_path / "s.yaml", tmp_path / "out"
+    cfg.write_text(json.dumps(dict(BASE, seeds=[0])))
+    [run] = ks.plan(ks.load_sweep(cfg), out)
+    config = ks.check_configs([run])[run.key]
+    run.run_dir.mkdir(parents=True)
+    shutil.copy2(cfg, out / ks.SWEEP_FILE)
+    (run.run_dir / "summary.json").write_text("{}")
+    ran = []
+    monkeypatch.setattr(runner, "_execute", lambda *args: ran.append(args) or 0)
+    (run.run_dir / "config.yaml").write_text(dump_yaml(dict(config, device="cpu")))  # device may differ
+    assert ks.run_sweep(cfg, out, stdout=lambda m: None) == 0 and len(ran) == 1
+    epochs = config["train"]["epochs"]
+    (run.run_dir / "config.yaml").write_text(dump_yaml({**config, "train": {**config["train"], "epochs": epochs + 2},
+                                                        "seed": 7}))
+    with pytest.raises(ks.KdkitError) as info:
+        ks.run_sweep(cfg, out, stdout=lambda m: None)
+    assert str(info.value) == (f"run kd seed=0 ({run.run_dir}) was made with another config than this sweep's "
+                               f"(seed (7 -> 0), train.epochs ({epochs + 2} -> {epochs}); saved -> now); use "
+                               "another --out, or remove that run directory to run it again")
+    assert len(ran) == 1 and (run.run_dir / "summary.json").is_file()

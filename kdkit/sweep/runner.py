@@ -198,6 +198,25 @@ def _claim_out(sweep: Sweep, out: Path) -> None:
 
 
 
+def _check_kept_runs(runs: list, configs: dict) -> None:
+    """Refuse a run the sweep would keep (finished, diverged, or resumed with its own saved config)
+    whose ``config.yaml`` is not the config the sweep would run now: it used to be tabulated with the
+    others (2- and 4-epoch seeds in one mean).  The run is left as it is."""
+    from kdkit.config import load_yaml
+    from kdkit.engine.context import _config_changes, _summarize  # what --resume compares, device/logging aside
+
+    for run in runs:
+        path = run.run_dir / "config.yaml"
+        if run_status(run.run_dir) not in ("done", "diverged", "resume") or not path.is_file():
+            continue
+        changes = _config_changes(load_yaml(path), configs[run.key])
+        if changes:
+            raise KdkitError(f"run {_where(run)} ({run.run_dir}) was made with another config than this sweep's "
+                             f"({_summarize(changes)}; saved -> now); use another --out, or remove that run "
+                             "directory to run it again")
+
+
+
 def sweep_size(sweep: Sweep, cells: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> str:
     """``"12 run(s) = 2 cell(s) x 2 grid point(s) x 3 seed(s)"``, counted without planning a run; with
     a slice, also how many of them this invocation runs."""
@@ -260,7 +279,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     # a sweep run again (its resume) loads the plugin modules it was started with by itself
     modules = list(dict.fromkeys([*load_recorded_plugins(out, manager), *plugin_modules]))
     # the whole file is checked, not only the slice: a typo in any cell fails before anything runs
-    check_configs(plan(sweep, out), manager)
+    configs = check_configs(plan(sweep, out), manager)
     # the executor's options and library are checked before OUT is claimed
     pool = None if no_run else make_executor(executor, out, executor_opts or {})
     _check_out(sweep, out, create=not no_run)
@@ -275,6 +294,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
             _check_out(sweep, out, create=False)
         else:
             _claim_out(sweep, out)
+        _check_kept_runs(runs, configs)
         record_plugin_modules(out, modules)
         return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules,
                         _Pool(pool, jobs, child_env(threads), threads))
