@@ -109,25 +109,61 @@ def _unreadable(path, exc: Exception) -> DataError:
     return DataError(f"cannot read image {_shown(str(path))}: {type(exc).__name__}: {reason}")
 
 
-def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+def list_images(folder: Path, classes: list[str], root: Path) -> list[tuple[str, int]]:
     """``(path, label)`` of the images under ``folder/<class>`` for each of ``classes`` present, in
     torchvision's order (classes, then sorted directories, then sorted names); images are told by
     their extension, as torchvision does.  An image name on a FIFO, device or socket is refused
-    by type (opening a FIFO blocks for ever)."""
+    by type (opening a FIFO blocks for ever).  Directory symlinks: see :func:`_walk`."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     samples = []
+    seen: list[str] = []
+    split_real, root_real = os.path.realpath(folder), os.path.realpath(root)
     for label, name in enumerate(classes):
         top = folder / name
         if not top.is_dir():
             continue
-        for dirpath, _, names in sorted(os.walk(top, followlinks=True)):
+        for dirpath, names in sorted(_walk(str(top), root_real, split_real, seen)):
             for fname in sorted(names):
                 if has_file_allowed_extension(fname, IMG_EXTENSIONS):
                     path = os.path.join(dirpath, fname)
                     regular_file(path, "image", DataError)
                     samples.append((path, label))
     return samples
+
+
+def _walk(top: str, root_real: str, split_real: str, seen: list[str]):
+    """``(dirpath, file names)`` of ``top`` and its subdirectories.  A directory symlink is followed
+    only into ``data.root`` and out of the split folder, to a directory no other link reached: a
+    link that loops (``ln -s .. loop`` multiplied the images and mislabelled them), points
+    elsewhere in the split folder (a second copy), leaves the root or overlaps another link is a
+    one-line error naming it."""
+    if os.path.islink(top):
+        _check_dir_link(top, root_real, split_real, seen)
+    for dirpath, dirs, names in os.walk(top, followlinks=False):
+        yield dirpath, names
+        for d in dirs:
+            if os.path.islink(os.path.join(dirpath, d)):
+                yield from _walk(os.path.join(dirpath, d), root_real, split_real, seen)
+
+
+def _check_dir_link(link: str, root_real: str, split_real: str, seen: list[str]) -> None:
+    target = os.path.realpath(link)
+
+    def within(path: str, parent: str) -> bool:
+        return os.path.commonpath([path, parent]) == parent
+
+    if not within(target, root_real):
+        why = f"leaves data.root {root_real}"
+    elif within(target, split_real):
+        why = f"points back into {split_real} (a loop, or a second copy of its images)"
+    elif any(within(target, s) or within(s, target) for s in seen):
+        why = "reaches a folder another link already reached"
+    else:
+        seen.append(target)
+        return
+    raise DataError(f"image folder: directory symlink {_shown(link)} -> {_shown(target)} {why}; a link is "
+                    "followed only into data.root, outside the split folder, once: remove or replace it")
 
 
 class ImageFolderDataset(ImageClassificationDataset):
@@ -187,7 +223,7 @@ class ImageFolderDataset(ImageClassificationDataset):
         if extra:
             raise DataError(f"{folder} has class folders missing from {train_folder}: "
                             f"{', '.join(map(_shown, extra[:5]))}")
-        self.samples = list_images(folder, class_dirs)
+        self.samples = list_images(folder, class_dirs, base)
         if not self.samples:
             raise DataError(f"no images found under {folder}")
         # an imageless class would silently widen the head
@@ -210,7 +246,7 @@ class ImageFolderDataset(ImageClassificationDataset):
         if image_size is None:
             # both splits must agree: the size comes from the train folder when there is one
             probed = self.samples if split == "train" or not train_folder.is_dir() else list_images(
-                train_folder, class_dirs)
+                train_folder, class_dirs, base)
             probed = [path for path, _ in probed]
             image_size, uniform = own_image_size(probe_image_sizes(probed))
             if image_size <= SMALL_SIDE:

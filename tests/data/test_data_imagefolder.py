@@ -150,3 +150,50 @@ def test_mixed_small_images_resize_to_the_largest_side_and_large_ones_to_224(tmp
     large = ImageFolderDataset("test", str(tmp_path / "large"))
     assert large.image_size == 224 and large.center_crop and large[0][0].shape == (3, 224, 224)
     assert ImageFolderDataset("train", str(tmp_path / "large"), image_size=16)[0][0].shape == (3, 16, 16)
+
+
+def _cats_and_dogs(root, n=5):
+    for cls in ("cat", "dog"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / "train" / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("target", ["..", ".", "../dog", "../../train"])
+def test_a_directory_symlink_back_into_the_split_is_refused(tmp_path, target):
+    # issue 22: `ln -s .. train/cat/loop` gave 394 images instead of 10, dogs labelled cat, and no error
+    _cats_and_dogs(tmp_path)
+    link = tmp_path / "train" / "cat" / "loop"
+    link.symlink_to(target)
+    with pytest.raises(DataError) as info:
+        ImageFolderDataset("train", str(tmp_path), image_size=8)
+    msg = str(info.value)
+    assert "\n" not in msg and str(link) in msg and "points back into" in msg
+
+
+def test_a_directory_symlink_leaving_the_root_is_refused(tmp_path):
+    _cats_and_dogs(tmp_path / "data")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "x.png")
+    link = tmp_path / "data" / "train" / "dog" / "more"
+    link.symlink_to(outside)
+    with pytest.raises(DataError, match="leaves data.root") as info:
+        ImageFolderDataset("train", str(tmp_path / "data"), image_size=8)
+    assert str(link) in str(info.value)
+
+
+def test_directory_symlinks_inside_the_root_are_followed_once(tmp_path):
+    _cats_and_dogs(tmp_path)
+    pool = tmp_path / "pool" / "cats"
+    pool.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(pool / f"p{i}.png")
+    (tmp_path / "train" / "cat" / "more").symlink_to(pool)
+    ds = ImageFolderDataset("train", str(tmp_path), image_size=8)
+    assert ds.targets == [0] * 8 + [1] * 5
+    assert [p for p, _ in ds.samples][5:8] == [str(tmp_path / "train" / "cat" / "more" / f"p{i}.png") for i in range(3)]
+    (tmp_path / "train" / "dog" / "again").symlink_to(pool)  # the same folder reached twice
+    with pytest.raises(DataError, match="another link already reached"):
+        ImageFolderDataset("train", str(tmp_path), image_size=8)
