@@ -1,0 +1,115 @@
+"""Races of ``kdkit sweep`` processes on one ``--out``: two sweeps started together (one wins, the other
+stops 'in use'), and a sweep stopped by SIGTERM or killed with its whole process group while its run
+holds the run directory, then run again (each run once in results.jsonl, no metrics record twice).
+The runs are the tiny ``shapes`` runs of tests/commands/test_sweep_command.py; kdkit_fault_testplugin's
+KDTEST_HOLD keeps a run in its locked directory, before anything is trained."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ENGINE_TESTS = Path(__file__).resolve().parent / "engine"
+SWEEP = {
+    "name": "race",
+    "seeds": [0],
+    "base": {"data.name": "shapes", "student.name": "convnet", "data.train_per_class": 8,
+             "data.test_per_class": 4, "teachers": [{"name": "convnet", "width": 4}], "student.width": 4,
+             "teacher_train.epochs": 1, "train.epochs": 2, "train.batch_size": 16,
+             "teacher_train.batch_size": 16, "logging.progress": False},
+    "cells": [{"name": "kd", "method": "kd"}],
+}
+ENV = {"KDKIT_BLOCK_PLUGINS": "soda,wordnet_relax", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_TESTS), os.environ.get("PYTHONPATH")]))}
+
+
+def sweep(cfg: Path, out: Path, hold: float = 0) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "kdkit", "--plugins-module", "kdkit_fault_testplugin", "sweep", str(cfg),
+            "--out", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **ENV, "KDTEST_HOLD": str(hold)})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return proc.returncode, err.decode()
+
+
+def held_by_a_run(run_dir: Path, procs: list, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = (run_dir / ".lock").read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit() and int(text) not in {p.pid for p in procs}:
+            return int(text)
+        assert any(p.poll() is None for p in procs) and time.monotonic() < deadline, "no run took its lock"
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def check_results(out: Path) -> None:
+    """Each run once in results.jsonl, and no record twice in its metrics.jsonl."""
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    keys = [(r["cell"], r["row"], r["seed"]) for r in records]
+    assert len(keys) == len(set(keys)) and {r["status"] for r in records} == {"trained"}, records
+    lines = (out / "runs/kd/default/seed0/metrics.jsonl").read_text().splitlines()
+    assert lines and len(lines) == len(set(lines)), lines
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "race.yaml"
+    path.write_text(yaml.safe_dump(SWEEP, sort_keys=False))
+    return path
+
+
+def test_two_sweeps_started_together_on_one_out(cfg, tmp_path):
+    out = tmp_path / "out"
+    procs = [sweep(cfg, out, hold=2), sweep(cfg, out, hold=2)]
+    results = [finish(p) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert loser.strip().splitlines()[-1].startswith(f"kdkit: error: sweep directory {out} is in use by another "
+                                                     "kdkit process (PID ")
+    check_results(out)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL of the group"])
+def test_a_sweep_stopped_while_its_run_holds_its_directory_then_run_again(cfg, tmp_path, how):
+    out = tmp_path / "out"
+    proc = sweep(cfg, out, hold=8)
+    run = held_by_a_run(out / "runs/kd/default/seed0", [proc])
+    if how == "SIGTERM":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    code, err = finish(proc, timeout=60)
+    assert code == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL), err
+    assert not alive(run), "the run outlived its sweep"
+    code, err = finish(sweep(cfg, out))
+    assert code == 0, err
+    check_results(out)
