@@ -77,46 +77,66 @@ def read_idx(path: str | Path) -> np.ndarray:
     IDX: two zero bytes, a data-type byte (0x08 unsigned byte, 0x09 signed byte, 0x0B int16,
     0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, one big-endian ``uint32``
     per dimension, then the data, big-endian, in C order.  The data must fill exactly the shape
-    the header gives.  Returns a read-only array over the file's bytes (no copy).
+    the header gives.  Returns a read-only array over the bytes read (no copy).  The data are read
+    through the (gzip) stream, at most what the header promises plus one byte, and a header
+    promising more than :data:`MAX_IDX_BYTES` is refused: a small gzip cannot inflate into memory.
 
     :raises DataError: one line naming ``path``: unreadable, bad gzip, wrong magic, unknown type,
         truncated or with trailing bytes.
     """
     path = regular_file(path, "IDX file", DataError)
     try:
-        with open(path, "rb") as f:
-            payload = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}") from None
-    if payload[:2] == _GZIP_MAGIC:
-        try:
-            payload = gzip.decompress(payload)
-        except EOFError:
-            raise DataError(f"corrupt IDX file {path}: the gzip stream is truncated") from None
-        except (OSError, zlib.error) as exc:  # bad CRC or length, invalid deflate data
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            # read through the stream, bounded by what the header promises: a small gzip that inflates
+            # to gigabytes is refused after at most the promised size plus one byte
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            shape, dtype, data = _read_idx_stream(path, stream)
+    except EOFError:
+        raise DataError(f"corrupt IDX file {path}: the gzip stream is truncated") from None
+    except DataError:
+        raise
+    except (OSError, zlib.error) as exc:  # bad CRC or length, invalid deflate data; or unreadable
+        if gzipped and not isinstance(exc, (PermissionError, IsADirectoryError)):
             raise DataError(f"corrupt IDX file {path}: bad gzip stream ({exc})") from None
-    if len(payload) < 4:
-        raise DataError(f"corrupt IDX file {path}: {len(payload)} bytes, shorter than the 4-byte IDX magic")
-    if payload[:2] != b"\0\0" or payload[2] not in IDX_DTYPES or payload[3] == 0:
-        raise DataError(f"corrupt IDX file {path}: wrong magic {payload[:4].hex()} (expected 0000, a type byte "
-                        f"{'/'.join(f'{t:02x}' for t in IDX_DTYPES)} and a dimension count >= 1)")
-    dtype, ndim = IDX_DTYPES[payload[2]], payload[3]
-    data_start = 4 + 4 * ndim
-    if len(payload) < data_start:
-        raise DataError(f"corrupt IDX file {path}: truncated header ({len(payload)} bytes, "
-                        f"{ndim} dimensions need {data_start})")
-    shape = tuple(int(d) for d in np.frombuffer(payload, ">u4", count=ndim, offset=4))
-    expected = math.prod(shape) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
-    found = len(payload) - data_start
-    if found != expected:
-        what = "truncated" if found < expected else "has trailing bytes"
-        raise DataError(f"corrupt IDX file {path}: {what}: the header gives {' x '.join(map(str, shape))} "
-                        f"{dtype.name} ({expected} bytes of data) but the file holds {found}")
+        raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}") from None
     try:
-        return np.frombuffer(payload, dtype, offset=data_start).reshape(shape)
+        return np.frombuffer(data, dtype).reshape(shape)
     except ValueError:  # e.g. 0 x 2**32-1 x 2**32-1: no data, but a shape numpy cannot address
         raise DataError(f"corrupt IDX file {path}: the header gives an impossible shape "
                         f"{' x '.join(map(str, shape))}") from None
+
+
+#: The most data bytes an IDX header may promise (Fashion-MNIST's largest file holds 47 MB): a
+#: header claiming more is refused before anything is decompressed.
+MAX_IDX_BYTES = 1 << 30
+
+
+def _read_idx_stream(path: Path, stream) -> tuple[tuple[int, ...], np.dtype, bytes]:
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise DataError(f"corrupt IDX file {path}: {len(magic)} bytes, shorter than the 4-byte IDX magic")
+    if magic[:2] != b"\0\0" or magic[2] not in IDX_DTYPES or magic[3] == 0:
+        raise DataError(f"corrupt IDX file {path}: wrong magic {magic.hex()} (expected 0000, a type byte "
+                        f"{'/'.join(f'{t:02x}' for t in IDX_DTYPES)} and a dimension count >= 1)")
+    dtype, ndim = IDX_DTYPES[magic[2]], magic[3]
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"corrupt IDX file {path}: truncated header ({4 + len(dims)} bytes, "
+                        f"{ndim} dimensions need {4 + 4 * ndim})")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
+    described = f"{' x '.join(map(str, shape))} {dtype.name} ({expected} bytes of data)"
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"corrupt IDX file {path}: the header gives {described}, more than kdkit reads "
+                        f"({MAX_IDX_BYTES} bytes)")
+    data = stream.read(expected + 1)  # one byte more tells trailing data
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        found = f"{len(data)}" if len(data) < expected else "more"
+        raise DataError(f"corrupt IDX file {path}: {what}: the header gives {described} but the file holds {found}")
+    return shape, dtype, data
 
 
 def first_per_class(labels: np.ndarray, per_class: int, class_names: Sequence[str], *, what: str = "") -> np.ndarray:

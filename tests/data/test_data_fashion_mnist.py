@@ -294,3 +294,33 @@ def test_real_debian_files():
     assert abs(grey.mean().item() - train.mean[0]) < 1e-3 and abs(grey.std().item() - train.std[0]) < 1e-3
     subset = FashionMNIST("train", train_per_class=200)
     assert len(subset) == 2000 and np.bincount(subset.targets).tolist() == [200] * 10
+
+
+def _peak_reading(path: Path) -> tuple[int, str]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as exc_info:
+            read_idx(path)
+        return tracemalloc.get_traced_memory()[1], str(exc_info.value)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("promised", [(2, 3), (1 << 16, 1 << 16, 1 << 4)])
+def test_a_gzip_inflating_beyond_its_header_is_read_in_bounded_memory(tmp_path, promised):
+    # issue 22: a 14 MB gzip inflating to 3.2 GB peaked at 6.8 GB before its one-line error
+    header = bytes([0, 0, 0x08, len(promised)]) + struct.pack(f">{len(promised)}I", *promised)
+    inflated = 64 << 20
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header)
+        block = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            fh.write(block)
+    assert path.stat().st_size < inflated // 100
+    peak, message = _peak_reading(path)
+    assert peak < 8 << 20, f"peak {peak} bytes reading a gzip of {inflated} inflated bytes"
+    assert "\n" not in message and str(path) in message
+    assert ("trailing bytes" if len(promised) == 2 else "more than kdkit reads") in message, message
