@@ -31,6 +31,7 @@ __all__ = [
     "load_checkpoint",
     "load_last_checkpoint",
     "checkpoint_fits",
+    "check_checkpoint_owner",
     "previous_checkpoint_path",
     "capture_rng_state",
     "restore_rng_state",
@@ -97,20 +98,42 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -
     return state
 
 
+def check_checkpoint_owner(state: dict, path: Path, stage: str, run_id: str, legacy: bool = False) -> None:
+    """Refuse (:class:`CheckpointError`) a checkpoint that is not ``stage``'s of the run ``run_id``:
+    one copied from another stage or another run.  A checkpoint without ``run_id`` (written before
+    run ids) passes on its stage alone when ``legacy`` (a run made before run ids)."""
+    found_stage, found_run = state.get("stage"), state.get("run_id")
+    if found_stage == stage and (found_run == run_id or (found_run is None and legacy)):
+        return
+    shown = found_run if found_run is not None else "unknown (written before run ids)"
+    raise CheckpointError(f"checkpoint {path} is from stage {found_stage!r} of run {shown}, expected stage "
+                          f"{stage!r} of run {run_id}",
+                          "put this run's own checkpoint back, or start the run again with a fresh --out")
+
+
 def load_last_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False,
-                         warn: Callable[[str], None] | None = None) -> tuple[dict | None, Path | None]:
+                         warn: Callable[[str], None] | None = None,
+                         check: Callable[[dict, Path], None] | None = None) -> tuple[dict | None, Path | None]:
     """The state in ``path`` (a ``last.pt``) and the file it came from; when ``path`` is unreadable or
     missing, its previous version (``last.prev.pt``) after a one-line ``warn``; ``(None, None)`` when
-    neither exists.  Both unreadable: a :class:`CheckpointError` naming both and the user's choices."""
+    neither exists.  Both unreadable: a :class:`CheckpointError` naming both and the user's choices.
+    ``check(state, file)`` raises a :class:`CheckpointError` for a readable state that must not be
+    used (:func:`check_checkpoint_owner`): such a ``last.pt`` is refused, never passed over."""
     path, previous = Path(path), previous_checkpoint_path(path)
     if not path.exists() and not previous.exists():
         return None, None
     try:
-        return load_checkpoint(path, map_location, mmap), path
+        state = load_checkpoint(path, map_location, mmap)
     except CheckpointError as exc:
         problem = exc.problem
+    else:
+        if check is not None:
+            check(state, path)
+        return state, path
     try:
         state = load_checkpoint(previous, map_location, mmap)
+        if check is not None:
+            check(state, previous)
     except CheckpointError as exc:
         raise CheckpointError(f"{problem}, and its previous version cannot replace it ({exc.problem})",
                               f"delete {path.parent} to train that stage again from its start, or start the run "

@@ -19,8 +19,10 @@ from kdkit.config.switches import method_component_switches
 from kdkit.config.view import freeze_config
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
-from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint
+from kdkit.engine.checkpoint import check_checkpoint_owner, checkpoint_fits, load_checkpoint, load_last_checkpoint
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
+from kdkit.engine.rundir import (RUN_FILE, create_run_file, foreign_files, new_run_record, read_run_file,
+                                 write_run_file)
 from kdkit.engine.trainer import DIVERGED_FILE, Stage, StageResult, Trainer
 from kdkit.files import WriteError, atomic_write_text
 from kdkit.methodspec import Method  # noqa: F401 - re-exported
@@ -57,11 +59,13 @@ class RunContext:
     """What a method's ``run(ctx)`` works with (see the module docs of :mod:`kdkit.engine`)."""
 
     def __init__(self, config: dict, run_dir: str | Path, plugin_manager: Any = None,
-                 device: torch.device | None = None, resume: bool = False, *, read_only: bool = False):
+                 device: torch.device | None = None, resume: bool = False, *, read_only: bool = False,
+                 run: dict | None = None):
         """``config`` is a resolved config (:func:`kdkit.config.resolve_method_config`).  ``read_only``:
         a context that reads a finished run (``kdkit eval`` / ``encode``) as one process: no log file,
         ``metrics.jsonl`` left as it is.  ``ctx.config`` is a frozen view of ``config``
-        (:class:`kdkit.config.view.FrozenConfig`: ``ctx.config.train.lr``)."""
+        (:class:`kdkit.config.view.FrozenConfig`: ``ctx.config.train.lr``).  ``run``: the run record
+        (:mod:`kdkit.engine.rundir`; default: the directory's own, created when it has none)."""
         self.config = freeze_config(config)
         self.settings = RunSettings.from_config(self.config)
         self.run_dir = Path(run_dir)
@@ -77,13 +81,28 @@ class RunContext:
         self.stage_results: dict[str, StageResult] = {}
         self._log_file = None
         if read_only:
+            self.run = run or {"run_id": None, "adopted": True}  # writes no checkpoint
             return
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if run is None:
+                run = read_run_file(self.run_dir) or create_run_file(self.run_dir, adopted=resume)
+        #: the run record: its id goes into every checkpoint, which resume checks
+        self.run = dist_utils.broadcast_object(run)
+        if self.is_main:
             self._log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")
         self._prepare_metrics()
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run["run_id"]
+
+    @property
+    def run_adopted(self) -> bool:
+        """A run made before run ids: its checkpoints without one are checked on their stage alone."""
+        return bool(self.run["adopted"])
 
     @property
     def seed(self) -> int:
@@ -125,7 +144,7 @@ class RunContext:
         """On resume, cut ``metrics.jsonl`` back to what the checkpoints resumed from had written."""
         keep = 0
         if self.resume:
-            points = _resume_points(self.run_dir)
+            points = _resume_points(self.run_dir, self.run)
             keep = max((int(state.get("metrics_lines", 0)) for state, _ in points.values()), default=0)
         dist_utils.barrier()
         if self.is_main and self.metrics_path.exists():
@@ -331,13 +350,17 @@ def _remove_stale_temp_files(run_dir: Path) -> None:
             pass
 
 
-def _resume_points(run_dir: Path) -> dict[str, tuple[dict, Path]]:
+def _resume_points(run_dir: Path, run: dict) -> dict[str, tuple[dict, Path]]:
     """Per stage folder of ``checkpoints/``, the state a resume continues from and its file
-    (``last.pt``, else ``last.prev.pt``: :func:`~kdkit.engine.checkpoint.load_last_checkpoint`)."""
+    (``last.pt``, else ``last.prev.pt``: :func:`~kdkit.engine.checkpoint.load_last_checkpoint`), each
+    checked to be that stage's of the run ``run`` (its record: :mod:`kdkit.engine.rundir`)."""
     points: dict[str, tuple[dict, Path]] = {}
     ckpts = run_dir / "checkpoints"
     for stage_dir in sorted(ckpts.iterdir()) if ckpts.is_dir() else ():
-        state, source = load_last_checkpoint(stage_dir / "last.pt", mmap=True)
+        def owner(state, path, stage=stage_dir.name):
+            check_checkpoint_owner(state, path, stage, run["run_id"], legacy=run["adopted"])
+
+        state, source = load_last_checkpoint(stage_dir / "last.pt", mmap=True, check=owner)
         if state is not None:
             points[stage_dir.name] = (state, source)
     lines = {name: int(state.get("metrics_lines", 0)) for name, (state, _) in points.items()}
@@ -378,10 +401,31 @@ def _config_changes(started: dict, now: dict) -> list[str]:
     return changes
 
 
-def _edited_config(run_dir: Path, config: dict) -> list[str]:
+def _check_metrics(run_dir: Path, points: dict[str, tuple[dict, Path]]) -> None:
+    """``metrics.jsonl`` must still hold every record the checkpoints resumed from say was written
+    (a truncated or deleted file lost results; it is never rewritten to hide that)."""
+    if not points:
+        return
+    state, source = max(points.values(), key=lambda point: int(point[0].get("metrics_lines", 0)))
+    written = int(state.get("metrics_lines", 0))
+    if written == 0:
+        return
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            held = sum(1 for line in fh if line.endswith(b"\n"))  # a line without its newline is partial
+    except FileNotFoundError:
+        raise KdkitError(f"--resume {run_dir}: {path} is missing, but checkpoint {source} recorded {written} "
+                         "records written; restore it from a copy, or start a new run with a fresh --out") from None
+    if held < written:
+        raise KdkitError(f"--resume {run_dir}: {path} holds {held} complete records, but checkpoint {source} "
+                         f"recorded {written} written (records were lost); restore it from a copy, or start a "
+                         "new run with a fresh --out")
+
+
+def _edited_config(run_dir: Path, config: dict, points: dict[str, tuple[dict, Path]]) -> list[str]:
     """How the run's ``config.yaml`` (resolved: ``config``) differs from the config its newest
-    checkpoint was written with (nothing when no checkpoint records one)."""
-    points = _resume_points(run_dir)
+    checkpoint (of ``points``: :func:`_resume_points`) was written with (nothing when none records one)."""
     if not points:
         return []
     newest, _ = max(points.values(), key=lambda point: int(point[0].get("metrics_lines", 0)))
@@ -393,11 +437,28 @@ def _summarize(items: list[str], limit: int = 4) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict, accept_config_change: bool):
-    """Create (or find) the run directory, lock it, then check what it holds; rank 0 only.
+def _check_not_foreign(run_dir: Path) -> None:
+    """``--out`` must be empty (or new) or a kdkit run directory: a file of the user's is never replaced."""
+    names = foreign_files(run_dir)
+    if names:
+        raise KdkitError(f"--out {run_dir} holds files kdkit did not write ({_summarize(names, 2)}); "
+                         "choose an empty or new directory")
 
-    Returns ``(run_dir, created, lock, config_changes)``.  The order — create, lock, check — means
-    two processes started on one directory cannot both pass the check.
+
+def _check_is_run(run_dir: Path) -> None:
+    """``--resume`` continues only a kdkit run: one with its run record, or a run made before run
+    records (a stage checkpoint)."""
+    if not (run_dir / RUN_FILE).is_file() and not any((run_dir / "checkpoints").glob("*/*.pt")):
+        raise KdkitError(f"--resume {run_dir}: not a kdkit run directory (no {RUN_FILE} and no checkpoint)")
+
+
+def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict, accept_config_change: bool):
+    """Create (or find) the run directory, lock it, then check what it holds and record the run
+    (:mod:`kdkit.engine.rundir`); rank 0 only.
+
+    Returns ``(run_dir, created, lock, config_changes, run)``.  The order — create, lock, check —
+    means two processes started on one directory cannot both pass the check; the checks also run
+    before the lock, so a directory that is refused gets no lock file either.
     """
     from kdkit.paths import lock_directory
 
@@ -419,23 +480,42 @@ def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict
                                  "choose a directory you can write to") from None
             if not run_dir.is_dir():
                 raise KdkitError(f"--out {run_dir} is a file, not a directory; choose another --out")
+            if not created and not _holds_run(run_dir):  # a run: checked under the lock (in use, or kept)
+                _check_not_foreign(run_dir)
         lock = lock_directory(run_dir, f"run directory {run_dir}", "wait for it to finish or choose another --out")
     try:
         changes: list[str] = []
-        if not resume and _holds_run(run_dir):
-            raise KdkitError(f"--out {run_dir} already holds a run; use --resume {run_dir} to continue it "
-                             "or choose another --out")
-        _remove_stale_temp_files(run_dir)
         if resume:
-            changes = _edited_config(run_dir, config)
+            _check_is_run(run_dir)
+            run = read_run_file(run_dir)
+            adopt = run is None  # a run made before run ids: recorded once it passed the checks
+            run = new_run_record(adopted=True) if adopt else run
+            _remove_stale_temp_files(run_dir)
+            points = _resume_points(run_dir, run)
+            _check_metrics(run_dir, points)
+            changes = _edited_config(run_dir, config, points)
             if changes and not accept_config_change:
                 raise KdkitError(f"--resume {run_dir}: config.yaml was edited since the run started "
                                  f"({_summarize(changes)}); restore it, or pass --accept-config-change "
                                  "to continue with the edited config")
+            if adopt:
+                write_run_file(run_dir, run)
+        else:
+            _check_new_run_dir(run_dir)
+            _remove_stale_temp_files(run_dir)
+            run = create_run_file(run_dir)  # first, before any other file: from now on the directory is a run
     except BaseException:
         lock.release()
         raise
-    return run_dir, created, lock, changes
+    return run_dir, created, lock, changes, run
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A fresh run's ``--out``: no run in it to keep, and no file that is not kdkit's."""
+    if _holds_run(run_dir):
+        raise KdkitError(f"--out {run_dir} already holds a run; use --resume {run_dir} to continue it "
+                         "or choose another --out")
+    _check_not_foreign(run_dir)
 
 
 def _on_main(fn):
@@ -490,6 +570,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
         if config_file is not None or sets or out is not None:
             raise KdkitError("--resume continues a run with its saved config; --config, --set and --out "
                              "cannot be combined with it")
+        _check_is_run(run_dir)  # before reading its plugins.json: only a kdkit run's
         _load_run_plugins(run_dir, manager)
         saved = load_yaml(cfg_path)
         saved_method = saved.get("method")
@@ -514,9 +595,10 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
     with dist_utils.torchrun_process_group(device.type):
         claimed = _on_main(lambda: _claim_run_dir(run_dir, method, resume is not None, config, accept_config_change))
         lock, created, changes = (claimed[2], claimed[1], claimed[3]) if claimed else (None, False, [])
-        run_dir = Path(dist_utils.broadcast_object(str(claimed[0]) if claimed else None))
+        run_dir, run = dist_utils.broadcast_object((str(claimed[0]), claimed[4]) if claimed else None)
+        run_dir = Path(run_dir)
         try:
-            return _run(method, config, run_dir, resume is not None, changes, manager)
+            return _run(method, config, run_dir, resume is not None, changes, manager, run)
         except BaseException as exc:
             if dist_utils.is_main() and created and not _holds_run(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping; frees --out for a retry
@@ -529,12 +611,13 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
                 lock.release()
 
 
-def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[str], manager: Any) -> dict:
-    """The body of :func:`train` once its run directory is claimed and locked."""
+def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[str], manager: Any,
+         run: dict) -> dict:
+    """The body of :func:`train` once its run directory is claimed, locked and recorded (``run``)."""
     device = resolve_device(config["device"])
     _configure_determinism(config, device)
     manager.hook.kdkit_configure(config=config, run_dir=run_dir if dist_utils.is_main() else None)
-    ctx = RunContext(config, run_dir, manager, device, resume=resume)
+    ctx = RunContext(config, run_dir, manager, device, resume=resume, run=run)
     if ctx.is_main and not resume:
         write_config(config, run_dir / "config.yaml")
     if ctx.is_main:  # after config.yaml: a directory records its plugins only once it is a run

@@ -6,14 +6,16 @@ scheduler through its ``state_dict()`` —, AMP scaler, RNG, the best epoch so f
 counters, the ``metrics.jsonl`` lines written); it is rewritten atomically after
 every epoch, the previous one kept as ``last.prev.pt`` (resume's fallback when ``last.pt`` is
 unreadable), and once more with the :class:`~kdkit.engine.stage.StageResult` when the stage ends.
-``best.pt`` holds the weights of the best epoch.
+``best.pt`` holds the weights of the best epoch.  Both name their stage (``stage``) and their run
+(``run_id``, :mod:`kdkit.engine.rundir`); resume refuses a checkpoint of another stage or run.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdkit.engine.checkpoint import checkpoint_fits, load_checkpoint, load_last_checkpoint, save_checkpoint
+from kdkit.engine.checkpoint import (check_checkpoint_owner, checkpoint_fits, load_checkpoint, load_last_checkpoint,
+                                    save_checkpoint)
 from kdkit.engine.stage import StageResult
 from kdkit.seeding import capture_rng_state, restore_rng_state
 
@@ -32,7 +34,7 @@ class StageCheckpoints:
     """The checkpoint half of :class:`~kdkit.engine.trainer.Trainer` (its base class): saving and
     restoring the state below, which the trainer sets up and trains."""
 
-    ctx: Any  # the TrainerHost: log(), metrics_lines
+    ctx: Any  # the TrainerHost: log(), metrics_lines, run_id, run_adopted
     options: Any  # TrainerOptions: config (stored in checkpoints)
     stage: "Stage"
     device: "torch.device"
@@ -62,6 +64,7 @@ class StageCheckpoints:
             "format": CHECKPOINT_FORMAT,
             "kind": "last",
             "stage": self.stage.name,
+            "run_id": self.ctx.run_id,
             "epoch": self.epoch,
             "step": self.step,
             "epochs": self.epochs,
@@ -106,7 +109,7 @@ class StageCheckpoints:
         """A finished stage's :class:`StageResult` (its best weights loaded), the ``last.pt`` state of
         an unfinished one (``last.prev.pt``'s, with a warning, when ``last.pt`` is unreadable), or
         ``None`` for a fresh stage."""
-        state, source = load_last_checkpoint(self.last_path, warn=self.ctx.log)
+        state, source = load_last_checkpoint(self.last_path, warn=self.ctx.log, check=self._check_owner)
         self._last_unreadable = source is not None and source != self.last_path
         self._resumed_from = source
         if state is not None and state.get("finished"):
@@ -119,6 +122,10 @@ class StageCheckpoints:
                                dict(r.get("test_metrics") or {}), resumed_finished=True,
                                stopped_epoch=r.get("stopped_epoch"))
         return state
+
+    def _check_owner(self, state: dict, path: Path) -> None:
+        """Refuse a checkpoint copied from another stage or run."""
+        check_checkpoint_owner(state, path, self.stage.name, self.ctx.run_id, legacy=self.ctx.run_adopted)
 
     def _load_weights(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -138,7 +145,9 @@ class StageCheckpoints:
         """Load the best epoch's weights (best.pt, else the in-memory copy); False when neither exists."""
         best_path = self.ckpt_dir / "best.pt"
         if best_path.exists():
-            self._load_weights(load_checkpoint(best_path, map_location=self.device))
+            state = load_checkpoint(best_path, map_location=self.device)
+            self._check_owner(state, best_path)
+            self._load_weights(state)
             return True
         best = self.best_weights if last_state is None else last_state.get("best_weights")
         if best is not None:
@@ -156,7 +165,7 @@ class StageCheckpoints:
 
     def _save_best(self, metrics: dict) -> None:
         self._save("best.pt", {
-            "format": CHECKPOINT_FORMAT, "kind": "best", "stage": self.stage.name, "epoch": self.best["epoch"],
+            "format": CHECKPOINT_FORMAT, "kind": "best", "stage": self.stage.name, "run_id": self.ctx.run_id, "epoch": self.best["epoch"],
             "step": self.step, "metrics": dict(metrics), "model": self.model.state_dict(),
             "extra_modules": {k: m.state_dict() for k, m in self.extra_modules.items()},
             "config": self.options.config,

@@ -127,6 +127,8 @@ class TrainerHost(Protocol):
     run_dir: Path
     hook: Any  # the plugin manager's hook relay (lifecycle hooks)
     metrics_lines: int  # metrics.jsonl lines written (checkpointed for exact resume)
+    run_id: str  # the run's id (kdkit.engine.rundir), stored in and checked against its checkpoints
+    run_adopted: bool  # a run made before run ids: checkpoints without one pass on their stage
     config: dict
 
     def log(self, msg: str) -> None: ...

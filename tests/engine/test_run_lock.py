@@ -155,13 +155,12 @@ def test_a_run_failing_before_its_first_checkpoint_leaves_no_directory(tmp_path,
     code, err = _main(_train_args(out), capsys)
     assert code == 2 and err == ["kdkit: error: no training data here"]
     assert not out.exists()  # created by this run and nothing worth keeping: --out is free again
-    mine = tmp_path / "mine"  # a directory the user made is kept, with what it held
+    mine = tmp_path / "mine"  # an empty directory the user made is kept
     mine.mkdir()
-    (mine / "notes.txt").write_text("mine")
     assert _main(_train_args(mine), capsys)[0] == 2
-    assert (mine / "notes.txt").read_text() == "mine" and (mine / "config.yaml").is_file()
+    assert (mine / "config.yaml").is_file() and (mine / "kdkit-run.json").is_file()
     monkeypatch.undo()
-    assert _main(_train_args(mine), capsys)[0] == 0  # a config.yaml without checkpoint does not block it
+    assert _main(_train_args(mine), capsys)[0] == 0  # kdkit's files without checkpoint do not block it
 
 
 # --- checkpoints: SIGKILL on every write, rotation and fallback ---------------------------------------
