@@ -28,14 +28,19 @@ def save_codes(path: str | Path, codes, meta: dict | None = None) -> Path:
     arr = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ValueError(f"codes must be uint8 (N, L/8), got {arr.dtype} {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.ascontiguousarray(arr))
-    tmp.replace(path)
+    import io
+
+    from kdkit.files import atomic_write_bytes, atomic_write_text
+
+    # both files atomically (temp file in the same directory, os.replace, temp removed on failure):
+    # a failed rename left CODES.tmp.npy behind and the sidecar could be half written
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(arr))
+    atomic_write_bytes(path, buffer.getvalue())
     info = {"format": "kdkit-codes-1", "layout": "faiss binary: uint8 (N, L/8), bit j = byte j//8 bit j%8 (LSB first)",
             "count": int(arr.shape[0]), "bits": int(arr.shape[1] * 8)}
     info.update(meta or {})
-    Path(str(path) + ".json").write_text(json.dumps(_jsonable(info), indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(Path(str(path) + ".json"), json.dumps(_jsonable(info), indent=1) + "\n")
     return path
 
 
@@ -68,7 +73,12 @@ def load_codes(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, dict]:
         raise DataError(f"cannot read code file {path}: {exc}") from None
     if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] == 0:
         raise DataError(f"{path}: expected packed uint8 codes (N, L/8), got dtype {arr.dtype} shape {arr.shape}")
-    return arr, _load_sidecar(Path(str(path) + ".json"))
+    meta = _load_sidecar(Path(str(path) + ".json"))
+    # the sidecar must describe this array: a 128-bit sidecar beside 64-bit packed codes was accepted
+    if "bits" in meta and (isinstance(meta["bits"], bool) or meta["bits"] != arr.shape[1] * 8):
+        raise DataError(f"{path}.json says bits={meta['bits']!r} but {path} holds {arr.shape[1] * 8}-bit codes "
+                        f"({arr.shape[1]} bytes a code); fix or delete the sidecar (it is optional)")
+    return arr, meta
 
 
 def _load_sidecar(meta_path: Path) -> dict:
