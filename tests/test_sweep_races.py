@@ -5,6 +5,7 @@ The runs are the tiny ``shapes`` runs of tests/commands/test_sweep_command.py; k
 KDTEST_HOLD keeps a run in its locked directory, before anything is trained."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,7 +103,12 @@ def test_two_sweeps_started_together_on_one_out(cfg, tmp_path):
 def test_a_sweep_stopped_while_its_run_holds_its_directory_then_run_again(cfg, tmp_path, how):
     out = tmp_path / "out"
     proc = sweep(cfg, out, hold=8)
-    run = held_by_a_run(out / "runs/kd/default/seed0", [proc])
+    try:
+        run = held_by_a_run(out / "runs/kd/default/seed0", [proc])
+    except BaseException:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            finish(proc, timeout=0.1)  # leaves no sweep or run behind
+        raise
     if how == "SIGTERM":
         os.kill(proc.pid, signal.SIGTERM)
     else:
