@@ -142,7 +142,8 @@ class DistillInputs:
         if index is None:
             if len(models) != 1:
                 raise ConfigError(f"{who} needs a teacher's module {path!r} but sees the mean of {len(models)} "
-                                  "teachers; give the term a teacher_index")
+                                  "teachers; set distill.combine=mean_loss (the term on each teacher), or tap "
+                                  "features and give the term a teacher_index")
             index = 0
         if not 0 <= index < len(models):
             raise ConfigError(f"{who}: teacher_index {index}, but there are {len(models)} teachers (0-based)")

@@ -206,4 +206,9 @@ def distill_terms(distill: dict, defaults: dict | None = None) -> list[TermSpec]
                           "names (distill.terms.N.name)")
     if "ce" in names:
         raise ConfigError("config key distill.terms: the name 'ce' is the cross-entropy term's; choose another")
+    for spec in specs:
+        if not spec.uses_features and spec.teacher_index != 0:  # it was silently ignored
+            raise ConfigError(f"config key distill.terms ({spec.name}): teacher_index {spec.teacher_index} on a logit "
+                              f"term ({spec.loss}), which distils every teacher's logits combined by "
+                              "distill.combine; teacher_index picks the teacher of a feature term (remove it)")
     return specs

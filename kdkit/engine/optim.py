@@ -88,15 +88,36 @@ def param_groups(model: nn.Module, extra_modules: dict[str, nn.Module], custom: 
     return groups
 
 
-def build_optimizer(settings: TrainSettings, groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(settings: TrainSettings, groups: list[dict], stage_name: str = "") -> torch.optim.Optimizer:
     """``train.optimizer`` over ``groups`` with ``lr``, ``weight_decay`` (and for ``sgd`` ``momentum``,
     ``nesterov``) and ``optimizer_options`` as defaults a group may override."""
     cls = optimizer_class(settings.optimizer)
     try:
-        return cls(groups, **optimizer_kwargs(settings))
+        optimizer = cls(groups, **optimizer_kwargs(settings))
     except (TypeError, ValueError) as e:  # e.g. an option the groups' parameters cannot take
         raise ConfigError(f"config key train.optimizer: {cls.__name__} refused its options: "
                           f"{' '.join(str(e).split())}") from None
+    _check_representable(optimizer, stage_name)
+    return optimizer
+
+
+def _check_representable(optimizer: torch.optim.Optimizer, stage_name: str) -> None:
+    """Refuse a rate or weight decay the parameters' dtype cannot hold: torch passes them to its
+    kernels as a scalar of that dtype (``param.add_(grad, alpha=-lr)``), so ``train.lr=1e308`` on
+    float32 parameters failed at the first step with a RuntimeError instead of naming the key."""
+    for group in optimizer.param_groups:
+        dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+        for key in ("lr", "weight_decay"):
+            value = group.get(key)
+            if not isinstance(value, (int, float)):
+                continue
+            for dtype in dtypes:
+                limit = torch.finfo(dtype).max
+                if abs(value) > limit:
+                    where = f"stage {stage_name}: " if stage_name else ""
+                    raise ConfigError(f"{where}{key} {value:g} is beyond what the model's {dtype} parameters can "
+                                      f"hold (at most {limit:.3g}); give a smaller {key} in the stage's train "
+                                      "section (train, teacher_train, ...)")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class Trainer(StageCheckpoints):
         if self.settings.channels_last:
             self.model.to(memory_format=torch.channels_last)  # 4-D weights only; parameters stay the same objects
         groups = param_groups(self.model, self.extra_modules, self.stage.param_groups, self.stage.name)
-        self.optimizer = build_optimizer(self.settings, groups)
+        self.optimizer = build_optimizer(self.settings, groups, self.stage.name)
         self.scheduler = build_scheduler(self.optimizer, self.settings, self.epochs, steps_per_epoch)
         if self.amp_dtype == torch.float16:  # bf16 has fp32's range: only fp16 needs its loss scaled
             self.scaler = torch.amp.GradScaler(self.device.type)
@@ -390,14 +390,15 @@ class Trainer(StageCheckpoints):
             self.stage.after_step_fn(self, step)
         return loss_value, self._logs(logs)
 
-    def _diverged(self, loss_value: float):
-        """Stop the run on a non-finite loss: the last good checkpoint stays, rank 0 writes the
-        divergence record (:data:`DIVERGED_FILE`), every rank raises :class:`DivergedError`."""
+    def _diverged(self, loss_value: float, what: str = "loss"):
+        """Stop the run on a non-finite loss (``what``: ``loss``, or ``validation loss``): the last good
+        checkpoint stays, rank 0 writes the divergence record (:data:`DIVERGED_FILE`), every rank raises
+        :class:`DivergedError`."""
         kept = self.last_path if self.last_path.exists() else None
         record = {"status": "diverged", "stage": self.stage.name, "epoch": self.epoch, "epochs": self.epochs,
                   "step": self.step, "loss": str(loss_value), "checkpoint": str(kept) if kept else None}
         record["message"] = (
-            f"non-finite loss ({loss_value}) in stage {self.stage.name!r}, epoch {self.epoch + 1}, "
+            f"non-finite {what} ({loss_value}) in stage {self.stage.name!r}, epoch {self.epoch + 1}, "
             f"step {self.step}; stopped — " +
             (f"last good checkpoint kept: {kept}" if kept else "no checkpoint of this stage was written yet"))
         if self.is_main:
@@ -444,6 +445,11 @@ class Trainer(StageCheckpoints):
         val_metrics: dict = {}
         if has_val:
             val_metrics = self.evaluate(stage.val_data)
+            val_loss = val_metrics.get("loss")
+            if isinstance(val_loss, float) and not math.isfinite(val_loss):
+                # weights that give non-finite outputs train on but are a failed run (train.lr=1000 ended
+                # with val.loss=nan and exit 0); the epoch is not recorded, its checkpoint not written
+                self._diverged(val_loss, "validation loss")
             record.update({f"val.{k}": v for k, v in val_metrics.items()})
             record.update(watch_early_stop(self.settings.early_stop, self.early_stop, val_metrics, stage))
         ctx.append_metrics(record)

@@ -30,6 +30,9 @@ def test_without_terms_the_classic_single_term():
     ([{"loss": "kl", "wieght": 1.0}], r"unknown config key distill.terms.0.'wieght'; valid keys of a term"),
     ([{"loss": "kl", "weight": "heavy"}], r"distill.terms.0.weight: expected a number"),
     ([{"loss": "kl", "teacher_index": -1}], r"teacher_index: expected an integer >= 0"),
+    # a logit term distils every teacher combined: its teacher_index was silently ignored
+    ([{"loss": "kl", "teacher_index": 5}], r"\(kl\): teacher_index 5 on a logit term \(kl\), which distils every "
+                                            r"teacher's logits combined by distill.combine"),
     ([{"loss": "kl"}, {"loss": "kl"}], "two terms are named 'kl'"),
     ([{"loss": "kl", "name": "ce"}], "the name 'ce' is the cross-entropy term's"),
     ([{"loss": "kl", "student": 3}], r"distill.terms.0.student: expected a module path"),
@@ -369,7 +372,7 @@ def test_a_term_reads_the_teachers_and_the_students_modules_by_path():
     (lambda i: DistillInputs(torch.zeros(1, 1)).student_module("fc", loss="catkd"),
      r"loss catkd needs the student's module 'fc', but no student model was handed to the term"),
     (lambda i: DistillInputs(torch.zeros(1, 1), teacher_models=(None, None)).teacher_module("fc"),
-     r"sees the mean of 2 teachers; give the term a teacher_index"),
+     r"sees the mean of 2 teachers; set distill.combine=mean_loss"),
 ])
 def test_module_lookups_that_fail_are_one_line_errors(call, message):
     inputs = DistillInputs(torch.zeros(2, 3), teacher_index=0, student_model=_Net(),

@@ -59,6 +59,20 @@ def _blowup(num_classes: int, image_size: int = 32, in_channels: int = 3, **_):
     return Blowup()
 
 
+def _eval_blowup(num_classes: int, image_size: int = 32, in_channels: int = 3, **_):
+    """Finite logits in training mode, inf in eval mode: the training loss stays finite, the
+    validation loss does not."""
+    model = _blowup(num_classes, image_size, in_channels)
+    forward = model.forward
+
+    def eval_forward(x):
+        return forward(x) if not model.training else model.net(x)
+
+    model.forward = eval_forward
+    return model
+
+
 @kdkit.hookimpl
 def kdkit_register_teachers(register):
     register("blowup", _blowup, description="logits inf from the start (tests)")
+    register("evalblowup", _eval_blowup, description="logits inf in eval mode only (tests)")

@@ -87,6 +87,21 @@ def test_a_run_that_diverges_before_its_first_checkpoint_keeps_its_directory(tmp
         train(resume=run, manager=diverge_manager)
 
 
+def test_a_non_finite_validation_loss_stops_the_stage_as_diverged(tmp_path, diverge_manager):
+    """Training losses all finite, validation loss inf: the run used to finish with val.loss=inf and
+    exit 0; now the stage stops as diverged, before that epoch's record or checkpoint."""
+    from kdkit.engine import train
+
+    run = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"^non-finite validation loss \((inf|nan)\) in stage 'teacher.evalblowup', "
+                                            r"epoch 1, step \d+; stopped — no checkpoint"):
+        train("kd", sets=TINY + ["teachers=[{name: evalblowup}]"], out=run, manager=diverge_manager)
+    record = read_divergence(run)
+    assert (record["stage"], record["epoch"], record["checkpoint"]) == ("teacher.evalblowup", 0, None)
+    metrics = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+    assert "val.loss" not in metrics
+
+
 def test_kdkit_train_exits_4_with_one_line_and_so_does_its_resume(tmp_path, capsys, diverge_manager):
     from kdkit.cli import main
 

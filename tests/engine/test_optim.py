@@ -177,3 +177,15 @@ def test_param_groups():
     with pytest.raises(kdkit.KdkitError, match="stage s: nothing to train"):
         param_groups(freeze(nn.Linear(2, 2)), {}, None, "s")
     assert math.isclose(build_optimizer(_settings(optimizer="adamw", lr=0.01), [group]).defaults["lr"], 0.01)
+
+
+@pytest.mark.parametrize("overrides", [{"lr": 1e308}, {"weight_decay": 1e300}])
+def test_a_rate_beyond_the_parameters_dtype_is_one_line_naming_the_stage(overrides):
+    """train.lr=1e308 on float32 parameters failed inside SGD's first step ('value cannot be converted
+    to type float without overflow', a traceback); a float64 model can take it."""
+    key = next(iter(overrides))
+    groups = [{"params": [nn.Parameter(torch.zeros(2))]}]
+    with pytest.raises(kdkit.ConfigError, match=rf"^stage student: {key} 1e\+3\d\d is beyond what the model's "
+                                                rf"torch.float32 parameters can hold \(at most 3.4e\+38\)"):
+        build_optimizer(_settings(**overrides), groups, "student")
+    build_optimizer(_settings(**overrides), [{"params": [nn.Parameter(torch.zeros(2, dtype=torch.float64))]}])
