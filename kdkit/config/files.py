@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import stat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
 from kdkit.errors import ConfigError
+from kdkit.files import regular_file
 
 __all__ = ["load_yaml", "parse_yaml", "dump_yaml", "write_config", "plain_value", "parse_set", "apply_sets",
            "check_dotted_keys", "MAX_YAML_VALUES"]
@@ -41,16 +40,8 @@ class _Loader(yaml.SafeLoader):
 
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file with :func:`parse_yaml`; errors are one-line :class:`ConfigError`."""
-    path = Path(path)
     # by type, before opening: reading /dev/zero never ends and opening a FIFO blocks
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"config file {path} is {_file_kind(mode)}, not a regular file; give a YAML file")
+    path = regular_file(path, "config file", ConfigError)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -64,14 +55,6 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 #: Values a config document may expand to; far above any real config, far below what aliases of
