@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--run", metavar="DIR", help="a finished run directory (its method encodes)")
     src.add_argument("--features", metavar="FILE", help="a .npy float array (N, L) to binarise and pack")
     parser.add_argument("--modality", choices=["image", "text"], help="with --run: which modality to encode")
-    parser.add_argument("--bits", type=int, help="with --run: the code length (one the run trained)")
+    parser.add_argument("--bits", type=int, help="with --run: the code length (one the run trained); with "
+                                                 "--features: optional, must equal the feature dimension")
     parser.add_argument("--split", default="retrieval",
                         help="with --run: dataset split to encode: query, retrieval (default), train, all")
     parser.add_argument("--text-file", metavar="FILE", help="with --run --modality text: encode these lines instead")
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
             raise KdkitError(f"--out {args.out} is the --features input {path}; writing the codes there would "
                              "overwrite it: choose another --out")
         x = _load_features(path)
+        if args.bits is not None and int(args.bits) != x.shape[1]:  # it was ignored: 64-bit codes for --bits 32
+            raise KdkitError(f"--bits {args.bits}: --features {path} has {x.shape[1]} dimensions, one bit each; "
+                             f"drop --bits, or give {x.shape[1]}")
         # compare in numpy (exact for every real dtype, no float32 rounding to -0.0); bool is the bit itself
         signs = x if x.dtype == np.bool_ else x >= 0
         codes = ops.pack_bits(torch.from_numpy(np.ascontiguousarray(signs))).numpy()

@@ -84,3 +84,15 @@ def test_an_out_that_is_empty_or_a_directory_is_a_one_line_error(tmp_path, capsy
     (tmp_path / "d.npy").mkdir()
     _one_line_error(capsys, "f.npy", out, "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "d.npy", "f.npy"]
+
+
+def test_bits_that_disagree_with_the_features_are_refused_not_ignored(tmp_path, capsys):
+    """``--bits 32`` beside 64-dimensional features wrote 64-bit codes without a word."""
+    path = tmp_path / "f.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32))
+    status = main(["encode", "--features", str(path), "--bits", "32", "--out", str(tmp_path / "codes.npy")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "--bits 32: --features" in err and "has 64 dimensions, one bit each; drop --bits, or give 64" in err
+    assert not (tmp_path / "codes.npy").exists()
+    assert main(["encode", "--features", str(path), "--bits", "64", "--out", str(tmp_path / "codes.npy")]) == 0
