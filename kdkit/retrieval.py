@@ -10,6 +10,7 @@ lower database index — so batched, single-process and sharded searches return 
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from kdkit.errors import DataError
+from kdkit.files import atomic_write_bytes, atomic_write_text, regular_file
 
 __all__ = ["save_codes", "load_codes", "search", "merge_topk", "shard_range", "sharded_search"]
 
@@ -28,10 +30,6 @@ def save_codes(path: str | Path, codes, meta: dict | None = None) -> Path:
     arr = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ValueError(f"codes must be uint8 (N, L/8), got {arr.dtype} {arr.shape}")
-    import io
-
-    from kdkit.files import atomic_write_bytes, atomic_write_text
-
     # both files atomically (temp file in the same directory, os.replace, temp removed on failure):
     # a failed rename left CODES.tmp.npy behind and the sidecar could be half written
     buffer = io.BytesIO()
@@ -64,9 +62,7 @@ def _jsonable(v):
 
 def load_codes(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, dict]:
     """Read a code file -> ``(uint8 (N, L/8) array, metadata dict)``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"code file not found: {path}")
+    path = regular_file(path, "code file", DataError)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds

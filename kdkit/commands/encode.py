@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from kdkit.errors import DataError, KdkitError
+from kdkit.files import regular_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
         from kdkit import ops
 
-        path = Path(args.features)
-        if not path.is_file():
-            raise KdkitError(f"--features: file not found: {path}")
+        path = regular_file(args.features, "--features: file")
         if out_path.resolve() == path.resolve() or (out_path.exists() and os.path.samefile(out_path, path)):
             raise KdkitError(f"--out {args.out} is the --features input {path}; writing the codes there would "
                              "overwrite it: choose another --out")
@@ -67,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise KdkitError("--run needs --modality image|text and --bits L")
     texts = None
     if args.text_file:
-        tpath = Path(args.text_file)
-        if not tpath.is_file():
-            raise KdkitError(f"--text-file: file not found: {tpath}")
+        tpath = regular_file(args.text_file, "--text-file: file")
         texts = [ln.rstrip("\n") for ln in tpath.read_text(encoding="utf-8").splitlines()]
     ctx, method = _open_run(Path(args.run), args.device)
     if not hasattr(method, "encode"):

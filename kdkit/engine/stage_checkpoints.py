@@ -165,7 +165,8 @@ class StageCheckpoints:
 
     def _save_best(self, metrics: dict) -> None:
         self._save("best.pt", {
-            "format": CHECKPOINT_FORMAT, "kind": "best", "stage": self.stage.name, "run_id": self.ctx.run_id, "epoch": self.best["epoch"],
+            "format": CHECKPOINT_FORMAT, "kind": "best", "stage": self.stage.name, "run_id": self.ctx.run_id,
+            "epoch": self.best["epoch"],
             "step": self.step, "metrics": dict(metrics), "model": self.model.state_dict(),
             "extra_modules": {k: m.state_dict() for k, m in self.extra_modules.items()},
             "config": self.options.config,

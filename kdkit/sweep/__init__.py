@@ -1,7 +1,7 @@
 """``kdkit sweep CONFIG``: a reproduction harness — cells x seeds x grid points, stored results,
 mean ± std tables with a named checkpoint selection, resume, and a comparison with a stored table.
 
-The sweep file (YAML, ``yaml.safe_load``)::
+The sweep file (YAML, read by :func:`kdkit.config.files.load_yaml`: safe loading, no duplicate keys)::
 
     name: fashion_mnist_methods     # optional (default: the file's stem); names the table
     seeds: [0, 1, 2]                # required: distinct integers >= 0; each run gets --set seed=S

@@ -220,8 +220,7 @@ def _check_kept_runs(runs: list, configs: dict) -> None:
 def sweep_size(sweep: Sweep, cells: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> str:
     """``"12 run(s) = 2 cell(s) x 2 grid point(s) x 3 seed(s)"``, counted without planning a run; with
     a slice, also how many of them this invocation runs."""
-    total = len(sweep.cells) * sweep.n_grid_points * len(sweep.seeds)
-    text = (f"{total} run(s) = {len(sweep.cells)} cell(s) x {sweep.n_grid_points} grid point(s) x "
+    text = (f"{sweep.n_runs} run(s) = {len(sweep.cells)} cell(s) x {sweep.n_grid_points} grid point(s) x "
             f"{len(sweep.seeds)} seed(s)")
     if cells is not None or seeds is not None:
         wanted, seed_list = select(sweep, cells, seeds)
@@ -232,9 +231,8 @@ def sweep_size(sweep: Sweep, cells: Iterable[str] | None = None, seeds: Iterable
 
 def check_size(sweep: Sweep, yes: bool) -> None:
     """Refuse a sweep file of more than :data:`MAX_RUNS_WITHOUT_YES` runs unless ``yes``."""
-    total = len(sweep.cells) * sweep.n_grid_points * len(sweep.seeds)
-    if total > MAX_RUNS_WITHOUT_YES and not yes:
-        raise KdkitError(f"sweep {sweep.name} has {total} runs, more than the {MAX_RUNS_WITHOUT_YES} a sweep plans "
+    if sweep.n_runs > MAX_RUNS_WITHOUT_YES and not yes:
+        raise KdkitError(f"sweep {sweep.name} has {sweep.n_runs} runs, more than the {MAX_RUNS_WITHOUT_YES} a sweep plans "
                          "and runs without --yes; check the grid, or pass --yes to run them all")
 
 

@@ -74,6 +74,11 @@ class Sweep:
         """How many grid points :meth:`grid_points` gives, without making them."""
         return math.prod(len(values) for values in self.grid.values())
 
+    @property
+    def n_runs(self) -> int:
+        """Runs of the whole file: cells x grid points x seeds."""
+        return len(self.cells) * self.n_grid_points * len(self.seeds)
+
     def grid_points(self) -> list:
         if not self.grid:
             return [GridPoint("default", {}, "")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kdkit.config.files import load_yaml
 from kdkit.errors import ConfigError, KdkitError
+from kdkit.files import regular_file
 from kdkit.sweep.hook import LAST_EPOCH_SPLIT
 from kdkit.sweep.runs import (
     _read_failure,
@@ -275,9 +276,7 @@ def load_table(path: str | Path) -> dict:
     """A reference ``table.json`` for ``--compare``, its structure checked here, once: every value
     :func:`compare_tables` reads is of its type (a finite mean, integer seeds, one row per id), so a
     bad reference is a one-line :class:`ConfigError` naming the file and the row, never a silent pass."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--compare: reference table not found: {path}")
+    path = regular_file(path, "--compare: reference table", ConfigError)
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested too deeply
@@ -372,8 +371,9 @@ def _row_problem(row) -> str | None:
 def check_common_rows(reference: dict, sweep: Sweep, runs: list, path) -> None:
     """Refuse a reference without a row of this sweep (or slice): nothing would be compared.  Checked
     before anything runs."""
-    ours = [row_id(row, point.label) for cell in sweep.file_order if cell.name in {r.cell.name for r in runs}
-            for row in cell.rows for point in sweep.grid_points()]
+    cells, points = {r.cell.name for r in runs}, sweep.grid_points()
+    ours = [row_id(row, point.label) for cell in sweep.file_order if cell.name in cells
+            for row in cell.rows for point in points]
     theirs = [r["id"] for r in reference["rows"]]
     if not set(ours) & set(theirs):
         def some(ids: list) -> str:
