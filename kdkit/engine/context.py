@@ -81,7 +81,9 @@ class RunContext:
         self.stage_results: dict[str, StageResult] = {}
         self._log_file = None
         if read_only:
-            self.run = run or {"run_id": None, "adopted": True}  # writes no checkpoint
+            # the run's own record, which load_best checks its checkpoints against; none: a run made
+            # before run ids (its checkpoints are checked on their stage alone)
+            self.run = run or read_run_file(self.run_dir) or {"run_id": None, "adopted": True}
             return
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,11 +271,14 @@ class RunContext:
         return Trainer(self, stage)
 
     def load_best(self, stage_name: str, model: torch.nn.Module, extra_modules: dict | None = None) -> dict:
-        """Load ``checkpoints/<stage_name>/best.pt`` into ``model``; returns the checkpoint's metrics."""
+        """Load ``checkpoints/<stage_name>/best.pt`` into ``model``; returns the checkpoint's metrics.
+        A checkpoint of another stage or run is refused (:func:`~kdkit.engine.checkpoint.check_checkpoint_owner`)."""
         path = self.run_dir / "checkpoints" / stage_name / "best.pt"
         if not path.exists():
             raise KdkitError(f"no best checkpoint for stage {stage_name!r} in {self.run_dir} ({path} is missing)")
         state = load_checkpoint(path, map_location=self.device)
+        # a best.pt copied from another stage or run would pass for this one's (as a last.pt on --resume)
+        check_checkpoint_owner(state, path, stage_name, self.run_id, legacy=self.run_adopted)
         with checkpoint_fits(path, f"stage {stage_name!r}'s model"):
             model.load_state_dict(state["model"])
             for k, sd in (state.get("extra_modules") or {}).items():

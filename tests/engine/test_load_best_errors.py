@@ -10,6 +10,10 @@ from kdkit.engine.checkpoint import CheckpointError, save_checkpoint
 from kdkit.engine.context import RunContext
 
 
+RUN = {"run_id": "0" * 32, "adopted": False}
+OWNER = {"stage": "student", "run_id": RUN["run_id"]}  # the checkpoint is the stage's own
+
+
 def _model():
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
 
@@ -23,9 +27,9 @@ def _model():
 def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(tmp_path, state, words):
     best = tmp_path / "checkpoints" / "student" / "best.pt"
     best.parent.mkdir(parents=True)
-    save_checkpoint(state, best)
+    save_checkpoint({**OWNER, **state}, best)
     ctx = RunContext.__new__(RunContext)  # what `kdkit eval` builds: a read-only context
-    ctx.run_dir, ctx.device = tmp_path, torch.device("cpu")
+    ctx.run_dir, ctx.device, ctx.run = tmp_path, torch.device("cpu"), RUN
     with pytest.raises(CheckpointError) as info:
         ctx.load_best("student", _model())
     message = str(info.value)

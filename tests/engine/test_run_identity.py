@@ -149,6 +149,34 @@ def test_a_run_made_with_run_ids_refuses_a_checkpoint_without_one(run, capsys):
     assert "of run unknown (written before run ids), expected stage " in err[0]
 
 
+def test_eval_refuses_another_stages_best_checkpoint(run, capsys):
+    ckpts = run / "checkpoints"
+    shutil.copyfile(ckpts / "teacher.convnet" / "best.pt", ckpts / "baseline" / "best.pt")
+    code, err = _main(["eval", "--run", str(run)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"checkpoint {ckpts / 'baseline' / 'best.pt'} is from stage 'teacher.convnet' of run " in err[0]
+    assert "expected stage 'baseline' of run " in err[0]
+
+
+def test_eval_refuses_the_same_stage_of_another_run(run, finished, capsys):
+    shutil.copyfile(finished[1] / "checkpoints" / "baseline" / "best.pt", run / "checkpoints" / "baseline" / "best.pt")
+    ids = [json.loads((r / "kdkit-run.json").read_text())["run_id"] for r in (finished[1], run)]
+    code, err = _main(["eval", "--run", str(run)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"is from stage 'baseline' of run {ids[0]}, expected stage 'baseline' of run {ids[1]}" in err[0]
+
+
+def test_eval_of_a_run_from_before_run_ids_checks_the_stage_alone(run, capsys):
+    _strip_run_ids(run)
+    (run / "kdkit-run.json").unlink()
+    code, err = _main(["eval", "--run", str(run)], capsys)
+    assert code == 0, err
+    ckpts = run / "checkpoints"
+    shutil.copyfile(ckpts / "teacher.convnet" / "best.pt", ckpts / "baseline" / "best.pt")
+    code, err = _main(["eval", "--run", str(run)], capsys)
+    assert code == 2 and "is from stage 'teacher.convnet' of run unknown (written before run ids)" in err[0], err
+
+
 # --- 3. metrics.jsonl holds what the checkpoints say was written --------------------------------------
 
 def test_resume_refuses_a_truncated_metrics_file_and_keeps_it(run, capsys):

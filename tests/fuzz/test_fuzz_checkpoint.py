@@ -32,13 +32,16 @@ def _saved(obj) -> bytes:
     return buffer.getvalue()
 
 
-CHECKPOINT = _saved({"model": _model().state_dict(), "epoch": 3, "metrics": {"acc": 0.5},
+#: the run the checkpoints belong to (load_best refuses another run's or stage's)
+RUN = {"run_id": "0" * 32, "adopted": False}
+OWNER = {"stage": "student", "run_id": RUN["run_id"]}
+CHECKPOINT = _saved({**OWNER, "model": _model().state_dict(), "epoch": 3, "metrics": {"acc": 0.5},
                      "rng": {"torch": torch.get_rng_state()}, "extra_modules": {}})
 
 
 def _run_dir_context(run_dir) -> RunContext:
     ctx = RunContext.__new__(RunContext)  # what `kdkit eval` builds: a read-only context
-    ctx.run_dir, ctx.device = run_dir, torch.device("cpu")
+    ctx.run_dir, ctx.device, ctx.run = run_dir, torch.device("cpu"), RUN
     return ctx
 
 
@@ -82,7 +85,7 @@ model_keys = st.sampled_from(["0.weight", "0.bias", "1.weight", "1.bias", "1.run
 @given(model=st.one_of(values, st.dictionaries(model_keys, st.one_of(tensors, values), max_size=8)),
        extra=st.dictionaries(st.sampled_from(["model", "metrics", "extra_modules", "epoch"]), values, max_size=3))
 def test_structured_checkpoints(model, extra):
-    state = {"model": model}
+    state = {**OWNER, "model": model}
     state.update(extra)
     _load_best(_saved(state))
 
