@@ -14,6 +14,7 @@ import torch
 
 from kdkit.config import (ENGINE_KEYS, base_config, dump_yaml, get_path, load_yaml, method_config_help,  # noqa: F401 - re-exported
                           resolve_method_config, write_config)
+from kdkit.config.diff import config_changes, summarize
 from kdkit.config.settings import RunSettings
 from kdkit.config.switches import method_component_switches
 from kdkit.config.view import freeze_config
@@ -334,9 +335,6 @@ def _configure_determinism(config: dict, device: torch.device) -> None:
 
 # --- the run directory: claimed under a lock, resumed from consistent checkpoints -------------
 
-#: config keys that may change between a run and its resume without changing what it computes
-_RESUME_FREE_KEYS = ("device", "logging", "data.root")
-
 
 def _holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run worth keeping: a finished run, a stage checkpoint or the record
@@ -380,32 +378,6 @@ def _resume_points(run_dir: Path, run: dict) -> dict[str, tuple[dict, Path]]:
     return points
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _config_changes(started: dict, now: dict) -> list[str]:
-    """Dotted keys whose values differ (``"train.epochs (2 -> 3)"``), keys in :data:`_RESUME_FREE_KEYS` aside."""
-    def plain(config):
-        return _flat(json.loads(json.dumps(config, sort_keys=True, default=str)))
-
-    old, new = plain(started), plain(now)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if any(key == free or key.startswith(free + ".") for free in _RESUME_FREE_KEYS):
-            continue
-        if key not in old or key not in new or old[key] != new[key]:
-            a, b = (repr(side[key]) if key in side else "unset" for side in (old, new))
-            shown = f"{key} ({a} -> {b})"
-            changes.append(shown if len(shown) <= 80 else key)
-    return changes
-
-
 def _check_metrics(run_dir: Path, points: dict[str, tuple[dict, Path]]) -> None:
     """``metrics.jsonl`` must still hold every record the checkpoints resumed from say was written
     (a truncated or deleted file lost results; it is never rewritten to hide that)."""
@@ -435,18 +407,14 @@ def _edited_config(run_dir: Path, config: dict, points: dict[str, tuple[dict, Pa
         return []
     newest, _ = max(points.values(), key=lambda point: int(point[0].get("metrics_lines", 0)))
     started = newest.get("config")
-    return _config_changes(started, config) if isinstance(started, dict) else []
-
-
-def _summarize(items: list[str], limit: int = 4) -> str:
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return config_changes(started, config) if isinstance(started, dict) else []
 
 
 def _check_not_foreign(run_dir: Path) -> None:
     """``--out`` must be empty (or new) or a kdkit run directory: a file of the user's is never replaced."""
     names = foreign_files(run_dir)
     if names:
-        raise KdkitError(f"--out {run_dir} holds files kdkit did not write ({_summarize(names, 2)}); "
+        raise KdkitError(f"--out {run_dir} holds files kdkit did not write ({summarize(names, 2)}); "
                          "choose an empty or new directory")
 
 
@@ -501,7 +469,7 @@ def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict
             changes = _edited_config(run_dir, config, points)
             if changes and not accept_config_change:
                 raise KdkitError(f"--resume {run_dir}: config.yaml was edited since the run started "
-                                 f"({_summarize(changes)}); restore it, or pass --accept-config-change "
+                                 f"({summarize(changes)}); restore it, or pass --accept-config-change "
                                  "to continue with the edited config")
             if adopt:
                 write_run_file(run_dir, run)
@@ -635,7 +603,7 @@ def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[s
     for line in method_component_switches(method, ctx.config, manager):
         ctx.log(f"kdkit: {line}")
     if changes:
-        ctx.log(f"warning: config.yaml was edited since the run started ({_summarize(changes)}); "
+        ctx.log(f"warning: config.yaml was edited since the run started ({summarize(changes)}); "
                 "continuing with the edited config (--accept-config-change)")
     cls = _method_class(manager, method)
     seed_everything(derive_seed(ctx.seed, "run"))

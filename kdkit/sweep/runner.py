@@ -203,16 +203,16 @@ def _check_kept_runs(runs: list, configs: dict) -> None:
     whose ``config.yaml`` is not the config the sweep would run now: it used to be tabulated with the
     others (2- and 4-epoch seeds in one mean).  The run is left as it is."""
     from kdkit.config import load_yaml
-    from kdkit.engine.context import _config_changes, _summarize  # what --resume compares, device/logging aside
+    from kdkit.config.diff import config_changes, summarize  # what --resume compares, device/logging aside
 
     for run in runs:
         path = run.run_dir / "config.yaml"
         if run_status(run.run_dir) not in ("done", "diverged", "resume") or not path.is_file():
             continue
-        changes = _config_changes(load_yaml(path), configs[run.key])
+        changes = config_changes(load_yaml(path), configs[run.key])
         if changes:
             raise KdkitError(f"run {_where(run)} ({run.run_dir}) was made with another config than this sweep's "
-                             f"({_summarize(changes)}; saved -> now); use another --out, or remove that run "
+                             f"({summarize(changes)}; saved -> now); use another --out, or remove that run "
                              "directory to run it again")
 
 
