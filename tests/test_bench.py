@@ -3,7 +3,9 @@ checked against the sort-based evaluator, the penalty's bandwidth reported (tiny
 checks what is measured and reported, not speed)."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 
 import pytest
 
@@ -61,3 +63,48 @@ def test_a_zero_size_is_a_one_line_error_not_the_default(capsys, flag):
     assert bench.main(["--quick", flag, "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{flag} must be >= 1, got 0" in err
+
+
+def test_each_topk_method_is_timed_in_its_own_process_and_faiss_without_torch(capsys):
+    # issue 23: torch's OpenMP pool in faiss's process slowed faiss; each method now has a process
+    pytest.importorskip("faiss")
+    args = [a for a in TINY if a != "--no-torch-topk"]
+    assert bench.main([*args, "--bits", "64", "--cases", "topk-clustered", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r["process"] for r in out["results"]}
+    assert set(rows) == {"kdkit", "faiss-heap", "faiss-counting", "torch"}
+    assert not rows["faiss-heap"]["torch_loaded"] and not rows["faiss-counting"]["torch_loaded"]
+    assert rows["kdkit"]["torch_loaded"] and rows["torch"]["torch_loaded"]
+    pids = {m: p["pid"] for m, p in rows.items()}
+    assert pids["faiss-heap"] == pids["faiss-counting"]
+    assert len({pids["kdkit"], pids["faiss-heap"], pids["torch"], os.getpid()}) == 4
+    assert all(p["threads"] == 1 for p in rows.values())
+    # kdkit's distances cross-checked against both faiss settings and torch, as in one process
+    assert sorted(c["peer"] for c in out["checks"] if c["ok"]) == ["faiss-counting", "faiss-heap", "torch"]
+    assert out["peers_in_separate_processes"] == {"topk-clustered": True}
+    assert not out["warnings"] or all("busy" in w for w in out["warnings"])
+
+
+def test_a_worker_result_that_differs_from_kdkit_fails_its_check():
+    np = pytest.importorskip("numpy")
+    from kdkit.bench.cases import _Bench
+    from kdkit.bench.report import _Log
+
+    b = _Bench(argparse.Namespace(device="cpu", seed=0), _Log(True))
+    d = np.array([[0, 1, 1]], dtype=np.int32)
+    i = np.array([[4, 2, 7]], dtype=np.int64)
+    proc = {"pid": 1, "threads": 1, "torch_loaded": False, "notes": []}
+
+    def report(*settings):
+        return {**proc, "settings": [{"method": m, "times_s": [1.0], "d": dd, "i": ii} for m, dd, ii in settings]}
+
+    b._topk_report("topk-random", {"bits": 64, "n": 8, "q": 1, "k": 3}, {
+        "kdkit": report(("kdkit", d, i)),
+        "faiss": report(("faiss-heap", d, i[:, ::-1]), ("faiss-counting", d + 1, i)),
+        "torch": report(("torch", d.astype(np.float32), i)),
+    })
+    ok = {c["peer"]: (c["ok"], c["detail"]) for c in b.checks}
+    assert ok == {"faiss-heap": (True, "distances identical; indices differ (tie order)"),
+                  "faiss-counting": (False, "distances DIFFER; indices identical"),
+                  "torch": (True, "distances identical")}
+    assert len(b.warnings) == 1 and "disagrees with faiss-counting" in b.warnings[0]

@@ -23,15 +23,19 @@ Cases (all through the public :mod:`kdkit.ops` API):
   the sort-based torch evaluator (:mod:`kdkit.ops.reference`: distances, a stable sort,
   cumulative hits) on the same device.
 
-Every method runs in the same process at the same thread count (torch and faiss both set
-to ``--threads``). Medians over ``--repeat`` timed runs; speedup = peer time / kdkit time.
+In the top-k cases each method (kdkit, faiss with both settings, plain torch) is timed in a
+process of its own (:mod:`kdkit.bench.worker`, one after the other, on the same codes), so no other
+library's thread pool competes with it; the faiss process never imports torch. The penalty and map
+cases, torch against torch, run in this process. Every method runs at the same thread count
+(``--threads``). Medians over ``--repeat`` timed runs; speedup = peer time / kdkit time.
 Results are cross-checked (kdkit top-k distances must equal faiss's and torch's) and any
 disagreement is printed as a WARNING.
 
 The package, by concern: :mod:`kdkit.bench.workloads` (sizes, codes, the peers),
-:mod:`kdkit.bench.cases` (the timed cases and their checks), :mod:`kdkit.bench.report` (progress,
-machine, report); this module holds the command (:func:`add_arguments`, :func:`run`,
-:func:`main`; ``python -m kdkit.bench`` runs :func:`main`).
+:mod:`kdkit.bench.cases` (the timed cases and their checks), :mod:`kdkit.bench.worker` (a top-k
+method timed in its own process), :mod:`kdkit.bench.report` (progress, machine, report); this
+module holds the command (:func:`add_arguments`, :func:`run`, :func:`main`; ``python -m
+kdkit.bench`` runs :func:`main`).
 """
 from __future__ import annotations
 
@@ -42,11 +46,11 @@ import sys
 # The "X as X" imports re-export the names kdkit.bench had as one module (benchmarks/test_bench_ops.py
 # imports the workloads from here).
 from kdkit.bench.cases import _Bench
-from kdkit.bench.cases import _median_time as _median_time
 from kdkit.bench.report import _cpu_model as _cpu_model
 from kdkit.bench.report import _fmt_ratio as _fmt_ratio
 from kdkit.bench.report import _fmt_time as _fmt_time
 from kdkit.bench.report import _Log, _loud_missing_extension, _machine, _print_report
+from kdkit.bench.worker import _median_time as _median_time
 from kdkit.bench.workloads import (
     CASES,
     DEFAULT_BITS,
@@ -56,7 +60,6 @@ from kdkit.bench.workloads import (
     DEFAULT_PENALTY_SHAPE,
     DEFAULT_Q,
     QUICK,
-    _faiss,
 )
 from kdkit.bench.workloads import FLIP_PROB as FLIP_PROB
 from kdkit.bench.workloads import N_CENTRES as N_CENTRES
@@ -131,10 +134,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     if threads < 1:
         raise KdkitError(f"--threads must be >= 1, got {threads}")
+    args.threads = threads  # the top-k worker processes set the same count
     torch.set_num_threads(threads)
-    faiss = _faiss()
-    if faiss is not None:
-        faiss.omp_set_num_threads(threads)
 
     log = _Log(args.json)
     machine = _machine(args.device, threads)
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         f"faiss {machine['faiss'] or 'not installed'}")
     log(f"machine: {machine['cpu']} ({machine['cpu_count']} logical CPUs); "
         f"threads: {threads} (torch and faiss); load average {machine.get('loadavg_1m')}")
+    if any(case.startswith("topk-") for case in args.cases):
+        log("top-k: kdkit, faiss and torch each timed in a process of their own (no torch in faiss's)")
     log(f"extension: {'loaded' if ext.get('loaded') else 'NOT LOADED'}; "
         f"cpu isa path: {ext.get('cpu_isa') or '-'}; "
         f"cpu kernels threaded: {'yes' if ext.get('cpu_threaded') else 'NO (built without OpenMP)'}; "
@@ -192,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             "penalty_bandwidth": bench.bandwidth,
             "warnings": bench.warnings,
             "notes": bench.notes,
+            # the cases run, and whether each timed its methods in separate processes
+            "peers_in_separate_processes": {case: case.startswith("topk-") for case in args.cases},
         }
         print(json.dumps(payload, indent=2, default=str))
     return 0

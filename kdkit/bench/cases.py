@@ -1,52 +1,25 @@
 """The cases of ``kdkit bench`` (:class:`_Bench`: top-k, penalty, mAP), each timing kdkit and its
-peers on the same data (:func:`_median_time`) and cross-checking their results."""
+peers on the same data (:func:`~kdkit.bench.worker._median_time`) and cross-checking their results.
+The top-k methods each run in a process of their own (:mod:`kdkit.bench.worker`)."""
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import math
 import statistics
-import time
-from collections.abc import Callable
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from kdkit.bench.report import _fmt_time, _Log
+from kdkit.bench.worker import _median_time, run_method
 from kdkit.bench.workloads import (
     DEFAULT_MAP,
     N_CENTRES,
     _clustered_codes,
     _faiss,
     _random_codes,
-    _torch_chunk,
-    _torch_topk,
-    _unpack_pm1,
 )
-
-
-def _median_time(fn: Callable[[], Any], repeat: int, warmup: int,
-                 sync: Callable[[], None]) -> tuple[list[float], Any]:
-    """Wall times of ``repeat`` runs after ``warmup`` untimed ones; returns the first result."""
-    first = None
-    for _ in range(warmup):
-        result = fn()
-        sync()
-        if first is None:
-            first = result
-        del result
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-        if first is None:
-            first = result
-        del result
-    return times, first
-
-
 
 # ---------------------------------------------------------------- cases
 
@@ -100,12 +73,22 @@ class _Bench:
 
     # ------------------------------------------------------------ top-k
     def topk(self, data: str) -> None:
+        import numpy as np
         import torch
-
-        from kdkit.ops import hamming_topk
 
         a = self.args
         case = f"topk-{data}"
+        methods = ["kdkit"]
+        if self.device.type != "cpu":
+            self.note("faiss-cpu is not a GPU peer: on --device cuda the peer is torch")
+        elif _faiss() is None:
+            self.note("faiss is not installed: the faiss peer is skipped")
+        else:
+            methods.append("faiss")
+        if a.no_torch_topk:
+            self.note("plain-torch top-k peer skipped (--no-torch-topk)")
+        else:
+            methods.append("torch")
         for bits in a.bits:
             nbytes = bits // 8
             params = {"bits": bits, "n": a.n, "q": a.q, "k": a.k}
@@ -116,71 +99,63 @@ class _Bench:
                 centres = torch.rand((N_CENTRES, bits), generator=self.gen) < 0.5
                 db = _clustered_codes(a.n, bits, centres, self.gen)
                 qs = _clustered_codes(a.q, bits, centres, self.gen)
-            db_dev, q_dev = db.to(self.device), qs.to(self.device)
+            # Each method is timed in a fresh process (kdkit.bench.worker), one after the other,
+            # on these codes: no thread pool of another library runs beside it.
+            with tempfile.TemporaryDirectory(prefix="kdkit-bench-") as tmp:
+                workdir = Path(tmp)
+                np.save(workdir / "db.npy", db.numpy())
+                np.save(workdir / "queries.npy", qs.numpy())
+                del db, qs
+                reports = {m: run_method(m, workdir, db=workdir / "db.npy", queries=workdir / "queries.npy",
+                                         bits=bits, k=a.k, repeat=a.repeat, threads=a.threads,
+                                         device=a.device)
+                           for m in methods}
+            self._topk_report(case, params, reports)
 
-            # partial, not a lambda: the arrays are bound now and freed by the del below
-            times, (kd_d, kd_i) = _median_time(functools.partial(hamming_topk, q_dev, db_dev, a.k),
-                                               a.repeat, 1, self.sync)
-            kd_s = self.record(case, params, "kdkit", times)
-            self.results[-1]["code_pairs_per_s"] = a.q * a.n / kd_s
-            kd_d, kd_i = kd_d.cpu(), kd_i.cpu()
-            ties = int((kd_d[:, :-1] == kd_d[:, 1:]).sum())
-            self.results[-1]["adjacent_ties_in_result"] = ties
+    def _topk_report(self, case: str, params: dict[str, Any], reports: dict[str, dict[str, Any]]) -> None:
+        """Record the workers' times, the ratios and the cross-checks of one top-k size."""
+        import numpy as np
 
-            # faiss (CPU only)
-            if self.device.type == "cpu":
-                faiss = _faiss()
-                if faiss is None:
-                    self.note("faiss is not installed: the faiss peer is skipped")
-                else:
-                    index = faiss.IndexBinaryFlat(bits)
-                    index.add(db.numpy())
-                    qn = qs.numpy()
-                    # Both k-selection strategies: which is faster depends on the code
-                    # length and the data, and the ratio is taken against the faster.
-                    setting_s = {}
-                    for use_heap, label in ((True, "faiss-heap"), (False, "faiss-counting")):
-                        index.use_heap = use_heap
-                        times, (f_d, f_i) = _median_time(lambda: index.search(qn, a.k),
-                                                         a.repeat, 1, self.sync)
-                        setting_s[label] = self.record(case, params, label, times)
-                        f_d, f_i = torch.from_numpy(f_d), torch.from_numpy(f_i)
-                        same_d = bool(torch.equal(f_d.to(torch.int32), kd_d))
-                        same_i = bool(torch.equal(f_i.to(torch.int64), kd_i))
-                        self.check(case, params, label, same_d,
-                                   "distances identical" + ("" if same_d else " -- MISMATCH")
-                                   + f"; indices {'identical' if same_i else 'differ (tie order)'}")
-                    best = min(setting_s, key=setting_s.get)
-                    self.ratio(case, params, "faiss", kd_s, setting_s[best], setting=best)
-                    del index
-            else:
-                self.note("faiss-cpu is not a GPU peer: on --device cuda the peer is torch")
+        def record(report: dict[str, Any], setting: dict[str, Any]) -> float:
+            med = self.record(case, params, setting["method"], setting["times_s"])
+            self.results[-1]["process"] = {key: report[key] for key in ("pid", "threads", "torch_loaded")}
+            return med
 
-            # plain torch
-            if a.no_torch_topk:
-                self.note("plain-torch top-k peer skipped (--no-torch-topk)")
-            else:
-                dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-                if dtype == torch.bfloat16 and bits > 256:
-                    self.note("bf16 +-1 dot products are exact only up to 256 bits; "
-                              "torch peer distances may be rounded above that")
-                db_pm = _unpack_pm1(db_dev, bits, dtype)
-                q_pm = _unpack_pm1(q_dev, bits, dtype)
-                chunk = _torch_chunk(self.device.type, a.q, a.n, db_pm.element_size())
-                if chunk < a.n:
-                    self.note(f"torch peer: database processed in chunks of {chunk:,} codes "
-                              "to bound memory")
-                # Large CPU runs take seconds: the first timed run doubles as warm-up.
-                warm = 1 if (self.device.type == "cuda" or a.n * a.q <= 1e8) else 0
-                times, (t_d, _t_i) = _median_time(
-                    functools.partial(_torch_topk, q_pm, db_pm, bits, a.k, chunk), a.repeat, warm, self.sync)
-                t_s = self.record(case, params, "torch", times)
-                self.ratio(case, params, "torch", kd_s, t_s)
-                same = bool(torch.equal(t_d.float().cpu(), kd_d.float()))
-                self.check(case, params, "torch", same,
-                           "distances identical" if same else "distances differ")
-                del db_pm, q_pm
-            del db, qs, db_dev, q_dev
+        kd_report = reports["kdkit"]
+        (kd,) = kd_report["settings"]
+        kd_s = record(kd_report, kd)
+        self.results[-1]["code_pairs_per_s"] = params["q"] * params["n"] / kd_s
+        kd_d, kd_i = kd["d"], kd["i"]
+        self.results[-1]["adjacent_ties_in_result"] = int((kd_d[:, :-1] == kd_d[:, 1:]).sum())
+
+        if "faiss" in reports:
+            report = reports["faiss"]
+            if report["torch_loaded"]:
+                self.warn("torch was loaded in the faiss worker process: its OpenMP pool may have "
+                          "slowed faiss")
+            setting_s = {}
+            for setting in report["settings"]:
+                label = setting["method"]
+                setting_s[label] = record(report, setting)
+                same_d = bool(np.array_equal(setting["d"].astype(np.int64), kd_d.astype(np.int64)))
+                same_i = bool(np.array_equal(setting["i"].astype(np.int64), kd_i.astype(np.int64)))
+                self.check(case, params, label, same_d,
+                           f"distances {'identical' if same_d else 'DIFFER'}"
+                           f"; indices {'identical' if same_i else 'differ (tie order)'}")
+            # faiss's two k-selection settings: the ratio is taken against the faster.
+            best = min(setting_s, key=setting_s.get)
+            self.ratio(case, params, "faiss", kd_s, setting_s[best], setting=best)
+
+        if "torch" in reports:
+            report = reports["torch"]
+            for msg in report["notes"]:
+                self.note(msg)
+            (setting,) = report["settings"]
+            t_s = record(report, setting)
+            self.ratio(case, params, "torch", kd_s, t_s)
+            same = bool(np.array_equal(setting["d"].astype(np.float64), kd_d.astype(np.float64)))
+            self.check(case, params, "torch", same,
+                       "distances identical" if same else "distances differ")
 
     # ------------------------------------------------------------ penalty
     def penalty(self) -> None:
