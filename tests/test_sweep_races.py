@@ -10,14 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from kdkit_sweep_testutil import alive, finish, lock_holder, start_sweep
 
-ENGINE_TESTS = Path(__file__).resolve().parent / "engine"
 SWEEP = {
     "name": "race",
     "seeds": [0],
@@ -27,48 +25,6 @@ SWEEP = {
              "teacher_train.batch_size": 16, "logging.progress": False},
     "cells": [{"name": "kd", "method": "kd"}],
 }
-ENV = {"KDKIT_BLOCK_PLUGINS": "soda,wordnet_relax", "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_TESTS), os.environ.get("PYTHONPATH")]))}
-
-
-def sweep(cfg: Path, out: Path, hold: float = 0) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "kdkit", "--plugins-module", "kdkit_fault_testplugin", "sweep", str(cfg),
-            "--out", str(out)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, **ENV, "KDTEST_HOLD": str(hold)})
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    return proc.returncode, err.decode()
-
-
-def held_by_a_run(run_dir: Path, procs: list, timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            text = (run_dir / ".lock").read_text().strip()
-        except OSError:
-            text = ""
-        if text.isdigit() and int(text) not in {p.pid for p in procs}:
-            return int(text)
-        assert any(p.poll() is None for p in procs) and time.monotonic() < deadline, "no run took its lock"
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
 
 
 def check_results(out: Path) -> None:
@@ -89,7 +45,7 @@ def cfg(tmp_path):
 
 def test_two_sweeps_started_together_on_one_out(cfg, tmp_path):
     out = tmp_path / "out"
-    procs = [sweep(cfg, out, hold=2), sweep(cfg, out, hold=2)]
+    procs = [start_sweep(cfg, out, hold=2), start_sweep(cfg, out, hold=2)]
     results = [finish(p) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -102,9 +58,9 @@ def test_two_sweeps_started_together_on_one_out(cfg, tmp_path):
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL of the group"])
 def test_a_sweep_stopped_while_its_run_holds_its_directory_then_run_again(cfg, tmp_path, how):
     out = tmp_path / "out"
-    proc = sweep(cfg, out, hold=8)
+    proc = start_sweep(cfg, out, hold=8)
     try:
-        run = held_by_a_run(out / "runs/kd/default/seed0", [proc])
+        run = lock_holder(out / "runs/kd/default/seed0", [proc])
     except BaseException:
         with contextlib.suppress(subprocess.TimeoutExpired):
             finish(proc, timeout=0.1)  # leaves no sweep or run behind
@@ -116,6 +72,6 @@ def test_a_sweep_stopped_while_its_run_holds_its_directory_then_run_again(cfg, t
     code, err = finish(proc, timeout=60)
     assert code == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL), err
     assert not alive(run), "the run outlived its sweep"
-    code, err = finish(sweep(cfg, out))
+    code, err = finish(start_sweep(cfg, out, hold=0))  # with the fault plugin the sweep recorded, no hold
     assert code == 0, err
     check_results(out)

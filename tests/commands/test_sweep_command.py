@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kdkit_sweep_testutil import alive, kill_group, kill_group_once, lock_holder, start_sweep
 
 from kdkit import cli
 from kdkit import plugins as kp
@@ -145,20 +146,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(done, tmp_path):
     shutil.copy2(ref_out / "sweep.yaml", out / "sweep.yaml")
     before = {p: (os.stat(first / p).st_ino, os.stat(first / p).st_mtime_ns)
               for p in ("metrics.jsonl", "summary.json", "train.log", "checkpoints/student/last.pt")}
-    argv = [sys.executable, "-m", "kdkit", "sweep", str(cfg), "--out", str(out), "--cells", "kd"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **ENV})
-    deadline = time.monotonic() + 240
-    try:
-        while not (second / "checkpoints/teacher.convnet/last.pt").exists():
-            assert proc.poll() is None, "the sweep ended before it was killed"
-            assert time.monotonic() < deadline, "the second run never wrote a checkpoint"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_sweep(cfg, out, "--cells", "kd", stderr=subprocess.DEVNULL)
+    kill_group_once(proc, [second / "checkpoints/teacher.convnet/last.pt"])
     assert not (second / "summary.json").exists() and (second / "config.yaml").is_file()
 
     assert _main([cfg, "--out", out, "--cells", "kd"]) == 0
@@ -431,21 +420,8 @@ def test_a_parallel_sweep_killed_mid_run_resumes_both_runs(done, tmp_path):
     results and metrics, byte for byte."""
     cfg, ref_out, _ = done
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "kdkit", "sweep", str(cfg), "--out", str(out), "--cells", "kd", "--jobs", "2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **ENV})
-    marks = [out / f"runs/kd/default/seed{s}/checkpoints/teacher.convnet/last.pt" for s in (0, 1)]
-    deadline = time.monotonic() + 240
-    try:
-        while not all(m.exists() for m in marks):
-            assert proc.poll() is None, "the sweep ended before it was killed"
-            assert time.monotonic() < deadline, "the runs never wrote a checkpoint"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_sweep(cfg, out, "--cells", "kd", "--jobs", "2", stderr=subprocess.DEVNULL)
+    kill_group_once(proc, [out / f"runs/kd/default/seed{s}/checkpoints/teacher.convnet/last.pt" for s in (0, 1)])
     # the run that wrote its checkpoint last is mid-way; the other one may have finished meanwhile
     unfinished = [s for s in (0, 1) if not (out / f"runs/kd/default/seed{s}/summary.json").exists()]
     assert unfinished
@@ -464,56 +440,14 @@ def test_a_parallel_sweep_killed_mid_run_resumes_both_runs(done, tmp_path):
 ONE_RUN = dict(SWEEP, seeds=[0], cells=[{"name": "kd", "method": "kd"}])
 
 
-def start_held_sweep(cfg: Path, out: Path, hold: float = 60, *args) -> subprocess.Popen:
-    """``kdkit sweep`` in its own process group, each run holding its run directory's lock ``hold`` s
-    before it trains (kdkit_fault_testplugin's KDTEST_HOLD)."""
-    argv = [sys.executable, "-m", "kdkit", "--plugins-module", "kdkit_fault_testplugin", "sweep", str(cfg),
-            "--out", str(out), *args]
-    path = os.pathsep.join(filter(None, [str(ENGINE_TESTS), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, **ENV, "PYTHONPATH": path, "KDTEST_HOLD": str(hold)})
-
-
-def holder_pid(run_dir: Path, proc: subprocess.Popen, timeout: float = 60) -> int:
-    """The PID in ``run_dir/.lock`` once a run holds it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            text = (run_dir / ".lock").read_text().strip()
-        except OSError:
-            text = ""
-        if text.isdigit() and int(text) != proc.pid:
-            return int(text)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the run never took its lock"
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie has ended
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_sweep_stops_its_runs_before_it_exits(env, tmp_path, sig):
     """SIGTERM (or SIGINT) of the sweep alone reaches its running run, the sweep waits for it and exits
     128 + the signal; SIGTERM used to end the sweep and leave the run training in its directory."""
     cfg, out = _sweep_file(tmp_path, ONE_RUN), tmp_path / "out"
-    proc = start_held_sweep(cfg, out)
+    proc = start_sweep(cfg, out, hold=60)
     try:
-        child = holder_pid(out / "runs/kd/default/seed0", proc)
+        child = lock_holder(out / "runs/kd/default/seed0", [proc], timeout=60)
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=60) == 128 + sig
         assert not alive(child)
