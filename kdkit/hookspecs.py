@@ -78,7 +78,9 @@ def kdkit_register_losses(register):
         labels, sample indices, temperature, epoch, step), the result a scalar already multiplied
         by whatever scale the loss defines (e.g. ``T**2``).  A loss with trainable parts is an
         ``nn.Module`` that may build them on its first call; they train with the student and are
-        checkpointed with the stage.
+        checkpointed with the stage.  Metadata ``inputs="features"`` declares a loss that reads the
+        term's tapped features (it needs ``student:`` and ``teacher:`` module paths): a term without
+        them is refused when the config is checked, before anything trains.
     """
 
 

@@ -47,8 +47,9 @@ class LogitMSELoss:
 def kdkit_register_losses(register):
     register("kl", KLDivLoss, description="Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean",
              options={"scale_by_t2": ConfigKey(True, "multiply the KL by T^2 (Hinton et al.: keeps gradient "
-                                                     "magnitudes across temperatures)")})
-    register("mse", LogitMSELoss, description="mean squared error between student and teacher logits", options={})
+                                                     "magnitudes across temperatures)")}, inputs="logits")
+    register("mse", LogitMSELoss, description="mean squared error between student and teacher logits", options={},
+             inputs="logits")
     # FitNet's hint loss (Romero et al., 2015): mean((r(f_s) - f_t)^2) between the tapped student and
     # teacher features, r a regressor trained with the student, built on the first batch
     register("fitnet", "kdkit.distill.feature_losses:HintLoss",
@@ -57,4 +58,4 @@ def kdkit_register_losses(register):
                                                              "convolution without bias)",
                                              choices=("conv_bn_relu", "conv"))},
              description="FitNet hint: MSE(regressor(student feature), teacher feature); "
-                         "needs student: and teacher: module paths")
+                         "needs student: and teacher: module paths", inputs="features")

@@ -19,6 +19,9 @@ registry)``                              across keys
                                          kind"}`` sections (see :mod:`kdkit.config`)
 ``run(ctx)``                 yes         ``kdkit train``: trains the stages, returns the summary
                                          (``summary.json``)
+``stages(config)``           no          ``kdkit sweep`` (before anything runs: a row naming
+                                         another stage is refused) and the run (a stage it
+                                         trains must be declared)
 ``evaluate(ctx)``            no          ``kdkit eval --run DIR``
 ``encode(ctx, modality,      no          ``kdkit encode --run DIR``: packed binary codes
 bits, split, texts)``
@@ -44,7 +47,23 @@ if TYPE_CHECKING:
     from kdkit.engine.context import RunContext
     from kdkit.registry import Registry
 
-__all__ = ["Method"]
+__all__ = ["Method", "declared_stages", "StageDeclarationWarning"]
+
+
+class StageDeclarationWarning(UserWarning):
+    """A method declared a stage (:meth:`Method.stages`) that its run did not train: a bug in the
+    method (the test suite turns it into an error)."""
+
+
+def declared_stages(method_cls: type, config: "FrozenConfig") -> "list[str] | None":
+    """``method_cls.stages(config)`` checked: a list of stage names, or ``None`` when the method
+    declares none (also a class that does not subclass :class:`Method` and has no ``stages``)."""
+    stages = getattr(method_cls, "stages", None)
+    names = stages(config) if stages is not None else None
+    if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)):
+        raise KdkitError(f"method {method_cls.__name__}: stages() must return a list of stage names or None, "
+                         f"got {names!r}")
+    return list(names) if names is not None else None
 
 
 class Method:
@@ -65,6 +84,14 @@ class Method:
         """Rules beyond the declared keys, checked on the resolved ``config`` (frozen: read
         ``config.train.lr``) before a run directory exists; raise :class:`kdkit.ConfigError`.
         ``registry(kind)`` looks components up."""
+
+    @classmethod
+    def stages(cls, config: "FrozenConfig") -> "list[str] | None":
+        """The names of the stages a run of ``config`` trains (``ctx.fit``), in order; ``None`` (the
+        default): not declared.  A sweep checks its rows against them before anything runs, and a
+        run refuses to train a stage its method did not declare (a bug in the method, caught
+        before that stage trains)."""
+        return None
 
     def run(self, ctx: "RunContext") -> dict[str, Any]:  # pragma: no cover - abstract
         """Train the method's stages (``ctx.fit``) and return the summary written to ``summary.json``."""

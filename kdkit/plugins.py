@@ -47,7 +47,7 @@ import pluggy
 from kdkit import hookspecs
 from kdkit.errors import KdkitError, PluginError
 from kdkit.config.keys import ConfigKey
-from kdkit.registry import KINDS, Component, Registry, singular, check_target
+from kdkit.registry import KINDS, LOSS_INPUTS, Component, Registry, singular, check_target
 
 #: Entry-point group scanned for installed plugins.
 ENTRY_POINT_GROUP = "kdkit"
@@ -331,6 +331,9 @@ class PluginManager(pluggy.PluginManager):
                     raise PluginError(f"{where} with options that are not a mapping of option name -> "
                                       "kdkit.ConfigKey")
                 options = dict(options)
+            if kind == "losses" and metadata.get("inputs", "logits") not in LOSS_INPUTS:
+                raise PluginError(f"{where} with inputs={metadata['inputs']!r}; expected one of "
+                                  f"{', '.join(map(repr, LOSS_INPUTS))}")
             collected.append(Component(kind=kind, name=name, target=target, plugin=plugin_name,
                                        description=description or "", declared_options=options,
                                        metadata=dict(metadata)))

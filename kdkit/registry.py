@@ -42,6 +42,10 @@ KINDS = ("teachers", "students", "text_relaxers", "losses", "datasets", "methods
 #: checked against the declaration, whether given by position or by name.
 CONTRACT_ARGUMENTS = {"teachers": ("num_classes",), "students": ("num_classes",), "datasets": ("split", "root")}
 
+#: What a loss reads (its ``inputs`` metadata, :func:`kdkit.hookspecs.kdkit_register_losses`): logits
+#: (the default) or the term's tapped features (the term must name student and teacher module paths).
+LOSS_INPUTS = ("logits", "features")
+
 #: The kinds whose components are models: they take :data:`WEIGHT_OPTIONS` and may come from a source.
 MODEL_KINDS = ("teachers", "students")
 
@@ -119,6 +123,11 @@ class Component:
         return self.kind in MODEL_KINDS and "pretrained" not in (self.declared_options or {})
 
     @property
+    def needs_features(self) -> bool:
+        """A loss registered with ``inputs="features"``: its terms must tap student and teacher modules."""
+        return self.kind == "losses" and self.metadata.get("inputs") == "features"
+
+    @property
     def options(self) -> dict[str, ConfigKey]:
         """The declared options, with :data:`WEIGHT_OPTIONS` for a model that :attr:`loads_weights`
         (empty when undeclared: see :attr:`accepts_any`)."""
@@ -158,10 +167,15 @@ class Component:
     def build(self, *args, **kwargs):
         """``target(*args, **kwargs)`` with the options among ``kwargs`` checked and completed by
         :meth:`check_options` (the kind's contract arguments, :data:`CONTRACT_ARGUMENTS`, pass as given);
+        a model whose parameters would not fit in memory is refused first (:func:`kdkit.models.footprint.check_fits`);
         then, for a model that :attr:`loads_weights`, its ``pretrained`` file loaded by :func:`kdkit.load_weights`."""
         contract = CONTRACT_ARGUMENTS.get(self.kind, ())
         options = self.check_options({k: v for k, v in kwargs.items() if k not in contract})
         given = {k: v for k, v in kwargs.items() if k in contract}
+        if self.kind in MODEL_KINDS:
+            # one line before allocation, not an allocator traceback or an OOM kill while weights initialise;
+            # by name, as targets are: the models layer sits above this one (docs/architecture.md)
+            load_target("kdkit.models.footprint:check_fits")(self, args, given, options)
         if not self.loads_weights:
             return self.factory(*args, **given, **options)
         weights = {k: options.pop(k) for k in WEIGHT_OPTIONS}

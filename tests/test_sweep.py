@@ -119,6 +119,22 @@ def test_check_configs_fails_on_a_typo_in_any_cell_and_refuses_selection_on_test
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_row_naming_a_stage_the_method_does_not_train_is_refused_before_anything_runs(tmp_path,
+                                                                                       lean_plugin_manager):
+    rows = {"kd": "student", "teacher": "teacher.resnet14", "base": "baseline"}
+    ok = _sweep(cells=[{"name": "kd", "method": "kd", "rows": rows}])
+    assert len(ks.check_configs(ks.plan(ok, tmp_path))) == 2  # seeds 0 and 1
+    # the baseline switched off: its row would have been found missing only after the run
+    off = _sweep(cells=[{"name": "kd", "method": "kd", "rows": rows, "set": {"baseline.enabled": False}}])
+    with pytest.raises(ConfigError, match=r"cell kd \(kd seed=0\): row 'base' reads stage 'baseline', which method kd "
+                                          r"does not train with this config \(its stages: teacher.resnet14, student\)"):
+        ks.check_configs(ks.plan(off, tmp_path))
+    typo = _sweep(cells=[{"name": "kd", "method": "kd", "rows": {"kd": "studnet"}}])
+    with pytest.raises(ConfigError, match="row 'kd' reads stage 'studnet'"):
+        ks.check_configs(ks.plan(typo, tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
 def _metrics(path: Path, stage: str, vals: list, best: int, test_best: float, test_last: float | None):
     lines = [{"stage": stage, "epoch": e, "val.top1": v} for e, v in enumerate(vals)]
     if test_last is not None:

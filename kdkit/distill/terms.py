@@ -92,8 +92,9 @@ def distill_section(**overrides) -> dict:
 def check_distill(distill: dict, defaults: dict | None = None, registry=None,
                   num_teachers: int | None = None) -> list[TermSpec]:
     """Check the terms of a resolved ``distill`` section without building anything (so before a run
-    directory exists): their keys, their losses registered when ``registry(kind)`` is given, feature
-    terms' ``teacher_index`` below ``num_teachers``.  The section's other keys are checked by their
+    directory exists): their keys, their losses registered when ``registry(kind)`` is given (a loss
+    that reads features, :attr:`kdkit.registry.Component.needs_features`, with both module paths),
+    feature terms' ``teacher_index`` below ``num_teachers``.  The section's other keys are checked by their
     declarations (:func:`distill_section`).  Returns the terms."""
     specs = distill_terms(distill, defaults)
     if registry is not None:
@@ -101,7 +102,14 @@ def check_distill(distill: dict, defaults: dict | None = None, registry=None,
         for i, spec in enumerate(specs):
             # an unknown name is a one-line error listing the registered losses
             where = f"distill.terms.{i}.options" if distill["terms"] is not None else "distill.loss_options"
-            _check_options(spec, losses.get(spec.loss), where)
+            loss = losses.get(spec.loss)
+            _check_options(spec, loss, where)
+            if loss.needs_features and (spec.student is None or spec.teacher is None):
+                missing = " and ".join(k for k in ("student", "teacher") if getattr(spec, k) is None)
+                raise ConfigError(f"config key distill.terms ({spec.name}): loss {spec.loss!r} distils features, "
+                                  f"but the term names no {missing} module path; give it student: and teacher: "
+                                  f"(e.g. {{loss: {spec.loss}, student: layer3, teacher: layer3}}; "
+                                  "'kdkit layers MODEL' lists a model's paths)")
     if num_teachers is not None:
         for spec in specs:
             if spec.uses_features and spec.teacher_index >= num_teachers:

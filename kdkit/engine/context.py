@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,7 +27,7 @@ from kdkit.engine.rundir import (RUN_FILE, create_run_file, foreign_files, new_r
                                  write_run_file)
 from kdkit.engine.trainer import DIVERGED_FILE, Stage, StageResult, Trainer
 from kdkit.files import WriteError, atomic_write_text
-from kdkit.methodspec import Method  # noqa: F401 - re-exported
+from kdkit.methodspec import Method, StageDeclarationWarning, declared_stages  # noqa: F401 - Method re-exported
 from kdkit.seeding import derive_seed, seed_everything
 
 __all__ = ["RunContext", "Method", "train", "evaluate_run", "resolve_method_config", "resolve_device"]
@@ -80,6 +81,8 @@ class RunContext:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.metrics_lines = 0
         self.stage_results: dict[str, StageResult] = {}
+        #: the stages the run's method declares (:meth:`kdkit.Method.stages`); ``None``: undeclared
+        self.declared_stages: list[str] | None = None
         self._log_file = None
         if read_only:
             # the run's own record, which load_best checks its checkpoints against; none: a run made
@@ -248,6 +251,10 @@ class RunContext:
         """Train ``stage`` (or, on resume, continue / skip it) and return its result."""
         if stage.name in self.stage_results:
             raise KdkitError(f"stage name {stage.name!r} used twice in one run")
+        if self.declared_stages is not None and stage.name not in self.declared_stages:
+            # caught before the stage trains: a sweep row naming it would have been refused
+            raise KdkitError(f"method {self.config.method!r} trains stage {stage.name!r}, which its stages() "
+                             f"does not declare ({', '.join(self.declared_stages)}); a bug in the method")
         result = Trainer(self, stage).fit()
         self.stage_results[stage.name] = result
         return result
@@ -606,12 +613,18 @@ def _run(method: str, config: dict, run_dir: Path, resume: bool, changes: list[s
         ctx.log(f"warning: config.yaml was edited since the run started ({summarize(changes)}); "
                 "continuing with the edited config (--accept-config-change)")
     cls = _method_class(manager, method)
+    ctx.declared_stages = declared_stages(cls, ctx.config)
     seed_everything(derive_seed(ctx.seed, "run"))
     t0 = time.perf_counter()
     try:
         summary = cls().run(ctx)
         if not isinstance(summary, dict):
             raise KdkitError(f"method {method!r}: run() must return a dict summary, got {type(summary).__name__}")
+        untrained = [s for s in ctx.declared_stages or () if s not in ctx.stage_results]
+        if untrained:
+            ctx.log(f"warning: method {method!r} declares stage{'s' if len(untrained) > 1 else ''} "
+                    f"{', '.join(untrained)} (stages()) but did not train it; a bug in the method")
+            warnings.warn(StageDeclarationWarning(f"method {method!r}: declared stages not trained: {untrained}"))
         if ctx.is_main:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         dist_utils.barrier()

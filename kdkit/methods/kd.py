@@ -65,6 +65,16 @@ class KDMethod(Method):
         """The method's own rules, checked when the config is resolved (before a run directory exists)."""
         StudentStage.check_config(config, cls.default_config()["distill"], registry)
 
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        """The trained teachers' stages, ``baseline`` (``baseline.enabled``), then ``student``."""
+        return cls.teacher_stages(config) + (["baseline"] if config.baseline.enabled else []) + ["student"]
+
+    @classmethod
+    def teacher_stages(cls, config) -> list[str]:
+        """The stages of the teachers trained here (``train: true``; a loaded teacher has none)."""
+        return [name for tcfg, name in zip(config.teachers, cls.teacher_stage_names(config.teachers)) if tcfg.train]
+
     # --- pieces subclasses may override ---------------------------------------------------
 
     @staticmethod

@@ -87,9 +87,14 @@ def plan(sweep: Sweep, out: str | Path, cells: Iterable[str] | None = None,
 
 def check_configs(runs: list, manager=None) -> dict:
     """Resolve every run's config (:func:`kdkit.config.resolve_method_config`: keys, types, the
-    method's rules; no run directory is created).  Returns ``{run.key: config}``."""
+    method's rules; no run directory is created) and check its cell's rows against the stages the
+    method declares for it (:meth:`kdkit.Method.stages`).  Returns ``{run.key: config}``."""
+    import kdkit
     from kdkit.config import resolve_method_config
+    from kdkit.config.view import freeze_config
+    from kdkit.methodspec import declared_stages
 
+    manager = manager or kdkit.get_plugin_manager()
     configs = {}
     for run in runs:
         try:
@@ -100,6 +105,12 @@ def check_configs(runs: list, manager=None) -> dict:
         if config["checkpoint"]["select_on"] == "test":
             raise ConfigError(f"cell {run.cell.name}: checkpoint.select_on=test selects checkpoints on the test "
                               "split; a sweep table never does (use val, the default, or last)")
+        stages = declared_stages(manager.registry("methods").get(run.cell.method).factory, freeze_config(config))
+        for row, stage in run.cell.rows.items():
+            if stages is not None and stage not in stages:
+                raise ConfigError(f"cell {run.cell.name} ({run.label}): row {row!r} reads stage {stage!r}, which "
+                                  f"method {run.cell.method} does not train with this config (its stages: "
+                                  f"{', '.join(stages)})")
         configs[run.key] = config
     return configs
 

@@ -156,10 +156,17 @@ LOSSES = {
 }
 
 
+#: the losses of :data:`LOSSES` that read the term's tapped features (registered with
+#: ``inputs="features"``: a term naming no student/teacher module paths is refused before training)
+FEATURE_LOSSES = frozenset({"at", "pkt", "rkd", "sp", "nst", "vid", "crd", "reviewkd", "ab", "ft", "fsp", "cc",
+                            "mgd", "srrl", "simkd", "catkd"})
+
+
 @kdkit.hookimpl
 def kdkit_register_losses(register):
     for name, (target, options, description) in LOSSES.items():
-        register(name, target, description=description, options=options)
+        register(name, target, description=description, options=options,
+                 inputs="features" if name in FEATURE_LOSSES else "logits")
 
 
 @kdkit.hookimpl

@@ -76,6 +76,11 @@ class TAKDMethod(KDMethod):
             raise ConfigError("config key assistants: takd needs at least one assistant "
                               "(e.g. assistants=[{name: resnet8, width: 16}]); without one it is --method kd")
 
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        """kd's stages with the assistants' before the student's."""
+        return [*super().stages(config)[:-1], *cls.assistant_stage_names(config.assistants), "student"]
+
     @staticmethod
     def assistant_stage_names(assistants) -> list[str]:
         return [f"assistant.{i}" for i in range(len(assistants))]
@@ -173,6 +178,10 @@ class BornAgainMethod(kdkit.Method):
     def check_config(cls, config, registry=None) -> None:
         # no configured teacher: the one teacher of each generation is the previous generation (extra_teachers)
         StudentStage.check_config(config, cls.default_config()["distill"], registry, extra_teachers=1, teachers=[])
+
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        return cls.stage_names(config.generations)
 
     @staticmethod
     def stage_names(generations: int) -> list[str]:

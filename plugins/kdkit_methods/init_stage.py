@@ -59,6 +59,13 @@ class InitStageMethod(KDMethod):
     the ``distill`` and ``init`` defaults and :meth:`initialise`."""
 
     description = ""
+    #: the initialisation stage's name
+    init_stage_name: ClassVar[str] = "student.init"
+
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        """kd's stages with :attr:`init_stage_name` before the student's."""
+        return [*super().stages(config)[:-1], cls.init_stage_name, "student"]
 
     def init_stage(self, ctx) -> StudentStage | None:
         """The initialisation stage's :class:`StudentStage` (``None`` when it is not a student stage)."""
@@ -134,9 +141,9 @@ class _StudentInitMethod(InitStageMethod):
     def initialise(self, ctx, stage, init, student, teachers, train, references, num_classes) -> dict:
         # no held-out evaluation: the init objective does not train the classifier, so the stage
         # keeps its last epoch (RepDistiller's init() evaluates nothing either)
-        result = init.distil(num_classes, teachers, train, None, None, references=references, name="student.init",
-                             student=student, seed_tag="init", optimizer=self.optimizer(ctx))
-        return {"stage": "student.init", "epochs": int(ctx.config.init.epochs), "terms": result.terms}
+        result = init.distil(num_classes, teachers, train, None, None, references=references,
+                             name=self.init_stage_name, student=student, seed_tag="init", optimizer=self.optimizer(ctx))
+        return {"stage": self.init_stage_name, "epochs": int(ctx.config.init.epochs), "terms": result.terms}
 
 
 class ABMethod(_StudentInitMethod):
@@ -187,6 +194,7 @@ class FTMethod(InitStageMethod):
 
     description = ("FT, factor transfer (Kim et al. 2018): paraphraser pre-trained on the teacher's layer3, then "
                    "CE + 200*FT")
+    init_stage_name = "paraphraser"
 
     @classmethod
     def default_config(cls) -> dict:
@@ -227,10 +235,10 @@ class FTMethod(InitStageMethod):
             return loss, {"reconstruction": loss.detach()}
 
         # RepDistiller's init(): the reconstruction MSE on every training batch, no evaluation (last epoch kept)
-        ctx.fit(kdkit.Stage(name="paraphraser", model=paraphraser, train_data=train, step_fn=reconstruct,
+        ctx.fit(kdkit.Stage(name=self.init_stage_name, model=paraphraser, train_data=train, step_fn=reconstruct,
                             optimizer=self.optimizer(ctx), taps=[taps]))
         ft.set_paraphraser(paraphraser)
-        return {"stage": "paraphraser", "epochs": int(ctx.config.init.epochs), "teacher": spec.teacher,
+        return {"stage": self.init_stage_name, "epochs": int(ctx.config.init.epochs), "teacher": spec.teacher,
                 "channels": int(channels), "factor_channels": int(paraphraser.factor_channels)}
 
 

@@ -63,6 +63,10 @@ class DMLMethod(kdkit.Method):
             raise ConfigError(f"config key peers: deep mutual learning needs at least two peers, got "
                               f"{len(config.peers)} (e.g. peers=[{{name: resnet8}}, {{name: resnet8}}])")
 
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        return ["cohort"]
+
     @staticmethod
     def build_cohort(ctx, num_classes: int):
         """The peers, each initialised from its own seed (``seed_tag="peer.<k>"``), as one module."""

@@ -75,6 +75,10 @@ class BYOTMethod(kdkit.Method):
             raise ConfigError(f"config key exits: {config.deepest!r} is the deepest stage (deepest); the exits "
                               "follow shallower stages")
 
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        return (["baseline"] if config.baseline.enabled else []) + ["student"]
+
     @staticmethod
     def build(ctx, num_classes: int, sample):
         """The student and its exits (:class:`~kdkit_methods.pipeline_nets.SelfDistilled`); the heads are

@@ -134,6 +134,12 @@ class SodaMethod(kdkit.Method):
 
     # --- run ------------------------------------------------------------------------------
 
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        """Per code length: ``teacher.BITS``, ``student.BITS``, then ``baseline.BITS`` (``soda.baseline``)."""
+        return [f"{kind}.{int(bits)}" for bits in config.soda.bits
+                for kind in ("teacher", "student", *(("baseline",) if config.soda.baseline else ()))]
+
     def run(self, ctx) -> dict:
         cfg = ctx.config
         soda = cfg.soda

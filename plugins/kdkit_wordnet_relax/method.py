@@ -110,6 +110,18 @@ class WordNetRelaxMethod(kdkit.Method):
         return ctx.selection_splits(ctx.build_dataset(None, "train", **overrides), test)
 
     # --- stages -----------------------------------------------------------------------------
+    @classmethod
+    def stages(cls, config) -> list[str]:
+        """The trained T_m teachers, ``baseline`` (``baseline.enabled``), then per ratio T_x
+        (``multimodal``, with ``distill.use_multimodal``) and ``student`` (``.r<ratio>`` under ``relax.sweep``)."""
+        teachers = [name for tcfg, name in zip(config.teachers, cls.teacher_stage_names(config.teachers))
+                    if tcfg.train]
+        per_ratio = []
+        for ratio in cls.ratios(config):
+            suffix = f".r{ratio:g}" if config.relax.sweep else ""
+            per_ratio += (["multimodal" + suffix] if config.distill.use_multimodal else []) + ["student" + suffix]
+        return teachers + (["baseline"] if config.baseline.enabled else []) + per_ratio
+
     @staticmethod
     def teacher_stage_names(teachers: list[dict]) -> list[str]:
         tags = [str(t["augment"]) for t in teachers]

@@ -84,7 +84,7 @@ def kdkit_register_losses(register):
              description="MSE between centred logits (high-temperature limit of T^2*KL)",
              options={"center": kdkit.ConfigKey(True, "remove each row's mean from the logits first"),
                       "scale": kdkit.ConfigKey(0.5, "factor of the mean squared error", range="(0, inf)")})
-    register("pooled_cosine", pooled_cosine, options={},
+    register("pooled_cosine", pooled_cosine, options={}, inputs="features",
              description="1 - cosine of spatially pooled student/teacher features (projection trained)")
 
 
