@@ -68,6 +68,22 @@ def test_torchvision_model_is_checked_without_its_weights_file(monkeypatch, tmp_
         students.build("torchvision:resnet18", 10, pretrained=str(tmp_path / "w.pt"))
 
 
+def test_the_probe_loads_no_weights_file(monkeypatch, tmp_path):
+    from kdkit.models import weights
+
+    students = kdkit.get_registry("students")
+    model = students.build("resnet8", 10)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loads, load = [], weights.load_weights
+    monkeypatch.setattr(weights, "load_weights", lambda m, path, **kw: loads.append(path) or load(m, path, **kw))
+    students.build("resnet8", 10, pretrained=str(tmp_path / "w.pt"))  # its factory loads the file itself
+    assert loads == [str(tmp_path / "w.pt")]
+    monkeypatch.setenv(footprint.ENV_LIMIT, str(_bytes(model) - 1))
+    with pytest.raises(ConfigError, match=r"^student 'resnet8' needs"):
+        students.build("resnet8", 10, pretrained=str(tmp_path / "w.pt"))
+    assert len(loads) == 1
+
+
 def test_the_probe_skips_weight_init_on_meta_so_it_imports_no_dynamo():
     # normal_, clamp_, erfinv_ on meta tensors import torch._dynamo: 1.5-3 s more for the first build
     code = ("import sys, kdkit\n"
