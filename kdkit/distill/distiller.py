@@ -277,6 +277,28 @@ def logit_term(fn: Callable, base: DistillInputs, logits: torch.Tensor, index: i
     return fn(dataclasses.replace(base, teacher_logits=logits, teacher_index=index))
 
 
+def _reaches(value: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
+    """Does the autograd graph of ``value`` lead to one of the leaf tensors ``params`` — what
+    ``torch.autograd.grad(value, params, allow_unused=True)`` answers with a non-``None`` gradient?
+
+    A walk over ``grad_fn.next_functions`` rather than that extra backward: it runs no backward node
+    (no DDP reducer hook, no ``.grad`` written) and keeps the graph intact, which a ``torch.compile``'d
+    student needs (its compiled backward donates buffers: it may run once, without ``retain_graph``)."""
+    targets = {id(p) for p in params}
+    if value.grad_fn is None:  # a leaf
+        return id(value) in targets
+    seen, stack = set(), [value.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if id(getattr(node, "variable", None)) in targets:  # AccumulateGrad of a parameter
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
 def _select(features: dict, paths):
     """A term's tapped feature(s): one tensor for a path, a list for a list of paths."""
     if paths is None:
@@ -302,6 +324,12 @@ class Distiller(nn.Module):
     module, ``None`` for a :class:`~kdkit.distill.LogitsTeacher`) reach every term as
     :attr:`DistillInputs.student_model` / :attr:`DistillInputs.teacher_models`
     (:meth:`DistillInputs.teacher_module`); :class:`~kdkit.distill.step.DistillStep` passes both.
+
+    The first call with gradients on (the first training step, not :meth:`materialize` nor
+    validation) checks that every term of non-zero weight reaches the student: its value requires
+    grad and some gradient of it reaches a trainable parameter of ``student_model`` (when given).
+    A term that does not (a constant, a detached tensor, something of the teachers only) is a
+    one-line :class:`kdkit.ConfigError`: it would train nothing.
     """
 
     def __init__(self, specs: Sequence[TermSpec], losses: Sequence[Callable], combiner: TeacherCombiner,
@@ -317,6 +345,8 @@ class Distiller(nn.Module):
         self.temperature = float(temperature)
         #: the training split's size, handed to every term (``DistillInputs.num_samples``)
         self.num_samples: int | None = None
+        #: set by the first call with gradients on, which checked that every weighted term reaches the student
+        self._grad_paths_checked = False
 
     @property
     def has_modules(self) -> bool:
@@ -354,6 +384,8 @@ class Distiller(nn.Module):
         ce = F.cross_entropy(student_logits, labels)
         loss = self.ce_weight * ce
         logs = {"ce": ce.detach()}
+        # once, at the first training step: a term that cannot train the student is a config error, not a quiet no-op
+        check = not self._grad_paths_checked and torch.is_grad_enabled() and student_logits.requires_grad
         weights = None
         if teacher_logits and any(not s.uses_features for s in self.specs):
             weights = self.combiner.teacher_weights(teacher_logits, labels)  # once per batch (EMA)
@@ -369,9 +401,32 @@ class Distiller(nn.Module):
                 if not teacher_logits:
                     raise ConfigError(f"distill term {spec.name} ({spec.loss}) distils logits, but there is no teacher")
                 value = self.combiner(teacher_logits, labels, functools.partial(logit_term, fn, base), weights)
+            if check and spec.weight != 0:
+                self._check_reaches_student(spec, value, student_model)
             loss = loss + spec.weight * value
             logs[spec.name] = value.detach()
+        if check:
+            self._grad_paths_checked = True
         return loss, logs
+
+    def _check_reaches_student(self, spec: TermSpec, value, student_model: nn.Module | None) -> None:
+        """Raise the one-line :class:`kdkit.ConfigError` when the term's ``value`` has no gradient path
+        to the student (to its trainable parameters when ``student_model`` is given)."""
+        why = None
+        if not isinstance(value, torch.Tensor):
+            why = f"it returned a {type(value).__name__}, not a tensor"
+        elif not value.requires_grad:
+            why = "its value does not require grad: a constant or a detached tensor"
+        elif student_model is not None:
+            params = [p for p in student_model.parameters() if p.requires_grad]
+            if params and not _reaches(value, params):
+                why = ("its gradient reaches none of the student's trainable parameters: it is computed from "
+                       "the teachers or the term's own modules only")
+        if why is not None:
+            raise ConfigError(f"config key distill.terms ({spec.name}, loss {spec.loss}): the loss does not depend "
+                              f"on the student's outputs or features ({why}), so the term would train nothing; "
+                              "compute it from inputs.student_logits or the student's features "
+                              "(inputs.feature_pairs), or give the term weight: 0 or remove it")
 
     @torch.no_grad()
     def materialize(self, *args, **kwargs) -> None:

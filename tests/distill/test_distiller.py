@@ -109,7 +109,8 @@ def test_a_term_naming_a_list_of_paths_gets_a_list_of_features_in_that_order():
     assert distiller.student_paths() == ["b", "a"] and distiller.teacher_paths(1) == [["y", "x"]]
     distiller.num_samples = 600
     s, ts, y = _batch()
-    fs = {"a": torch.randn(6, 3), "b": torch.randn(6, 2)}
+    # the student's features require grad (the first training call checks that every term reaches the student)
+    fs = {"a": torch.randn(6, 3, requires_grad=True), "b": torch.randn(6, 2, requires_grad=True)}
     ft = [{"x": torch.randn(6, 3), "y": torch.randn(6, 2)}]
     distiller(s, ts[:1], y, None, fs, ft)
     assert [f is g for f, g in zip(seen["student"], [fs["b"], fs["a"]])] == [True, True]
@@ -458,3 +459,157 @@ def test_distill_step_hands_the_terms_the_student_and_each_teachers_module_cache
     step = DistillStep(distiller, student, lambda x, y, idx: [online(x), online(x)], [online, None])
     with pytest.raises(ConfigError, match="teacher 1, but that teacher is not a network"):
         step(student, batch)
+
+
+# --- a weighted term must reach the student: checked at the first training step (issue 22, item 13) ----------
+
+class _OwnHead(torch.nn.Module):
+    """A loss with its own trainable part applied to the teacher only: its value requires grad, but no
+    gradient reaches the student."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(5, 5)
+
+    def __call__(self, inputs):
+        return self.head(inputs.teacher_logits).pow(2).mean()
+
+
+def _student_batch(seed=0):
+    torch.manual_seed(seed)
+    student = torch.nn.Linear(4, 5)
+    x, y = torch.randn(6, 4), torch.randint(0, 5, (6,))
+    return student, student(x), [torch.randn(6, 5)], y
+
+
+@pytest.mark.parametrize("loss, why", [
+    (lambda inputs: inputs.teacher_logits.detach().pow(2).mean(), "does not require grad"),
+    (lambda inputs: torch.tensor(0.5), "does not require grad"),
+    (_OwnHead(), "reaches none of the student's trainable parameters"),
+])
+def test_a_term_that_cannot_reach_the_student_is_a_one_line_error_at_the_first_step(loss, why):
+    student, s, ts, y = _student_batch()
+    distiller = Distiller([TermSpec("kl", 0.5, "kd"), TermSpec("teacher_only", 2.0, "tonly")],
+                          [build_term_loss(kdkit.get_registry("losses"), TermSpec("kl", 0.5, "kd")), loss],
+                          TeacherCombiner("avg_logits", 1), 0.0, 4.0)
+    with torch.no_grad():  # materialize and validation: not checked
+        distiller(student(torch.randn(6, 4)), ts, y, student_model=student)
+    with pytest.raises(ConfigError, match=rf"^config key distill.terms \(tonly, loss teacher_only\): .*{why}") as err:
+        distiller(s, ts, y, student_model=student)
+    message = str(err.value)
+    assert "\n" not in message and "inputs.student_logits" in message and "weight: 0" in message
+
+
+def test_the_first_step_checks_weighted_terms_only_and_once():
+    student, s, ts, y = _student_batch()
+    def const(inputs):
+        return torch.tensor(0.5)
+
+    kl = build_term_loss(kdkit.get_registry("losses"), TermSpec("kl", 1.0, "kd"))
+    # kl reaches the student; a weight-0 constant term (AB / FSP's main stage) is not checked
+    distiller = Distiller([TermSpec("kl", 1.0, "kd"), TermSpec("const", 0.0, "off")], [kl, const],
+                          TeacherCombiner("avg_logits", 1), 0.5, 4.0)
+    loss, logs = distiller(s, ts, y, student_model=student)
+    loss.backward()  # the check ran no backward: the step's own one still can
+    assert student.weight.grad is not None and float(logs["off"]) == 0.5
+    # a constant fails on requires_grad, with the student module or without it
+    for model in (student, None):
+        distiller = Distiller([TermSpec("const", 1.0, "c")], [const], TeacherCombiner("avg_logits", 1), 0.5, 4.0)
+        with pytest.raises(ConfigError, match="does not require grad"):
+            distiller(student(torch.randn(6, 4)), ts, y, student_model=model)
+    # checked at the first step only (its cost: one walk of the autograd graph per term, once)
+    ok = Distiller([TermSpec("kl", 1.0, "kd")], [kl], TeacherCombiner("avg_logits", 1), 0.5, 4.0)
+    ok(student(torch.randn(6, 4)), ts, y, student_model=student)
+    ok.losses[0] = const
+    ok(student(torch.randn(6, 4)), ts, y, student_model=student)
+
+
+CONSTANT_LOSS_PLUGIN = '''
+import kdkit
+
+
+def constant():
+    import torch
+
+    def loss(inputs):
+        return torch.tensor(0.25)  # computed from nothing the student outputs: it trains nothing
+
+    return loss
+
+
+@kdkit.hookimpl
+def kdkit_register_losses(register):
+    register("constant", constant, description="a constant loss (test)")
+'''
+
+
+def test_a_constant_loss_with_alpha_0_stops_the_run_in_one_line_and_keeps_its_checkpoints(
+        tmp_path, monkeypatch, capsys, lean_plugin_manager):
+    """It used to train on nothing and exit 0."""
+    from kdkit_engine_testutil import TINY
+
+    from kdkit.cli import main
+
+    (tmp_path / "kdkit_constant_loss_testplugin.py").write_text(CONSTANT_LOSS_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    args = ["--plugins-module", "kdkit_constant_loss_testplugin", "train", "--method", "kd", "--out", str(run)]
+    for s in TINY + ["distill.alpha=0", "distill.loss=constant"]:
+        args += ["--set", s]
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("kdkit: error")]
+    expected = ("kdkit: error: config key distill.terms (kd, loss constant): the loss does not depend on the "
+                "student's outputs or features (its value does not require grad: a constant or a detached tensor), "
+                "so the term would train nothing; compute it from inputs.student_logits or the student's features "
+                "(inputs.feature_pairs), or give the term weight: 0 or remove it")
+    assert code == 2 and errors == [expected], err
+    # stopped at the student's first step: the teacher's checkpoints are whole, the student has none
+    assert not list(run.glob("checkpoints/student/*")) and not list(run.rglob("*.tmp"))
+    teacher = list(run.glob("checkpoints/teacher*/last.pt"))
+    assert teacher and all("model" in torch.load(p, weights_only=True) for p in teacher)
+
+
+def test_the_check_leaves_a_kd_runs_numbers_unchanged(tmp_path, monkeypatch, manager):
+    """The first step's check draws no random numbers and changes no loss: metrics.jsonl is the
+    same byte for byte with the check and without it (a logit and a feature term with its own module;
+    augmented batches, whose random crops and flips a random number drawn by the check would shift)."""
+    from kdkit_engine_testutil import TINY
+
+    from kdkit.engine import train
+
+    sets = [s for s in TINY if s != "data.augment=none"] + [
+        "data.augment=weak", "distill.terms=[{loss: kl, weight: 0.5}, "
+        "{loss: fitnet, weight: 5.0, student: features.7, teacher: features.7}]"]
+    calls = []
+    check = Distiller._check_reaches_student
+    monkeypatch.setattr(Distiller, "_check_reaches_student",
+                        lambda *a: calls.append(a[1].name) or check(*a))
+    train("kd", sets=sets, out=tmp_path / "checked", manager=manager)
+    assert calls == ["kl", "fitnet"]  # once each, at the student stage's first step
+    monkeypatch.setattr(Distiller, "_check_reaches_student", lambda *a: None)
+    train("kd", sets=sets, out=tmp_path / "unchecked", manager=manager)
+    assert (tmp_path / "checked" / "metrics.jsonl").read_text() == \
+        (tmp_path / "unchecked" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_refuses_a_constant_loss_in_one_line(tmp_path, monkeypatch):
+    """Both DDP ranks stop at the same first step.  (That the check leaves DDP's gradients as they were:
+    tests/engine/test_distributed.py, whose kl and fitnet terms it checks; a torch.compile'd student:
+    tests/engine/test_resume.py's compile option.)"""
+    from kdkit_engine_testutil import TINY, kdkit_cli
+
+    (tmp_path / "kdkit_constant_loss_testplugin.py").write_text(CONSTANT_LOSS_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    run = tmp_path / "run"
+    args = ["--plugins-module", "kdkit_constant_loss_testplugin", "train", "--method", "kd", "--out", str(run)]
+    for s in TINY + ["distill.alpha=0", "distill.loss=constant"]:
+        args += ["--set", s]
+    r = kdkit_cli(args, nproc=2, timeout=180)
+    assert r.returncode != 0 and "2 processes" in r.stderr, r.stderr[-3000:]
+    line = "kdkit: error: config key distill.terms (kd, loss constant): the loss does not depend on the student's"
+    assert r.stderr.count(line) == 2, r.stderr[-3000:]
+    assert not list(run.glob("checkpoints/student/*")) and not list(run.rglob("*.tmp"))
