@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from allocator_job import cpu_description, loadavg  # noqa: E402 - benchmarks/ is not a package
+from allocator_job import cpu_description, loadavg  # benchmarks/ is not a package
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FORMATS = {"png": ("PNG", ".png", {}), "jpeg": ("JPEG", ".jpg", {"quality": 90})}

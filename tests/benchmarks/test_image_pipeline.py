@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import image_pipeline  # noqa: E402
+import image_pipeline
 
 
 def fake_fashion_mnist(folder: Path, n: int = 20) -> Path:
