@@ -13,8 +13,10 @@ For each (format, size, workers in ``--workers``):
   "train", ROOT, augment="none")`` (``image_size`` null: 32 px images are kept as they are, 224 px ones
   resized to 256 and centre-cropped to 224), iterated through the trainer's loader
   (:func:`kdkit.engine.data.make_train_loader`, batch ``--batch``);
-* **torchvision**: ``torchvision.datasets.ImageFolder(ROOT/train, transform=<kdkit's transform>)`` and a
-  shuffling ``DataLoader`` of the same batch and workers: the same transforms, torchvision's own PIL loader.
+* **torchvision**: ``torchvision.datasets.ImageFolder(ROOT/train, transform=T)`` and a shuffling ``DataLoader``
+  of the same batch and workers, where ``T`` is the ``transforms.v2.Compose`` of kdkit's ``build_transform``
+  for the same options (the same operations, which kdkit's dataset runs as bare kernels), and torchvision's
+  own PIL loader.
 
 A round builds the loader and iterates ``--epochs`` epochs (worker start-up included, as in a run);
 images/s = images x epochs / seconds.  The two paths alternate within each round (which goes first
@@ -90,6 +92,15 @@ def kdkit_loader(dataset, batch: int, workers: int):
     return make_train_loader(dataset, batch, seed=0, num_workers=workers)[0]
 
 
+def compose_transform(kd):
+    """The ``v2.Compose`` a torchvision user writes for kdkit's deterministic pipeline (the dataset itself
+    runs the same kernels without the Compose: :class:`kdkit.data.imagefolder.EvalTransform`)."""
+    from kdkit.data.transforms import build_transform
+
+    return build_transform("none", kd.image_size, kd.mean, kd.std, native_size=kd.native_size,
+                           normalize=kd.normalize, center_crop=kd.center_crop)
+
+
 def torchvision_dataset(root: Path, transform):
     from torchvision import datasets
 
@@ -139,7 +150,7 @@ def compare(kd, tv, count: int) -> dict:
 
 def measure(root: Path, workers: int, batch: int, rounds: int, epochs: int, check: int, tolerance: float) -> dict:
     kd = kdkit_dataset(root)
-    tv = torchvision_dataset(root, kd.transform)
+    tv = torchvision_dataset(root, compose_transform(kd))
     same = compare(kd, tv, check)
     same["within_tolerance"] = same["labels_equal"] and same["max_diff_levels"] <= tolerance
     paths = {"kdkit": lambda: kdkit_loader(kd, batch, workers),

@@ -20,6 +20,12 @@ Folders missing from the mapping keep their folder name, with underscores as spa
 folder has both sides at most :data:`SMALL_SIDE` px, the images' own (largest) side is used, resized
 straight (no centre crop) and not at all when every image already has it; otherwise 224.  The probe
 reads the headers of up to :data:`PROBE_IMAGES` images spread over the classes (not the pixels).
+
+Without augmentation (the test split, validation, ``augment: none``) the default transform calls
+torchvision's ``transforms.v2`` kernels directly (:class:`EvalTransform`): the same tensors as the
+``v2.Compose`` of :func:`kdkit.data.transforms.build_transform`, without its per-call dispatch, which cost
+about as much as decoding a 32 px image.  Images are decoded by PIL (``torchvision.io`` was measured and
+rejected: it crashes on a truncated PNG).
 """
 from __future__ import annotations
 
@@ -166,6 +172,36 @@ def _check_dir_link(link: str, root_real: str, split_real: str, seen: list[str])
                     "followed only into data.root, outside the split folder, once: remove or replace it")
 
 
+class EvalTransform:
+    """:func:`kdkit.data.transforms.build_transform` for ``augment="none"`` through the ``transforms.v2``
+    kernels: PIL image (or ``uint8`` tensor) -> resize (short side to ``size * 256 / 224`` and centre crop,
+    or straight to ``size x size``; none when ``resize`` is False) -> ``float32`` in [0, 1] -> normalised.
+    The same tensors as the ``v2.Compose``; a plain class so that it pickles to DataLoader workers."""
+
+    def __init__(self, size: int, mean, std, *, resize: bool, center_crop: bool, normalize: bool):
+        self.size, self.resize, self.center_crop = int(size), bool(resize), bool(center_crop)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+        self.normalize = bool(normalize)
+
+    def __call__(self, image):
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        x = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        x = x.as_subclass(torch.Tensor)  # a tv_tensors.Image would be returned as one
+        if self.resize and self.center_crop:
+            x = F.resize_image(x, [int(round(self.size * 256 / 224))], antialias=True)
+            x = F.center_crop_image(x, [self.size, self.size])
+        elif self.resize:
+            x = F.resize_image(x, [self.size, self.size], antialias=True)
+        x = F.to_dtype_image(x, torch.float32, scale=True)
+        return F.normalize_image(x, self.mean, self.std) if self.normalize else x
+
+    def __repr__(self) -> str:
+        return (f"EvalTransform(size={self.size}, resize={self.resize}, center_crop={self.center_crop}, "
+                f"normalize={self.normalize})")
+
+
 class ImageFolderDataset(ImageClassificationDataset):
     """Images read from class folders (see the module docstring).
 
@@ -253,6 +289,14 @@ class ImageFolderDataset(ImageClassificationDataset):
                 self.center_crop = False  # a crop would cut the border of an image already this small
                 self.native_size = image_size if uniform else None
         self._init_transform(split, image_size, augment, normalize, transform)
+
+    def _default_transform(self, augment: str):
+        if augment != "none":
+            return super()._default_transform(augment)
+        # the v2.Compose's dispatch per image cost as much as decoding a 32 px PNG (issue 23, item 2)
+        resize = self.native_size is None or self.native_size != self.image_size
+        return EvalTransform(self.image_size, self.mean, self.std, resize=resize, center_crop=self.center_crop,
+                             normalize=self.normalize)
 
     def _raw(self, index: int):
         from PIL import Image
