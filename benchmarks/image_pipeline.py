@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from allocator_job import cpu_description, loadavg  # benchmarks/ is not a package
+from cpu_defaults import cpu_description, loadavg  # benchmarks/ is not a package
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FORMATS = {"png": ("PNG", ".png", {}), "jpeg": ("JPEG", ".jpg", {"quality": 90})}

@@ -28,10 +28,9 @@ each reported model are the validation-best epoch's weights, evaluated once on t
   ``split_train_val``, passed to the child), read from Debian's IDX files into tensors, normalised
   as kdkit does.  The models are kdkit's ``resnet14`` / ``resnet8`` modules (the same code).
 * torchdistill_tuned: the same torchdistill child with the process settings kdkit's CLI makes before
-  torch loads (``OMP_WAIT_POLICY=PASSIVE``: kdkit/cli.py; glibc malloc's mmap and trim thresholds:
-  kdkit/allocator.py), so that the report separates what those settings bring (in a toy run on a
-  loaded 2-core machine torchdistill's job took 2-4x longer without them) from the rest
-  (``--no-tuned`` skips it).  Its accuracy equals torchdistill's: only the process changes.
+  torch loads (OpenMP's spin count and glibc malloc's mmap and trim thresholds:
+  :func:`kdkit.runtime.process_env`), so that the report separates what those settings bring from
+  the rest (``--no-tuned`` skips it).  Its accuracy equals torchdistill's: only the process changes.
 
 Wall time of each side is the whole subprocess: interpreter start, imports, data loading, teacher,
 student, evaluation (kdkit also writes its checkpoints and metrics; the torchdistill child keeps the
@@ -92,7 +91,7 @@ MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 TEACHER_LR, STUDENT_LR = 0.1, 0.05
 TEACHER, STUDENT, STUDENT_WIDTH = "resnet14", "resnet8", 8
 #: torchdistill as it comes, and with the process settings kdkit's CLI makes before torch loads
-#: (``OMP_WAIT_POLICY=PASSIVE``, glibc malloc's mmap/trim thresholds: kdkit/cli.py, kdkit/allocator.py)
+#: (OpenMP's spin count, glibc malloc's mmap/trim thresholds: kdkit.runtime.process_env)
 TD_SIDES = ("torchdistill", "torchdistill_tuned")
 
 
@@ -316,9 +315,11 @@ def torchdistill_job(spec: dict) -> dict:
 
 def torchdistill_env(side: str) -> dict:
     """The child's environment: OpenMP and malloc at their defaults, or set as kdkit's CLI sets them."""
-    env = {k: v for k, v in allocator_env("default").items() if k != "OMP_WAIT_POLICY"}
+    from kdkit.runtime import process_env
+
+    env = {k: v for k, v in allocator_env("default").items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if side == "torchdistill_tuned":
-        env = {**allocator_env("tuned"), "OMP_WAIT_POLICY": "PASSIVE"}
+        env.update(process_env())
     return env
 
 
@@ -361,7 +362,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kdkit-set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more --set for the kdkit run (repeatable), e.g. distill.teacher_cache=off")
     ap.add_argument("--no-tuned", action="store_true",
-                    help="skip the torchdistill run with kdkit's process settings (OMP_WAIT_POLICY=PASSIVE, "
+                    help="skip the torchdistill run with kdkit's process settings (OpenMP spin count, "
                          "malloc thresholds)")
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     ap.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)

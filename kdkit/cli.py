@@ -148,13 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdkit`` command line; returns the exit status."""
     from kdkit.errors import KdkitError
 
-    # Before torch loads: OpenMP threads that busy-wait turn every parallel region into a stall
-    # when another process holds a core (a 10x slower training step was measured on 2 shared cores).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Before torch allocates: glibc's defaults page-fault freed activations back in every step
-    from kdkit.allocator import tune
+    # Before torch loads: how OpenMP threads wait between parallel regions, and glibc's malloc
+    # (kdkit.runtime says why and what was measured)
+    from kdkit.runtime import configure
 
-    tune()
+    configure()
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

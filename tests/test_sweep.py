@@ -286,8 +286,14 @@ def test_each_run_gets_a_fixed_thread_count(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert default_threads() is None and child_env(None) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert child_env(1) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_threads() is None and child_env(None) == {}
+    assert child_env(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # runs at once wanting more threads than cores: OpenMP threads that never spin (spinning runs stall each other)
+    assert child_env(1, jobs=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert child_env(2, jobs=2)["OMP_WAIT_POLICY"] == "PASSIVE" and child_env(None, jobs=2)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice is kept
+    assert child_env(None, jobs=2)["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.parametrize("data, match", [

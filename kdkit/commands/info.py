@@ -54,9 +54,9 @@ def collect() -> dict[str, Any]:
             if cuda_available else [],
             num_threads=torch.get_num_threads(),
         )
-    from kdkit.allocator import describe
+    from kdkit.runtime import describe
 
-    data["allocator"] = describe()
+    data["openmp"], data["allocator"] = describe()
     data["extension"] = _extension_info()
     from kdkit.errors import KdkitError
     from kdkit.plugins import get_plugin_manager
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"torch:      {data['torch']} (cuda build: {data.get('torch_cuda') or 'none'})")
     print(f"cuda:       {cuda}")
     print(f"extension:  {ext_line}")
+    print(f"openmp:     {data['openmp']}")
     print(f"allocator:  {data['allocator']}")
     if "plugins_error" in data:
         print(f"plugins:    error: {data['plugins_error']}")

@@ -137,12 +137,19 @@ def _take_run(run: RunSpec, plugin_modules: list) -> tuple:
 
 
 
-def child_env(threads: int | None) -> dict:
-    """What each run's environment gets on top of the sweep's: OpenMP threads that do not busy-wait
-    and, with ``threads``, that many torch CPU threads (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
-    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+def child_env(threads: int | None, jobs: int = 1) -> dict:
+    """What each run's environment gets on top of the sweep's: with ``threads``, that many torch CPU
+    threads (OMP_NUM_THREADS, MKL_NUM_THREADS); when the runs at once would want more threads than the
+    machine has cores, OpenMP threads that never spin (``OMP_WAIT_POLICY=PASSIVE``): spinning runs
+    stall each other (:mod:`kdkit.runtime`).  The user's own ``OMP_WAIT_POLICY`` is kept."""
+    env = {}
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cores = os.cpu_count() or 1
+    inherited = os.environ.get("OMP_NUM_THREADS", "")
+    per_run = threads or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else cores)
+    if jobs * per_run > cores:
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
@@ -295,7 +302,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
         _check_kept_runs(runs, configs)
         record_plugin_modules(out, modules)
         return _execute(sweep, runs, out, log, stdout, reference, tolerance, no_run, modules,
-                        _Pool(pool, jobs, child_env(threads), threads))
+                        _Pool(pool, jobs, child_env(threads, jobs), threads))
 
 
 

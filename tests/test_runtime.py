@@ -1,5 +1,5 @@
-"""kdkit.allocator: the CLI tunes glibc's malloc before torch allocates, and the tuning does what it
-is for — a CPU training step stops page-faulting its freed activations back in."""
+"""kdkit.runtime: the CLI sets OpenMP's spin count and tunes glibc's malloc before torch loads; the
+malloc tuning does what it is for — a CPU training step stops page-faulting its freed activations back in."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kdkit import allocator
+from kdkit import runtime
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -18,7 +18,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 STEP_FAULTS = """
 import resource, sys
 if sys.argv[1] == "tuned":
-    from kdkit.allocator import tune
+    from kdkit.runtime import tune
     tune()
 import torch
 torch.manual_seed(0)
@@ -41,7 +41,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 
 
 def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != allocator.ENV_SWITCH}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in (runtime.ENV_SWITCH, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     return {**env, **extra}
 
 
@@ -58,9 +59,13 @@ def test_tuned_malloc_stops_a_training_step_from_page_faulting():
 
 
 def _info(**env) -> str:
+    return _info_json(**env)["allocator"]
+
+
+def _info_json(**env) -> dict:
     r = subprocess.run([sys.executable, "-m", "kdkit", "info", "--json"], capture_output=True, text=True, timeout=300,
                        env=_clean_env(**env), check=True)
-    return json.loads(r.stdout)["allocator"]
+    return json.loads(r.stdout)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning is for glibc's malloc")
@@ -72,10 +77,21 @@ def test_the_cli_tunes_it_and_info_says_what_is_in_effect():
     assert _info(LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libjemalloc.so.2.missing").startswith("jemalloc (LD_PRELOAD)")
 
 
+def test_the_cli_sets_a_short_openmp_spin_unless_the_user_chose():
+    assert _info_json()["openmp"] == "OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT=10000)"
+    assert _info_json(OMP_WAIT_POLICY="PASSIVE")["openmp"] == "OpenMP as the environment sets it (OMP_WAIT_POLICY=PASSIVE)"
+    assert _info_json(GOMP_SPINCOUNT="0")["openmp"] == "OpenMP as the environment sets it (GOMP_SPINCOUNT=0)"
+
+
 def test_tune_runs_once_and_describe_reports_it(monkeypatch):
-    monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.setenv(allocator.ENV_SWITCH, "off")
-    assert "not tuned in this process" in allocator.describe()
-    assert allocator.tune() == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
-    monkeypatch.delenv(allocator.ENV_SWITCH)
-    assert allocator.tune() == allocator.describe() == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
+    monkeypatch.setattr(runtime, "_state", None)
+    monkeypatch.setenv(runtime.ENV_SWITCH, "off")
+    assert "not tuned in this process" in runtime.describe()[1]
+    assert runtime.tune() == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
+    monkeypatch.delenv(runtime.ENV_SWITCH)
+    assert runtime.tune() == runtime.describe()[1] == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
+
+
+def test_process_env_gives_another_process_the_same_settings():
+    assert runtime.process_env() == {"GOMP_SPINCOUNT": "10000", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                                     "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Whole-job benchmark of kdkit's malloc tuning (:mod:`kdkit.allocator`): ``kdkit train --method kd``
-end to end with glibc's defaults (``KDKIT_MALLOC_TUNING=0``) and tuned (kdkit's default), in pairs.
+"""Whole-job benchmark of kdkit's CPU process settings (:mod:`kdkit.runtime`): ``kdkit train --method kd``
+end to end with the settings kdkit's CLI made before (``OMP_WAIT_POLICY=PASSIVE``, glibc malloc as it
+comes) and with today's (OpenMP's short spin, glibc malloc tuned), in pairs.
 
 The job is kd's default (Fashion-MNIST 5,000-image subset from Debian's ``dataset-fashion-mnist``,
 a ResNet-14 teacher and the ResNet-8 width-8 baseline and student, 10 epochs each); ``--set`` adds
 overrides.  Each run is a fresh process with its own run directory and its own empty cache
-(``KDKIT_CACHE_DIR``), so neither reuses the other's teacher outputs.  Pairs alternate which mode
+(``KDKIT_CACHE_DIR``), so neither reuses the other's teacher outputs; the user's own OpenMP and
+malloc variables are removed from both.  Pairs alternate which mode
 goes first, so load on the (shared) machine hits both alike; the wall time of each run, the ratio
 per pair, their medians, the minor page faults of each run (``getrusage`` of the child), the load
 average around each run and whether the two ``metrics.jsonl`` of a pair are byte-identical are
@@ -13,7 +15,7 @@ printed and written to ``--json``.
 
 Usage::
 
-    .venv/bin/python benchmarks/allocator_job.py [--pairs 3] [--json out.json] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/cpu_defaults.py [--pairs 3] [--json out.json] [--set KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("defaults", "tuned")
+#: mode -> the environment that selects it (``before``: what kdkit's CLI set until issue 23)
+MODES = {"before": {"OMP_WAIT_POLICY": "PASSIVE", "KDKIT_MALLOC_TUNING": "0"}, "after": {}}
 
 
 def cpu_description() -> dict:
@@ -58,11 +61,9 @@ def loadavg() -> float | None:
 def run_job(mode: str, sets: list[str], workdir: Path) -> dict:
     """One ``kdkit train --method kd`` in a fresh process; wall time, faults, the run's metrics."""
     out, cache = workdir / f"run-{mode}", workdir / f"cache-{mode}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.pop("KDKIT_MALLOC_TUNING", None)
-    env["KDKIT_CACHE_DIR"] = str(cache)
-    if mode == "defaults":
-        env["KDKIT_MALLOC_TUNING"] = "0"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
+           and k not in ("KDKIT_MALLOC_TUNING", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(MODES[mode], KDKIT_CACHE_DIR=str(cache))
     argv = [sys.executable, "-m", "kdkit", "train", "--method", "kd", "--out", str(out),
             "--set", "logging.progress=false", *[a for s in sets for a in ("--set", s)]]
     before_faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
@@ -91,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine['model']} ({machine['isa']}), {machine['cores']} cores; load {loadavg()}", flush=True)
     pairs = []
     for i in range(args.pairs):
-        order = MODES if i % 2 == 0 else MODES[::-1]
+        order = tuple(MODES) if i % 2 == 0 else tuple(MODES)[::-1]
         with tempfile.TemporaryDirectory(prefix="kdkit-alloc-") as tmp:
             runs = {mode: run_job(mode, args.sets, Path(tmp)) for mode in order}
-        identical = runs["defaults"].pop("metrics") == runs["tuned"].pop("metrics")
-        ratio = runs["defaults"]["seconds"] / runs["tuned"]["seconds"]
+        identical = runs["before"].pop("metrics") == runs["after"].pop("metrics")
+        ratio = runs["before"]["seconds"] / runs["after"]["seconds"]
         pairs.append({"order": list(order), "runs": runs, "speedup": round(ratio, 3), "metrics_identical": identical})
-        print(f"pair {i}: defaults {runs['defaults']['seconds']:.1f} s ({runs['defaults']['minor_faults']} faults), "
-              f"tuned {runs['tuned']['seconds']:.1f} s ({runs['tuned']['minor_faults']} faults): {ratio:.2f}x; "
+        print(f"pair {i}: before {runs['before']['seconds']:.1f} s ({runs['before']['minor_faults']} faults), "
+              f"after {runs['after']['seconds']:.1f} s ({runs['after']['minor_faults']} faults): {ratio:.2f}x; "
               f"metrics.jsonl {'identical' if identical else 'DIFFER'}; load {runs[order[0]]['load_before']} -> "
               f"{runs[order[1]]['load_after']}", flush=True)
     result = {
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_speedup": statistics.median(p["speedup"] for p in pairs),
         "all_metrics_identical": all(p["metrics_identical"] for p in pairs),
     }
-    print(f"median: defaults {result['median_seconds']['defaults']:.1f} s, tuned {result['median_seconds']['tuned']:.1f} s; "
+    print(f"median: before {result['median_seconds']['before']:.1f} s, after {result['median_seconds']['after']:.1f} s; "
           f"speedup {result['median_speedup']:.2f}x (median of {len(pairs)} pairs); metrics.jsonl "
           f"{'byte-identical in every pair' if result['all_metrics_identical'] else 'DIFFER'}")
     if args.json:
