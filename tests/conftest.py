@@ -21,6 +21,18 @@ def pytest_configure(config):
         os.environ["KDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdkit-test-cache-")
 
 
+def pytest_collection_modifyitems(config, items):
+    # The end-to-end runs (marked slow) first, longest first where the marker estimates its seconds
+    # (`pytest.mark.slow(seconds=N)`), so that under pytest-xdist the longest tests start while the others
+    # fill the remaining workers instead of one of them starting last and the suite waiting on it
+    # (longest-first scheduling); otherwise the collection order.
+    def longest_first(item):
+        slow = item.get_closest_marker("slow")
+        return (slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0))
+
+    items.sort(key=longest_first)
+
+
 @pytest.fixture
 def manager():
     """A process-wide plugin manager with the engine test plugin and kdkit_tensorboard."""

@@ -163,21 +163,59 @@ def shell_script(block: Block) -> str:
     return block.text
 
 
-CONFIG_RUNNER = r"""
-import json, sys
+# One python per test process resolves the config-only blocks' commands, request by request (a JSON list of
+# argument lists per line on stdin, one result line each on stdout): a `kdkit train --print-config` is ~0.1 s
+# once torch is imported, and importing it for each of the ~30 blocks cost about 3.5 s a block.  Every command
+# starts from a plugin manager built anew, as a fresh process would.
+CONFIG_SERVER = r"""
+import contextlib, io, json, sys
 from kdkit import cli
-try:
-    from kdkit.plugins import reset_plugin_manager
-except ImportError:
-    reset_plugin_manager = lambda: None
-failed = []
-for argv in json.loads(sys.stdin.read()):
-    reset_plugin_manager()
-    code = cli.main(argv)
-    if code != 0:
-        failed.append(f"kdkit {' '.join(argv)}: exit status {code}")
-print("DOCS-TEST-RESULT " + json.dumps(failed))
+from kdkit.plugins import reset_plugin_manager
+reply = sys.stdout
+for request in sys.stdin:
+    failed, err = [], io.StringIO()
+    for argv in json.loads(request):
+        reset_plugin_manager()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:
+                code = exc.code
+        if code not in (0, None):
+            failed.append(f"kdkit {' '.join(argv)}: exit status {code}")
+    reply.write("DOCS-TEST-RESULT " + json.dumps({"failed": failed, "stderr": err.getvalue()[-3000:]}) + "\n")
+    reply.flush()
 """
+
+
+class ConfigChecker:
+    """The config-only blocks' python (CONFIG_SERVER), started on first use, again after a crash."""
+
+    def __init__(self, cwd: Path, env: dict):
+        self.cwd, self.env, self.proc = cwd, env, None
+
+    def check(self, argvs: list) -> tuple[list | None, str]:
+        """(failed commands, stderr), or (None, what crashed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, "-c", CONFIG_SERVER], cwd=self.cwd, env=self.env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+        try:
+            self.proc.stdin.write(json.dumps(argvs) + "\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:
+                if line.startswith("DOCS-TEST-RESULT "):
+                    result = json.loads(line.split(" ", 1)[1])
+                    return result["failed"], result["stderr"]
+        except BrokenPipeError:
+            pass
+        self.close()
+        return None, f"exit status {self.proc.returncode}\n--- stderr\n{self.proc.stderr.read()[-3000:]}"
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def _env(work: Path) -> dict:
@@ -204,7 +242,7 @@ def _recorded_argvs(record: Path) -> list[list[str]]:
     return argvs
 
 
-def run_block(block: Block, mirror: Path, work: Path) -> str | None:
+def run_block(block: Block, mirror: Path, work: Path, configs: ConfigChecker) -> str | None:
     """Run one block; None when it worked, else what went wrong."""
     work.mkdir(parents=True, exist_ok=True)
     env = _env(work)
@@ -241,14 +279,11 @@ def run_block(block: Block, mirror: Path, work: Path) -> str | None:
             return f"{block.where}: config-only block runs `kdkit {' '.join(argv)}`, not `kdkit train ...`"
         if not {"--print-config", "--help-config", "--help", "-h"} & set(argv):
             argv.append("--print-config")
-    proc = subprocess.run([sys.executable, "-c", CONFIG_RUNNER], cwd=mirror, env=env, input=json.dumps(argvs),
-                          capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
-    result = [ln for ln in proc.stdout.splitlines() if ln.startswith("DOCS-TEST-RESULT ")]
-    if proc.returncode != 0 or not result:
-        return f"{block.where}: config-only check crashed: {_tail(proc)}"
-    failed = json.loads(result[-1].split(" ", 1)[1])
+    failed, stderr = configs.check(argvs)
+    if failed is None:
+        return f"{block.where}: config-only check crashed: {stderr}"
     if failed:
-        return f"{block.where}: config-only block: " + "; ".join(failed) + f"\n--- stderr\n{proc.stderr[-3000:]}"
+        return f"{block.where}: config-only block: " + "; ".join(failed) + f"\n--- stderr\n{stderr}"
     return None
 
 
@@ -273,6 +308,13 @@ def mirror(tmp_path_factory) -> Path:
         if entry.name != ".git":
             (root / entry.name).symlink_to(entry)
     return root
+
+
+@pytest.fixture(scope="module")
+def configs(mirror, tmp_path_factory):
+    checker = ConfigChecker(mirror, _env(tmp_path_factory.mktemp("config-checks")))
+    yield checker
+    checker.close()
 
 
 # --- the site --------------------------------------------------------------------------------------
@@ -317,8 +359,8 @@ def test_every_block_is_run_or_marked():
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.where for b in RUNNABLE])
-def test_docs_block_runs(block, mirror, tmp_path):
-    failure = run_block(block, mirror, tmp_path)
+def test_docs_block_runs(block, mirror, configs, tmp_path):
+    failure = run_block(block, mirror, tmp_path, configs)
     assert failure is None, failure
 
 
@@ -373,7 +415,7 @@ exit 1
 '''
 
 
-def test_the_checker_reports_unmarked_broken_and_badly_marked_blocks(tmp_path, mirror):
+def test_the_checker_reports_unmarked_broken_and_badly_marked_blocks(tmp_path, mirror, configs):
     page = tmp_path / "rotten.md"
     page.write_text(FAKE)
     blocks, problems = parse_blocks(page)
@@ -387,7 +429,7 @@ def test_the_checker_reports_unmarked_broken_and_badly_marked_blocks(tmp_path, m
     by_line = {b.line: b for b in blocks}
     assert by_line[3].mode == "run" and by_line[29].mode == "run"
     assert by_line[34].mode == "config-only" and by_line[46].mode == "skip" and by_line[46].reason == "needs a GPU"
-    failures = {line: run_block(by_line[line], mirror, tmp_path / str(line)) for line in (3, 29, 34, 40)}
+    failures = {line: run_block(by_line[line], mirror, tmp_path / str(line), configs) for line in (3, 29, 34, 40)}
     assert "unknown method 'no_such_method'" in failures[3], failures[3]
     assert "this block is broken" in failures[29], failures[29]
     assert "kdkit train --method kd --set train.lr=-1 --print-config: exit status 2" in failures[34], failures[34]
