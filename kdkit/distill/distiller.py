@@ -401,6 +401,10 @@ class Distiller(nn.Module):
                 if not teacher_logits:
                     raise ConfigError(f"distill term {spec.name} ({spec.loss}) distils logits, but there is no teacher")
                 value = self.combiner(teacher_logits, labels, functools.partial(logit_term, fn, base), weights)
+            if not isinstance(value, torch.Tensor):  # weight 0 or not: its value is logged as a tensor
+                raise ConfigError(f"config key distill.terms ({spec.name}, loss {spec.loss}): the loss returned a "
+                                  f"{type(value).__name__}, not a tensor; a loss returns a scalar torch tensor "
+                                  "computed from its inputs")
             if check and spec.weight != 0:
                 self._check_reaches_student(spec, value, student_model)
             loss = loss + spec.weight * value
@@ -413,9 +417,7 @@ class Distiller(nn.Module):
         """Raise the one-line :class:`kdkit.ConfigError` when the term's ``value`` has no gradient path
         to the student (to its trainable parameters when ``student_model`` is given)."""
         why = None
-        if not isinstance(value, torch.Tensor):
-            why = f"it returned a {type(value).__name__}, not a tensor"
-        elif not value.requires_grad:
+        if not value.requires_grad:  # (a value that is no tensor was refused before)
             why = "its value does not require grad: a constant or a detached tensor"
         elif student_model is not None:
             params = [p for p in student_model.parameters() if p.requires_grad]

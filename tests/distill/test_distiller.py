@@ -524,6 +524,17 @@ def test_the_first_step_checks_weighted_terms_only_and_once():
     ok(student(torch.randn(6, 4)), ts, y, student_model=student)
 
 
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_a_term_returning_no_tensor_is_a_one_line_error_whatever_its_weight(weight):
+    student, s, ts, y = _student_batch()
+    distiller = Distiller([TermSpec("plain", weight, "p")], [lambda inputs: 0.5], TeacherCombiner("avg_logits", 1),
+                          0.5, 4.0)
+    # at weight 0 it used to pass the first-step check and crash logging the value (float has no detach)
+    with pytest.raises(ConfigError, match=r"^config key distill.terms \(p, loss plain\): the loss returned a float, "
+                                          r"not a tensor;"):
+        distiller(s, ts, y, student_model=student)
+
 CONSTANT_LOSS_PLUGIN = '''
 import kdkit
 
