@@ -8,7 +8,9 @@ not running (kd's job 5x slower beside one busy process on 2 cores).  ``OMP_WAIT
 threads from sleep (the same job 1.35x slower on an idle machine).  kdkit sets
 ``GOMP_SPINCOUNT=10000``, a short spin: as fast as spinning on an idle machine, 1.3x passive's time
 beside a busy neighbour (measured: ``docs/benchmarks.md``).  ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``
-set by the user win.
+set by the user win (:func:`user_openmp_env`).  A sweep whose runs at once want more threads than the machine
+has cores gives them passive threads instead (``kdkit.sweep.runner.child_env``: ``OMP_WAIT_POLICY=PASSIVE``
+with ``GOMP_SPINCOUNT=0``, as libgomp takes a set spin count over the wait policy).
 
 **malloc**: with glibc's defaults a CPU training step hands the freed activations back to the
 kernel and faults them in again on the next step — 10,000 to 28,000 minor page faults per step
@@ -32,8 +34,8 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["configure", "tune", "describe", "process_env", "ENV_SWITCH", "OPENMP_SPIN", "MMAP_THRESHOLD",
-           "TRIM_THRESHOLD"]
+__all__ = ["configure", "tune", "describe", "process_env", "user_openmp_env", "ENV_SWITCH", "OPENMP_SPIN",
+           "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 #: ``KDKIT_MALLOC_TUNING=0`` (or off / false / no): glibc's defaults
 ENV_SWITCH = "KDKIT_MALLOC_TUNING"
@@ -55,13 +57,15 @@ _OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 _state: str | None = None
 _openmp: str | None = None
+_user_openmp: dict[str, str] | None = None  # what configure() found set, before it set anything
 
 
 def configure() -> list[str]:
     """Both settings (see the module docs), before torch loads; returns :func:`describe`."""
-    global _openmp
+    global _openmp, _user_openmp
     if _openmp is None:
-        set_by_user = [k for k in _OPENMP_ENV if k in os.environ]
+        _user_openmp = user_openmp_env()
+        set_by_user = list(_user_openmp)
         if set_by_user:
             _openmp = "OpenMP as the environment sets it (" + ", ".join(f"{k}={os.environ[k]}" for k in set_by_user) + ")"
         else:
@@ -69,6 +73,14 @@ def configure() -> list[str]:
             _openmp = f"OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT={OPENMP_SPIN})"
     tune()
     return describe()
+
+
+def user_openmp_env() -> dict[str, str]:
+    """The OpenMP wait settings (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) the user chose: as :func:`configure`
+    found them, or, before it ran, as the environment holds them; never the spin count kdkit set itself."""
+    if _user_openmp is not None:
+        return dict(_user_openmp)
+    return {k: os.environ[k] for k in _OPENMP_ENV if k in os.environ}
 
 
 def process_env() -> dict[str, str]:

@@ -4,6 +4,7 @@ comparison with a reference table, and the last-epoch test hook the runs load.""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -284,16 +285,34 @@ def test_each_run_gets_a_fixed_thread_count(monkeypatch):
     run is the run started by hand); --threads T sets T for every run."""
     from kdkit.sweep.runner import child_env, default_threads
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    from kdkit import runtime
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # configure() below sets variables: not for later tests
+    for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(runtime, "_user_openmp", None)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert default_threads() is None and child_env(None) == {}
     assert child_env(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    # runs at once wanting more threads than cores: OpenMP threads that never spin (spinning runs stall each other)
+    # runs at once wanting more threads than cores: OpenMP threads that never spin (spinning runs stall each
+    # other); the spin count too, as libgomp takes a set GOMP_SPINCOUNT over OMP_WAIT_POLICY
     assert child_env(1, jobs=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    assert child_env(2, jobs=2)["OMP_WAIT_POLICY"] == "PASSIVE" and child_env(None, jobs=2)["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice is kept
-    assert child_env(None, jobs=2)["OMP_WAIT_POLICY"] == "ACTIVE"
+    passive = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert child_env(2, jobs=2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", **passive}
+    assert child_env(None, jobs=2) == passive
+    # the CLI's own short spin in the sweep's environment is not the user's choice: it is replaced
+    monkeypatch.setattr(runtime, "_openmp", None)
+    runtime.configure()
+    assert os.environ["GOMP_SPINCOUNT"] == runtime.OPENMP_SPIN and child_env(None, jobs=2) == passive
+    # the user's own choice (either variable) is kept: nothing is set over it
+    for var, value in (("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "5")):
+        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+        monkeypatch.setenv(var, value)
+        monkeypatch.setattr(runtime, "_openmp", None)
+        monkeypatch.setattr(runtime, "_user_openmp", None)
+        runtime.configure()
+        assert child_env(None, jobs=2) == {}, var
+        monkeypatch.delenv(var)
 
 
 @pytest.mark.parametrize("data, match", [

@@ -140,16 +140,20 @@ def _take_run(run: RunSpec, plugin_modules: list) -> tuple:
 def child_env(threads: int | None, jobs: int = 1) -> dict:
     """What each run's environment gets on top of the sweep's: with ``threads``, that many torch CPU
     threads (OMP_NUM_THREADS, MKL_NUM_THREADS); when the runs at once would want more threads than the
-    machine has cores, OpenMP threads that never spin (``OMP_WAIT_POLICY=PASSIVE``): spinning runs
-    stall each other (:mod:`kdkit.runtime`).  The user's own ``OMP_WAIT_POLICY`` is kept."""
+    machine has cores, OpenMP threads that never spin (``OMP_WAIT_POLICY=PASSIVE`` and
+    ``GOMP_SPINCOUNT=0``, which replaces the short spin kdkit's CLI set in the sweep's own environment:
+    libgomp takes a set spin count over the wait policy): spinning runs stall each other
+    (:mod:`kdkit.runtime`).  The user's own OpenMP wait settings are kept."""
+    from kdkit.runtime import user_openmp_env
+
     env = {}
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cores = os.cpu_count() or 1
     inherited = os.environ.get("OMP_NUM_THREADS", "")
     per_run = threads or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else cores)
-    if jobs * per_run > cores:
-        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    if jobs * per_run > cores and not user_openmp_env():
+        env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="0")
     return env
 
 
