@@ -31,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from kdkit.runtime import ENV_SWITCH, neutral_env
+
 #: mode -> the environment that selects it (``before``: what kdkit's CLI set until issue 23)
-MODES = {"before": {"OMP_WAIT_POLICY": "PASSIVE", "KDKIT_MALLOC_TUNING": "0"}, "after": {}}
+MODES = {"before": {"OMP_WAIT_POLICY": "PASSIVE", ENV_SWITCH: "0"}, "after": {}}
 
 
 def cpu_description() -> dict:
@@ -61,8 +63,7 @@ def loadavg() -> float | None:
 def run_job(mode: str, sets: list[str], workdir: Path) -> dict:
     """One ``kdkit train --method kd`` in a fresh process; wall time, faults, the run's metrics."""
     out, cache = workdir / f"run-{mode}", workdir / f"cache-{mode}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
-           and k not in ("KDKIT_MALLOC_TUNING", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = neutral_env()
     env.update(MODES[mode], KDKIT_CACHE_DIR=str(cache))
     argv = [sys.executable, "-m", "kdkit", "train", "--method", "kd", "--out", str(out),
             "--set", "logging.progress=false", *[a for s in sets for a in ("--set", s)]]

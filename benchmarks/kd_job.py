@@ -74,7 +74,6 @@ from train_step import (
     FASHION_STD,
     NUM_CLASSES,
     TEMPERATURE,
-    allocator_env,
     cpu_model,
     torchdistill_version,
 )
@@ -315,9 +314,9 @@ def torchdistill_job(spec: dict) -> dict:
 
 def torchdistill_env(side: str) -> dict:
     """The child's environment: OpenMP and malloc at their defaults, or set as kdkit's CLI sets them."""
-    from kdkit.runtime import process_env
+    from kdkit.runtime import neutral_env, process_env
 
-    env = {k: v for k, v in allocator_env("default").items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = neutral_env()
     if side == "torchdistill_tuned":
         env.update(process_env())
     return env

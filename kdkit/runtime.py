@@ -34,8 +34,8 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["configure", "tune", "describe", "process_env", "user_openmp_env", "ENV_SWITCH", "OPENMP_SPIN",
-           "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["configure", "tune", "describe", "process_env", "neutral_env", "user_openmp_env", "ENV_SWITCH",
+           "OPENMP_SPIN", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 #: ``KDKIT_MALLOC_TUNING=0`` (or off / false / no): glibc's defaults
 ENV_SWITCH = "KDKIT_MALLOC_TUNING"
@@ -81,6 +81,14 @@ def user_openmp_env() -> dict[str, str]:
     if _user_openmp is not None:
         return dict(_user_openmp)
     return {k: os.environ[k] for k in _OPENMP_ENV if k in os.environ}
+
+
+def neutral_env(environ=None) -> dict[str, str]:
+    """``environ`` (default ``os.environ``) without the variables that decide these settings (the switch,
+    glibc's ``MALLOC_*_`` thresholds, OpenMP's wait policy and spin count): a process started with it gets
+    the library defaults, or kdkit's own when it is a ``kdkit`` command (for the benchmarks' before/after)."""
+    decided = {ENV_SWITCH, *_ALLOCATOR_ENV, *_OPENMP_ENV}
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if k not in decided}
 
 
 def process_env() -> dict[str, str]:
