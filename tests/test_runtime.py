@@ -62,29 +62,42 @@ def test_tuned_malloc_stops_a_training_step_from_page_faulting():
     assert faults["tuned"] < faults["default"] / 20, faults
 
 
-def _info(**env) -> str:
-    return _info_json(**env)["allocator"]
-
-
 def _info_json(**env) -> dict:
     r = subprocess.run([sys.executable, "-m", "kdkit", "info", "--json"], capture_output=True, text=True, timeout=300,
                        env=_clean_env(**env), check=True)
     return json.loads(r.stdout)
 
 
+# what the CLI does first (kdkit.cli.main calls configure()), in a process that does not import torch:
+# `kdkit info` takes ~3 s to start, this ~0.1 s
+CONFIGURE = "import json; from kdkit import runtime; print(json.dumps(runtime.configure()))"
+
+
+def _configured(**env) -> tuple[str, str]:
+    """The (openmp, allocator) lines of a fresh process's configure() under ``env``."""
+    r = subprocess.run([sys.executable, "-c", CONFIGURE], capture_output=True, text=True, timeout=60,
+                       env=_clean_env(**env), check=True)
+    openmp, allocator = json.loads(r.stdout)
+    return openmp, allocator
+
+
 @pytest.mark.skipif(not GLIBC, reason="the tuning is for glibc's malloc")
 def test_the_cli_tunes_it_and_info_says_what_is_in_effect():
-    assert _info().startswith("glibc malloc tuned: mmap threshold 32 MiB")
-    assert _info(KDKIT_MALLOC_TUNING="0") == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
+    info = _info_json()
+    assert info["allocator"].startswith("glibc malloc tuned: mmap threshold 32 MiB")
+    assert info["openmp"] == "OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT=10000)"
+    assert (info["openmp"], info["allocator"]) == _configured()
+    assert _configured(KDKIT_MALLOC_TUNING="0")[1] == "glibc malloc defaults (KDKIT_MALLOC_TUNING=0)"
     # the user's own settings win
-    assert "left as it is" in _info(MALLOC_TRIM_THRESHOLD_="1000")
-    assert _info(LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libjemalloc.so.2.missing").startswith("jemalloc (LD_PRELOAD)")
+    assert "left as it is" in _configured(MALLOC_TRIM_THRESHOLD_="1000")[1]
+    assert _configured(LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libjemalloc.so.2.missing")[1].startswith(
+        "jemalloc (LD_PRELOAD)")
 
 
 def test_the_cli_sets_a_short_openmp_spin_unless_the_user_chose():
-    assert _info_json()["openmp"] == "OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT=10000)"
-    assert _info_json(OMP_WAIT_POLICY="PASSIVE")["openmp"] == "OpenMP as the environment sets it (OMP_WAIT_POLICY=PASSIVE)"
-    assert _info_json(GOMP_SPINCOUNT="0")["openmp"] == "OpenMP as the environment sets it (GOMP_SPINCOUNT=0)"
+    assert _configured()[0] == "OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT=10000)"
+    assert _configured(OMP_WAIT_POLICY="PASSIVE")[0] == "OpenMP as the environment sets it (OMP_WAIT_POLICY=PASSIVE)"
+    assert _configured(GOMP_SPINCOUNT="0")[0] == "OpenMP as the environment sets it (GOMP_SPINCOUNT=0)"
 
 
 def test_tune_runs_once_and_describe_reports_it(monkeypatch):
