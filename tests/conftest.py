@@ -21,7 +21,16 @@ def pytest_configure(config):
         os.environ["KDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdkit-test-cache-")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups set here
+def pytest_itemcollected(item):
+    # A test module whose tests share a module- or session-scoped fixture of the suite (a trained run, a
+    # finished sweep) keeps them on one pytest-xdist worker (`--dist loadgroup`): split across workers, each
+    # would build the fixture again.  (Marked as each test is collected: xdist reads the marks when
+    # collection ends.)
+    info = getattr(item, "_fixtureinfo", None)
+    if info and any(defs[-1].scope != "function" and defs[-1].baseid for defs in info.name2fixturedefs.values()):
+        item.add_marker(pytest.mark.xdist_group(item.path.relative_to(_TESTS).as_posix()))
+
+
 def pytest_collection_modifyitems(config, items):
     # The end-to-end runs (marked slow) first, longest first where the marker estimates its seconds
     # (`pytest.mark.slow(seconds=N)`), so that under pytest-xdist the longest tests start while the others
@@ -32,13 +41,6 @@ def pytest_collection_modifyitems(config, items):
         return (slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0))
 
     items.sort(key=longest_first)
-    # A test module whose tests share a module- or session-scoped fixture of the suite (a trained run, a
-    # finished sweep) keeps them on one worker (`--dist loadgroup`): split across workers, each would
-    # build the fixture again.
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info and any(defs[-1].scope != "function" and defs[-1].baseid for defs in info.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.path.relative_to(_TESTS).as_posix()))
 
 
 @pytest.fixture
