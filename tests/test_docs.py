@@ -34,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,17 +190,22 @@ for request in sys.stdin:
 
 
 class ConfigChecker:
-    """The config-only blocks' python (CONFIG_SERVER), started on first use, again after a crash."""
+    """The config-only blocks' python (CONFIG_SERVER), started on first use, again after a crash; its own
+    stderr (what bypasses the per-command capture) goes to a file in ``work``, and a request that takes
+    longer than BLOCK_TIMEOUT kills it."""
 
-    def __init__(self, cwd: Path, env: dict):
-        self.cwd, self.env, self.proc = cwd, env, None
+    def __init__(self, cwd: Path, env: dict, work: Path):
+        self.cwd, self.env, self.stderr_path, self.proc = cwd, env, work / "config-server.stderr", None
 
     def check(self, argvs: list) -> tuple[list | None, str]:
         """(failed commands, stderr), or (None, what crashed)."""
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, "-c", CONFIG_SERVER], cwd=self.cwd, env=self.env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True)
+            with open(self.stderr_path, "wb") as stderr:
+                self.proc = subprocess.Popen([sys.executable, "-c", CONFIG_SERVER], cwd=self.cwd, env=self.env,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                             text=True)
+        timer = threading.Timer(BLOCK_TIMEOUT, self.proc.kill)
+        timer.start()
         try:
             self.proc.stdin.write(json.dumps(argvs) + "\n")
             self.proc.stdin.flush()
@@ -209,8 +215,11 @@ class ConfigChecker:
                     return result["failed"], result["stderr"]
         except BrokenPipeError:
             pass
+        finally:
+            timer.cancel()
         self.close()
-        return None, f"exit status {self.proc.returncode}\n--- stderr\n{self.proc.stderr.read()[-3000:]}"
+        stderr = self.stderr_path.read_text(errors="replace")[-3000:]
+        return None, f"exit status {self.proc.returncode} (killed after {BLOCK_TIMEOUT} s if -9)\n--- stderr\n{stderr}"
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -312,7 +321,8 @@ def mirror(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def configs(mirror, tmp_path_factory):
-    checker = ConfigChecker(mirror, _env(tmp_path_factory.mktemp("config-checks")))
+    work = tmp_path_factory.mktemp("config-checks")
+    checker = ConfigChecker(mirror, _env(work), work)
     yield checker
     checker.close()
 
