@@ -21,21 +21,11 @@ def pytest_configure(config):
         os.environ["KDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdkit-test-cache-")
 
 
-def pytest_itemcollected(item):
-    # A test module whose tests share a module- or session-scoped fixture of the suite (a trained run, a
-    # finished sweep) keeps them on one pytest-xdist worker (`--dist loadgroup`): split across workers, each
-    # would build the fixture again.  (Marked as each test is collected: xdist reads the marks when
-    # collection ends.)
-    info = getattr(item, "_fixtureinfo", None)
-    if info and any(defs[-1].scope != "function" and defs[-1].baseid for defs in info.name2fixturedefs.values()):
-        item.add_marker(pytest.mark.xdist_group(item.path.relative_to(_TESTS).as_posix()))
-
-
 def pytest_collection_modifyitems(config, items):
     # The end-to-end runs (marked slow) first, longest first where the marker estimates its seconds
-    # (`pytest.mark.slow(seconds=N)`), so that under pytest-xdist the longest tests start while the others
-    # fill the remaining workers instead of one of them starting last and the suite waiting on it
-    # (longest-first scheduling); otherwise the collection order.
+    # (`pytest.mark.slow(seconds=N)`), so that under pytest-xdist (which hands out whole files, in the order
+    # their first test comes here) the longest start while the others fill the remaining workers, instead of
+    # one of them starting last and the suite waiting on it; otherwise the collection order.
     def longest_first(item):
         slow = item.get_closest_marker("slow")
         return (slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0))
