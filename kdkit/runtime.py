@@ -56,21 +56,16 @@ OPENMP_SPIN = "10000"
 _OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 _state: str | None = None
-_openmp: str | None = None
-_user_openmp: dict[str, str] | None = None  # what configure() found set, before it set anything
+_user_openmp: dict[str, str] | None = None  # what configure() found set, before it set anything; None: not run
 
 
 def configure() -> list[str]:
     """Both settings (see the module docs), before torch loads; returns :func:`describe`."""
-    global _openmp, _user_openmp
-    if _openmp is None:
+    global _user_openmp
+    if _user_openmp is None:
         _user_openmp = user_openmp_env()
-        set_by_user = list(_user_openmp)
-        if set_by_user:
-            _openmp = "OpenMP as the environment sets it (" + ", ".join(f"{k}={os.environ[k]}" for k in set_by_user) + ")"
-        else:
+        if not _user_openmp:
             os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
-            _openmp = f"OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT={OPENMP_SPIN})"
     tune()
     return describe()
 
@@ -128,5 +123,11 @@ def tune() -> str:
 
 def describe() -> list[str]:
     """What is in effect: the OpenMP and malloc lines of :func:`configure`, or that it has not run."""
-    return [_openmp or "OpenMP as it comes (not configured in this process; the kdkit CLI does)",
+    if _user_openmp is None:
+        openmp = "OpenMP as it comes (not configured in this process; the kdkit CLI does)"
+    elif _user_openmp:
+        openmp = "OpenMP as the environment sets it (" + ", ".join(f"{k}={v}" for k, v in _user_openmp.items()) + ")"
+    else:
+        openmp = f"OpenMP threads spin briefly, then sleep (GOMP_SPINCOUNT={OPENMP_SPIN})"
+    return [openmp,
             _state or f"glibc malloc defaults (not tuned in this process; the kdkit CLI tunes it unless {ENV_SWITCH}=0)"]

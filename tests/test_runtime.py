@@ -45,9 +45,7 @@ print(min(per_step))
 
 
 def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in (runtime.ENV_SWITCH, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    return {**env, **extra}
+    return {**runtime.neutral_env(), **extra}
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning is for glibc's malloc")

@@ -301,14 +301,12 @@ def test_each_run_gets_a_fixed_thread_count(monkeypatch):
     assert child_env(2, jobs=2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", **passive}
     assert child_env(None, jobs=2) == passive
     # the CLI's own short spin in the sweep's environment is not the user's choice: it is replaced
-    monkeypatch.setattr(runtime, "_openmp", None)
     runtime.configure()
     assert os.environ["GOMP_SPINCOUNT"] == runtime.OPENMP_SPIN and child_env(None, jobs=2) == passive
     # the user's own choice (either variable) is kept: nothing is set over it
     for var, value in (("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "5")):
         monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
         monkeypatch.setenv(var, value)
-        monkeypatch.setattr(runtime, "_openmp", None)
         monkeypatch.setattr(runtime, "_user_openmp", None)
         runtime.configure()
         assert child_env(None, jobs=2) == {}, var
