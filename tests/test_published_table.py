@@ -16,10 +16,10 @@ distillation from helping fails here even where the tolerance would hide it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import kdkit_prestarted
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,10 @@ pytestmark = [pytest.mark.slow(seconds=190),
 
 def test_a_slice_of_the_published_table_reproduces_its_reference(tmp_path):
     out = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "kdkit", "sweep", str(CONFIG), "--out", str(out),
+    proc = kdkit_prestarted.run([sys.executable, "-m", "kdkit", "sweep", str(CONFIG), "--out", str(out),
                            "--cells", "dkd", "--seeds", "0", "--threads", "1",
                            "--compare", str(REFERENCE), "--tolerance", str(TOLERANCE)],
-                          capture_output=True, text=True, timeout=1200)
+                                capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     compared = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if line.strip().startswith("ok:")]
     assert {line.split(":")[1].strip() for line in compared} >= {"teacher", "baseline", "kd", "dkd"}, proc.stdout

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kdkit_prestarted
 import numpy as np
 import pytest
 import torch
@@ -226,9 +227,10 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
     images, labels = make_split(40, 0)
     write(tmp_path / NAMES["train"][0], idx_bytes(images)[:-5], gz=True)  # truncated
     write(tmp_path / NAMES["train"][1], idx_bytes(labels), gz=True)
-    r = subprocess.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=fashion_mnist",
-                        "--set", f"data.root={tmp_path}", "--set", "train.epochs=1", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = kdkit_prestarted.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=fashion_mnist",
+                              "--set", f"data.root={tmp_path}", "--set", "train.epochs=1",
+                              "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     lines = r.stderr.splitlines()

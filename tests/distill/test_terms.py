@@ -3,9 +3,9 @@ module paths, checked with the config, before a run directory exists; and every 
 ``inputs`` declaration matches what the loss does with a term that has no features."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
+import kdkit_prestarted
 import pytest
 import torch
 
@@ -40,9 +40,9 @@ def test_feature_and_logit_terms_with_their_inputs_pass():
 
 def test_the_cli_refuses_it_before_the_run_directory_exists(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=shapes",
-                           "--set", "distill.terms=[{loss: fitnet, weight: 1}]", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = kdkit_prestarted.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=shapes",
+                                 "--set", "distill.terms=[{loss: fitnet, weight: 1}]", "--out", str(out)],
+                                capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdkit: error:") and "'fitnet' distils features" in lines[0]

@@ -40,15 +40,17 @@ def testing_manager():
 
 
 def kdkit_cli(args, nproc: int = 1, timeout: int = 300, **env):
-    """``python -m kdkit ARGS`` in a subprocess, under torchrun with ``nproc`` > 1 (gloo on CPU)."""
-    import subprocess
+    """``python -m kdkit ARGS`` in a process of its own (forked from a prestarted one:
+    :mod:`kdkit_prestarted`), under torchrun with ``nproc`` > 1 (gloo on CPU)."""
     import sys
+
+    import kdkit_prestarted
 
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([*launcher, "-m", "kdkit", *args], env=subprocess_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return kdkit_prestarted.run([*launcher, "-m", "kdkit", *args], env=subprocess_env(**env), capture_output=True,
+                                text=True, timeout=timeout)
 
 
 def assert_same_trajectory(one: Path, two: Path, stages, rtol: float = 1e-4, atol: float = 1e-5) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import kdkit_prestarted
 from kdkit_engine_testutil import subprocess_env
 
 
@@ -22,7 +23,7 @@ def start_sweep(cfg: Path, out: Path, *args, hold: float | None = None,
     plugin = ["--plugins-module", "kdkit_fault_testplugin"] if hold is not None else []
     argv = [sys.executable, "-m", "kdkit", *plugin, "sweep", str(cfg), "--out", str(out), *map(str, args)]
     env = subprocess_env(**({"KDTEST_HOLD": hold} if hold is not None else {}))
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, env=env)
+    return kdkit_prestarted.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, env=env)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

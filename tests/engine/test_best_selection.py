@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import kdkit_prestarted
 import pytest
 
 import kdkit
@@ -72,7 +73,6 @@ def test_kill_after_the_best_epoch_without_best_pt_resumes_with_the_best_weights
     """The kept best weights travel in last.pt: killed in the teacher's last epoch (after its best
     one) and resumed, the teacher's test figures and the student distilled from it are those of the
     uninterrupted run, which the test above shows to be the best epoch's."""
-    import subprocess
     import sys
 
     from kdkit_engine_testutil import subprocess_env
@@ -82,8 +82,8 @@ def test_kill_after_the_best_epoch_without_best_pt_resumes_with_the_best_weights
         args += ["--set", item]
 
     def kdkit(extra, **env):
-        return subprocess.run([sys.executable, "-m", "kdkit", *extra], env=subprocess_env(**env),
-                              capture_output=True, text=True, timeout=300)
+        return kdkit_prestarted.run([sys.executable, "-m", "kdkit", *extra], env=subprocess_env(**env),
+                                    capture_output=True, text=True, timeout=300)
 
     ref = kdkit(args + ["--out", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]

@@ -4,9 +4,9 @@ a recorded module that is gone is a one-line error naming it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
+import kdkit_prestarted
 import yaml
 from kdkit_engine_testutil import TINY, subprocess_env
 
@@ -33,8 +33,8 @@ SETS = [s for s in TINY if not s.startswith("student.")] + ["student.name=rec_ti
 def _kdkit(args, plugin_dir, timeout=300):
     env = subprocess_env()
     env["PYTHONPATH"] = f"{plugin_dir}:{env['PYTHONPATH']}"
-    return subprocess.run([sys.executable, "-m", "kdkit", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return kdkit_prestarted.run([sys.executable, "-m", "kdkit", *args], env=env, capture_output=True,
+                                text=True, timeout=timeout)
 
 
 def test_eval_and_resume_load_the_recorded_module_and_a_gone_one_is_one_line(tmp_path):

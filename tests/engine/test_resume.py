@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import kdkit_prestarted
 import pytest
 import torch
-
 from kdkit_engine_testutil import TINY, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ PLUGIN = "kdkit_engine_testplugin"
 
 
 def kdkit(args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "kdkit", "--plugins-module", PLUGIN, *args],
-                          env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return kdkit_prestarted.run([sys.executable, "-m", "kdkit", "--plugins-module", PLUGIN, *args],
+                                env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _train_args(out: Path):
@@ -40,9 +40,9 @@ def _train_args(out: Path):
 
 def _kill_when_metrics(run_dir: Path, delay: float) -> bool:
     """Start a run, SIGKILL it `delay` s after metrics.jsonl has a line; True if it was killed."""
-    proc = subprocess.Popen([sys.executable, "-m", "kdkit", "--plugins-module", PLUGIN, "train", "--resume",
-                             str(run_dir)], env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = kdkit_prestarted.Popen([sys.executable, "-m", "kdkit", "--plugins-module", PLUGIN, "train",
+                                   "--resume", str(run_dir)], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"
     start_lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     deadline = time.time() + 240

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kdkit_prestarted
 import pytest
 import yaml
-
 from kdkit_engine_testutil import TINY, subprocess_env
 from kdkit_engine_testutil import testing_manager as plugin_manager
 
@@ -34,8 +34,8 @@ def _train_args(out: Path) -> list[str]:
 
 def _kdkit(args, crash: str | None = None):
     env = subprocess_env(**({"KDTEST_CRASH": crash} if crash else {}))
-    return subprocess.run([sys.executable, "-m", "kdkit", *PLUGINS, *args], env=env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return kdkit_prestarted.run([sys.executable, "-m", "kdkit", *PLUGINS, *args], env=env, capture_output=True,
+                                text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -65,8 +65,9 @@ def race(tmp_path_factory):
     training, so they surely overlap); the one that ran is the uninterrupted reference run."""
     out = tmp_path_factory.mktemp("race") / "run"
     env = subprocess_env(KDTEST_HOLD="2")
-    procs = [subprocess.Popen([sys.executable, "-m", "kdkit", *PLUGINS, *_train_args(out)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    procs = [kdkit_prestarted.Popen([sys.executable, "-m", "kdkit", *PLUGINS, *_train_args(out)], env=env,
+                                    text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
              for _ in range(2)]
     results = []
     for p in procs:

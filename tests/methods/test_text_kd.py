@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 pytest.importorskip("transformers")
 
+import kdkit_prestarted  # noqa: E402
 from kdkit_text_testutil import make_text_task  # noqa: E402
 
 
@@ -38,8 +38,8 @@ def test_kd_between_hugging_face_text_classifiers_from_the_cli(tmp_path):
     cmd = [sys.executable, "-m", "kdkit", "train", "--method", "kd", "--out", str(run)]
     for item in sets:
         cmd += ["--set", item]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
-                          timeout=300)
+    proc = kdkit_prestarted.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
+                                timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     (name, teacher_summary), = summary["teachers"].items()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 
+import kdkit_prestarted
 import numpy as np
 import pytest
 import torch
@@ -34,9 +35,9 @@ def _bytes(model: torch.nn.Module) -> int:
 def test_cli_refuses_a_student_too_large_for_memory_in_one_line(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, footprint.ENV_LIMIT: str(64 << 30), "KDKIT_BLOCK_PLUGINS": "soda,wordnet_relax"}
-    proc = subprocess.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=shapes",
+    proc = kdkit_prestarted.run([sys.executable, "-m", "kdkit", "train", "--set", "data.name=shapes",
                            "--set", "student.width=100000", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+                                capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr
     # the run's opening lines (method, data) come first; the error is one line, the last, no traceback
     errors = [line for line in proc.stderr.splitlines() if "error" in line or "Traceback" in line]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 
+import kdkit_prestarted
 import numpy as np
 import pytest
 import torch
@@ -252,13 +252,13 @@ def test_cli_default_command_reaches_the_plugin(tmp_path, tiny):
             "wordnet_relax", "--out", str(tmp_path / "cli")]
     for s in tiny + FAST + ["train.epochs=1", "tx.train.epochs=2"]:
         args += ["--set", s]
-    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    r = kdkit_prestarted.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wordnet_relax results" in r.stdout
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["clip_pretrained"] is False
-    bad = subprocess.run(args[:-2] + ["--out", str(tmp_path / "bad"), "--set", "relax.ratio=2"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = kdkit_prestarted.run(args[:-2] + ["--out", str(tmp_path / "bad"), "--set", "relax.ratio=2"], env=env,
+                               capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "relax.ratio" in bad.stderr
     assert not (tmp_path / "bad").exists()  # checked before the run directory is created
 

@@ -1,0 +1,447 @@
+"""``python -m kdkit ...`` for the tests, forked from a process that has already imported torch.
+
+Why: most end-to-end tests start ``python -m kdkit`` to see what a user sees (exit status, stderr
+lines, files written, signals, locks, process groups), and each such interpreter spends 3-5 s of CPU
+importing torch and torch._dynamo before about a second of work: on 2 cores that was over half the
+suite's time.  Here one *prestarted* server per pytest worker imports them once; each command is a
+``fork()`` of it that runs ``kdkit/__main__.py`` as ``python -m kdkit`` does (:func:`runpy.run_module`),
+with the caller's argv, environment, working directory, standard streams (handed over as file
+descriptors) and, on request, a session of its own.  It is a real process: the caller gets its pid,
+can signal or SIGKILL it, and gets its exit status (``-N`` when a signal ended it), as from
+:class:`subprocess.Popen`.  :mod:`multiprocessing`'s forkserver preloads modules the same way, but it
+runs pickled Python callables and hands over neither the caller's streams nor its session, hence this
+module.
+
+:func:`run` and :class:`Popen` take the same arguments as their :mod:`subprocess` namesakes and fork
+only ``[sys.executable, "-m", "kdkit", ...]`` without options this module does not carry over (e.g.
+``preexec_fn``); anything else goes to :mod:`subprocess` unchanged.
+
+What a forked command cannot show, so the tests of these start a fresh interpreter themselves:
+import-time behaviour (lazy imports, anything printed while torch is imported: the server refuses to
+start if its imports print anything), settings a library reads when it loads (libgomp reads ``OMP_*``
+then: ``OMP_NUM_THREADS`` is applied with ``torch.set_num_threads``; the server runs with kdkit's own
+``GOMP_SPINCOUNT``), and another torch or numpy on ``PYTHONPATH``.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+#: imported once by the server (what a kdkit command spends its start-up on)
+PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "PIL.Image")
+#: subprocess options a forked command carries over (the rest: a real subprocess)
+_CARRIED = {"env", "cwd", "stdin", "stdout", "stderr", "text", "universal_newlines", "start_new_session",
+            "capture_output", "timeout", "input", "check", "close_fds", "encoding", "errors"}
+_MAX_PACKET = 1 << 20
+
+
+def _is_kdkit(argv) -> bool:
+    return (isinstance(argv, (list, tuple)) and len(argv) >= 3 and argv[0] == sys.executable
+            and argv[1] == "-m" and argv[2] == "kdkit")
+
+
+def _forkable(argv, kwargs) -> bool:
+    return (_is_kdkit(argv) and set(kwargs) <= _CARRIED and os.environ.get("KDKIT_TEST_FRESH", "") != "1"
+            and all(isinstance(a, (str, os.PathLike)) for a in argv))
+
+
+# --- the caller's side --------------------------------------------------------------------------
+
+class _Server:
+    """The pytest worker's connection to its server (started on first use, restarted if it died)."""
+
+    def __init__(self):
+        self.sock = None
+        self.proc = None
+        self.exits: dict[int, int] = {}
+        self.next_id = 0
+
+    def _start(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="kdkit-prestarted-")
+        self.path = os.path.join(self.directory, "socket")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTEST_CURRENT_TEST")}
+        if "OMP_WAIT_POLICY" not in env:
+            from kdkit.runtime import OPENMP_SPIN  # what kdkit's CLI sets before torch loads
+            env.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", self.path], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd="/")
+        deadline = time.monotonic() + 300
+        while not os.path.exists(self.path):  # bound once the preloading is done and printed nothing
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.log.seek(0)
+                raise RuntimeError("the prestarted kdkit server did not start: "
+                                   + self.log.read().decode(errors="replace")[-4000:])
+            time.sleep(0.05)
+        self.sock = _connect(self.path)
+        self.exits.clear()
+
+    def bin_directory(self) -> str:
+        """A directory with a ``kdkit`` that runs its command in a fork of this server (for shells)."""
+        if self.sock is None or self.proc.poll() is not None:
+            self._start()
+        shim = os.path.join(self.directory, "bin", "kdkit")
+        if not os.path.exists(shim):
+            os.makedirs(os.path.dirname(shim), exist_ok=True)
+            with open(shim, "w") as fh:
+                fh.write(f"#!/bin/sh\nKDKIT_PRESTARTED_SOCKET={self.path} exec {sys.executable} -S "
+                         f"{os.path.abspath(__file__)} --client \"$@\"\n")
+            os.chmod(shim, 0o755)
+        return os.path.dirname(shim)
+
+    def _receive(self, timeout: float | None) -> dict:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(_MAX_PACKET)
+        except socket.timeout:
+            raise
+        if not data:
+            self.log.seek(0)
+            output = self.log.read().decode(errors="replace")[-4000:]
+            self.sock = None
+            raise RuntimeError(f"the prestarted kdkit server ended: {output}")
+        message = json.loads(data)
+        if "exited" in message:
+            self.exits[message["exited"]] = message["returncode"]
+        return message
+
+    def start(self, argv, env, cwd, fds, new_session: bool) -> int:
+        if self.sock is None or self.proc.poll() is not None:
+            self._start()
+        self.next_id += 1
+        request = {"id": self.next_id, "args": [os.fspath(a) for a in argv[3:]], "env": env,
+                   "cwd": cwd, "new_session": new_session}
+        socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
+        while True:
+            message = self._receive(timeout=60)
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"the prestarted kdkit server could not fork: {message['error']}")
+                return message["pid"]
+
+    def poll(self, pid: int) -> int | None:
+        while pid not in self.exits:
+            ready, _, _ = select.select([self.sock], [], [], 0)
+            if not ready:
+                return None
+            self._receive(timeout=None)
+        return self.exits[pid]
+
+    def wait(self, pid: int, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid not in self.exits:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                self._receive(timeout=left)
+            except socket.timeout:
+                raise TimeoutError from None
+        return self.exits[pid]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # its commands go on, as a subprocess's would
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            shutil.rmtree(self.directory, ignore_errors=True)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.connect(path)
+    return sock
+
+
+def bin_directory() -> str:
+    """A directory holding a ``kdkit`` for shells: put it first on ``PATH`` and every ``kdkit ...`` a
+    shell runs is a fork of this pytest worker's server (its stdin, stdout and stderr, environment and
+    working directory are the shell's; SIGINT, SIGTERM and SIGHUP are passed on; its exit status is
+    the command's)."""
+    return _server.bin_directory()
+
+
+_server = _Server()
+atexit.register(_server.close)
+
+
+class Popen:
+    """:class:`subprocess.Popen` for ``[sys.executable, "-m", "kdkit", ...]``, forked (see the module
+    docs); any other command is a :class:`subprocess.Popen`, returned as is."""
+
+    def __new__(cls, args, **kwargs):
+        if not _forkable(args, kwargs):
+            return subprocess.Popen(args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, args, *, env=None, cwd=None, stdin=None, stdout=None, stderr=None, text=False,
+                 universal_newlines=False, start_new_session=False, close_fds=True, encoding=None, errors=None):
+        self.args = args
+        self.returncode = None
+        text = bool(text or universal_newlines or encoding or errors)
+        ours, theirs, to_close = [], [], []
+        for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
+            mine = None
+            if spec is None:
+                fd = target
+            elif spec == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR)
+                to_close.append(fd)
+            elif spec == subprocess.PIPE:
+                read, write = os.pipe()
+                fd, mine = (read, write) if target == 0 else (write, read)
+                to_close.append(fd)
+            elif spec == subprocess.STDOUT and target == 2:
+                fd = theirs[1]
+            elif isinstance(spec, int):
+                fd = spec
+            else:
+                fd = spec.fileno()
+            theirs.append(fd)
+            ours.append(mine)
+        try:
+            self.pid = _server.start(args, dict(os.environ if env is None else env),
+                                     os.fspath(cwd) if cwd is not None else os.getcwd(), theirs,
+                                     start_new_session)
+        finally:
+            for fd in to_close:
+                os.close(fd)
+        mode = dict(encoding=encoding or "utf-8", errors=errors or "strict") if text else {}
+        self.stdin = os.fdopen(ours[0], "w" if text else "wb", **mode) if ours[0] is not None else None
+        self.stdout = os.fdopen(ours[1], "r" if text else "rb", **mode) if ours[1] is not None else None
+        self.stderr = os.fdopen(ours[2], "r" if text else "rb", **mode) if ours[2] is not None else None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = _server.poll(self.pid)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            try:
+                self.returncode = _server.wait(self.pid, timeout)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self):
+        self.send_signal(15)
+
+    def kill(self):
+        self.send_signal(9)
+
+    def communicate(self, input=None, timeout=None):
+        """Both output pipes read to their end (and ``input`` written), then the exit status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.stdin is not None:
+            if input:
+                self.stdin.write(input)
+            self.stdin.close()
+        streams = {s.fileno(): (s, []) for s in (self.stdout, self.stderr) if s is not None and not s.closed}
+        while streams:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            ready, _, _ = select.select(list(streams), [], [], left)
+            for fd in ready:
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    streams[fd][1].append(chunk)
+                else:
+                    stream, chunks = streams.pop(fd)
+                    stream.chunks = chunks
+        out = self._collected(self.stdout)
+        err = self._collected(self.stderr)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return out, err
+
+    @staticmethod
+    def _collected(stream):
+        if stream is None:
+            return None
+        data = b"".join(getattr(stream, "chunks", []))
+        text = "b" not in stream.mode
+        stream.close()
+        return data.decode(stream.encoding, stream.errors) if text else data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for s in (self.stdin, self.stdout, self.stderr):
+            if s is not None and not s.closed:
+                s.close()
+        self.wait()
+
+
+def run(args, *, input=None, capture_output=False, timeout=None, check=False, **kwargs):
+    """:func:`subprocess.run` for ``[sys.executable, "-m", "kdkit", ...]``, forked (see the module docs);
+    any other command is :func:`subprocess.run` itself."""
+    if not _forkable(args, kwargs):
+        return subprocess.run(args, input=input, capture_output=capture_output, timeout=timeout, check=check,
+                              **kwargs)
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    proc = Popen(args, **kwargs)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    result = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result
+
+
+# --- the server's side ----------------------------------------------------------------------------
+
+def _serve(path: str) -> None:
+    """Preload, listen on ``path``, and fork one command per request; report its pid to the client that
+    asked and, when it ends, its exit status."""
+    import ctypes
+    import importlib
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the pytest worker that started it
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import torch
+
+    default_threads = torch.get_num_threads()  # a fresh torch's, from the CPUs this process may use
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fstat(1).st_size or os.fstat(2).st_size:  # a fresh kdkit would print that too: not the same
+        raise SystemExit("importing the preloaded modules printed something (see above)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    base_path = sys.path[1:]  # without this file's own directory: what a fresh interpreter starts from
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path + ".new")
+    listener.listen(64)
+    os.rename(path + ".new", path)  # the client waits for this name: bound and listening
+    clients: list[socket.socket] = []
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, the client that started it)
+    while True:
+        ready, _, _ = select.select([listener, *clients, *children], [], [])
+        for pidfd in [r for r in ready if r in children]:
+            pid, client = children.pop(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(pid, 0)
+            try:
+                client.send(json.dumps({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
+            except OSError:
+                pass  # that client is gone
+        if listener in ready:
+            clients.append(listener.accept()[0])
+        for client in [r for r in ready if r in clients]:
+            try:
+                data, fds, _, _ = socket.recv_fds(client, _MAX_PACKET, 3)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                clients.remove(client)
+                client.close()
+                continue
+            request = json.loads(data)
+            try:
+                pid = os.fork()
+            except OSError as e:
+                for f in fds:
+                    os.close(f)
+                client.send(json.dumps({"id": request["id"], "error": str(e)}).encode())
+                continue
+            if pid == 0:
+                for fd in [listener, *clients]:
+                    fd.close()
+                for pidfd in children:
+                    os.close(pidfd)
+                _become_command(request, fds, base_path, default_threads)  # does not return
+            for f in fds:
+                os.close(f)
+            children[os.pidfd_open(pid)] = (pid, client)
+            client.send(json.dumps({"id": request["id"], "pid": pid}).encode())
+
+
+def _client(args: list[str]) -> None:
+    """``kdkit ARGS`` from a shell (see :func:`bin_directory`); runs with ``python -S``: stdlib only."""
+    import signal
+
+    sock = _connect(os.environ.pop("KDKIT_PRESTARTED_SOCKET"))
+    request = {"id": 1, "args": args, "env": dict(os.environ), "cwd": os.getcwd(), "new_session": False}
+    socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+    pid = json.loads(sock.recv(_MAX_PACKET))["pid"]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda sig, _: os.kill(pid, sig))
+    message = json.loads(sock.recv(_MAX_PACKET))
+    code = message["returncode"]
+    if code < 0:  # ended by a signal: end the same way
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+def _become_command(request: dict, fds: list[int], base_path: list[str], default_threads: int) -> None:
+    """In the forked child: the state ``python -m kdkit ARGS`` starts from, then kdkit's ``__main__``."""
+    import importlib
+    import random
+    import runpy
+    import signal
+
+    import numpy
+    import torch
+
+    try:
+        if request["new_session"]:
+            os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in set(fds) - {0, 1, 2}:
+            os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        env = request["env"]
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(env)
+        extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:] = [request["cwd"], *extra, *base_path]
+        importlib.invalidate_caches()
+        threads = env.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)
+        random.seed()  # a fresh interpreter's seeds, not the server's
+        numpy.random.seed()
+        sys.argv = ["-m", *request["args"]]
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(125)
+    runpy.run_module("kdkit", run_name="__main__", alter_sys=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    _serve(sys.argv[2])
+elif __name__ == "__main__" and sys.argv[1:2] == ["--client"]:
+    _client(sys.argv[2:])
