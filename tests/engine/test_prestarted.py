@@ -1,0 +1,88 @@
+"""tests/engine/kdkit_prestarted.py, which many end-to-end tests start their kdkit commands with: a forked
+command must be what ``python -m kdkit`` is to its caller (streams, exit status, environment, working
+directory, PYTHONPATH plugins, signals, session, thread count), and what it prints must be what a fresh
+interpreter prints."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import kdkit_prestarted
+import pytest
+from kdkit_engine_testutil import subprocess_env
+
+KDKIT = [sys.executable, "-m", "kdkit"]
+PROBE = '''
+import os, sys, torch, kdkit
+
+@kdkit.hookimpl
+def kdkit_register_students(register):
+    print("probe", os.getcwd(), os.environ.get("KDTEST_PROBE"), torch.get_num_threads(), os.getpid(),
+          os.getsid(0), sys.argv[0].endswith(os.path.join("kdkit", "__main__.py")), flush=True)
+'''
+
+
+def test_a_forked_command_prints_and_exits_as_a_fresh_one(tmp_path):
+    for args in (["train", "--set", "train.lr=-1", "--out", str(tmp_path / "run")], ["plugins"], ["--version"],
+                 ["train", "--method", "nope", "--print-config"]):
+        env = subprocess_env()
+        forked = kdkit_prestarted.run([*KDKIT, *args], env=env, capture_output=True, text=True, timeout=300)
+        fresh = subprocess.run([*KDKIT, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert isinstance(forked, subprocess.CompletedProcess)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_environment_working_directory_plugins_threads_and_session_are_the_callers(tmp_path):
+    (tmp_path / "kdkit_prestarted_probe.py").write_text(PROBE)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = subprocess_env(KDTEST_PROBE="hello", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    for session in (False, True):
+        proc = kdkit_prestarted.Popen([*KDKIT, "--plugins-module", "kdkit_prestarted_probe", "plugins"], env=env,
+                                      cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=session)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        probe = next(line.split() for line in out.splitlines() if line.startswith("probe "))
+        assert probe[1:4] == [str(work), "hello", "1"]
+        assert int(probe[4]) == proc.pid != os.getpid()
+        assert (int(probe[5]) == proc.pid) is session  # its own session only when asked
+        assert probe[6] == "True"
+
+
+def test_signals_reach_it_and_its_status_says_so(tmp_path):
+    args = [*KDKIT, "train", "--method", "kd", "--out", str(tmp_path / "run"), "--set", "data.name=shapes",
+            "--set", "train.epochs=100", "--set", "logging.progress=false"]
+    proc = kdkit_prestarted.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "kdkit-run.json").exists():  # started training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.1)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stderr.close()
+
+
+def test_a_shell_runs_the_forked_kdkit_with_its_streams_and_status(tmp_path):
+    env = dict(subprocess_env(), PATH=os.pathsep.join([kdkit_prestarted.bin_directory(), os.environ["PATH"]]))
+    script = "kdkit train --set train.lr=-1 --out run || echo status $?; kdkit --version | wc -l"
+    proc = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.split("\n")[:2] == ["status 2", "1"], proc.stdout
+    assert proc.stderr == "kdkit: error: config key train.lr: expected float in (0, inf), got -1.0\n"
+
+
+def test_other_commands_are_plain_subprocesses():
+    proc = kdkit_prestarted.Popen([sys.executable, "-c", "print(1)"], stdout=subprocess.PIPE)
+    assert type(proc) is subprocess.Popen
+    assert proc.communicate(timeout=60)[0].strip() == b"1"
+    run = kdkit_prestarted.run([*KDKIT, "--version"], capture_output=True, preexec_fn=os.getpid, timeout=300)
+    assert run.returncode == 0  # an option the fork does not carry over: a real subprocess
