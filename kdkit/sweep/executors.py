@@ -79,12 +79,14 @@ class LocalExecutor:
 
     name = "local"
     poll_s = 0.05
+    #: what starts a run's process (the suite's tests start theirs from a process that has imported torch)
+    popen = staticmethod(subprocess.Popen)
 
     def submit(self, cmd: list, log_path: Path, env: dict, label: str) -> _LocalRun:
         fh = open(log_path, "ab")  # noqa: SIM115 - closed by the handle when the run ends
         try:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **env})
+            proc = self.popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **env})
         except BaseException:
             fh.close()
             raise
