@@ -46,11 +46,16 @@ def kdkit_cli(args, nproc: int = 1, timeout: int = 300, **env):
 
     import kdkit_prestarted
 
-    launcher = [sys.executable]
+    command = [sys.executable, "-m", "kdkit"]
+    env = subprocess_env(**env)
     if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return kdkit_prestarted.run([*launcher, "-m", "kdkit", *args], env=subprocess_env(**env), capture_output=True,
-                                text=True, timeout=timeout)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if kdkit_prestarted.fresh_only():
+            command += ["-m", "kdkit"]
+        else:  # the workers: the shell-level kdkit of kdkit_prestarted, forked too
+            command += ["--no-python", "kdkit"]
+            env["PATH"] = os.pathsep.join([kdkit_prestarted.bin_directory(), env.get("PATH", "")])
+    return kdkit_prestarted.run([*command, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_same_trajectory(one: Path, two: Path, stages, rtol: float = 1e-4, atol: float = 1e-5) -> None:

@@ -1,4 +1,4 @@
-"""``python -m kdkit ...`` for the tests, forked from a process that has already imported torch.
+"""``python -m kdkit ...`` (and torchrun) for the tests, forked from a process that has already imported torch.
 
 Why: most end-to-end tests start ``python -m kdkit`` to see what a user sees (exit status, stderr
 lines, files written, signals, locks, process groups), and each such interpreter spends 3-5 s of CPU
@@ -13,8 +13,9 @@ runs pickled Python callables and hands over neither the caller's streams nor it
 module.
 
 :func:`run` and :class:`Popen` take the same arguments as their :mod:`subprocess` namesakes and fork
-only ``[sys.executable, "-m", "kdkit", ...]`` without options this module does not carry over (e.g.
-``preexec_fn``); anything else goes to :mod:`subprocess` unchanged.
+only ``[sys.executable, "-m", "kdkit", ...]`` (or torchrun's ``-m torch.distributed.run``) without
+options this module does not carry over (e.g. ``preexec_fn``); anything else goes to :mod:`subprocess`
+unchanged, and so does everything under ``KDKIT_TEST_FRESH=1``.
 
 What a forked command cannot show, so the tests of these start a fresh interpreter themselves:
 import-time behaviour (lazy imports, anything printed while torch is imported: the server refuses to
@@ -37,20 +38,25 @@ import time
 
 #: imported once by the server (what a kdkit command spends its start-up on)
 PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "PIL.Image")
+#: the modules a forked command may run as ``python -m MODULE``: kdkit, and torchrun's launcher (whose
+#: workers, started as ``--no-python kdkit`` with :func:`bin_directory` first on PATH, are forked too)
+MODULES = ("kdkit", "torch.distributed.run")
 #: subprocess options a forked command carries over (the rest: a real subprocess)
 _CARRIED = {"env", "cwd", "stdin", "stdout", "stderr", "text", "universal_newlines", "start_new_session",
             "capture_output", "timeout", "input", "check", "close_fds", "encoding", "errors"}
 _MAX_PACKET = 1 << 20
 
 
-def _is_kdkit(argv) -> bool:
-    return (isinstance(argv, (list, tuple)) and len(argv) >= 3 and argv[0] == sys.executable
-            and argv[1] == "-m" and argv[2] == "kdkit")
-
-
 def _forkable(argv, kwargs) -> bool:
-    return (_is_kdkit(argv) and set(kwargs) <= _CARRIED and os.environ.get("KDKIT_TEST_FRESH", "") != "1"
+    return (isinstance(argv, (list, tuple)) and len(argv) >= 3 and argv[0] == sys.executable
+            and argv[1] == "-m" and argv[2] in MODULES and set(kwargs) <= _CARRIED and not fresh_only()
             and all(isinstance(a, (str, os.PathLike)) for a in argv))
+
+
+def fresh_only() -> bool:
+    """``KDKIT_TEST_FRESH=1``: every command a fresh interpreter, as before this module (a check that the
+    suite passes the same way)."""
+    return os.environ.get("KDKIT_TEST_FRESH", "") == "1"
 
 
 # --- the caller's side --------------------------------------------------------------------------
@@ -118,7 +124,7 @@ class _Server:
         if self.sock is None or self.proc.poll() is not None:
             self._start()
         self.next_id += 1
-        request = {"id": self.next_id, "args": [os.fspath(a) for a in argv[3:]], "env": env,
+        request = {"id": self.next_id, "module": argv[2], "args": [os.fspath(a) for a in argv[3:]], "env": env,
                    "cwd": cwd, "new_session": new_session}
         socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
         while True:
@@ -148,12 +154,14 @@ class _Server:
 
     def close(self) -> None:
         if self.proc is not None:
+            self.log.close()
             self.proc.terminate()  # its commands go on, as a subprocess's would
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             shutil.rmtree(self.directory, ignore_errors=True)
+            self.proc = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -178,8 +186,8 @@ atexit.register(_server.close)
 
 
 class Popen:
-    """:class:`subprocess.Popen` for ``[sys.executable, "-m", "kdkit", ...]``, forked (see the module
-    docs); any other command is a :class:`subprocess.Popen`, returned as is."""
+    """:class:`subprocess.Popen` for ``[sys.executable, "-m", MODULE, ...]`` (:data:`MODULES`), forked (see
+    the module docs); any other command is a :class:`subprocess.Popen`, returned as is."""
 
     def __new__(cls, args, **kwargs):
         if not _forkable(args, kwargs):
@@ -291,8 +299,8 @@ class Popen:
 
 
 def run(args, *, input=None, capture_output=False, timeout=None, check=False, **kwargs):
-    """:func:`subprocess.run` for ``[sys.executable, "-m", "kdkit", ...]``, forked (see the module docs);
-    any other command is :func:`subprocess.run` itself."""
+    """:func:`subprocess.run` for ``[sys.executable, "-m", MODULE, ...]`` (:data:`MODULES`), forked (see the
+    module docs); any other command is :func:`subprocess.run` itself."""
     if not _forkable(args, kwargs):
         return subprocess.run(args, input=input, capture_output=capture_output, timeout=timeout, check=check,
                               **kwargs)
@@ -386,7 +394,8 @@ def _client(args: list[str]) -> None:
     import signal
 
     sock = _connect(os.environ.pop("KDKIT_PRESTARTED_SOCKET"))
-    request = {"id": 1, "args": args, "env": dict(os.environ), "cwd": os.getcwd(), "new_session": False}
+    request = {"id": 1, "module": "kdkit", "args": args, "env": dict(os.environ), "cwd": os.getcwd(),
+               "new_session": False}
     socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
     pid = json.loads(sock.recv(_MAX_PACKET))["pid"]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -400,7 +409,7 @@ def _client(args: list[str]) -> None:
 
 
 def _become_command(request: dict, fds: list[int], base_path: list[str], default_threads: int) -> None:
-    """In the forked child: the state ``python -m kdkit ARGS`` starts from, then kdkit's ``__main__``."""
+    """In the forked child: the state ``python -m MODULE ARGS`` starts from, then that module as ``__main__``."""
     import importlib
     import random
     import runpy
@@ -437,7 +446,7 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
 
         traceback.print_exc()
         os._exit(125)
-    runpy.run_module("kdkit", run_name="__main__", alter_sys=True)
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     sys.exit(0)
 
 

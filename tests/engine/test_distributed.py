@@ -12,13 +12,11 @@ under torchrun to check that it trains and that only rank 0 writes files.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from kdkit_engine_testutil import TINY, assert_same_trajectory, kdkit_cli, subprocess_env
+from kdkit_engine_testutil import TINY, assert_same_trajectory, kdkit_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +34,7 @@ def _args(out, sets):
 
 
 def _torchrun(out, sets, nproc=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "kdkit", *_args(out, sets)]
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    return kdkit_cli(_args(out, sets), nproc=nproc)
 
 
 def _lines(run):
