@@ -77,6 +77,7 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
     path = Path(path)
+    _check_replaceable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to rename a file over a device, FIFO or socket: ``kdkit export --out /dev/null`` replaced
+    /dev/null itself with a regular file.  A symlink is replaced as a link (its target is untouched)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # absent (the usual case), or unreadable: the write reports it
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):  # a directory: os.replace refuses it
+        raise WriteError(f"cannot write {path}: it is {file_kind(mode)}, not a regular file; choose a file name")
 
 
 def write_error(path: Path, exc: OSError) -> WriteError:

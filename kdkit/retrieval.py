@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -64,6 +65,15 @@ def load_codes(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, dict]:
     """Read a code file -> ``(uint8 (N, L/8) array, metadata dict)``; errors name the file."""
     path = regular_file(path, "code file", DataError)
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read code file {path}: {exc.strerror or exc}") from None
+    # np.load returns an .npz archive as an NpzFile (not an array), and blames pickling for any other file
+    if magic != b"\x93NUMPY":
+        what = "an .npz archive" if magic[:4] == b"PK\x03\x04" else "not a .npy file (no NUMPY header)"
+        raise DataError(f"code file {path} is {what}; give packed uint8 codes (N, L/8) saved with numpy.save")
+    try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds
         raise DataError(f"cannot read code file {path}: {exc}") from None
@@ -78,8 +88,10 @@ def load_codes(path: str | Path, mmap: bool = False) -> tuple[np.ndarray, dict]:
 
 
 def _load_sidecar(meta_path: Path) -> dict:
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         return {}
+    # a FIFO or directory under the sidecar's name is refused by type, not taken for "no sidecar"
+    regular_file(meta_path, "code metadata", DataError)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     # ValueError covers bad JSON and over-long integers; RecursionError deeply nested brackets

@@ -65,6 +65,30 @@ def test_a_zero_size_is_a_one_line_error_not_the_default(capsys, flag):
     assert err.count("\n") == 0 and f"{flag} must be >= 1, got 0" in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--cases", "topk-random", "--n", "1000000000"], "the topk-random case needs about 543.9 GiB"),
+    (["--cases", "topk-clustered", "--n", "1000000000", "--no-torch-topk"], "the topk-clustered case needs about "
+                                                                            "7.5 GiB"),
+    (["--cases", "penalty", "--penalty-rows", "100000000"], "the penalty case needs about 95.4 GiB"),
+    (["--cases", "map", "--map-n", "100000000"], "the map case needs about 261.5 GiB"),
+])
+def test_a_size_beyond_the_memory_is_one_line_before_anything_is_allocated(capsys, monkeypatch, args, message):
+    """Issue 22 rerun: `--n 1000000000000` was a DefaultCPUAllocator traceback (exit 1), a size just past the
+    free memory an OOM kill."""
+    monkeypatch.setenv("KDKIT_MEMORY_LIMIT_BYTES", str(2**30))
+    assert bench.main(["--quick", "--bits", "64", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "more than the 1.0 GiB of memory set by " in err, err
+
+
+def test_more_threads_than_cpus_is_one_line_not_a_crash(capsys):
+    """Issue 22 rerun: `--threads 20000` aborted in libgomp (exit 1), `--threads 100000` segfaulted."""
+    cpus = os.cpu_count()
+    assert bench.main(["--quick", "--threads", str(cpus + 1)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--threads {cpus + 1} is more than the {cpus} logical CPUs" in err, err
+
+
 def test_each_topk_method_is_timed_in_its_own_process_and_faiss_without_torch(capsys):
     # issue 23: torch's OpenMP pool in faiss's process slowed faiss; each method now has a process
     pytest.importorskip("faiss")

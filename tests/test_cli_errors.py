@@ -100,6 +100,10 @@ BAD_INVOCATIONS = {
                                                                            "expected int in [1, inf), got 0"),
     "no training images per class": (_train("--set", "data.train_per_class=0"),
                                      "config key data.train_per_class: expected int in [1, inf) or null, got 0"),
+    # issue 22 rerun: nothing held out, so the last epoch was kept while summary.json said "val"
+    "val split of nothing": (_train("--set", "data.val_fraction=0"), "config key checkpoint.select_on: val selects "
+                                                                     "the best epoch on data.val_fraction of the "
+                                                                     "training split, and data.val_fraction is 0"),
     "null test images for shapes": (_train("--set", "data.name=shapes", "--set", "data.test_per_class=null"),
                                     "config key data.test_per_class: expected int in [1, inf), got null"),
     "zero-pixel Fashion-MNIST": (_train("--set", "data.name=fashion_mnist", "--set", "data.image_size=0"),
@@ -115,7 +119,7 @@ BAD_INVOCATIONS = {
     "untrained teacher without weights": (_train("--set", "teachers.0.train=false"),
                                           "config key teachers.0: train: false needs pretrained weights"),
     "method set to another": (_train("--set", "method=dkd"), "config key method is 'dkd' but the method run is 'kd'"),
-    "empty --method": (_train("--method", ""), "no method selected: use --"),
+    "empty --method": (_train("--method", ""), "no method selected: use --method NAME"),
     "unknown method": (_train("--method", "hinton2015"), "unknown method 'hinton2015'; valid choices:"),
     "term option of the wrong type": (_train("--method", "dkd", "--set", "distill.terms.0.options.alpha=abc"),
                                       "config key distill.terms.0.options.alpha: expected float in [0, inf), got str"),
@@ -173,6 +177,11 @@ BAD_INVOCATIONS = {
     "--set no teachers": (_train("--set", "teachers=[]"), "config key teachers: at least one teacher is needed"),
     "line break in a file name": (_train("--config", "{tmp}/a\nb.yaml"), "config file not found: {tmp}/a\\nb.yaml"),
     "--resume with --set": (["train", "--resume", "{tmp}", "--set", "seed=1"], "not a kdkit run directory"),
+    # issue 22 rerun: an empty --out (an unset shell variable) was the current directory
+    "empty --out": (_train("--out", ""), "--out is empty; give a run directory"),
+    "blank --out": (_train("--out", " "), "--out is empty; give a run directory"),
+    "empty --resume": (["train", "--resume", ""], "--resume is empty; give a run directory"),
+    "sweep empty --out": (["sweep", "{sweep_bad_set}", "--out", ""], "--out is empty; give the sweep's directory"),
     # --- other commands
     "eval missing run": (["eval", "--run", "{tmp}/nope"], "not a kdkit run directory"),
     "eval method a list": (["eval", "--run", "{run_method_list}"], "config key method: expected a method name"),
@@ -219,6 +228,12 @@ def test_an_empty_config_file_means_the_defaults(tmp_path, capsys):
     default = capsys.readouterr().out
     assert cli.main(["train", "--print-config"]) == 0
     assert capsys.readouterr().out == default
+
+
+def test_no_validation_split_is_said_with_select_on_last(capsys):
+    assert cli.main(["train", "--set", "data.val_fraction=0", "--set", "checkpoint.select_on=last",
+                     "--print-config"]) == 0
+    assert "val_fraction: 0" in capsys.readouterr().out
 
 
 def test_a_section_naming_no_component_is_the_declared_one(capsys):

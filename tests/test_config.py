@@ -364,6 +364,17 @@ def test_a_duplicate_key_in_a_set_value_is_an_error():
         parse_set("data={name: shapes, name: cifar10}")
 
 
+def test_a_document_of_too_many_plain_values_is_not_blamed_on_aliases(tmp_path):
+    """Issue 22 rerun: 300,000 keys and no alias were "aliases of aliases, or an alias inside itself"."""
+    from kdkit.config.files import MAX_YAML_VALUES, parse_yaml
+
+    text = "{" + ", ".join(f"k{i}: {i}" for i in range(MAX_YAML_VALUES // 2 + 1)) + "}"
+    with pytest.raises(ConfigError, match=r"^big: the document expands to more than 100000 values \(aliases of "
+                                          r"aliases, an alias inside itself, or that many values written out; "
+                                          r"a config needs far fewer\)$"):
+        parse_yaml(text, "big")
+
+
 def test_merge_keys_may_still_be_overridden(tmp_path):
     # `<<: *base` then a key of base is YAML's documented override, not a duplicate
     cfg = _write(tmp_path / "merge.yaml", "base: &b {lr: 0.1, epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.5\n")

@@ -30,3 +30,29 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_codes(tmp_path / "codes.npy", np.zeros((3, 8), np.uint8))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["npz", "text"])
+def test_a_code_file_that_is_not_a_npy_array_is_one_line(tmp_path, kind):
+    # np.load returned an .npz archive as an NpzFile: 'search --db codes.npz' was an AttributeError traceback
+    path = tmp_path / "codes.npy"
+    if kind == "npz":
+        with open(path, "wb") as fh:
+            np.savez(fh, codes=np.zeros((3, 8), np.uint8))
+    else:
+        path.write_text("0 1 2\n")
+    with pytest.raises(DataError) as info:
+        load_codes(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    assert ("an .npz archive" in msg) if kind == "npz" else ("not a .npy file" in msg and "pickle" not in msg)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_sidecar_that_is_not_a_regular_file_is_refused_by_type(tmp_path, kind):
+    path = save_codes(tmp_path / "codes.npy", np.zeros((3, 8), np.uint8))
+    sidecar = tmp_path / "codes.npy.json"
+    sidecar.unlink()
+    os.mkfifo(sidecar) if kind == "fifo" else sidecar.mkdir()
+    with pytest.raises(DataError, match="is a (FIFO|directory), not a regular file"):
+        load_codes(path)

@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,45 @@ def test_stage_metrics_reads_best_and_last(tmp_path):
     assert (t["best_epoch"], t["last_epoch"], t["test_top1_last"]) == (0, 0, 40.0)
     with pytest.raises(ks.KdkitError, match=r"stage 'baseline' is not in metrics.jsonl \(stages: teacher.t, student\)"):
         ks.stage_metrics(tmp_path, "baseline")
+
+
+@pytest.mark.parametrize("line, match", [
+    ("5", r"a line is not a kdkit metrics record .*'5'"),
+    ('{"stage": "student", "split": "test", "test.top1": 99.0}', r"a line is not a kdkit metrics record"),
+    ('{"stage": "student", "epoch": true}', r"a line is not a kdkit metrics record"),
+    (b"\xff\xfe", r"is not UTF-8 text"),
+])
+def test_a_metrics_line_that_is_not_a_record_is_one_line(tmp_path, line, match):
+    # a line `5` was an AttributeError, a record without its epoch a KeyError traceback (exit 1)
+    _metrics(tmp_path, "student", [10.0], 0, 25.0, None)
+    with open(tmp_path / "metrics.jsonl", "ab") as fh:
+        fh.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
+    with pytest.raises(ks.KdkitError, match=match) as info:
+        ks.stage_metrics(tmp_path, "student")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "diverged.json"])
+def test_run_status_refuses_a_fifo_under_a_run_file_s_name(tmp_path, name):
+    # the sweep read a FIFO summary.json (run_status) and blocked for ever
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    box = {}
+
+    def status():
+        try:
+            box["status"] = ks.run_status(tmp_path)
+        except ks.KdkitError as exc:
+            box["error"] = str(exc)
+
+    thread = threading.Thread(target=status, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail(f"run_status blocked on the FIFO {fifo}")
+    assert box.get("error") == f"run file {fifo} is a FIFO, not a regular file", box
 
 
 def test_table_statistics_and_compare(tmp_path):
@@ -372,6 +412,10 @@ def _reference(**row_changes) -> dict:
     (json.dumps(_reference(id="")), r"rows\[0\]: id is ''; expected a non-empty string"),
     (json.dumps({"rows": {"kd": {}}}), r"not a kdkit sweep table.json: rows is a dict; expected a list"),
     ("[" * 100_000, r"not JSON \(nested too deeply\)"),
+    # issue 22 rerun: json keeps the last of a repeated key silently (YAML's are refused)
+    ('{"rows": [{"id": "kd", "best": {"mean": 60.0}, "best": {"mean": 90.0}}]}',
+     r"key 'best' appears twice in one object; keep one"),
+    ('{"rows": [], "rows": [{"id": "kd", "best": {"mean": 60.0}}]}', r"key 'rows' appears twice in one object"),
 ])
 def test_a_bad_reference_table_is_one_line_naming_the_file_and_the_row(tmp_path, text, match):
     path = tmp_path / "ref.json"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 # The "X as X" imports re-export the names kdkit.bench had as one module (benchmarks/test_bench_ops.py
@@ -60,6 +61,7 @@ from kdkit.bench.workloads import (
     DEFAULT_PENALTY_SHAPE,
     DEFAULT_Q,
     QUICK,
+    case_bytes,
 )
 from kdkit.bench.workloads import FLIP_PROB as FLIP_PROB
 from kdkit.bench.workloads import N_CENTRES as N_CENTRES
@@ -134,6 +136,19 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     if threads < 1:
         raise KdkitError(f"--threads must be >= 1, got {threads}")
+    cpus = os.cpu_count() or 1
+    if args.threads is not None and threads > cpus:  # 20000 aborted in libgomp, 100000 segfaulted
+        raise KdkitError(f"--threads {threads} is more than the {cpus} logical CPUs of this machine (more "
+                         f"threads time their contention, not the ops); give at most {cpus}")
+    from kdkit.memory import available_memory, format_bytes
+
+    memory = available_memory()
+    for case in args.cases:
+        need = case_bytes(case, args)
+        if memory is not None and need > memory.bytes:
+            raise KdkitError(f"the {case} case needs about {format_bytes(need)} at these sizes, more than the "
+                             f"{format_bytes(memory.bytes)} of memory {memory.source}; give smaller sizes (--n, --q, "
+                             "--bits, --penalty-rows/--penalty-cols, --map-q/--map-n) or leave the case out (--cases)")
     args.threads = threads  # the top-k worker processes set the same count
     torch.set_num_threads(threads)
 

@@ -15,6 +15,24 @@ N_CENTRES = 100
 FLIP_PROB = 0.10
 
 
+def case_bytes(case: str, args) -> int:
+    """About the host memory the largest buffers of ``case`` take at the sizes of ``args`` (the parsed
+    ``kdkit bench`` options), checked before anything is allocated: ``--n 10**12`` was a
+    DefaultCPUAllocator traceback, and a size just past the free memory an OOM kill."""
+    if case.startswith("topk-"):
+        bits = max(args.bits)
+        per_code = bits // 8
+        if args.device == "cpu" and not args.no_torch_topk:
+            per_code += bits * 9  # the torch peer unpacks the codes: a byte a bit, then +-1 float32 twice
+        return (args.n + args.q) * per_code
+    if case == "penalty":  # h, its gradient, the copy's destination and a temporary, float32 (on cpu)
+        return args.penalty_rows * args.penalty_cols * 4 * (4 if args.device == "cpu" else 1)
+    if case == "map":  # labels (bool, then float), bit flips; the sort-based peer's 64-query temporaries
+        rows = args.map_q + args.map_n
+        return rows * (DEFAULT_MAP["map_labels"] * 5 + DEFAULT_MAP["map_bits"] * 2) + args.map_n * 64 * 40
+    return 0
+
+
 # ---------------------------------------------------------------- data
 
 def _random_codes(n: int, nbytes: int, gen):

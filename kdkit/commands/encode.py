@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from kdkit.errors import DataError, KdkitError
-from kdkit.files import regular_file
+from kdkit.files import file_kind, regular_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +93,12 @@ def _out_path(out: str) -> Path:
     if not out.strip():
         raise KdkitError("--out is empty; give a file name, e.g. --out codes.npy")
     path = Path(out)
+    if out.endswith(("/", os.sep)) and not path.is_dir():  # `--out codes/` wrote codes.npy beside it
+        raise KdkitError(f"--out {out} names a directory (it ends in a slash); give a file name, e.g. "
+                         f"--out {path / 'codes.npy'}")
+    if path.exists() and not (path.is_file() or path.is_dir()):  # `--out /dev/null` wrote /dev/null.npy
+        raise KdkitError(f"--out {out} is {file_kind(path.stat().st_mode)}, not a regular file; give a file name, "
+                         "e.g. --out codes.npy")
     code = None if path.is_dir() else code_file_path(path)  # '.' has no name to append .npy to
     for candidate in (path, code):
         if candidate is not None and candidate.is_dir():

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from kdkit.errors import ConfigError, KdkitError
+from kdkit.files import file_kind
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 
@@ -38,16 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", required=True, help="the file to write (replaced atomically)")
 
 
-def _check_out(out: Path) -> None:
-    """A one-line error now, before the model is built, for an --out that cannot be written."""
-    if out.is_dir():
-        raise KdkitError(f"--out {out} is a directory; give a file name, e.g. --out {out / 'student.pt'}")
+def _check_out(given: str) -> Path:
+    """``--out`` as a path; a one-line error now, before the model is built, for one that cannot be written."""
+    if not given.strip():
+        raise KdkitError("--out is empty; give a file name, e.g. --out student.pt")
+    out = Path(given)
+    if out.is_dir() or given.endswith(("/", os.sep)):  # `--out exports/` wrote a file named exports
+        what = "is a directory" if out.is_dir() else "names a directory (it ends in a slash)"
+        raise KdkitError(f"--out {given} {what}; give a file name, e.g. --out {out / 'student.pt'}")
+    if out.exists() and not out.is_file():  # /dev/null, a FIFO: the atomic write would replace it
+        raise KdkitError(f"--out {given} is {file_kind(out.stat().st_mode)}, not a regular file; give a file name")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise KdkitError(f"--out {out}: cannot write into {parent} (permission denied or not a directory); "
                          "choose a writable path")
+    return out
 
 
 def _readable_by_all(path: Path) -> None:
@@ -93,10 +101,9 @@ def stage_model(ctx, method, stage: str, num_classes: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise KdkitError("--format onnx needs the onnx package: pip install 'kdkit[onnx]' (or pip install onnx)")
-    _check_out(out)
+    out = _check_out(args.out)
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
         raise KdkitError(f"--run {run_dir}: not a kdkit run directory ({run_dir / 'config.yaml'} is missing)")

@@ -89,8 +89,10 @@ def _check_expanded_size(data, what: str) -> None:
         node = stack.pop()
         count += 1
         if count > MAX_YAML_VALUES:
+            # no alias needed: a document of 300,000 plain keys was blamed on aliases
             raise ConfigError(f"{what}: the document expands to more than {MAX_YAML_VALUES} values "
-                              "(aliases of aliases, or an alias inside itself)")
+                              "(aliases of aliases, an alias inside itself, or that many values written out; "
+                              "a config needs far fewer)")
         if isinstance(node, dict):
             stack.extend(node.keys())
             stack.extend(node.values())

@@ -314,6 +314,18 @@ def _plugin_manager(manager):
     return kdkit.get_plugin_manager()
 
 
+def _check_selection(config: Mapping) -> None:
+    """``checkpoint.select_on: val`` selects on ``data.val_fraction`` of the training split: with 0 held
+    out there is nothing to select on, so each stage kept its last epoch while ``summary.json`` and a
+    sweep's table said "val"."""
+    checkpoint, data = config.get("checkpoint"), config.get("data")
+    if (isinstance(checkpoint, Mapping) and isinstance(data, Mapping) and checkpoint.get("select_on") == "val"
+            and data.get("val_fraction") == 0):
+        raise ConfigError("config key checkpoint.select_on: val selects the best epoch on data.val_fraction of the "
+                          "training split, and data.val_fraction is 0: set checkpoint.select_on=last (no "
+                          "validation) or data.val_fraction above 0")
+
+
 def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str] = (), manager=None, *,
                           check_files: bool = True) -> dict:
     """The validated config of ``kdkit train --method METHOD_NAME [--config FILE] [--set ...]``:
@@ -331,6 +343,7 @@ def resolve_method_config(method_name: str, config_file=None, sets: Iterable[str
                           f"choose the method with --method NAME (and drop the method key or make it match)")
     config["method"] = method_name
     check_train_sections(config)  # optimiser / scheduler classes and their options, against torch
+    _check_selection(config)
     check = getattr(component.factory, "check_config", None)
     if callable(check):
         check(freeze_config(config), manager.registry)  # rules read the config; they do not change it

@@ -49,15 +49,28 @@ LARGE_IMAGE_SIZE = 224
 PROBE_IMAGES = 1024
 
 
-def probe_image_sizes(paths: list) -> list[tuple[int, int]]:
-    """``(width, height)`` of up to :data:`PROBE_IMAGES` of ``paths``, evenly spaced (headers only)."""
+def open_image(path):
+    """PIL's image at ``path`` (its header read, not its pixels).  One of more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` is refused: there PIL only warns of a decompression bomb (and refuses
+    from twice as many), and a 150 KB PNG of 12,000 x 12,000 px took 2.7 GB to decode and resize."""
     from PIL import Image
 
+    img = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        img.close()
+        raise Image.DecompressionBombError(f"{img.width} x {img.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS "
+                                           f"({limit}): a decompression bomb?")
+    return img
+
+
+def probe_image_sizes(paths: list) -> list[tuple[int, int]]:
+    """``(width, height)`` of up to :data:`PROBE_IMAGES` of ``paths``, evenly spaced (headers only)."""
     step = max(1, len(paths) // PROBE_IMAGES)
     sizes = []
     for path in paths[::step][:PROBE_IMAGES]:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 sizes.append(img.size)
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file
             raise _unreadable(path, exc) from None
@@ -299,11 +312,9 @@ class ImageFolderDataset(ImageClassificationDataset):
                              normalize=self.normalize)
 
     def _raw(self, index: int):
-        from PIL import Image
-
         path = self.samples[index][0]
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 return img.convert("RGB")
         # not only OSError: a truncated header is a ValueError, a 179 M-pixel claim a DecompressionBombError
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a corrupt file

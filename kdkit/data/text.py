@@ -81,9 +81,20 @@ def read_records(path: Path, text_field: str, label_field: str) -> tuple[list[st
     return texts, labels
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is refused (json keeps the last silently:
+    ``{"label": "good", "label": "bad"}`` trained as bad)."""
+    row = {}
+    for key, value in pairs:
+        if key in row:
+            raise ValueError(f"key {key!r} given twice")
+        row[key] = value
+    return row
+
+
 def _json_row(path: Path, lineno: int, line: str) -> dict:
     try:
-        row = json.loads(line)
+        row = json.loads(line, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise DataError(f"{path}, line {lineno}: not valid JSON ({exc})") from None
     if not isinstance(row, dict):

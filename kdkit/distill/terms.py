@@ -20,9 +20,11 @@ Without ``distill.terms`` (``null``) the objective is the classic one: one term
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
+from kdkit.config.keys import FLOAT_RE
 from kdkit.errors import ConfigError
 
 __all__ = ["TermSpec", "TERM_KEYS", "distill_section", "distill_terms", "agreement_samples", "check_distill"]
@@ -155,8 +157,11 @@ def _term(i: int, entry) -> TermSpec:
     if not isinstance(loss, str) or not loss:
         raise ConfigError(f"config key {where}.loss: a registered loss name is required (kdkit plugins lists them)")
     weight = entry["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
-        raise ConfigError(f"config key {where}.weight: expected a number, got {weight!r}")
+    if isinstance(weight, str) and FLOAT_RE.match(weight.strip()):
+        weight = float(weight)  # YAML 1.1 reads 1e-3 as a string; every float key of the config takes it
+    # inf passed, trained the teachers and stopped the student at its first step as "diverged"
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ConfigError(f"config key {where}.weight: expected a finite number, got {weight!r}")
     paths = {}
     for key in ("student", "teacher"):
         value = entry[key]

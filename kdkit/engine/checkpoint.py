@@ -18,7 +18,7 @@ import torch
 from kdkit.errors import KdkitError
 # atomic writes and seeding live in low modules; their names stay importable from here
 from kdkit.files import (WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_text, first_line as _first_line,
-                         write_error as _write_error)
+                         regular_file, write_error as _write_error)
 from kdkit.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
 __all__ = [
@@ -87,6 +87,8 @@ def save_checkpoint(obj: dict, path: Path, keep_previous: bool = False) -> None:
 def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """``torch.load(path, weights_only=True)``; a missing or unreadable file is a :class:`CheckpointError`."""
     path = Path(path)
+    if path.exists():  # a FIFO under a checkpoint's name blocked torch.load for ever (kdkit eval)
+        regular_file(path, "checkpoint", CheckpointError)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
@@ -105,6 +107,10 @@ def check_checkpoint_owner(state: dict, path: Path, stage: str, run_id: str, leg
     found_stage, found_run = state.get("stage"), state.get("run_id")
     if found_stage == stage and (found_run == run_id or (found_run is None and legacy)):
         return
+    if "stage" not in state and "model" not in state:  # was "from stage None of run unknown (written before run ids)"
+        raise CheckpointError(f"checkpoint {path} is not a kdkit checkpoint (no stage, no model: a bare state dict, "
+                              f"such as kdkit export writes?), expected stage {stage!r} of run {run_id}",
+                              "put this run's own checkpoint back, or start the run again with a fresh --out")
     shown = found_run if found_run is not None else "unknown (written before run ids)"
     raise CheckpointError(f"checkpoint {path} is from stage {found_stage!r} of run {shown}, expected stage "
                           f"{stage!r} of run {run_id}",

@@ -23,10 +23,10 @@ from kdkit.errors import ConfigError, KdkitError
 from kdkit.engine import distributed as dist_utils
 from kdkit.engine.checkpoint import check_checkpoint_owner, checkpoint_fits, load_checkpoint, load_last_checkpoint
 from kdkit.engine.data import dataset_classes, split_train_val as _split_train_val
-from kdkit.engine.rundir import (RUN_FILE, create_run_file, foreign_files, new_run_record, read_run_file,
-                                 write_run_file)
+from kdkit.engine.rundir import (RUN_FILE, check_run_files, create_run_file, foreign_files, new_run_record,
+                                 read_run_file, write_run_file)
 from kdkit.engine.trainer import DIVERGED_FILE, Stage, StageResult, Trainer
-from kdkit.files import WriteError, atomic_write_text
+from kdkit.files import WriteError, atomic_write_bytes, atomic_write_text
 from kdkit.methodspec import Method, StageDeclarationWarning, declared_stages  # noqa: F401 - Method re-exported
 from kdkit.seeding import derive_seed, seed_everything
 
@@ -158,7 +158,7 @@ class RunContext:
             complete = [ln for ln in lines[:-1]]  # a line without its newline is partial
             kept = complete[:keep] if self.resume else []
             if len(kept) != len(complete) or lines[-1]:
-                atomic_write_text(self.metrics_path, "".join(ln.decode() + "\n" for ln in kept))
+                atomic_write_bytes(self.metrics_path, b"".join(ln + b"\n" for ln in kept))  # as written: no decoding
             keep = len(kept)
         elif not self.metrics_path.exists():
             keep = 0
@@ -387,7 +387,9 @@ def _resume_points(run_dir: Path, run: dict) -> dict[str, tuple[dict, Path]]:
 
 def _check_metrics(run_dir: Path, points: dict[str, tuple[dict, Path]]) -> None:
     """``metrics.jsonl`` must still hold every record the checkpoints resumed from say was written
-    (a truncated or deleted file lost results; it is never rewritten to hide that)."""
+    (a truncated or deleted file lost results; it is never rewritten to hide that), each a JSON object,
+    and every stage recorded there must still have its checkpoints: one without would train again and
+    be recorded twice (deleting an earlier stage's checkpoints did that)."""
     if not points:
         return
     state, source = max(points.values(), key=lambda point: int(point[0].get("metrics_lines", 0)))
@@ -397,14 +399,35 @@ def _check_metrics(run_dir: Path, points: dict[str, tuple[dict, Path]]) -> None:
     path = run_dir / "metrics.jsonl"
     try:
         with open(path, "rb") as fh:
-            held = sum(1 for line in fh if line.endswith(b"\n"))  # a line without its newline is partial
+            lines = fh.readlines()
     except FileNotFoundError:
         raise KdkitError(f"--resume {run_dir}: {path} is missing, but checkpoint {source} recorded {written} "
                          "records written; restore it from a copy, or start a new run with a fresh --out") from None
+    held = sum(1 for line in lines if line.endswith(b"\n"))  # a line without its newline is partial
     if held < written:
         raise KdkitError(f"--resume {run_dir}: {path} holds {held} complete records, but checkpoint {source} "
                          f"recorded {written} written (records were lost); restore it from a copy, or start a "
                          "new run with a fresh --out")
+    first: dict[str, int] = {}  # stage -> the line of its first epoch record
+    for number, line in enumerate(lines[:written], 1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            record = None
+        if not isinstance(record, dict):
+            raise KdkitError(f"--resume {run_dir}: line {number} of {path} is not a metrics record (the file was "
+                             "damaged); restore it from a copy, or start a new run with a fresh --out")
+        if isinstance(record.get("stage"), str) and isinstance(record.get("epoch"), int):
+            first.setdefault(record["stage"], number)
+    lost = [stage for stage in first if stage not in points]
+    if lost:
+        later = [stage for stage in points if first.get(stage, 0) > first[lost[0]]]
+        raise KdkitError(f"--resume {run_dir}: {path} holds records of stage {lost[0]!r}, whose checkpoints are gone "
+                         f"from {run_dir / 'checkpoints' / lost[0]}: it would train again and be recorded twice; "
+                         "restore them, "
+                         + (f"delete the checkpoints of the stages after it ({', '.join(later)}) to train those "
+                            "again too, " if later else "")
+                         + "or start the run again with a fresh --out")
 
 
 def _edited_config(run_dir: Path, config: dict, points: dict[str, tuple[dict, Path]]) -> list[str]:
@@ -467,6 +490,7 @@ def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict
         changes: list[str] = []
         if resume:
             _check_is_run(run_dir)
+            check_run_files(run_dir)  # before any is opened: a FIFO blocks its reader for ever
             run = read_run_file(run_dir)
             adopt = run is None  # a run made before run ids: recorded once it passed the checks
             run = new_run_record(adopted=True) if adopt else run
@@ -482,6 +506,7 @@ def _claim_run_dir(run_dir: Path | None, method: str, resume: bool, config: dict
                 write_run_file(run_dir, run)
         else:
             _check_new_run_dir(run_dir)
+            check_run_files(run_dir)  # a run directory reused: its metrics.jsonl and train.log are opened
             _remove_stale_temp_files(run_dir)
             run = create_run_file(run_dir)  # first, before any other file: from now on the directory is a run
     except BaseException:
@@ -542,6 +567,11 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
     """
     manager = manager or _manager()
     sets = list(sets or ())
+    # Path("") is the current directory: an unset `--out "$DIR"` trained into wherever the shell was
+    for flag, given in (("--out", out), ("--resume", resume)):
+        if given is not None and not str(given).strip():
+            raise KdkitError(f"{flag} is empty; give a run directory, e.g. {flag} runs/kd1"
+                             + (" (or leave --out out: runs/<method>-<timestamp>)" if flag == "--out" else ""))
     if resume is not None:
         run_dir = Path(resume)
         cfg_path = run_dir / "config.yaml"
@@ -565,7 +595,7 @@ def train(method: str | None = None, config_file: str | Path | None = None, sets
     else:
         if not method:
             names = ", ".join(manager.registry("methods").names())
-            raise KdkitError(f"no method selected: use --plugin NAME (available: {names})")
+            raise KdkitError(f"no method selected: use --method NAME (available: {names})")  # --plugin is deprecated
         config = resolve_method_config(method, config_file, sets, manager)
         if print_config:
             return dump_yaml(config)
@@ -655,6 +685,7 @@ def open_run(run_dir: str | Path, manager: Any = None, device: str | None = None
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise KdkitError(f"--run {run_dir}: not a kdkit run directory ({cfg_path} is missing)")
+    check_run_files(run_dir)  # the read-only context reads the run record
     _load_run_plugins(run_dir, manager)
     saved = load_yaml(cfg_path)
     method = saved.get("method")

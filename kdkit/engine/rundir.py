@@ -8,16 +8,21 @@ hold none (they are checked on their stage alone).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
 from kdkit.errors import KdkitError
-from kdkit.files import atomic_write_text
+from kdkit.files import atomic_write_text, regular_file
 from kdkit.paths import LOCK_FILE
 
-__all__ = ["RUN_FILE", "read_run_file", "new_run_record", "write_run_file", "create_run_file", "foreign_files"]
+__all__ = ["RUN_FILE", "RUN_FILES", "read_run_file", "new_run_record", "write_run_file", "create_run_file",
+           "foreign_files", "check_run_files"]
 
 RUN_FILE = "kdkit-run.json"
+#: the files kdkit reads and writes at the top of a run directory (checkpoints aside); the trainer's
+#: DIVERGED_FILE and the plugins' RECORD_FILE among them (not imported: this module stays low)
+RUN_FILES = (RUN_FILE, "config.yaml", "metrics.jsonl", "train.log", "summary.json", "diverged.json", "plugins.json")
 
 
 def read_run_file(run_dir: Path) -> dict | None:
@@ -49,6 +54,16 @@ def create_run_file(run_dir: Path, adopted: bool = False) -> dict:
     record = new_run_record(adopted)
     write_run_file(run_dir, record)
     return record
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Each of :data:`RUN_FILES` in ``run_dir`` is a regular file when it exists, else a one-line error
+    naming it: a FIFO under one of those names made ``--resume``, ``eval`` and ``sweep`` block for ever
+    opening it (kdkit writes them all atomically, so only a hand-made one is refused)."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if os.path.lexists(path):
+            regular_file(path, "run file", KdkitError)
 
 
 def foreign_files(run_dir: Path) -> list[str]:

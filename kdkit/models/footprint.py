@@ -13,7 +13,8 @@ component and call within the process (a probe costs 2-40 ms for the built-in mo
 torchvision's ResNet-50, and a run builds each model more than once); the available memory is read
 afresh each time.
 
-``KDKIT_MEMORY_LIMIT_BYTES`` sets the available memory (bytes) instead of reading it from the system.
+``KDKIT_MEMORY_LIMIT_BYTES`` sets the available memory (bytes) instead of reading it from the system
+(:mod:`kdkit.memory`).
 """
 from __future__ import annotations
 
@@ -21,88 +22,19 @@ import contextlib
 import functools
 import io
 import logging
-import os
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from kdkit.errors import ConfigError
+from kdkit.memory import ENV_LIMIT, Memory, available_memory, format_bytes
 from kdkit.registry import WEIGHT_OPTIONS, singular
 
 __all__ = ["ENV_LIMIT", "Memory", "available_memory", "model_bytes", "check_fits"]
 
-#: Environment variable: the available memory in bytes (overrides what the system reports).
-ENV_LIMIT = "KDKIT_MEMORY_LIMIT_BYTES"
-
 #: Sources whose factory is not probed: ``hf:`` reads the directory's weights file while it builds.
 UNPROBED_SOURCES = ("hf:",)
 
-#: cgroup memory controllers, v2 then v1: (limit file, usage file, its stat key of reclaimable page cache).
-_CGROUPS = (
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "inactive_file"),
-    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-     "total_inactive_file"),
-)
-
 _SIZES: dict[tuple, int | None] = {}
-
-
-class Memory(NamedTuple):
-    """Bytes available now, and where the figure comes from as the error says it ("available")."""
-
-    bytes: int
-    source: str
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            return fh.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _meminfo_available(text: str | None) -> int | None:
-    for line in (text or "").splitlines():
-        name, _, value = line.partition(":")
-        if name == "MemAvailable" and value.split()[:1] and value.split()[0].isdigit():
-            return int(value.split()[0]) * 1024  # kB
-    return None
-
-
-def _cgroup_available() -> int | None:
-    for limit_path, usage_path, inactive_key in _CGROUPS:
-        limit, usage = (_read(limit_path) or "").strip(), (_read(usage_path) or "").strip()
-        if not (limit.isdigit() and usage.isdigit()) or int(limit) >= 1 << 60:
-            continue  # absent, or no limit ("max"; v1 writes a huge number)
-        # page cache that the kernel drops before it OOM-kills counts as free (as `docker stats` does)
-        inactive = 0
-        for line in (_read(usage_path.rsplit("/", 1)[0] + "/memory.stat") or "").splitlines():
-            key, _, value = line.partition(" ")
-            if key == inactive_key and value.strip().isdigit():
-                inactive = int(value)
-        return max(0, int(limit) - max(0, int(usage) - inactive))
-    return None
-
-
-def available_memory() -> Memory | None:
-    """The memory a new model may take now: :data:`ENV_LIMIT` when set, else Linux's ``MemAvailable``
-    or the cgroup's limit less its usage, whichever is smaller, else the physical memory; ``None``
-    when none of them can be read."""
-    override = os.environ.get(ENV_LIMIT)
-    if override is not None:
-        if not override.strip().isdigit() or int(override) < 1:
-            raise ConfigError(f"{ENV_LIMIT}={override!r}: expected the available memory in bytes, a positive "
-                              f"integer; unset it to use what the system reports")
-        return Memory(int(override), f"set by {ENV_LIMIT}")
-    found = [Memory(n, source) for n, source in ((_meminfo_available(_read("/proc/meminfo")), "available"),
-                                                 (_cgroup_available(), "left under this cgroup's limit"))
-             if n is not None]
-    if found:
-        return min(found)
-    try:
-        return Memory(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "installed")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 #: In-place ops that change a tensor's shape: the probe runs them.
@@ -165,14 +97,6 @@ def model_bytes(build: Callable[[], Any]) -> int | None:
                if not nn.parameter.is_lazy(t))
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def check_fits(component, args: tuple, given: dict, options: dict) -> None:
     """A one-line :class:`ConfigError` when ``component.factory(*args, **given, **options)`` would hold
     more parameters and buffers than :func:`available_memory`; ``options`` are the checked options
@@ -196,6 +120,6 @@ def check_fits(component, args: tuple, given: dict, options: dict) -> None:
     chosen = ", ".join(f"{k}={v!r}" for k, v in call.items()
                        if k not in WEIGHT_OPTIONS and (k not in declared or v != declared[k].default))
     label = f"{singular(component.kind)} {component.name!r}" + (f" ({chosen})" if chosen else "")
-    raise ConfigError(f"{label} needs {_size(need)} for its parameters and buffers, more than the "
-                      f"{_size(memory.bytes)} of memory {memory.source}"
+    raise ConfigError(f"{label} needs {format_bytes(need)} for its parameters and buffers, more than the "
+                      f"{format_bytes(memory.bytes)} of memory {memory.source}"
                       "; choose a smaller model or smaller size options (width, depth, ...)")

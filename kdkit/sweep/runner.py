@@ -280,6 +280,9 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     # takes time in proportion to it
     stdout(f"kdkit sweep {sweep.name}: {sweep_size(sweep, cells, seeds)}")
     check_size(sweep, yes)
+    if out is not None and not str(out).strip():  # Path("") is the current directory
+        raise KdkitError("--out is empty; give the sweep's directory, e.g. --out sweeps/mine (or leave --out out: "
+                         f"sweeps/{sweep.dir_name})")
     out = Path(out) if out is not None else Path("sweeps") / sweep.dir_name
     reference = load_table(compare) if compare is not None else None
     runs = plan(sweep, out, cells, seeds)

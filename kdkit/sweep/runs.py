@@ -120,9 +120,12 @@ def run_status(run_dir: Path) -> str:
     """``done`` (a complete summary.json), ``diverged`` (a non-finite loss stopped it: its
     ``diverged.json``; a result, not run again), ``resume`` (a checkpoint to continue from),
     ``restart`` (a directory without checkpoint) or ``new``."""
+    from kdkit.engine.rundir import check_run_files
+
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return "new"
+    check_run_files(run_dir)  # a FIFO summary.json blocked the sweep for ever
     try:
         if isinstance(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")), dict):
             return "done"

@@ -25,13 +25,24 @@ from kdkit.sweep.spec import Sweep, canonical
 
 
 def _read_jsonl(path: Path) -> list:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KdkitError(f"{path} is not UTF-8 text (a damaged file?)") from None
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line.strip():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 raise KdkitError(f"{path}: a line is not JSON: {line[:80]!r}") from None
+            # what the trainer writes (kdkit plot checks the same): a line `5` or a record without its
+            # epoch was an AttributeError / KeyError traceback in stage_metrics
+            if not (isinstance(record, dict) and isinstance(record.get("stage"), str)
+                    and isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool)):
+                raise KdkitError(f"{path}: a line is not a kdkit metrics record (an object with a stage name and "
+                                 f"an integer epoch): {line[:80]!r}")
+            out.append(record)
     return out
 
 
@@ -272,13 +283,30 @@ def format_table(table: dict) -> str:
 
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object of ``pairs``; a key given twice (a hand-edited reference) is refused, as in YAML:
+    json keeps the last one silently, so `"best": {"mean": 60}, "best": {"mean": 90}` compared 90."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"key {_short(key)} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def load_table(path: str | Path) -> dict:
     """A reference ``table.json`` for ``--compare``, its structure checked here, once: every value
     :func:`compare_tables` reads is of its type (a finite mean, integer seeds, one row per id), so a
     bad reference is a one-line :class:`ConfigError` naming the file and the row, never a silent pass."""
     path = regular_file(path, "--compare: reference table", ConfigError)
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"--compare {path}: {exc}; keep one") from None
     except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested too deeply
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ConfigError(f"--compare {path}: not JSON ({why})") from None

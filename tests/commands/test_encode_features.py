@@ -2,6 +2,8 @@
 NaN is refused rather than packed, and the output never overwrites the input (issue 12)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,19 @@ def test_an_out_that_is_empty_or_a_directory_is_a_one_line_error(tmp_path, capsy
     (tmp_path / "d.npy").mkdir()
     _one_line_error(capsys, "f.npy", out, "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "d.npy", "f.npy"]
+
+
+@pytest.mark.parametrize("out, message", [("codes/", "--out codes/ names a directory (it ends in a slash)"),
+                                          ("fifo", "--out fifo is a FIFO, not a regular file")],
+                         ids=["trailing-slash", "fifo"])
+def test_an_out_that_names_no_file_is_refused_not_renamed(tmp_path, capsys, monkeypatch, out, message):
+    """Issue 22 rerun: `--out codes/` wrote codes.npy beside the directory it named, `--out /dev/null`
+    wrote /dev/null.npy (a FIFO stands for the device here)."""
+    monkeypatch.chdir(tmp_path)
+    np.save("f.npy", np.ones((2, 8), np.float32))
+    os.mkfifo("fifo")
+    _one_line_error(capsys, "f.npy", out, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "fifo"]
 
 
 def test_bits_that_disagree_with_the_features_are_refused_not_ignored(tmp_path, capsys):

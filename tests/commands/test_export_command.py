@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -110,12 +111,18 @@ def test_onnx_export_is_a_valid_model_with_a_free_batch_axis(run_dir, tmp_path):
     (["--stage", "baseline"], "--stage baseline: {run} has no best checkpoint of that stage; stages with "
                               "checkpoints: student, teacher.convnet"),
     (["--out", "{tmp}"], "--out {tmp} is a directory"),
+    # issue 22 rerun: `--out exports/` wrote a file named exports; `--out /dev/null` replaced the device
+    # with a regular file (a FIFO here); `--out ''` was the current directory
+    (["--out", "{tmp}/exports/"], "--out {tmp}/exports/ names a directory (it ends in a slash)"),
+    (["--out", "{tmp}/fifo"], "--out {tmp}/fifo is a FIFO, not a regular file"),
+    (["--out", ""], "--out is empty"),
     (["--out", "{tmp}/file/student.pt"], "--out {tmp}/file/student.pt: cannot write into {tmp}/file"),
     (["--format", "onnx", "--no-onnx"], "--format onnx needs the onnx package: pip install 'kdkit[onnx]'"),
     (["--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
 ])
 def test_bad_input_is_one_line(run_dir, tmp_path, capsys, monkeypatch, args, message):
     (tmp_path / "file").write_text("not a directory")
+    os.mkfifo(tmp_path / "fifo")
     if "--no-onnx" in args:
         args = [a for a in args if a != "--no-onnx"]
         find_spec = importlib.util.find_spec
@@ -125,7 +132,8 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, monkeypatch, args, mes
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message.format(tmp=tmp_path, run=run_dir) in err, err
-    assert not (tmp_path / "s.pt").exists()
+    assert not (tmp_path / "s.pt").exists() and not (tmp_path / "exports").exists()
+    assert (tmp_path / "fifo").is_fifo()
 
 
 def test_a_method_with_its_own_stage_model_is_exported_through_it(tmp_path):

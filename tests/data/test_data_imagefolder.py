@@ -111,6 +111,17 @@ def test_a_decompression_bomb_image_is_a_data_error(tmp_path):
         ds[0]
 
 
+@pytest.mark.parametrize("image_size", [None, 8])
+def test_an_image_past_pil_s_pixel_limit_is_refused_where_pil_only_warns(tmp_path, monkeypatch, image_size):
+    # PIL warns from MAX_IMAGE_PIXELS and refuses from twice as many: between the two it decoded (a 150 KB
+    # PNG of 12,000 x 12,000 px took 2.7 GB); here the limit is lowered under a real, whole 8 x 8 image
+    make_tree(tmp_path, splits=("train",), per_class=1, size=(8, 8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    message = r"cannot read image .*\.png: DecompressionBombError: 8 x 8 pixels, more than PIL.Image.MAX_IMAGE_PIXELS"
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(DataError, match=message):
+        ImageFolderDataset("train", str(tmp_path), image_size=image_size)[0]  # the header probe, or the decode
+
+
 def test_folder_names_with_control_characters_keep_the_message_on_one_line(tmp_path):
     make_tree(tmp_path, splits=("train",), per_class=1)
     (tmp_path / "train" / "bad\nname").mkdir()

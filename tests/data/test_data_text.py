@@ -51,6 +51,8 @@ def test_numeric_labels_sort_numerically_and_unknown_test_labels_are_errors(tmp_
     ('{"text": 3, "label": 1}\n', r"line 1: 'text' must be a string"),
     ('{"text": "a", "label": true}\n', r"'label' must be a string or an integer"),
     ('\n', r"holds no samples"),
+    # json keeps the last of two keys silently: this row trained as 'bad'
+    ('{"text": "a", "label": "good", "label": "bad"}\n', r"line 1: not valid JSON \(key 'label' given twice\)"),
 ])
 def test_bad_rows_are_one_line_errors_naming_the_line(tmp_path, content, message):
     root = make_text_task(tmp_path / "t", n_train=3, n_test=3)

@@ -28,7 +28,10 @@ def test_without_terms_the_classic_single_term():
     ("kl", "expected a list of terms"),
     ([{"weight": 1.0}], r"distill.terms.0.loss: a registered loss name is required"),
     ([{"loss": "kl", "wieght": 1.0}], r"unknown config key distill.terms.0.'wieght'; valid keys of a term"),
-    ([{"loss": "kl", "weight": "heavy"}], r"distill.terms.0.weight: expected a number"),
+    ([{"loss": "kl", "weight": "heavy"}], r"distill.terms.0.weight: expected a finite number"),
+    # issue 22 rerun: an infinite weight passed the config, then the student "diverged" at its first step
+    ([{"loss": "kl", "weight": float("inf")}], r"distill.terms.0.weight: expected a finite number, got inf"),
+    ([{"loss": "kl", "weight": float("nan")}], r"distill.terms.0.weight: expected a finite number, got nan"),
     ([{"loss": "kl", "teacher_index": -1}], r"teacher_index: expected an integer >= 0"),
     # a logit term distils every teacher combined: its teacher_index was silently ignored
     ([{"loss": "kl", "teacher_index": 5}], r"\(kl\): teacher_index 5 on a logit term \(kl\), which distils every "
@@ -43,6 +46,12 @@ def test_bad_terms_are_one_line_errors(terms, message):
     with pytest.raises(ConfigError, match=message) as err:
         distill_terms({**DEFAULTS, "terms": terms}, DEFAULTS)
     assert "\n" not in str(err.value)
+
+
+def test_a_weight_in_exponent_notation_is_a_number():
+    """YAML 1.1 reads `1e-3` as a string: every float key of the config takes it, a term's weight refused it."""
+    (term,) = distill_terms({**DEFAULTS, "terms": [{"loss": "kl", "weight": "1e-3"}]}, DEFAULTS)
+    assert term.weight == 0.001
 
 
 def test_classic_keys_cannot_be_mixed_with_terms():

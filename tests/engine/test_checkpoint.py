@@ -43,6 +43,21 @@ def test_fsync_is_called_on_file_and_directory(tmp_path, monkeypatch):
     assert len(calls) >= 2  # the temp file, then the directory
 
 
+def test_a_device_fifo_or_socket_is_never_replaced(tmp_path):
+    """Issue 22 rerun: `kdkit export --out /dev/null` renamed a regular file over /dev/null (as root, the
+    machine's /dev/null was gone).  A FIFO stands for every non-regular file here."""
+    from kdkit.files import WriteError
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(WriteError, match=r"^cannot write .*fifo.png: it is a FIFO, not a regular file; choose a file name$"):
+        atomic_write_bytes(fifo, b"data")
+    assert fifo.is_fifo() and [p.name for p in tmp_path.iterdir()] == ["fifo.png"]
+    (tmp_path / "link").symlink_to(fifo)  # a symlink is replaced as a link, its target untouched
+    atomic_write_bytes(tmp_path / "link", b"data")
+    assert (tmp_path / "link").read_bytes() == b"data" and fifo.is_fifo()
+
+
 class Custom:
     pass
 
@@ -57,3 +72,29 @@ def test_derive_seed_is_stable():
     assert derive_seed(0, "student", 3) == derive_seed(0, "student", 3)
     assert derive_seed(0, "student", 3) != derive_seed(0, "student", 4)
     assert 0 <= derive_seed("x") < 2**63
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path):
+    # `kdkit eval` of a run whose best.pt was a FIFO blocked in torch.load for ever (issue 22 rerun)
+    import threading
+
+    from kdkit.engine.checkpoint import CheckpointError
+
+    fifo = tmp_path / "best.pt"
+    os.mkfifo(fifo)
+    box = {}
+
+    def load():
+        try:
+            load_checkpoint(fifo)
+        except CheckpointError as exc:
+            box["error"] = str(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("load_checkpoint blocked on a FIFO")
+    assert box.get("error", "").startswith(f"checkpoint {fifo} is a FIFO, not a regular file; restore it"), box

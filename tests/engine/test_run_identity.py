@@ -5,7 +5,9 @@ In-process tiny kd runs (teacher, baseline, student)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,17 @@ def test_eval_of_a_run_from_before_run_ids_checks_the_stage_alone(run, capsys):
     assert code == 2 and "is from stage 'teacher.convnet' of run unknown (written before run ids)" in err[0], err
 
 
+def test_a_bare_state_dict_in_place_of_a_checkpoint_is_named_as_such(run, capsys, tmp_path):
+    """Issue 22 rerun: the state dict `kdkit export` writes, copied over best.pt, was "from stage None of
+    run unknown (written before run ids)"."""
+    best = run / "checkpoints" / "student" / "best.pt"
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "student.pt")]) == 0
+    shutil.copyfile(tmp_path / "student.pt", best)
+    code, err = _main(["eval", "--run", str(run)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"checkpoint {best} is not a kdkit checkpoint (no stage, no model: a bare state dict" in err[0], err
+
+
 # --- 3. metrics.jsonl holds what the checkpoints say was written --------------------------------------
 
 def test_resume_refuses_a_truncated_metrics_file_and_keeps_it(run, capsys):
@@ -197,3 +210,67 @@ def test_resume_refuses_a_deleted_metrics_file(run, capsys):
     assert code == 2 and len(err) == 1, err
     assert f"{run / 'metrics.jsonl'} is missing" in err[0]
     assert not (run / "metrics.jsonl").exists()
+
+
+def _first_stages(metrics: Path) -> list[str]:
+    """The stages of ``metrics`` in the order they were first recorded."""
+    return list(dict.fromkeys(json.loads(line)["stage"] for line in metrics.read_text().splitlines()))
+
+
+def test_resume_refuses_a_recorded_stage_whose_checkpoints_are_gone(run, capsys):
+    # deleting the teacher's checkpoints (as 'delete it to train that stage again' advises when both of its
+    # last.pt are unreadable) retrained it on --resume and recorded it twice in metrics.jsonl, exit 0
+    metrics = run / "metrics.jsonl"
+    stages = _first_stages(metrics)
+    shutil.rmtree(run / "checkpoints" / stages[0])
+    before = _snapshot(run)
+    code, err = _main(["train", "--resume", str(run)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"kdkit: error: --resume {run}: {metrics} holds records of stage {stages[0]!r}, whose "
+                             f"checkpoints are gone from {run / 'checkpoints' / stages[0]}: it would train again")
+    assert f"delete the checkpoints of the stages after it ({', '.join(stages[1:])})" in err[0]
+    assert _snapshot(run) == before
+    # as the message says: without the later stages' checkpoints too, every stage trains again, recorded once
+    for stage in stages[1:]:
+        shutil.rmtree(run / "checkpoints" / stage)
+    assert _main(["train", "--resume", str(run)], capsys)[0] == 0
+    keys = [(r["stage"], r["epoch"], r.get("split")) for r in map(json.loads, metrics.read_text().splitlines())]
+    assert len(keys) == len(set(keys)) and _first_stages(metrics) == stages
+
+
+def test_resume_refuses_a_damaged_metrics_record_and_keeps_the_file(run, capsys):
+    # a line that is not UTF-8 among the records kept was a UnicodeDecodeError traceback (exit 1)
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_bytes().split(b"\n")
+    lines[1] = b"\xff\xfe not a record"
+    metrics.write_bytes(b"\n".join(lines) + b"partial")
+    before = _snapshot(run)
+    code, err = _main(["train", "--resume", str(run)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"line 2 of {metrics} is not a metrics record (the file was damaged)" in err[0]
+    assert _snapshot(run) == before
+
+
+def _main_soon(args, capsys, fifo: Path, timeout: float = 60) -> tuple[int, list[str]]:
+    """``_main(args)``, failing the test when it is still blocked (opening ``fifo``) after ``timeout`` s."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=_main(args, capsys)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(30)
+        pytest.fail(f"{args[0]} blocked on the FIFO {fifo}")
+    return box["result"]
+
+
+@pytest.mark.parametrize("command, name", [("resume", "kdkit-run.json"), ("resume", "metrics.jsonl"),
+                                           ("resume", "train.log"), ("eval", "kdkit-run.json")])
+def test_a_fifo_under_a_run_file_s_name_is_refused_not_opened(run, capsys, command, name):
+    # --resume (and eval) opened it and blocked for ever
+    fifo = run / name
+    fifo.unlink()
+    os.mkfifo(fifo)
+    args = ["train", "--resume", str(run)] if command == "resume" else ["eval", "--run", str(run)]
+    code, err = _main_soon(args, capsys, fifo)
+    assert code == 2 and err == [f"kdkit: error: run file {fifo} is a FIFO, not a regular file"], err
