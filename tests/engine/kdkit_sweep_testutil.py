@@ -26,13 +26,34 @@ def start_sweep(cfg: Path, out: Path, *args, hold: float | None = None,
     return kdkit_prestarted.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, env=env)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of ``proc`` (the sweep and its runs) and reap ``proc``."""
+def kill_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGKILL the process group of ``proc`` (the sweep and its runs), reap ``proc`` and wait until every
+    process of the group has ended: a run may outlive the sweep by a moment (still holding its run
+    directory's lock), and a test that reruns the sweep at once would find its run "in use"."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    deadline = time.monotonic() + timeout
+    while group_members(proc.pid):
+        assert time.monotonic() < deadline, f"process group {proc.pid} still runs {timeout} s after SIGKILL"
+        time.sleep(0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that run (zombies have ended)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+                members.append(int(entry))
+    return members
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
