@@ -8,10 +8,10 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from kdkit_engine_testutil import finishes_soon
 
 from kdkit import sweep as ks
 from kdkit.errors import ConfigError
@@ -180,22 +180,9 @@ def test_run_status_refuses_a_fifo_under_a_run_file_s_name(tmp_path, name):
     # the sweep read a FIFO summary.json (run_status) and blocked for ever
     fifo = tmp_path / name
     os.mkfifo(fifo)
-    box = {}
-
-    def status():
-        try:
-            box["status"] = ks.run_status(tmp_path)
-        except ks.KdkitError as exc:
-            box["error"] = str(exc)
-
-    thread = threading.Thread(target=status, daemon=True)
-    thread.start()
-    thread.join(20)
-    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-        pytest.fail(f"run_status blocked on the FIFO {fifo}")
-    assert box.get("error") == f"run file {fifo} is a FIFO, not a regular file", box
+    _, exc = finishes_soon(lambda: ks.run_status(tmp_path), fifo, timeout=20)
+    assert isinstance(exc, ks.KdkitError), repr(exc)
+    assert str(exc) == f"run file {fifo} is a FIFO, not a regular file"
 
 
 def test_table_statistics_and_compare(tmp_path):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
+from kdkit_engine_testutil import finishes_soon
 from PIL import Image
 
 from kdkit.errors import DataError
@@ -20,24 +20,9 @@ def _fifo(path):
 
 def _raises_soon(fn, fifo, timeout=30):
     """``fn()``'s exception; a call still blocked after ``timeout`` s (on the FIFO) fails the test."""
-    box = {}
-
-    def target():
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001
-            box["exc"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():  # release the reader blocked in open() so the thread can end
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        thread.join(10)
-        pytest.fail(f"blocked on the FIFO {fifo} for {timeout} s")
-    assert "exc" in box, "no error raised"
-    return box["exc"]
+    _, exc = finishes_soon(fn, fifo, timeout)
+    assert exc is not None, "no error raised"
+    return exc
 
 
 def _one_line(exc, path, kind="a FIFO"):

@@ -29,6 +29,31 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def finishes_soon(fn, fifo, timeout: float = 30):
+    """``(result, exception)`` of ``fn()``; a call still blocked after ``timeout`` s (opening ``fifo``) is
+    released by opening the FIFO's other end, and fails the test."""
+    import threading
+
+    import pytest
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except Exception as exc:  # noqa: BLE001 - the caller checks which
+            box["exc"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail(f"blocked on the FIFO {fifo} for {timeout} s")
+    return box.get("result"), box.get("exc")
+
+
 def testing_manager():
     """kdkit's internal plugins + the engine test plugin + kdkit_tensorboard (a context manager)."""
     import kdkit_engine_testplugin

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from kdkit_engine_testutil import finishes_soon
 import torch
 
 from kdkit.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -76,25 +77,10 @@ def test_derive_seed_is_stable():
 
 def test_a_checkpoint_that_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path):
     # `kdkit eval` of a run whose best.pt was a FIFO blocked in torch.load for ever (issue 22 rerun)
-    import threading
-
     from kdkit.engine.checkpoint import CheckpointError
 
     fifo = tmp_path / "best.pt"
     os.mkfifo(fifo)
-    box = {}
-
-    def load():
-        try:
-            load_checkpoint(fifo)
-        except CheckpointError as exc:
-            box["error"] = str(exc)
-
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    thread.join(20)
-    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-        pytest.fail("load_checkpoint blocked on a FIFO")
-    assert box.get("error", "").startswith(f"checkpoint {fifo} is a FIFO, not a regular file; restore it"), box
+    _, exc = finishes_soon(lambda: load_checkpoint(fifo), fifo, timeout=20)
+    assert isinstance(exc, CheckpointError), repr(exc)
+    assert str(exc).startswith(f"checkpoint {fifo} is a FIFO, not a regular file; restore it"), exc

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from kdkit_engine_testutil import TINY
+from kdkit_engine_testutil import TINY, finishes_soon
 from kdkit_engine_testutil import testing_manager as plugin_manager
 
 from kdkit.cli import main
@@ -253,15 +252,10 @@ def test_resume_refuses_a_damaged_metrics_record_and_keeps_the_file(run, capsys)
 
 def _main_soon(args, capsys, fifo: Path, timeout: float = 60) -> tuple[int, list[str]]:
     """``_main(args)``, failing the test when it is still blocked (opening ``fifo``) after ``timeout`` s."""
-    box = {}
-    thread = threading.Thread(target=lambda: box.update(result=_main(args, capsys)), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():  # release the reader blocked in open() so that the thread ends
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(30)
-        pytest.fail(f"{args[0]} blocked on the FIFO {fifo}")
-    return box["result"]
+    result, exc = finishes_soon(lambda: _main(args, capsys), fifo, timeout)
+    if exc is not None:
+        raise exc
+    return result
 
 
 @pytest.mark.parametrize("command, name", [("resume", "kdkit-run.json"), ("resume", "metrics.jsonl"),
