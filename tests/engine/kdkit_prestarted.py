@@ -106,10 +106,7 @@ class _Server:
 
     def _receive(self, timeout: float | None) -> dict:
         self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(_MAX_PACKET)
-        except socket.timeout:
-            raise
+        data = self.sock.recv(_MAX_PACKET)  # socket.timeout past ``timeout``
         if not data:
             self.log.seek(0)
             output = self.log.read().decode(errors="replace")[-4000:]
