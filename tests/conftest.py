@@ -1,5 +1,6 @@
 """Suite-wide set-up: caches out of the user's home, and the engine's test helpers."""
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 _TESTS = Path(__file__).resolve().parent
+_OWN_PYCACHE = pytest.StashKey[str]()
 # kdkit_engine_testutil / kdkit_engine_testplugin (tests/engine) serve the engine and method tests;
 # plugins/ makes the built-in plugins importable even from an install that predates them.
 for _p in (str(_TESTS / "engine"), str(_TESTS.parent / "plugins")):
@@ -19,6 +21,21 @@ def pytest_configure(config):
     # cache of their own still override it with monkeypatch.
     if "KDKIT_CACHE_DIR" not in os.environ:
         os.environ["KDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdkit-test-cache-")
+    # Python's compiled modules written, to a directory of the session's own: with PYTHONDONTWRITEBYTECODE set
+    # (as some machines' environments have), each of the suite's hundreds of kdkit commands compiled every
+    # kdkit module it imports from source again, 0.1-0.2 s of CPU each; the tree stays without __pycache__.
+    if "PYTHONPYCACHEPREFIX" not in os.environ:
+        os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="kdkit-test-pycache-")
+        config.stash[_OWN_PYCACHE] = os.environ["PYTHONPYCACHEPREFIX"]
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
+    sys.dont_write_bytecode = False
+
+
+def pytest_unconfigure(config):
+    own = config.stash.get(_OWN_PYCACHE, None)
+    if own:  # the process that made it (with pytest-xdist: the controller, after its workers ended)
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
