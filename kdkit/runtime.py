@@ -30,7 +30,6 @@ process the same settings through its environment (the benchmarks' peers).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -113,7 +112,7 @@ def tune() -> str:
     if platform.system() != "Linux" or libc_name != "glibc":
         _state = "the platform's malloc, unchanged (the tuning is for glibc)"
         return _state
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them (find_library ran ldconfig)
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _state = (f"glibc malloc tuned: mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
               f"{TRIM_THRESHOLD / 2**30:.0f} GiB ({ENV_SWITCH}=0 turns it off)" if ok
