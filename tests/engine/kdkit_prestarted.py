@@ -64,8 +64,9 @@ def fresh_only() -> bool:
 class _Server:
     """The pytest worker's connection to its server (started on first use, restarted if it died)."""
 
-    def __init__(self):
-        self.sock = None
+    def __init__(self, attached: socket.socket | None = None):
+        self.sock = attached  # attached: a connection to a forking process that is already there
+        self.attached = attached is not None
         self.proc = None
         self.exits: dict[int, int] = {}
         self.next_id = 0
@@ -118,7 +119,7 @@ class _Server:
         return message
 
     def start(self, argv, env, cwd, fds, new_session: bool) -> int:
-        if self.sock is None or self.proc.poll() is not None:
+        if not self.attached and (self.sock is None or self.proc.poll() is not None):
             self._start()
         self.next_id += 1
         request = {"id": self.next_id, "module": argv[2], "args": [os.fspath(a) for a in argv[3:]], "env": env,
@@ -321,17 +322,15 @@ def run(args, *, input=None, capture_output=False, timeout=None, check=False, **
 # --- the server's side ----------------------------------------------------------------------------
 
 def _serve(path: str) -> None:
-    """Preload, listen on ``path``, and fork one command per request; report its pid to the client that
-    asked and, when it ends, its exit status."""
+    """Preload, listen on ``path``, and fork one command per request (:func:`_fork_loop`)."""
     import ctypes
+    import gc
     import importlib
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the pytest worker that started it
     for name in PRELOAD:
         importlib.import_module(name)
-    import gc
-
     import torch
 
     default_threads = torch.get_num_threads()  # a fresh torch's, from the CPUs this process may use
@@ -349,10 +348,18 @@ def _serve(path: str) -> None:
     listener.bind(path + ".new")
     listener.listen(64)
     os.rename(path + ".new", path)  # the client waits for this name: bound and listening
-    clients: list[socket.socket] = []
+    _fork_loop(listener, [], base_path, default_threads)
+
+
+def _fork_loop(listener: socket.socket | None, clients: list[socket.socket], base_path: list[str],
+               default_threads: int) -> None:
+    """Fork one command per request of a client (and of each connection ``listener`` accepts); report its
+    pid to the client that asked and, when it ends, its exit status.  Without a listener (a sweep's
+    :func:`_runs_forked_from_here`), the loop ends when its one client is gone."""
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, the client that started it)
     while True:
-        ready, _, _ = select.select([listener, *clients, *children], [], [])
+        waited = [*clients, *children] + ([listener] if listener is not None else [])
+        ready, _, _ = select.select(waited, [], [])
         for pidfd in [r for r in ready if r in children]:
             pid, client = children.pop(pidfd)
             os.close(pidfd)
@@ -361,7 +368,7 @@ def _serve(path: str) -> None:
                 client.send(json.dumps({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
             except OSError:
                 pass  # that client is gone
-        if listener in ready:
+        if listener is not None and listener in ready:
             clients.append(listener.accept()[0])
         for client in [r for r in ready if r in clients]:
             try:
@@ -371,6 +378,8 @@ def _serve(path: str) -> None:
             if not data:
                 clients.remove(client)
                 client.close()
+                if listener is None and not clients:
+                    os._exit(0)  # the sweep has ended; its runs go on as a subprocess's would
                 continue
             request = json.loads(data)
             try:
@@ -381,7 +390,7 @@ def _serve(path: str) -> None:
                 client.send(json.dumps({"id": request["id"], "error": str(e)}).encode())
                 continue
             if pid == 0:
-                for fd in [listener, *clients]:
+                for fd in [*clients, *([listener] if listener is not None else [])]:
                     fd.close()
                 for pidfd in children:
                     os.close(pidfd)
@@ -444,6 +453,8 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
         random.seed()  # a fresh interpreter's seeds, not the server's
         numpy.random.seed()
         sys.argv = ["-m", *request["args"]]
+        if request["module"] == "kdkit" and "sweep" in request["args"]:
+            _runs_forked_from_here(base_path, default_threads)
     except BaseException:
         import traceback
 
@@ -455,6 +466,32 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
     except SystemExit as e:
         code = e.code
     _exit_without_finalizing(code)
+
+
+def _runs_forked_from_here(base_path: list[str], default_threads: int) -> None:
+    """In a forked ``kdkit sweep``, before it starts: the runs its local executor starts become forks too,
+    of a copy of this process taken now (still the server's state), which stays in the sweep's session and
+    process group (signalling or killing the group reaches them as it reaches a real subprocess; a fork of
+    the server could not join a group of another session).  Without it each run was a fresh interpreter
+    that imported torch again, 3-5 s of CPU."""
+    global _server
+    mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):  # the sweep's streams stay the sweep's: its caller waits for their end
+            os.dup2(null, target)
+        os.close(null)
+        try:
+            _fork_loop(None, [its], base_path, default_threads)
+        finally:
+            os._exit(1)
+    its.close()
+    _server = _Server(attached=mine)
+    from kdkit.sweep.executors import LocalExecutor
+
+    LocalExecutor.popen = staticmethod(Popen)
 
 
 def _exit_without_finalizing(code) -> None:
