@@ -30,6 +30,24 @@ def pytest_configure(config):
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
     sys.dont_write_bytecode = False
+    _short_openmp_spin(config)
+
+
+def _short_openmp_spin(config):
+    """The tests that train in pytest's own processes get the OpenMP spin kdkit's CLI sets (kdkit.runtime):
+    with libgomp's default spin, the threads of one pytest worker's torch spun for a millisecond on every
+    wait, while the other worker needed the core.  Set only while torch loads its libgomp (which reads it
+    then), so the commands the tests start still get the environment the test gives them."""
+    in_a_test_process = hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+    if not in_a_test_process or {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ) or "torch" in sys.modules:
+        return
+    from kdkit.runtime import OPENMP_SPIN
+
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
+    try:
+        import torch  # noqa: F401 - loads libgomp with the spin count above
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
 
 
 def pytest_unconfigure(config):

@@ -4,6 +4,7 @@ directory, PYTHONPATH plugins, signals, session, thread count), and what it prin
 interpreter prints."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,6 +79,42 @@ def test_a_shell_runs_the_forked_kdkit_with_its_streams_and_status(tmp_path):
                           timeout=300)
     assert proc.stdout.split("\n")[:2] == ["status 2", "1"], proc.stdout
     assert proc.stderr == "kdkit: error: config key train.lr: expected float in (0, inf), got -1.0\n"
+
+
+RUN_PROBE = '''
+import json, os, kdkit
+
+@kdkit.hookimpl
+def kdkit_configure(config, run_dir):
+    with open(f"/proc/{os.getppid()}/stat") as fh:
+        grandparent = int(fh.read().rsplit(")", 1)[1].split()[1])
+    with open(os.environ["KDTEST_RUN_PROBE"], "w") as fh:
+        json.dump({"pid": os.getpid(), "parent": os.getppid(), "grandparent": grandparent, "group": os.getpgrp()}, fh)
+'''
+
+
+def test_the_runs_of_a_forked_sweep_are_forks_in_the_sweeps_process_group(tmp_path):
+    from kdkit_sweep_testutil import start_sweep
+
+    (tmp_path / "kdkit_prestarted_run_probe.py").write_text(RUN_PROBE)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("name: probe\nseeds: [0]\ncells: [{name: kd, method: kd}]\nbase: {data.name: shapes, "
+                   "data.train_per_class: 4, data.test_per_class: 2, teachers: [{name: convnet, width: 4}], "
+                   "student.name: convnet, student.width: 4, teacher_train.epochs: 1, train.epochs: 1, "
+                   "logging.progress: false}\n")
+    env = subprocess_env(KDTEST_RUN_PROBE=str(tmp_path / "probe.json"))
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    sweep = kdkit_prestarted.Popen([*KDKIT, "--plugins-module", "kdkit_prestarted_run_probe", "sweep", str(cfg),
+                                    "--out", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err
+    run = json.loads((tmp_path / "probe.json").read_text())
+    # a fork of the sweep's copy of the server (a fresh interpreter's parent would be the sweep itself),
+    # in the sweep's own process group: killpg of the sweep reaches it
+    assert run["parent"] != sweep.pid and run["grandparent"] == sweep.pid, run
+    assert run["group"] == sweep.pid, run
+    assert "1/1 run(s) done" in err, err
 
 
 def test_other_commands_are_plain_subprocesses():
