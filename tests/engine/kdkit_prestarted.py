@@ -108,6 +108,8 @@ class _Server:
     def _receive(self, timeout: float | None) -> dict:
         self.sock.settimeout(timeout)
         data = self.sock.recv(_MAX_PACKET)  # socket.timeout past ``timeout``
+        if not data and self.attached:
+            raise RuntimeError("the sweep's forking copy of the prestarted kdkit server ended")
         if not data:
             self.log.seek(0)
             output = self.log.read().decode(errors="replace")[-4000:]
@@ -465,6 +467,11 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
         code = 0
     except SystemExit as e:
         code = e.code
+    except BaseException as e:  # what the interpreter does with it: the traceback, then status 1
+        sys.excepthook(type(e), e, e.__traceback__)
+        if isinstance(e, KeyboardInterrupt):  # ... or, for Ctrl-C, ending by SIGINT
+            _exit_without_finalizing(None, signal.SIGINT)
+        code = 1
     _exit_without_finalizing(code)
 
 
@@ -494,7 +501,7 @@ def _runs_forked_from_here(base_path: list[str], default_threads: int) -> None:
     LocalExecutor.popen = staticmethod(Popen)
 
 
-def _exit_without_finalizing(code) -> None:
+def _exit_without_finalizing(code, by_signal: int | None = None) -> None:
     """End the forked command as an interpreter's exit does — non-daemon threads joined, :mod:`atexit`
     handlers run (multiprocessing's and ``weakref.finalize``'s among them), the standard streams flushed, the
     status ``code`` of :class:`SystemExit` — but without tearing down the modules: in a forked child that
@@ -519,6 +526,11 @@ def _exit_without_finalizing(code) -> None:
         sys.stderr.flush()
     except BaseException:
         sys.exit(code)
+    if by_signal is not None:
+        import signal
+
+        signal.signal(by_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), by_signal)
     os._exit(status & 0xFF)
 
 

@@ -37,6 +37,31 @@ def test_a_forked_command_prints_and_exits_as_a_fresh_one(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+RAISER = '''
+import kdkit
+
+class Escaped(BaseException):  # not an Exception: kdkit's CLI lets it through
+    pass
+
+@kdkit.hookimpl
+def kdkit_register_students(register):
+    raise Escaped("out")
+'''
+
+
+def test_an_exception_out_of_the_command_ends_it_as_a_fresh_interpreter_ends(tmp_path):
+    (tmp_path / "kdkit_prestarted_raiser.py").write_text(RAISER)
+    env = subprocess_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    args = [*KDKIT, "--plugins-module", "kdkit_prestarted_raiser", "plugins"]
+    forked = kdkit_prestarted.run(args, env=env, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert forked.returncode == fresh.returncode == 1, (forked.stderr, fresh.stderr)
+    # the traceback (its frames above the command differ: runpy's, this module's)
+    assert forked.stderr.startswith("Traceback") and fresh.stderr.startswith("Traceback"), forked.stderr
+    assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1] == "kdkit_prestarted_raiser.Escaped: out"
+
+
 def test_environment_working_directory_plugins_threads_and_session_are_the_callers(tmp_path):
     (tmp_path / "kdkit_prestarted_probe.py").write_text(PROBE)
     work = tmp_path / "work"
