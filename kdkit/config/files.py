@@ -16,8 +16,14 @@ __all__ = ["load_yaml", "parse_yaml", "dump_yaml", "write_config", "plain_value"
            "check_dotted_keys", "MAX_YAML_VALUES"]
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+#: libyaml's parser where PyYAML was built with it (its wheels are): 6-9x faster than the pure-Python one, which
+#: took 8 ms for a 4 KB sweep file and 0.1 ms per ``--set`` value; the constructor (safe types only) is the same
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SAFE_LOADER):
+    """``yaml.SafeLoader`` (:data:`_SAFE_LOADER`) that refuses a key given twice in one mapping (PyYAML keeps
+    the last)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -72,6 +78,8 @@ def parse_yaml(text: str, what: str, with_position: bool = True):
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and with_position else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "maximum nesting depth" in problem:  # libyaml's limit (1,000 levels); the pure-Python parser recurses
+            raise ConfigError(f"{what}: collections nested too deeply") from None
         raise ConfigError(f"{what}{at}: {problem}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(f"{what}: collections nested too deeply") from None
