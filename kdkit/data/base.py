@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from kdkit.data.transforms import build_transform, check_augment
+from kdkit.data.transforms import batch_form, build_transform, check_augment
 
 SPLITS = ("train", "test")
 
@@ -141,6 +141,16 @@ class TensorImageDataset(ImageClassificationDataset):
 
     def _raw(self, index: int) -> torch.Tensor:
         return self.images[index]
+
+    def __getitems__(self, indices: list) -> list:
+        """``[self[i] for i in indices]``, the batch ``DataLoader`` fetches: through the batched form of the
+        default pipeline where it has one (no resizing; the same values from the same random draws:
+        :func:`kdkit.data.transforms.batch_form`), else image by image."""
+        batched = batch_form(self.transform)
+        if batched is None or not len(indices):
+            return [self[i] for i in indices]
+        images = batched(self.images[torch.as_tensor(list(indices), dtype=torch.long)])
+        return [(image, int(self.targets[i])) for image, i in zip(images, indices)]
 
     def uint8_images(self) -> torch.Tensor:
         """All images as one ``uint8`` tensor ``N x 3 x image_size x image_size``."""
