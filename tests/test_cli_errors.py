@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import kdkit_prestarted
 import pytest
 
 from kdkit import cli
@@ -313,8 +314,8 @@ def test_environment_errors_are_not_bugs(exc, status, line, monkeypatch, capsys)
 def _kdkit(*args, env=None, cwd=None):
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("KDKIT_PLUGINS", None)
-    return subprocess.run([sys.executable, "-m", "kdkit", *args], capture_output=True, text=True, timeout=300,
-                          env=full_env, cwd=cwd or REPO)
+    return kdkit_prestarted.run([sys.executable, "-m", "kdkit", *args], capture_output=True, text=True, timeout=300,
+                                env=full_env, cwd=cwd or REPO)
 
 
 def test_process_exits_2_with_one_line_before_creating_the_run_dir(tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kdkit_prestarted
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,9 @@ def installed_example(tmp_path_factory) -> Path:
 
 
 def _kdkit(target: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kdkit", *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env(target, **env), cwd=str(target.parent))
+    # forked from the prestarted process (torch imported); the plugin is found on PYTHONPATH as installed
+    return kdkit_prestarted.run([sys.executable, "-m", "kdkit", *args], capture_output=True, text=True,
+                                timeout=timeout, env=_env(target, **env), cwd=str(target.parent))
 
 
 def test_installed_example_appears_in_kdkit_plugins(installed_example):
