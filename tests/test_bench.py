@@ -35,6 +35,11 @@ def test_faiss_is_timed_with_both_k_selections_and_the_ratio_uses_the_faster(cap
             assert ratio["speedup"] == pytest.approx(rows[best]["median_s"] / rows["kdkit"]["median_s"])
     checks = [c for c in out["checks"] if c["peer"].startswith("faiss")]
     assert len(checks) == 8 and all(c["ok"] for c in checks)
+    # one process per method, for both cases and both code lengths, and kdkit's not faiss's
+    pids = {}
+    for row in out["results"]:
+        pids.setdefault(row["method"].split("-")[0], set()).add(row["process"]["pid"])
+    assert {m: len(p) for m, p in pids.items()} == {"kdkit": 1, "faiss": 1} and pids["kdkit"] != pids["faiss"]
 
 
 def test_map_case_agrees_with_the_sort_based_evaluator(capsys):

@@ -24,7 +24,8 @@ Cases (all through the public :mod:`kdkit.ops` API):
   cumulative hits) on the same device.
 
 In the top-k cases each method (kdkit, faiss with both settings, plain torch) is timed in a
-process of its own (:mod:`kdkit.bench.worker`, one after the other, on the same codes), so no other
+process of its own (:mod:`kdkit.bench.worker`, one after the other, on the same codes: one process
+per method for all top-k cases and code lengths, timed after the other cases), so no other
 library's thread pool competes with it; the faiss process never imports torch. The penalty and map
 cases, torch against torch, run in this process. Every method runs at the same thread count
 (``--threads``). Medians over ``--repeat`` timed runs; speedup = peer time / kdkit time.
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             bench.map()
         else:
             bench.topk(case.split("-", 1)[1])
+    bench.time_topk()  # each method once, in its own process, over every top-k case's codes
 
     _print_report(log, machine, bench)
     if not ext.get("loaded"):

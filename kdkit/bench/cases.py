@@ -37,6 +37,8 @@ class _Bench:
         self.notes: list[str] = []
         self.bandwidth: dict[str, float] = {}
         self.gen = torch.Generator().manual_seed(args.seed)
+        self._topk_dir: tempfile.TemporaryDirectory | None = None  # the saved codes of the top-k workloads
+        self._topk_workloads: list[dict[str, Any]] = []
         if args.device == "cuda":
             self.sync = torch.cuda.synchronize
         else:
@@ -73,22 +75,14 @@ class _Bench:
 
     # ------------------------------------------------------------ top-k
     def topk(self, data: str) -> None:
+        """Make and save the codes of case ``topk-DATA`` at each ``--bits``; :meth:`time_topk` times them."""
         import numpy as np
         import torch
 
         a = self.args
-        case = f"topk-{data}"
-        methods = ["kdkit"]
-        if self.device.type != "cpu":
-            self.note("faiss-cpu is not a GPU peer: on --device cuda the peer is torch")
-        elif _faiss() is None:
-            self.note("faiss is not installed: the faiss peer is skipped")
-        else:
-            methods.append("faiss")
-        if a.no_torch_topk:
-            self.note("plain-torch top-k peer skipped (--no-torch-topk)")
-        else:
-            methods.append("torch")
+        self._topk_methods()  # its notes, once, where the case comes
+        if self._topk_dir is None:
+            self._topk_dir = tempfile.TemporaryDirectory(prefix="kdkit-bench-")
         for bits in a.bits:
             nbytes = bits // 8
             params = {"bits": bits, "n": a.n, "q": a.q, "k": a.k}
@@ -99,18 +93,42 @@ class _Bench:
                 centres = torch.rand((N_CENTRES, bits), generator=self.gen) < 0.5
                 db = _clustered_codes(a.n, bits, centres, self.gen)
                 qs = _clustered_codes(a.q, bits, centres, self.gen)
-            # Each method is timed in a fresh process (kdkit.bench.worker), one after the other,
-            # on these codes: no thread pool of another library runs beside it.
-            with tempfile.TemporaryDirectory(prefix="kdkit-bench-") as tmp:
-                workdir = Path(tmp)
-                np.save(workdir / "db.npy", db.numpy())
-                np.save(workdir / "queries.npy", qs.numpy())
-                del db, qs
-                reports = {m: run_method(m, workdir, db=workdir / "db.npy", queries=workdir / "queries.npy",
-                                         bits=bits, k=a.k, repeat=a.repeat, threads=a.threads,
-                                         device=a.device)
-                           for m in methods}
-            self._topk_report(case, params, reports)
+            stem = Path(self._topk_dir.name) / f"topk-{data}-{bits}"
+            np.save(f"{stem}-db.npy", db.numpy())
+            np.save(f"{stem}-queries.npy", qs.numpy())
+            del db, qs
+            self._topk_workloads.append({"case": f"topk-{data}", "params": params, "bits": bits,
+                                         "db": f"{stem}-db.npy", "queries": f"{stem}-queries.npy"})
+
+    def time_topk(self) -> None:
+        """Time every method on every saved top-k workload, each method in a fresh process of its own
+        (:mod:`kdkit.bench.worker`), one after the other, then record each workload's times and checks."""
+        if not self._topk_workloads:
+            return
+        a, workloads = self.args, self._topk_workloads
+        try:
+            reports = {m: run_method(m, Path(self._topk_dir.name), workloads, k=a.k, repeat=a.repeat,
+                                     threads=a.threads, device=a.device)
+                       for m in self._topk_methods()}
+        finally:
+            self._topk_dir.cleanup()
+            self._topk_dir, self._topk_workloads = None, []
+        for n, workload in enumerate(workloads):
+            self._topk_report(workload["case"], workload["params"], {m: r[n] for m, r in reports.items()})
+
+    def _topk_methods(self) -> list[str]:
+        methods = ["kdkit"]
+        if self.device.type != "cpu":
+            self.note("faiss-cpu is not a GPU peer: on --device cuda the peer is torch")
+        elif _faiss() is None:
+            self.note("faiss is not installed: the faiss peer is skipped")
+        else:
+            methods.append("faiss")
+        if self.args.no_torch_topk:
+            self.note("plain-torch top-k peer skipped (--no-torch-topk)")
+        else:
+            methods.append("torch")
+        return methods
 
     def _topk_report(self, case: str, params: dict[str, Any], reports: dict[str, dict[str, Any]]) -> None:
         """Record the workers' times, the ratios and the cross-checks of one top-k size."""

@@ -1,14 +1,16 @@
 """One top-k method of ``kdkit bench`` timed in a process of its own.
 
-The parent (:meth:`kdkit.bench.cases._Bench.topk`) writes the codes as ``.npy`` files and a JSON
-spec, then runs ``python -m kdkit.bench.worker SPEC`` once per method (:func:`run_method`): kdkit's
+The parent (:class:`kdkit.bench.cases._Bench`) writes the codes of every top-k workload of the run
+(each case and code length) as ``.npy`` files and a JSON spec, then runs ``python -m
+kdkit.bench.worker SPEC`` once per method (:func:`run_method`): kdkit's
 :func:`~kdkit.ops.hamming_topk`, faiss (both k-selection settings) or the plain-torch peer. The
-worker sets its own thread count, warms up, times the repeats and writes the times and each
-setting's top-k arrays back for the parent's cross-check.
+worker sets its own thread count and, workload after workload, warms up, times the repeats and
+writes the times and each setting's top-k arrays back for the parent's cross-check.
 
 Why a process each: with torch and faiss in one process, torch's OpenMP pool competed with
 faiss's and slowed it (issue 23). The faiss worker imports numpy and faiss only, never torch, and
-reports whether torch was loaded all the same (``torch_loaded``).
+reports whether torch was loaded all the same (``torch_loaded``). One process per method, not per
+workload: a fresh interpreter importing torch costs more CPU than timing a small workload.
 """
 from __future__ import annotations
 
@@ -52,20 +54,21 @@ def _median_time(fn: Callable[[], Any], repeat: int, warmup: int,
 
 # ---------------------------------------------------------------- parent side
 
-def run_method(method: str, workdir: Path, *, db: Path, queries: Path, bits: int, k: int,
-               repeat: int, threads: int, device: str) -> dict[str, Any]:
-    """Time ``method`` on the codes in ``db`` / ``queries`` (uint8 ``.npy``) in a fresh process.
+def run_method(method: str, workdir: Path, workloads: list[dict[str, Any]], *, k: int, repeat: int, threads: int,
+               device: str) -> list[dict[str, Any]]:
+    """Time ``method`` on each of ``workloads`` (``db`` and ``queries``: uint8 ``.npy`` paths; ``bits``), in
+    order, in one fresh process.
 
-    Returns the worker's report: ``settings`` (each with ``method``, ``times_s`` and the top-k
-    arrays ``d``, ``i`` as numpy arrays), ``notes``, ``threads``, ``torch_loaded`` and ``pid``.
+    Returns one report per workload: ``settings`` (each with ``method``, ``times_s`` and the top-k arrays
+    ``d``, ``i`` as numpy arrays), ``notes``, and the process's ``threads``, ``torch_loaded`` and ``pid``.
     """
     import numpy as np
 
     import kdkit
 
     stem = workdir / method
-    spec = {"method": method, "db": str(db), "queries": str(queries), "bits": bits, "k": k,
-            "repeat": repeat, "threads": threads, "device": device, "out": str(stem)}
+    spec = {"method": method, "k": k, "repeat": repeat, "threads": threads, "device": device, "out": str(stem),
+            "workloads": [{"db": str(w["db"]), "queries": str(w["queries"]), "bits": w["bits"]} for w in workloads]}
     spec_path = stem.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     env = dict(os.environ)
@@ -76,17 +79,22 @@ def run_method(method: str, workdir: Path, *, db: Path, queries: Path, bits: int
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "kdkit.bench.worker", str(spec_path)],
                           check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    bits = ", ".join(str(w["bits"]) for w in workloads)
     if proc.returncode < 0:
         raise KdkitError(f"the {method} top-k worker (bits={bits}) was killed by signal "
                          f"{-proc.returncode} (out of memory?); lower --n or --q")
     if proc.returncode != 0:
         raise RuntimeError(f"the {method} top-k worker (bits={bits}) exited with status "
                            f"{proc.returncode}; its stderr:\n{proc.stderr.strip()}")
-    report = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-    for setting in report["settings"]:
-        for key in ("d", "i"):
-            setting[key] = np.load(setting[key], allow_pickle=False)
-    return report
+    written = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+    process = {key: written[key] for key in ("threads", "torch_loaded", "pid")}
+    reports = []
+    for report in written["reports"]:
+        for setting in report["settings"]:
+            for key in ("d", "i"):
+                setting[key] = np.load(setting[key], allow_pickle=False)
+        reports.append({**report, **process})
+    return reports
 
 
 # ---------------------------------------------------------------- worker side
@@ -158,22 +166,26 @@ def main(argv: list[str] | None = None) -> int:
 
     (spec_path,) = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    db = np.load(spec["db"], allow_pickle=False)
-    qs = np.load(spec["queries"], allow_pickle=False)
+    peer = {"kdkit": _kdkit, "faiss": _faiss_peer, "torch": _torch_peer}[spec["method"]]
 
     def timed(fn, warmup, sync):
         return _median_time(fn, spec["repeat"], warmup, sync)
 
-    peer = {"kdkit": _kdkit, "faiss": _faiss_peer, "torch": _torch_peer}[spec["method"]]
-    settings, notes, threads = peer(spec, db, qs, timed)
-    report: dict[str, Any] = {"settings": [], "notes": notes, "threads": threads,
-                              "torch_loaded": "torch" in sys.modules, "pid": os.getpid()}
-    for label, times, d, i in settings:
-        paths = {key: f"{spec['out']}-{label}-{key}.npy" for key in ("d", "i")}
-        np.save(paths["d"], d)
-        np.save(paths["i"], i)
-        report["settings"].append({"method": label, "times_s": times, **paths})
-    Path(spec["out"]).with_suffix(".json").write_text(json.dumps(report), encoding="utf-8")
+    reports, threads = [], None
+    for n, workload in enumerate(spec["workloads"]):
+        db = np.load(workload["db"], allow_pickle=False)
+        qs = np.load(workload["queries"], allow_pickle=False)
+        settings, notes, threads = peer({**spec, "bits": workload["bits"]}, db, qs, timed)
+        del db, qs
+        report: dict[str, Any] = {"settings": [], "notes": notes}
+        for label, times, d, i in settings:
+            paths = {key: f"{spec['out']}-{n}-{label}-{key}.npy" for key in ("d", "i")}
+            np.save(paths["d"], d)
+            np.save(paths["i"], i)
+            report["settings"].append({"method": label, "times_s": times, **paths})
+        reports.append(report)
+    written = {"reports": reports, "threads": threads, "torch_loaded": "torch" in sys.modules, "pid": os.getpid()}
+    Path(spec["out"]).with_suffix(".json").write_text(json.dumps(written), encoding="utf-8")
     return 0
 
 
