@@ -261,8 +261,9 @@ def run_block(block: Block, mirror: Path, work: Path, configs: ConfigChecker) ->
     if block.lang in PYTHON_LANGS:
         script = work / "block.py"
         script.write_text(block.text)
-        proc = subprocess.run([sys.executable, str(script)], cwd=mirror, env=env, capture_output=True,
-                              text=True, timeout=BLOCK_TIMEOUT, stdin=subprocess.DEVNULL)
+        # as `python block.py`, forked from kdkit_prestarted's process that has torch imported already
+        proc = kdkit_prestarted.run([sys.executable, str(script)], cwd=mirror, env=env, capture_output=True,
+                                    text=True, timeout=BLOCK_TIMEOUT, stdin=subprocess.DEVNULL)
         return None if proc.returncode == 0 else f"{block.where}: python block failed: {_tail(proc)}"
     script = shell_script(block)
     if block.mode == "run":

@@ -13,7 +13,9 @@ runs pickled Python callables and hands over neither the caller's streams nor it
 module.
 
 :func:`run` and :class:`Popen` take the same arguments as their :mod:`subprocess` namesakes and fork
-only ``[sys.executable, "-m", "kdkit", ...]`` (or torchrun's ``-m torch.distributed.run``) without
+only ``[sys.executable, "-m", "kdkit", ...]`` (or torchrun's ``-m torch.distributed.run``), or a Python
+script given by its absolute path (``[sys.executable, "/path/to/script.py", ...]``: the documentation's
+examples, the repository's scripts; run as ``python script.py`` runs it, by :func:`runpy.run_path`), without
 options this module does not carry over (e.g. ``preexec_fn``); anything else goes to :mod:`subprocess`
 unchanged, and so does everything under ``KDKIT_TEST_FRESH=1``.
 
@@ -48,9 +50,16 @@ _MAX_PACKET = 1 << 20
 
 
 def _forkable(argv, kwargs) -> bool:
-    return (isinstance(argv, (list, tuple)) and len(argv) >= 3 and argv[0] == sys.executable
-            and argv[1] == "-m" and argv[2] in MODULES and set(kwargs) <= _CARRIED and not fresh_only()
-            and all(isinstance(a, (str, os.PathLike)) for a in argv))
+    if not (isinstance(argv, (list, tuple)) and len(argv) >= 2 and argv[0] == sys.executable
+            and set(kwargs) <= _CARRIED and not fresh_only() and all(isinstance(a, (str, os.PathLike)) for a in argv)):
+        return False
+    return (len(argv) >= 3 and argv[1] == "-m" and argv[2] in MODULES) or _script(argv) is not None
+
+
+def _script(argv) -> str | None:
+    """The script of ``[sys.executable, "/ABSOLUTE/SCRIPT.py", ...]`` (an existing file), else None."""
+    first = os.fspath(argv[1])
+    return first if os.path.isabs(first) and first.endswith(".py") and os.path.isfile(first) else None
 
 
 def fresh_only() -> bool:
@@ -124,8 +133,10 @@ class _Server:
         if not self.attached and (self.sock is None or self.proc.poll() is not None):
             self._start()
         self.next_id += 1
-        request = {"id": self.next_id, "module": argv[2], "args": [os.fspath(a) for a in argv[3:]], "env": env,
-                   "cwd": cwd, "new_session": new_session}
+        script = _script(argv)
+        command = {"script": script, "args": [os.fspath(a) for a in argv[2:]]} if script else \
+            {"module": argv[2], "args": [os.fspath(a) for a in argv[3:]]}
+        request = {"id": self.next_id, **command, "env": env, "cwd": cwd, "new_session": new_session}
         socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
         while True:
             message = self._receive(timeout=60)
@@ -448,14 +459,15 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
         os.environ.clear()
         os.environ.update(env)
         extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:] = [request["cwd"], *extra, *base_path]
+        script = request.get("script")  # python SCRIPT puts the script's (real) folder first, python -m the cwd
+        sys.path[:] = [os.path.dirname(os.path.realpath(script)) if script else request["cwd"], *extra, *base_path]
         importlib.invalidate_caches()
         threads = env.get("OMP_NUM_THREADS", "")
         torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)
         random.seed()  # a fresh interpreter's seeds, not the server's
         numpy.random.seed()
-        sys.argv = ["-m", *request["args"]]
-        if request["module"] == "kdkit" and "sweep" in request["args"]:
+        sys.argv = [script or "-m", *request["args"]]
+        if request.get("module") == "kdkit" and "sweep" in request["args"]:
             _runs_forked_from_here(base_path, default_threads)
     except BaseException:
         import traceback
@@ -463,7 +475,10 @@ def _become_command(request: dict, fds: list[int], base_path: list[str], default
         traceback.print_exc()
         os._exit(125)
     try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if script:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as e:
         code = e.code

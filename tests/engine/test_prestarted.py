@@ -142,9 +142,45 @@ def test_the_runs_of_a_forked_sweep_are_forks_in_the_sweeps_process_group(tmp_pa
     assert "1/1 run(s) done" in err, err
 
 
+SCRIPT = '''
+import os, sys
+here = os.path.dirname(os.path.realpath(__file__))
+print(sys.argv, __name__, __file__ == sys.argv[0], sys.path[0] == here, os.getcwd(), os.environ.get("KDTEST_PROBE"))
+import helper_next_to_the_script  # found as python SCRIPT finds it: in the script's folder
+if sys.argv[1:] == ["fail"]:
+    raise ValueError("from the script")
+sys.exit(int(sys.argv[1]))
+'''
+
+
+@pytest.mark.parametrize("args", [["0"], ["3"], ["fail"]])
+def test_a_forked_script_runs_and_exits_as_python_script_does(tmp_path, args):
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "probe_script.py").write_text(SCRIPT)
+    (folder / "helper_next_to_the_script.py").write_text("print('helper imported')\n")
+    argv = [sys.executable, str(folder / "probe_script.py"), *args]
+    env = dict(os.environ, KDTEST_PROBE="seen")
+    forked = kdkit_prestarted.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+    assert not isinstance(forked, subprocess.Popen)  # forked, not a subprocess
+    out, err = forked.communicate(timeout=120)
+    fresh = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (forked.returncode, out) == (fresh.returncode, fresh.stdout)
+    assert " __main__ True True " in out and "seen" in out and "helper imported" in out
+    if args == ["fail"]:  # the traceback's last lines (the frames above the script differ: runpy's)
+        assert forked.returncode == 1 and err.splitlines()[-1] == fresh.stderr.splitlines()[-1]
+        assert err.splitlines()[-1] == "ValueError: from the script"
+    else:
+        assert err == fresh.stderr == "" and forked.returncode == int(args[0])
+
+
 def test_other_commands_are_plain_subprocesses():
     proc = kdkit_prestarted.Popen([sys.executable, "-c", "print(1)"], stdout=subprocess.PIPE)
     assert type(proc) is subprocess.Popen
     assert proc.communicate(timeout=60)[0].strip() == b"1"
+    relative = kdkit_prestarted.run([sys.executable, os.path.relpath(__file__), "--help"], capture_output=True,
+                                    timeout=60)  # a script by a relative path: a subprocess (then not a test)
+    assert isinstance(relative, subprocess.CompletedProcess)
     run = kdkit_prestarted.run([*KDKIT, "--version"], capture_output=True, preexec_fn=os.getpid, timeout=300)
     assert run.returncode == 0  # an option the fork does not carry over: a real subprocess

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import gzip
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
+import kdkit_prestarted
 import numpy as np
 from PIL import Image
 
@@ -35,8 +35,8 @@ def _source(tmp_path, truncate=0):
 
 def test_class_balanced_image_folders(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(SCRIPT), str(out), "--source", str(_source(tmp_path)),
-                        "--train-per-class", "3", "--test-per-class", "2"], capture_output=True, text=True)
+    r = kdkit_prestarted.run([sys.executable, str(SCRIPT), str(out), "--source", str(_source(tmp_path)),
+                              "--train-per-class", "3", "--test-per-class", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for split, per_class in (("train", 3), ("test", 2)):
         folders = sorted(p.name for p in (out / split).iterdir())
@@ -55,7 +55,7 @@ def test_class_balanced_image_folders(tmp_path):
 
 
 def test_truncated_file_is_a_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--source",
-                        str(_source(tmp_path, truncate=100)), "--train-per-class", "3", "--test-per-class", "2"],
-                       capture_output=True, text=True)
+    r = kdkit_prestarted.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--source",
+                              str(_source(tmp_path, truncate=100)), "--train-per-class", "3", "--test-per-class",
+                              "2"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "truncated" in r.stderr
