@@ -17,6 +17,8 @@ import pytest
 import yaml
 from kdkit_sweep_testutil import alive, finish, lock_holder, start_sweep
 
+from kdkit.paths import LOCK_FILE
+
 SWEEP = {
     "name": "race",
     "seeds": [0],
@@ -54,6 +56,25 @@ def test_two_sweeps_started_together_on_one_out(cfg, tmp_path):
     assert loser.strip().splitlines()[-1].startswith(f"kdkit: error: sweep directory {out} is in use by another "
                                                      "kdkit process (PID ")
     check_results(out)
+
+
+def test_a_sweep_meeting_another_that_is_writing_its_copy_is_told_in_use(cfg, tmp_path):
+    # the moment of the race above that the two processes hit only sometimes: the other sweep holds OUT's lock
+    # and its copy of the sweep file is still a temporary file (atomic_write_text), not yet sweep.yaml
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".sweep.yaml.x1.tmp").write_text("name: race\n")
+    with open(out / LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        code, err = finish(start_sweep(cfg, out))
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith(f"kdkit: error: sweep directory {out} is in use by another "
+                                                   f"kdkit process (PID {os.getpid()})"), err
+    assert sorted(p.name for p in out.iterdir()) == sorted([".sweep.yaml.x1.tmp", LOCK_FILE])  # nothing written
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL of the group"])

@@ -175,10 +175,10 @@ def _write_text(path: Path, text: str) -> None:
 
 
 
-def _check_out(sweep: Sweep, out: Path, create: bool) -> bool:
+def _check_out(sweep: Sweep, out: Path, create: bool, locked: bool = True) -> bool:
     """Refuse an OUT that holds another sweep (or, ``create`` false, none); ``True`` when OUT holds
-    this sweep's copy of the sweep file.  Reads only: called before the lock (to refuse early) and
-    again under it (another sweep may have claimed OUT in between)."""
+    this sweep's copy of the sweep file.  Reads only: called before the lock (``locked`` false, to refuse
+    early) and again under it (another sweep may have claimed OUT in between)."""
     copy_path = out / SWEEP_FILE
     if copy_path.is_file():
         try:
@@ -191,8 +191,13 @@ def _check_out(sweep: Sweep, out: Path, create: bool) -> bool:
         return True
     if not create:
         raise KdkitError(f"--no-run: {out} holds no sweep ({copy_path} is missing)")
-    # a lone lock file: a sweep killed between taking OUT's lock and writing its copy
-    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
+    # a lone lock file: a sweep killed between taking OUT's lock and writing its copy.  Before the lock, a
+    # lock file with more beside it may be another sweep writing its copy now: the lock decides who is refused
+    # and how (seen as "not a kdkit sweep directory" when two sweeps started together)
+    entries = [p.name for p in out.iterdir()] if out.is_dir() else []
+    if not locked and LOCK_FILE in entries:
+        return False
+    if out.exists() and (not out.is_dir() or any(name != LOCK_FILE for name in entries)):
         raise KdkitError(f"--out {out} exists and is not a kdkit sweep directory (no {SWEEP_FILE}); "
                          "choose another --out")
     return False
@@ -294,7 +299,7 @@ def run_sweep(config: str | Path, out: str | Path | None = None, cells: Iterable
     configs = check_configs(plan(sweep, out), manager)
     # the executor's options and library are checked before OUT is claimed
     pool = None if no_run else make_executor(executor, out, executor_opts or {})
-    _check_out(sweep, out, create=not no_run)
+    _check_out(sweep, out, create=not no_run, locked=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
