@@ -63,6 +63,8 @@ def build_transform(
     size = int(image_size)
     ops: list = [v2.ToImage()]
     needs_resize = native_size is None or int(native_size) != size
+    crop_padding = max(1, size // 8)  # of "weak" on small images
+    mean, std = list(map(float, mean)), list(map(float, std))
 
     def deterministic_resize() -> list:
         if not needs_resize:
@@ -75,7 +77,7 @@ def build_transform(
         ops += deterministic_resize()
     elif size <= SMALL_IMAGE_MAX:
         ops += deterministic_resize()
-        ops += [v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip()]
+        ops += [v2.RandomCrop(size, padding=crop_padding), v2.RandomHorizontalFlip()]
     else:
         ops += [
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
@@ -86,47 +88,36 @@ def build_transform(
         ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if normalize:
-        ops.append(v2.Normalize(list(map(float, mean)), list(map(float, std))))
+        ops.append(v2.Normalize(mean, std))
     if augment == "strong":
         # Cutout: one square of side size/2 (area 1/4), filled with 0 (= the mean after normalising).
         ops.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
     ops.append(v2.ToPureTensor())
     pipeline = v2.Compose(ops)
-    batched = _batch_transform(augment, size, mean, std, native_size=native_size, normalize=normalize)
-    if batched is not None:
-        pipeline.kdkit_batched = (tuple(ops), batched)
+    if not (needs_resize or augment == "strong" or size > SMALL_IMAGE_MAX):  # see _BatchPipeline
+        pipeline.kdkit_batched = (tuple(ops), _BatchPipeline(size, crop_padding if augment == "weak" else 0,
+                                                             mean, std, normalize))
     return pipeline
 
 
 def batch_form(transform) -> Callable | None:
     """The batched form of ``transform`` when it is a pipeline :func:`build_transform` made and still holds the
-    steps it was made with (see :func:`_batch_transform`), else ``None``: apply ``transform`` image by image."""
+    steps it was made with (see :class:`_BatchPipeline`), else ``None``: apply ``transform`` image by image."""
     ops, batched = getattr(transform, "kdkit_batched", ((), None))
     return batched if batched is not None and tuple(getattr(transform, "transforms", ())) == ops else None
 
 
-def _batch_transform(augment: str, size: int, mean: Sequence[float], std: Sequence[float], *,
-                     native_size: int | None, normalize: bool) -> Callable | None:
-    """What :func:`build_transform` does to each image, done to a whole ``uint8`` batch ``N x C x H x W`` at once,
-    with bit-identical results: the same random draws from torch's global RNG in the same order (per image: the
-    crop's top, its left, then the flip's coin, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them) and the
-    same element-wise arithmetic on each pixel.  ``None`` where that cannot be promised, and the images go through
-    :func:`build_transform` one by one: resizing (its kernels are not checked batch against image), ``strong``
-    (AutoAugment's operations), large-image augmentation.
+class _BatchPipeline:
+    """What :func:`build_transform`'s pipeline does to each image, done to a whole ``uint8`` batch ``N x C x H x W``
+    at once, with bit-identical results: the same random draws from torch's global RNG in the same order (per image:
+    the crop's top, its left, then the flip's coin, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them) and
+    the same element-wise arithmetic on each pixel.  Made only where that can be promised: not with resizing (its
+    kernels are not checked batch against image), ``strong`` (AutoAugment's operations) or large images.
 
     Why: ``transforms.v2`` applies a pipeline to one image at a time, and its per-call overhead (about 100 us per
     28-pixel image for the six steps of ``weak``) was a fifth of a Fashion-MNIST student's CPU training step;
-    torchvision has no batched form that draws per-image parameters.
-    """
-    if augment == "strong" or native_size is None or int(native_size) != size or size > SMALL_IMAGE_MAX:
-        return None
-    return _BatchPipeline(size, max(1, size // 8) if augment == "weak" else 0,
-                          [float(m) for m in mean], [float(s) for s in std], normalize)
-
-
-class _BatchPipeline:
-    """The batched form of one small-image pipeline; a class, not a closure, so that datasets holding it still
-    pickle (``DataLoader`` workers started by spawn or forkserver receive the dataset pickled)."""
+    torchvision has no batched form that draws per-image parameters.  A class, not a closure, so that datasets
+    holding it still pickle (``DataLoader`` workers started by spawn or forkserver receive the dataset pickled)."""
 
     def __init__(self, size: int, padding: int, mean: list[float], std: list[float], normalize: bool):
         self.size, self.padding, self.mean, self.std, self.normalize = size, padding, mean, std, normalize
@@ -158,7 +149,7 @@ def _crop_and_flip(images, padding: int):
     padded = torch.nn.functional.pad(images, [padding] * 4, value=0)
     offsets = torch.arange(size)
     rows = torch.tensor(tops).view(n, 1, 1, 1) + offsets.view(1, 1, size, 1)
-    forward = torch.tensor(lefts).view(n, 1) + offsets
-    mirrored = torch.tensor(lefts).view(n, 1) + offsets.flip(0)
+    left = torch.tensor(lefts).view(n, 1)
+    forward, mirrored = left + offsets, left + offsets.flip(0)
     cols = torch.where(torch.tensor(flips).view(n, 1), mirrored, forward).view(n, 1, 1, size)
     return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(channels).view(1, channels, 1, 1), rows, cols]
