@@ -3,11 +3,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
 #include <string>
+
+#include "check.h"
 
 namespace kdkit {
 
@@ -17,26 +18,26 @@ enum class ApCut : int { All = 0, Truncated = 1, FirstRelevant = 2 };
 inline ApCut check_ap_arguments(const char* op, const at::Tensor& query_codes, const at::Tensor& db_codes,
                                 const at::Tensor& query_labels, const at::Tensor& db_labels, int64_t k,
                                 c10::string_view variant) {
-  TORCH_CHECK(query_labels.dim() == 2 && db_labels.dim() == 2, op,
+  KDKIT_CHECK(query_labels.dim() == 2 && db_labels.dim() == 2, op,
               ": labels must be 2-D int64 bitsets (rows, words), got ", query_labels.sizes(), " and ",
               db_labels.sizes());
-  TORCH_CHECK(query_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
+  KDKIT_CHECK(query_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
               ": labels must be int64 bitsets, got ", query_labels.scalar_type(), " and ",
               db_labels.scalar_type());
-  TORCH_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
+  KDKIT_CHECK(query_labels.size(0) == query_codes.size(0), op, ": query_labels has ",
               query_labels.size(0), " rows but query_codes has ", query_codes.size(0));
-  TORCH_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
+  KDKIT_CHECK(db_labels.size(0) == db_codes.size(0), op, ": db_labels has ", db_labels.size(0),
               " rows but db_codes has ", db_codes.size(0));
-  TORCH_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
+  KDKIT_CHECK(query_labels.size(1) == db_labels.size(1) && query_labels.size(1) > 0, op,
               ": query_labels and db_labels must have the same number (> 0) of words, got ",
               query_labels.size(1), " and ", db_labels.size(1));
   const int64_t n = db_codes.size(0), nbits = 8 * query_codes.size(1);
-  TORCH_CHECK(n < ((int64_t)1 << 31), op, ": at most 2^31 - 1 database codes, got ", n);
-  TORCH_CHECK(2 * nbits + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
-  TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
+  KDKIT_CHECK(n < ((int64_t)1 << 31), op, ": at most 2^31 - 1 database codes, got ", n);
+  KDKIT_CHECK(2 * nbits + 1 <= 0xFFFF, op, ": codes longer than 32,767 bits are not supported");
+  KDKIT_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N=", n, "], got ", k);
   if (variant == "truncated") return k == n ? ApCut::All : ApCut::Truncated;
   if (variant == "dchmt") return k == n ? ApCut::All : ApCut::FirstRelevant;
-  TORCH_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant), "'");
+  KDKIT_CHECK(false, op, ": variant must be 'truncated' or 'dchmt', got '", std::string(variant), "'");
 }
 
 }  // namespace kdkit

@@ -3,9 +3,10 @@
 # installed and nothing can be fetched:
 #   1. build kdkit._C against that torch (pip --no-deps --no-build-isolation, CUDA forced,
 #      one architecture: the visible GPU's),
-#   2. the CUDA parity tests of every op and the AMP training test,
-#   3. a short `kdkit train --method kd` with device=cuda (AMP on),
-#   4. `kdkit bench --device cuda --json`.
+#   2. scripts/raw_check_diagnosis.py (how C++ argument checks behave on this image; never fails),
+#   3. the CUDA parity tests of every op and the AMP training test,
+#   4. a short `kdkit train --method kd` with device=cuda (AMP on),
+#   5. `kdkit bench --device cuda --json`.
 # It stops at the first failing step with a line naming it. Everything lands in one folder:
 #   bash scripts/gpu-check.sh [OUTDIR]        (default: $OUT, else ./gpu-check-out)
 #   bash scripts/gpu-check.sh --dry-run [OUTDIR]
@@ -39,20 +40,14 @@ export PYTHONUNBUFFERED=1 KDKIT_CACHE_DIR="${KDKIT_CACHE_DIR:-$(mktemp -d)}"
 START=$SECONDS
 STEP="start"
 FAILED=()
-ON_FAIL=""  # a command that explains a failure of the current step
 
 say() { echo "gpu-check [$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
 fail() {
     say "FAILED at step: $STEP (exit $1); see $LOG"
-    if [ -n "$ON_FAIL" ]; then
-        say "diagnosis:"
-        $ON_FAIL 2>&1 | tee -a "$LOG" || true
-        ON_FAIL=""
-    fi
     if [ "$KEEP_GOING" = 0 ]; then exit "$1"; fi
     if [ "${FAILED[*]: -1}" != "$STEP" ]; then FAILED+=("$STEP"); fi
 }
-step() { STEP="$1"; ON_FAIL=""; say "== $1"; }
+step() { STEP="$1"; say "== $1"; }
 # A failing command fails its step; with --keep-going the script goes on to the next command.
 run() {
     local rc=0
@@ -95,6 +90,12 @@ assert info["loaded"], "kdkit._C did not load"
 assert $GPU == 0 or info["cuda_compiled"], "kdkit._C was built without its CUDA kernels"
 EOF
 
+step "raw-check diagnosis (facts for docs/gpu.md; never fails the script)"
+# Raw-op argument checks crashed (SIGSEGV) on one GPU image: the toolchain, each kind of check,
+# and a probe built with this machine's compiler say whether kdkit's iostream-free messages
+# (csrc/check.h) are what fixed it and where the fault lies.
+"$PY" scripts/raw_check_diagnosis.py 2>&1 | tee -a "$LOG" || true
+
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if "$PY" -c "import xdist" 2>/dev/null; then PYTEST+=(-n 4); fi
 if [ "$KEEP_GOING" = 0 ]; then PYTEST+=(-x); fi
@@ -106,8 +107,6 @@ if [ "$DRY_RUN" = 1 ] && [ "$GPU" = 0 ]; then
 fi
 
 step "CUDA parity tests and the AMP training test"
-# Raw-op argument checks crashed (SIGSEGV) on one GPU image: say which kinds of check do.
-ON_FAIL="$PY scripts/raw_check_diagnosis.py"
 run "${PYTEST[@]}" -rs tests/ops/test_cuda.py tests/engine/test_trainer.py::test_amp_on_cuda_saves_scaler_state
 # A skip for want of CUDA on a GPU machine means the kernels were not tested (faiss, absent
 # from bare GPU images, may be skipped).

@@ -6,7 +6,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <c10/core/CPUAllocator.h>
-#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "../ap_args.h"
+#include "../check.h"
 #include "cpu_ops.h"
 #include "isa_kernels.h"
 
@@ -265,19 +265,19 @@ void clear_buffer_cache() {
 // Argument checks (second line of defence; Python validates first with friendlier text).
 
 static void check_codes(const char* op, const at::Tensor& q, const at::Tensor& db) {
-  TORCH_CHECK(q.device().is_cpu() && db.device().is_cpu(), op,
+  KDKIT_CHECK(q.device().is_cpu() && db.device().is_cpu(), op,
               ": query_codes and db_codes must both be CPU tensors here, got ", q.device(),
               " and ", db.device());
-  TORCH_CHECK(q.scalar_type() == at::kByte, op, ": query_codes must be uint8, got ",
+  KDKIT_CHECK(q.scalar_type() == at::kByte, op, ": query_codes must be uint8, got ",
               q.scalar_type());
-  TORCH_CHECK(db.scalar_type() == at::kByte, op, ": db_codes must be uint8, got ",
+  KDKIT_CHECK(db.scalar_type() == at::kByte, op, ": db_codes must be uint8, got ",
               db.scalar_type());
-  TORCH_CHECK(q.dim() == 2, op, ": query_codes must be 2-D (Q, B), got ", q.dim(), "-D");
-  TORCH_CHECK(db.dim() == 2, op, ": db_codes must be 2-D (N, B), got ", db.dim(), "-D");
-  TORCH_CHECK(q.size(1) == db.size(1), op, ": code widths differ: query_codes has ", q.size(1),
+  KDKIT_CHECK(q.dim() == 2, op, ": query_codes must be 2-D (Q, B), got ", q.dim(), "-D");
+  KDKIT_CHECK(db.dim() == 2, op, ": db_codes must be 2-D (N, B), got ", db.dim(), "-D");
+  KDKIT_CHECK(q.size(1) == db.size(1), op, ": code widths differ: query_codes has ", q.size(1),
               " bytes, db_codes has ", db.size(1));
-  TORCH_CHECK(q.size(1) > 0, op, ": codes must have at least one byte");
-  TORCH_CHECK(db.size(0) > 0, op, ": db_codes is empty");
+  KDKIT_CHECK(q.size(1) > 0, op, ": codes must have at least one byte");
+  KDKIT_CHECK(db.size(0) > 0, op, ": db_codes is empty");
 }
 
 // Cache blocking: a chunk of database codes (~128 KB, L2-resident) is scanned by every query
@@ -355,9 +355,9 @@ static std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& que
                                                            const at::Tensor& db, int64_t k) {
   check_codes("hamming_topk", query, db);
   const int64_t N = db.size(0);
-  TORCH_CHECK(k >= 1 && k <= N, "hamming_topk: k=", k, " out of range; expected 1 <= k <= ", N,
+  KDKIT_CHECK(k >= 1 && k <= N, "hamming_topk: k=", k, " out of range; expected 1 <= k <= ", N,
               " (number of db_codes)");
-  TORCH_CHECK(k <= (int64_t)INT32_MAX, "hamming_topk: k too large");
+  KDKIT_CHECK(k <= (int64_t)INT32_MAX, "hamming_topk: k too large");
   const at::Tensor q = query.contiguous();
   const at::Tensor d = db.contiguous();
   const int64_t Q = q.size(0), B = q.size(1), L = 8 * B;
@@ -488,12 +488,12 @@ static double penalty_f64_block(const double* h, double* g, double* loss, int64_
 
 static std::tuple<at::Tensor, at::Tensor> binarization_penalty_cpu(const at::Tensor& h_in,
                                                                    int64_t reduction) {
-  TORCH_CHECK(reduction >= 0 && reduction <= 2,
+  KDKIT_CHECK(reduction >= 0 && reduction <= 2,
               "binarization_penalty: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
               reduction);
-  TORCH_CHECK(h_in.device().is_cpu(), "binarization_penalty: h must be a CPU tensor here");
+  KDKIT_CHECK(h_in.device().is_cpu(), "binarization_penalty: h must be a CPU tensor here");
   const auto dtype = h_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+  KDKIT_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "binarization_penalty: h must be float32 or float64 on CPU, got ", dtype);
   const at::Tensor h = h_in.contiguous();
   const int64_t n = h.numel();
@@ -531,16 +531,16 @@ static std::tuple<at::Tensor, at::Tensor> binarization_penalty_cpu(const at::Ten
 static at::Tensor binarization_penalty_backward_cpu(const at::Tensor& grad_output,
                                                     const at::Tensor& grad_factor,
                                                     int64_t reduction) {
-  TORCH_CHECK(reduction >= 0 && reduction <= 2,
+  KDKIT_CHECK(reduction >= 0 && reduction <= 2,
               "binarization_penalty_backward: reduction must be 0, 1 or 2, got ", reduction);
-  TORCH_CHECK(grad_output.device().is_cpu() && grad_factor.device().is_cpu(),
+  KDKIT_CHECK(grad_output.device().is_cpu() && grad_factor.device().is_cpu(),
               "binarization_penalty_backward: expected CPU tensors");
   if (reduction == 0) {
-    TORCH_CHECK(grad_output.sizes() == grad_factor.sizes(),
+    KDKIT_CHECK(grad_output.sizes() == grad_factor.sizes(),
                 "binarization_penalty_backward: grad_output shape ", grad_output.sizes(),
                 " != grad_factor shape ", grad_factor.sizes());
   } else {
-    TORCH_CHECK(grad_output.numel() == 1,
+    KDKIT_CHECK(grad_output.numel() == 1,
                 "binarization_penalty_backward: grad_output must be a scalar for mean/sum");
   }
   at::Tensor out = cached_empty(grad_factor.sizes(), grad_factor.scalar_type());
@@ -615,7 +615,7 @@ static at::Tensor hamming_average_precision_cpu(const at::Tensor& query_codes, c
                                          int64_t k, c10::string_view variant) {
   const char* op = "hamming_average_precision";
   check_codes(op, query_codes, db_codes);
-  TORCH_CHECK(query_labels.device().is_cpu() && db_labels.device().is_cpu(), op,
+  KDKIT_CHECK(query_labels.device().is_cpu() && db_labels.device().is_cpu(), op,
               ": labels must be CPU tensors here, got ", query_labels.device(), " and ", db_labels.device());
   const ApCut cut = check_ap_arguments(op, query_codes, db_codes, query_labels, db_labels, k, variant);
   const int64_t nq = query_codes.size(0), n = db_codes.size(0), B = query_codes.size(1);

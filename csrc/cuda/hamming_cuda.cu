@@ -38,6 +38,7 @@
 #include <cuda_runtime.h>
 
 #include "../ap_args.h"
+#include "../check.h"
 #include "hamming_kernels.cuh"
 
 #include <algorithm>
@@ -52,28 +53,28 @@ using namespace hamming_detail;  // NOLINT: kernels and constants of this op
 // ------------------------------------------------------------ host side
 
 void check_codes(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor here, got device ",
+  KDKIT_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
+  KDKIT_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor here, got device ",
               t.device());
-  TORCH_CHECK(t.scalar_type() == at::kByte, op, ": ", name,
+  KDKIT_CHECK(t.scalar_type() == at::kByte, op, ": ", name,
               " must be uint8 packed codes, got dtype ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D (num_codes, code_bytes), got ",
+  KDKIT_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D (num_codes, code_bytes), got ",
               t.dim(), "-D tensor of shape ", t.sizes());
 }
 
 // As on CPU: query_codes may have zero rows (empty result); db_codes may not.
 void check_pair(const char* op, const at::Tensor& query_codes, const at::Tensor& db_codes) {
-  TORCH_CHECK(query_codes.device() == db_codes.device(), op,
+  KDKIT_CHECK(query_codes.device() == db_codes.device(), op,
               ": query_codes and db_codes must be on the same device, got query_codes on ",
               query_codes.device(), " and db_codes on ", db_codes.device());
   check_codes(op, query_codes, "query_codes");
   check_codes(op, db_codes, "db_codes");
-  TORCH_CHECK(query_codes.size(1) == db_codes.size(1), op,
+  KDKIT_CHECK(query_codes.size(1) == db_codes.size(1), op,
               ": code widths differ: query_codes has ", query_codes.size(1),
               " bytes per code, db_codes has ", db_codes.size(1));
-  TORCH_CHECK(query_codes.size(1) > 0, op, ": codes must have at least one byte");
-  TORCH_CHECK(db_codes.size(0) > 0, op, ": db_codes is empty");
-  TORCH_CHECK(query_codes.size(1) <= (std::numeric_limits<int32_t>::max() - 1) / 8, op,
+  KDKIT_CHECK(query_codes.size(1) > 0, op, ": codes must have at least one byte");
+  KDKIT_CHECK(db_codes.size(0) > 0, op, ": db_codes is empty");
+  KDKIT_CHECK(query_codes.size(1) <= (std::numeric_limits<int32_t>::max() - 1) / 8, op,
               ": codes are too wide: ", query_codes.size(1), " bytes");
 }
 
@@ -112,9 +113,9 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_cod
   check_pair("hamming_topk", query_codes, db_codes);
   const int64_t nq = query_codes.size(0);
   const int64_t n = db_codes.size(0);
-  TORCH_CHECK(k >= 1 && k <= n, "hamming_topk: k=", k, " out of range; expected 1 <= k <= ", n,
+  KDKIT_CHECK(k >= 1 && k <= n, "hamming_topk: k=", k, " out of range; expected 1 <= k <= ", n,
               " (the number of db_codes)");
-  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(),
+  KDKIT_CHECK(n <= std::numeric_limits<int32_t>::max(),
               "hamming_topk: on CUDA at most 2^31 - 1 db_codes are supported, got ", n);
   const c10::cuda::CUDAGuard guard(query_codes.device());
   const at::Tensor qc = query_codes.contiguous();
@@ -122,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& query_cod
   const int64_t bytes = qc.size(1);
   const int nbins = static_cast<int>(8 * bytes + 1);
   const int64_t nblk = ceil_div(n, kChunk);
-  TORCH_CHECK(nblk <= std::numeric_limits<int32_t>::max(), "too many db_codes");
+  KDKIT_CHECK(nblk <= std::numeric_limits<int32_t>::max(), "too many db_codes");
 
   at::Tensor out_dist = at::empty({nq, k}, qc.options().dtype(at::kInt));
   at::Tensor out_idx = at::empty({nq, k}, qc.options().dtype(at::kLong));
@@ -208,7 +209,7 @@ at::Tensor hamming_average_precision_cuda(const at::Tensor& query_codes, const a
                                           c10::string_view variant) {
   const char* op = "hamming_average_precision";
   check_pair(op, query_codes, db_codes);
-  TORCH_CHECK(query_labels.device() == query_codes.device() && db_labels.device() == query_codes.device(),
+  KDKIT_CHECK(query_labels.device() == query_codes.device() && db_labels.device() == query_codes.device(),
               op, ": labels must be on the codes' device ", query_codes.device(), ", got ",
               query_labels.device(), " and ", db_labels.device());
   const ApCut cut = check_ap_arguments(op, query_codes, db_codes, query_labels, db_labels, k, variant);

@@ -19,6 +19,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../check.h"
 #include "penalty_kernels.cuh"
 
 #include <algorithm>
@@ -34,16 +35,16 @@ inline int64_t num_blocks(int64_t n) {
 }
 
 void check_reduction(const char* op, int64_t reduction) {
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, op,
+  KDKIT_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, op,
               ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
 }
 
 void check_float(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor here, got device ",
+  KDKIT_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
+  KDKIT_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor here, got device ",
               t.device());
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+  KDKIT_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
               op, ": ", name, " must be float32, float16, bfloat16 or float64 on CUDA, got dtype ",
               st);
 }
@@ -94,19 +95,19 @@ at::Tensor binarization_penalty_backward_cuda(const at::Tensor& grad_output,
   constexpr const char* op = "binarization_penalty_backward";
   check_reduction(op, reduction);
   check_float(op, grad_factor, "grad_factor");
-  TORCH_CHECK(grad_output.defined(), op, ": grad_output must be a defined tensor");
-  TORCH_CHECK(grad_output.device() == grad_factor.device(), op,
+  KDKIT_CHECK(grad_output.defined(), op, ": grad_output must be a defined tensor");
+  KDKIT_CHECK(grad_output.device() == grad_factor.device(), op,
               ": grad_output and grad_factor must be on the same device, got grad_output on ",
               grad_output.device(), " and grad_factor on ", grad_factor.device());
-  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()), op,
+  KDKIT_CHECK(at::isFloatingType(grad_output.scalar_type()), op,
               ": grad_output must be a floating point tensor, got dtype ",
               grad_output.scalar_type());
   if (reduction == kNone) {
-    TORCH_CHECK(grad_output.sizes() == grad_factor.sizes(), op,
+    KDKIT_CHECK(grad_output.sizes() == grad_factor.sizes(), op,
                 ": grad_output must have the shape of grad_factor for reduction 'none', got ",
                 grad_output.sizes(), " and ", grad_factor.sizes());
   } else {
-    TORCH_CHECK(grad_output.numel() == 1, op,
+    KDKIT_CHECK(grad_output.numel() == 1, op,
                 ": grad_output must hold a single value for reduction 'mean'/'sum', got shape ",
                 grad_output.sizes());
   }
