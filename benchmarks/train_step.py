@@ -16,6 +16,15 @@ objective ``alpha * CE + (1 - alpha) * T^2 * KL`` (alpha 0.5, T 4) [+ a FitNet h
   ``WeightedSumLoss`` / ``KDLoss``; the hint term through its forward-hook I/O dicts, a
   ``Connector4DAB`` regressor and ``SimpleLossWrapper(MSELoss)``.
 
+Models (``--models``): ``fashion`` (the default, the CPU case above) or ``cifar-x4``: RepDistiller's
+``resnet32x4`` teacher and ``resnet8x4`` student on random CIFAR-size data (3 x 32 x 32, 100 classes).
+``--device cuda``, ``--precision bf16`` (autocast; each implementation's forward passes and loss
+under it, as ``train.precision: bf16`` runs kdkit's) and ``--channels-last`` (models and batch; kdkit
+through ``train.channels_last``) make the GPU case; ``--gpu`` is all of them at batch 256 (issue 24:
+kdkit within 3 % of the plain loop).  On CUDA each timed round ends with a synchronisation, and
+every implementation's host synchronisations per step are counted once (torch's sync debug mode):
+a training loop that waits for the GPU every step cannot queue work ahead of it.
+
 Two configurations: ``kl`` (logits only) and ``kl+fitnet`` (plus ``MSE(1x1 conv(student layer2),
 teacher layer2)``, weight 1; student and teacher ``layer2`` taps included).
 
@@ -36,6 +45,7 @@ pinned (no faults: the low-noise comparison of the frameworks' own work).
 Usage::
 
     .venv/bin/python benchmarks/train_step.py [--steps 10 --rounds 7 --warmup 5 --allocator both --json out.json]
+    python benchmarks/train_step.py --gpu --json train-step-cuda.json     # on a GPU machine
 
 torchdistill is optional (``pip install kdkit[bench]``); without it its rows say so.
 """
@@ -69,6 +79,21 @@ HINT_WEIGHT = 1.0    # weight of the FitNet hint term
 HINT_STUDENT, HINT_TEACHER = "layer2", "layer2"
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.0
 NUM_CLASSES = 10
+#: ``--models``: (teacher, student and its width option, classes, input size, data)
+MODEL_SETS = {
+    "fashion": {"teacher": ("resnet14", {}), "student": ("resnet8", {"width": 8}), "classes": NUM_CLASSES,
+                "size": 28, "data": "fashion-mnist"},
+    "cifar-x4": {"teacher": ("resnet32x4", {}), "student": ("resnet8x4", {}), "classes": 100, "size": 32,
+                 "data": "random"},
+}
+#: ``--gpu``: the issue-24 case (what it sets, applied over the command line's own values)
+GPU_PRESET = {"device": "cuda", "models": "cifar-x4", "batch_size": 256, "precision": "bf16", "channels_last": True,
+              "allocator": "default"}
+#: the most kdkit may add to the plain loop's time per step (README's targets), by device
+OVERHEAD_TARGET_PCT = {"cpu": 5.0, "cuda": 3.0}
+#: relative tolerance of the first losses' agreement; under bf16 autocast the weights drift apart in the
+#: last bits after one step (atomics in cuDNN's weight gradients), bf16 activations magnify it
+LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 TD_MISSING = "not installed (pip install kdkit[bench])"
 CHECK_STEPS = 3      # steps whose losses must agree across the implementations
 #: glibc malloc settings of ``--allocator tuned`` (read by glibc at process start)
@@ -79,10 +104,12 @@ IMPLS = ("plain", "kdkit", "torchdistill")
 
 # --- data and models ----------------------------------------------------------------------------
 
-def load_batch(batch_size: int, seed: int = 0):
+def load_batch(batch_size: int, seed: int = 0, models: str = "fashion"):
     """``(x, y, source)``: ``batch_size`` Fashion-MNIST training images (normalised, 3 channels)
-    and labels, or random data of that shape when the files are missing."""
-    if os.path.exists(FASHION_IMAGES) and os.path.exists(FASHION_LABELS):
+    and labels, or random data of that shape when the files are missing or the models are
+    ``cifar-x4`` (random CIFAR-size images and 100 classes)."""
+    spec = MODEL_SETS[models]
+    if spec["data"] == "fashion-mnist" and os.path.exists(FASHION_IMAGES) and os.path.exists(FASHION_LABELS):
         with gzip.open(FASHION_IMAGES, "rb") as fh:
             images = np.frombuffer(fh.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
         with gzip.open(FASHION_LABELS, "rb") as fh:
@@ -92,22 +119,51 @@ def load_batch(batch_size: int, seed: int = 0):
         x = ((x - FASHION_MEAN) / FASHION_STD).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
         return x, torch.from_numpy(labels[pick].astype(np.int64)), FASHION_IMAGES
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch_size, 3, 28, 28, generator=g),
-            torch.randint(0, NUM_CLASSES, (batch_size,), generator=g), "random (Fashion-MNIST files not found)")
+    size = spec["size"]
+    source = "random" if spec["data"] == "random" else "random (Fashion-MNIST files not found)"
+    return (torch.randn(batch_size, 3, size, size, generator=g),
+            torch.randint(0, spec["classes"], (batch_size,), generator=g), source)
 
 
-def build_models(seed: int = 0):
+def build_models(seed: int = 0, models: str = "fashion"):
     """The teacher (frozen, eval mode) and the student (train mode), built once."""
     from kdkit.models.zoo import build_model
 
+    spec = MODEL_SETS[models]
     torch.manual_seed(seed)
-    teacher = build_model("resnet14", NUM_CLASSES)
-    student = build_model("resnet8", NUM_CLASSES, width=8)
+    teacher = build_model(spec["teacher"][0], spec["classes"], **spec["teacher"][1])
+    student = build_model(spec["student"][0], spec["classes"], **spec["student"][1])
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     student.train()
     return teacher, student
+
+
+class Placement:
+    """Where and how every implementation runs: the device, the autocast dtype (``None``: fp32) and
+    the memory format of the models and the batch."""
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", channels_last: bool = False):
+        self.device = torch.device(device)
+        self.precision = precision
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+        self.channels_last = channels_last
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def model(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 # --- the three implementations ---------------------------------------------------------------------
@@ -117,9 +173,9 @@ class Plain:
 
     name = "plain"
 
-    def __init__(self, teacher, student, x, y, regressor=None):
+    def __init__(self, teacher, student, x, y, place: Placement, regressor=None):
         self.teacher, self.student, self.x, self.y = teacher, student, x, y
-        self.regressor = regressor
+        self.place, self.regressor = place, regressor
         params = list(student.parameters()) + (list(regressor.parameters()) if regressor is not None else [])
         self.opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.feats: dict = {}
@@ -133,15 +189,16 @@ class Plain:
         return hook
 
     def _step(self) -> torch.Tensor:
-        s = self.student(self.x)
-        with torch.no_grad():
-            t = self.teacher(self.x)
-        ce = F.cross_entropy(s, self.y)
-        kl = F.kl_div(F.log_softmax(s / TEMPERATURE, dim=1), F.log_softmax(t / TEMPERATURE, dim=1),
-                      reduction="batchmean", log_target=True)
-        loss = ALPHA * ce + (1.0 - ALPHA) * TEMPERATURE * TEMPERATURE * kl
-        if self.regressor is not None:
-            loss = loss + HINT_WEIGHT * F.mse_loss(self.regressor(self.feats.pop("s")), self.feats.pop("t"))
+        with self.place.autocast():
+            s = self.student(self.x)
+            with torch.no_grad():
+                t = self.teacher(self.x)
+            ce = F.cross_entropy(s, self.y)
+            kl = F.kl_div(F.log_softmax(s / TEMPERATURE, dim=1), F.log_softmax(t / TEMPERATURE, dim=1),
+                          reduction="batchmean", log_target=True)
+            loss = ALPHA * ce + (1.0 - ALPHA) * TEMPERATURE * TEMPERATURE * kl
+            if self.regressor is not None:
+                loss = loss + HINT_WEIGHT * F.mse_loss(self.regressor(self.feats.pop("s")), self.feats.pop("t"))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -164,7 +221,7 @@ class Kdkit:
 
     name = "kdkit"
 
-    def __init__(self, teacher, student, x, y, features: bool, run_dir: str):
+    def __init__(self, teacher, student, x, y, features: bool, run_dir: str, place: Placement):
         import kdkit
         from kdkit.config import plain_defaults
         from kdkit.distill.step import DistillStep, build_distiller
@@ -177,23 +234,26 @@ class Kdkit:
         defaults = KDMethod.default_config()
         cfg = plain_defaults(defaults)
         cfg["method"] = "kd"
-        cfg["device"] = "cpu"
+        cfg["device"] = str(place.device)
         cfg["logging"]["progress"] = False
         cfg["train"].update({"batch_size": int(x.shape[0]), "optimizer": "sgd", "lr": LR, "momentum": MOMENTUM,
-                             "weight_decay": WEIGHT_DECAY, "scheduler": "none", "amp": False})
+                             "weight_decay": WEIGHT_DECAY, "scheduler": "none", "precision": place.precision,
+                             "channels_last": place.channels_last})
         dcfg = cfg["distill"]
         dcfg.update({"alpha": ALPHA, "temperature": TEMPERATURE, "teacher_cache": False, "combine": "avg_logits"})
         if features:
             dcfg["terms"] = [{"loss": "kl", "weight": 1.0 - ALPHA, "name": "kd"},
                              {"loss": "fitnet", "weight": HINT_WEIGHT, "student": HINT_STUDENT,
-                              "teacher": HINT_TEACHER, "name": "hint"}]
+                              "teacher": HINT_TEACHER, "name": "hint",
+                              # the bare 1x1 convolution the others use (fitnet's default adds BN + ReLU)
+                              "options": {"regressor": "conv"}}]
         try:
             manager = kdkit.get_plugin_manager()
             self.hooks = f"plugin manager ({len(manager.get_plugins())} plugins)"
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the benchmark
             manager = None
             self.hooks = f"no plugin manager ({type(exc).__name__}: {exc})"
-        self.ctx = RunContext(cfg, run_dir, manager, device=torch.device("cpu"))
+        self.ctx = RunContext(cfg, run_dir, manager, device=place.device)
         teachers = [teacher]
         distiller = build_distiller(self.ctx.registry("losses"), dcfg, len(teachers),
                                     plain_defaults(defaults["distill"]))
@@ -224,21 +284,18 @@ class Kdkit:
         return terms["hint"].regressor if "hint" in terms else None
 
     def step_loss(self) -> float:
-        from kdkit.engine.data import to_device
-
-        loss, _ = self.trainer.train_model_step(to_device(self.batch, self.ctx.device))
+        loss, _ = self.trainer.train_model_step(self.trainer._prepare(self.batch))
         return float(loss)
 
     def start_round(self) -> None:
         pass
 
     def run(self, n: int) -> None:
-        # what the Trainer's batch loop does per batch: to_device, train_model_step (step_fn, .item() of the
-        # loss and logs, zero_grad, backward, optimiser step, schedule step) and the kdkit_after_step hook
-        from kdkit.engine.data import to_device
-
+        # what the Trainer's batch loop does per batch: _prepare (to the device, channels_last), train_model_step
+        # (step_fn under autocast, .item() of the loss and logs, zero_grad, backward, optimiser step, schedule
+        # step) and the kdkit_after_step hook
         for _ in range(n):
-            loss, logs = self.trainer.train_model_step(to_device(self.batch, self.ctx.device))
+            loss, logs = self.trainer.train_model_step(self.trainer._prepare(self.batch))
             self.trainer._after_step(0, loss, logs, None)
 
     def close(self) -> None:
@@ -253,7 +310,7 @@ class Torchdistill:
 
     name = "torchdistill"
 
-    def __init__(self, teacher, student, x, y, features: bool, regressor_weight=None):
+    def __init__(self, teacher, student, x, y, features: bool, place: Placement, regressor_weight=None):
         import logging
 
         from torchdistill.core.distillation import get_distillation_box
@@ -290,16 +347,17 @@ class Torchdistill:
             "optimizer": {"key": "SGD", "kwargs": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}},
             "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": sub_terms}},
         }
-        self.box = get_distillation_box(teacher, student, {}, train_config, torch.device("cpu"), None, False, 1)
+        self.box = get_distillation_box(teacher, student, {}, train_config, place.device, None, False, 1)
         if features:
             conv = self.box.student_model.connector_dict["hint"][0]
             with torch.no_grad():
                 conv.weight.copy_(regressor_weight)
-        self.x, self.y, self.supp = x, y, {}
+        self.x, self.y, self.supp, self.place = x, y, {}, place
         self.box.pre_epoch_process(epoch=0)
 
     def step_loss(self) -> float:
-        loss = self.box.forward_process(self.x, self.y, self.supp)
+        with self.place.autocast():  # torchdistill's own mixed precision goes through HF accelerate
+            loss = self.box.forward_process(self.x, self.y, self.supp)
         value = float(loss.item())
         self.box.post_forward_process(loss=loss)
         return value
@@ -308,9 +366,10 @@ class Torchdistill:
         self.box.pre_epoch_process(epoch=0)
 
     def run(self, n: int) -> None:
-        box, x, y, supp = self.box, self.x, self.y, self.supp
+        box, x, y, supp, autocast = self.box, self.x, self.y, self.supp, self.place.autocast
         for _ in range(n):
-            loss = box.forward_process(x, y, supp)
+            with autocast():
+                loss = box.forward_process(x, y, supp)
             box.post_forward_process(loss=loss)
 
 
@@ -327,24 +386,27 @@ def torchdistill_version() -> str | None:
 
 # --- measurement ------------------------------------------------------------------------------
 
-def build(config: str, x, y, run_dir: str, td: bool) -> dict:
-    """The three implementations of ``config`` from one teacher/student (deep copies)."""
+def build(config: str, x, y, run_dir: str, td: bool, place: Placement | None = None,
+          models: str = "fashion") -> dict:
+    """The three implementations of ``config`` from one teacher/student (deep copies), placed alike."""
+    place = place or Placement()
     features = config == "kl+fitnet"
-    teacher, student = build_models(seed=0)
+    teacher, student = (place.model(m) for m in build_models(seed=0, models=models))
+    x, y = place.batch(x), y.to(place.device)
     impls: dict = {}
     # kdkit first: its FitNet regressor is built (seeded) by DistillStep.materialize; the others copy it
-    k = Kdkit(copy.deepcopy(teacher), copy.deepcopy(student), x, y, features, os.path.join(run_dir, config))
+    k = Kdkit(copy.deepcopy(teacher), copy.deepcopy(student), x, y, features, os.path.join(run_dir, config), place)
     regressor = k.regressor
-    impls["plain"] = Plain(copy.deepcopy(teacher), copy.deepcopy(student), x, y,
+    impls["plain"] = Plain(copy.deepcopy(teacher), copy.deepcopy(student), x, y, place,
                            copy.deepcopy(regressor) if features else None)
     impls["kdkit"] = k
     if td:
-        impls["torchdistill"] = Torchdistill(copy.deepcopy(teacher), copy.deepcopy(student), x, y, features,
+        impls["torchdistill"] = Torchdistill(copy.deepcopy(teacher), copy.deepcopy(student), x, y, features, place,
                                              regressor.weight.detach().clone() if features else None)
     return impls
 
 
-def check_equal_work(impls: dict, steps: int = CHECK_STEPS, rtol: float = 1e-4) -> dict:
+def check_equal_work(impls: dict, steps: int = CHECK_STEPS, rtol: float = LOSS_RTOL["fp32"]) -> dict:
     """The first ``steps`` losses of every implementation, from the same weights; assert close."""
     losses = {name: [impl.step_loss() for _ in range(steps)] for name, impl in impls.items()}
     ref = losses["plain"]
@@ -366,11 +428,31 @@ def _busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def time_rounds(impls: dict, steps: int, rounds: int, batch: int) -> tuple[dict, dict, dict]:
+def host_syncs_per_step(impl, place: Placement) -> int | None:
+    """How many times one step of ``impl`` waits for the GPU (torch's sync debug mode warns at each
+    synchronising call on the calling thread); ``None`` off CUDA."""
+    if place.device.type != "cuda":
+        return None
+    place.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            impl.run(1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    place.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def time_rounds(impls: dict, steps: int, rounds: int, batch: int,
+                place: Placement | None = None) -> tuple[dict, dict, dict]:
     """images/s of ``steps`` steps per round, interleaved (the order rotates every round); per
     round the share of the machine's CPU time that *other* processes used meanwhile (the machine
     may be shared; ``None`` without ``/proc/stat``) and the minor page faults per step (memory
-    the allocator handed back to the kernel and touched again)."""
+    the allocator handed back to the kernel and touched again).  On CUDA a round is timed from an idle
+    GPU to the end of its last step's kernels."""
+    place = place or Placement()
     names = list(impls)
     ips: dict = {n: [] for n in names}
     foreign: dict = {n: [] for n in names}
@@ -381,9 +463,11 @@ def time_rounds(impls: dict, steps: int, rounds: int, batch: int) -> tuple[dict,
         for name in order:
             impl = impls[name]
             impl.start_round()
+            place.synchronize()
             busy0, own0, flt0 = _busy_seconds(), os.times(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             impl.run(steps)
+            place.synchronize()
             dt = time.perf_counter() - t0
             busy1, own1, flt1 = _busy_seconds(), os.times(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             ips[name].append(steps * batch / dt)
@@ -442,17 +526,25 @@ def measure(args, configs: list[str], mode: str) -> dict:
     three implementations interleaved; prints the tables and returns the results."""
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    place = Placement(args.device, args.precision, args.channels_last)
+    if place.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # for every implementation alike: the fastest kernels per shape
     td_version = None if args.no_torchdistill else torchdistill_version()
     td_missing = "skipped (--no-torchdistill)" if args.no_torchdistill else TD_MISSING
     load_start = os.getloadavg()
-    x, y, source = load_batch(args.batch_size)
+    x, y, source = load_batch(args.batch_size, models=args.models)
+    spec = MODEL_SETS[args.models]
     meta = {
         "allocator": mode, "malloc_env": {k: os.environ[k] for k in MALLOC_TUNING if k in os.environ},
         "torch": torch.__version__, "torchdistill": td_version, "python": platform.python_version(),
         "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "batch": args.batch_size, "input": list(x.shape[1:]), "data": source,
         "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
-        "teacher": "resnet14 (width 16)", "student": "resnet8 (width 8)",
+        "models": args.models, "teacher": spec["teacher"][0] + (" (width 16)" if args.models == "fashion" else ""),
+        "student": spec["student"][0] + (" (width 8)" if args.models == "fashion" else ""),
+        "device": str(place.device), "gpu": torch.cuda.get_device_name(place.device) if place.device.type == "cuda"
+        else None, "precision": args.precision, "channels_last": args.channels_last,
+        "overhead_target_pct": OVERHEAD_TARGET_PCT[place.device.type],
         "optimizer": f"SGD lr {LR} momentum {MOMENTUM} weight_decay {WEIGHT_DECAY}",
         "loss": f"{ALPHA}*CE + {1 - ALPHA}*T^2*KL (T={TEMPERATURE}) [+ {HINT_WEIGHT}*MSE(conv1x1(student "
                 f"{HINT_STUDENT}), teacher {HINT_TEACHER})]",
@@ -461,6 +553,8 @@ def measure(args, configs: list[str], mode: str) -> dict:
     print(f"\n=== allocator: {mode} {meta['malloc_env'] or '(glibc malloc defaults)'}; torch {meta['torch']}, "
           f"{meta['torch_threads']} threads on {meta['cores']} cores ({meta['cpu']}); "
           f"torchdistill {td_version or td_missing}", flush=True)
+    print(f"device {place.device}{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, {args.precision}"
+          f"{', channels_last' if args.channels_last else ''}; {meta['teacher']} -> {meta['student']}", flush=True)
     print(f"batch {args.batch_size} x {tuple(x.shape[1:])} from {source}; {args.rounds} rounds x "
           f"{args.steps} steps per implementation after {CHECK_STEPS} checked + {args.warmup} warm-up steps; "
           f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
@@ -470,18 +564,19 @@ def measure(args, configs: list[str], mode: str) -> dict:
         warnings.simplefilter("ignore", UserWarning)
         for config in configs:
             t0 = time.perf_counter()
-            impls = build(config, x, y, run_dir, td_version is not None)
-            losses = check_equal_work(impls)
+            impls = build(config, x, y, run_dir, td_version is not None, place, args.models)
+            losses = check_equal_work(impls, rtol=LOSS_RTOL[args.precision])
             for impl in impls.values():
                 impl.run(args.warmup)
-            ips, foreign, faults = time_rounds(impls, args.steps, args.rounds, args.batch_size)
+            syncs = {name: host_syncs_per_step(impl, place) for name, impl in impls.items()}
+            ips, foreign, faults = time_rounds(impls, args.steps, args.rounds, args.batch_size, place)
             impls["kdkit"].close()
             stats = {name: summarise(v) for name, v in ips.items()}
             shares = [f for v in foreign.values() for f in v if f is not None]
             for name, v in faults.items():
                 stats[name]["page_faults_per_step"] = statistics.median(v)
             entry = {"first_losses": losses, "images_per_s": stats, "foreign_cpu_share": foreign,
-                     "page_faults_per_step": faults,
+                     "page_faults_per_step": faults, "host_syncs_per_step": syncs,
                      "foreign_cpu_share_median": statistics.median(shares) if shares else None,
                      "foreign_cpu_share_max": max(shares) if shares else None,
                      "kdkit_vs_plain": ratio(ips["kdkit"], ips["plain"]),
@@ -506,7 +601,10 @@ def measure(args, configs: list[str], mode: str) -> dict:
             kp = entry["kdkit_vs_plain"]
             print(f"  kdkit / plain        {kp['paired_median']:.3f} (paired rounds {kp['paired_min']:.3f} – "
                   f"{kp['paired_max']:.3f}; ratio of medians {kp['of_medians']:.3f}) -> kdkit overhead "
-                  f"{entry['kdkit_overhead_pct']:+.1f} % time per step (target < 5 %)")
+                  f"{entry['kdkit_overhead_pct']:+.1f} % time per step (target < "
+                  f"{OVERHEAD_TARGET_PCT[place.device.type]:g} %)")
+            if place.device.type == "cuda":
+                print("  host synchronisations per step: " + ", ".join(f"{k} {v}" for k, v in syncs.items()))
             if "kdkit_vs_torchdistill" in entry:
                 kt = entry["kdkit_vs_torchdistill"]
                 print(f"  kdkit / torchdistill {kt['paired_median']:.3f} (paired rounds {kt['paired_min']:.3f} – "
@@ -563,9 +661,22 @@ def main(argv=None) -> int:
                     help="glibc malloc as it comes, with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items())
                          + " (fewer page faults, less noise), or both, each in its own process (both)")
     ap.add_argument("--no-torchdistill", action="store_true", help="skip the torchdistill rows")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every implementation runs (cpu)")
+    ap.add_argument("--models", default="fashion", choices=tuple(MODEL_SETS),
+                    help="fashion: resnet14 -> resnet8 width 8 on Fashion-MNIST; cifar-x4: resnet32x4 -> resnet8x4 "
+                         "on random 3x32x32 data, 100 classes (fashion)")
+    ap.add_argument("--precision", default="fp32", choices=tuple(LOSS_RTOL), help="autocast dtype (fp32: none)")
+    ap.add_argument("--channels-last", action="store_true", help="models and batch in channels_last")
+    ap.add_argument("--gpu", action="store_true",
+                    help="the GPU case: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GPU_PRESET.items()))
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     ap.add_argument("--child", choices=("default", "tuned"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.gpu:
+        for key, value in GPU_PRESET.items():
+            setattr(args, key, value)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda (or --gpu): torch sees no CUDA device; run on a GPU machine or use --device cpu")
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--steps and --rounds must be >= 1, --warmup >= 0")
     configs = [c for c in args.configs.split(",") if c]

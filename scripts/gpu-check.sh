@@ -6,7 +6,11 @@
 #   2. scripts/raw_check_diagnosis.py (how C++ argument checks behave on this image; never fails),
 #   3. the CUDA parity tests of every op and the AMP training test,
 #   4. a short `kdkit train --method kd` with device=cuda (AMP on),
-#   5. `kdkit bench --device cuda --json`.
+#   5. `kdkit bench --device cuda --json`,
+#   6. benchmarks/train_step.py --gpu: a KD step (resnet32x4 -> resnet8x4, batch 256, bf16,
+#      channels_last) of kdkit against a plain loop and torchdistill, in one process.
+# Wheels in .gpu-wheels/ (scripts/gpu-wheels.sh fetches them where PyPI is reachable; carry the
+# folder to the GPU machine) are installed first, without their dependencies: torchdistill.
 # It stops at the first failing step with a line naming it. Everything lands in one folder:
 #   bash scripts/gpu-check.sh [OUTDIR]        (default: $OUT, else ./gpu-check-out)
 #   bash scripts/gpu-check.sh --dry-run [OUTDIR]
@@ -17,7 +21,7 @@
 # fails in one call) and exits 1 at the end if any step failed.
 # The tests run in 4 pytest-xdist workers where xdist is installed, so a test that crashes
 # its process is reported by name and the others still run.
-# Files: gpu-check.log (everything), bench-cuda.json, kd-cuda-summary.json.
+# Files: gpu-check.log (everything), bench-cuda.json, kd-cuda-summary.json, train-step-cuda.json.
 set -Eeuo pipefail
 
 DRY_RUN=0 KEEP_GOING=0
@@ -73,6 +77,11 @@ if [ "$GPU" = 0 ] && [ "$DRY_RUN" = 0 ]; then
     STEP="environment"
     say "no GPU is visible to torch: run on a GPU machine, or pass --dry-run for the CPU self-check"
     exit 2
+fi
+
+if compgen -G ".gpu-wheels/*.whl" >/dev/null; then
+    step "peers from .gpu-wheels"
+    run "$PY" -m pip install --no-deps --no-index -q .gpu-wheels/*.whl
 fi
 
 step "build kdkit._C"
@@ -148,6 +157,9 @@ print("  penalty bandwidth:", b.get("penalty_bandwidth"))
 bad = [c for c in b["checks"] if not c["ok"]]
 assert not bad, f"bench result checks failed: {bad}"
 EOF
+
+step "KD training step on CUDA: kdkit against a plain loop and torchdistill"
+run "$PY" benchmarks/train_step.py --gpu --steps 50 --rounds 7 --json "$OUTDIR/train-step-cuda.json"
 
 if [ "${#FAILED[@]}" != 0 ]; then
     say "FAILED steps: $(IFS=';'; echo "${FAILED[*]}"); see $LOG"
