@@ -99,7 +99,7 @@ CHECK_STEPS = 3      # steps whose losses must agree across the implementations
 #: glibc malloc settings of ``--allocator tuned`` (read by glibc at process start)
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 CONFIGS = ("kl", "kl+fitnet")
-IMPLS = ("plain", "kdkit", "torchdistill")
+IMPLS = ("plain", "kdkit", "torchdistill", "plain+item")
 
 
 # --- data and models ----------------------------------------------------------------------------
@@ -213,6 +213,18 @@ class Plain:
     def run(self, n: int) -> None:
         for _ in range(n):
             self._step()
+
+
+class PlainItem(Plain):
+    """The plain loop reading its loss with ``.item()`` every step, as kdkit's ``Trainer`` does (on
+    CUDA only: it prices one host synchronisation per step, the part of kdkit's overhead that is
+    not Python)."""
+
+    name = "plain+item"
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self._step().item()
 
 
 class Kdkit:
@@ -387,9 +399,12 @@ def torchdistill_version() -> str | None:
 # --- measurement ------------------------------------------------------------------------------
 
 def build(config: str, x, y, run_dir: str, td: bool, place: Placement | None = None,
-          models: str = "fashion") -> dict:
-    """The three implementations of ``config`` from one teacher/student (deep copies), placed alike."""
+          models: str = "fashion", item_baseline: bool | None = None) -> dict:
+    """The implementations of ``config`` from one teacher/student (deep copies), placed alike;
+    ``plain+item`` where ``item_baseline`` (default: on CUDA)."""
     place = place or Placement()
+    if item_baseline is None:
+        item_baseline = place.device.type == "cuda"
     features = config == "kl+fitnet"
     teacher, student = (place.model(m) for m in build_models(seed=0, models=models))
     x, y = place.batch(x), y.to(place.device)
@@ -400,6 +415,9 @@ def build(config: str, x, y, run_dir: str, td: bool, place: Placement | None = N
     impls["plain"] = Plain(copy.deepcopy(teacher), copy.deepcopy(student), x, y, place,
                            copy.deepcopy(regressor) if features else None)
     impls["kdkit"] = k
+    if item_baseline:
+        impls["plain+item"] = PlainItem(copy.deepcopy(teacher), copy.deepcopy(student), x, y, place,
+                                        copy.deepcopy(regressor) if features else None)
     if td:
         impls["torchdistill"] = Torchdistill(copy.deepcopy(teacher), copy.deepcopy(student), x, y, features, place,
                                              regressor.weight.detach().clone() if features else None)
@@ -594,7 +612,8 @@ def measure(args, configs: list[str], mode: str) -> dict:
             print(f"  {'':<14} {'images/s':>9}   {'min – max':^19}  {'IQR':^19}  page faults/step")
             print(f"  {'':<14} {'(median)':>9}")
             for name in IMPLS:
-                print(fmt_row(name, stats.get(name), td_missing))
+                if name in stats or name == "torchdistill":
+                    print(fmt_row(name, stats.get(name), td_missing))
             if shares:
                 print(f"  other processes used {100 * entry['foreign_cpu_share_median']:.0f} % of the machine's CPU "
                       f"during the median timed round (max {100 * entry['foreign_cpu_share_max']:.0f} %)")
@@ -603,6 +622,11 @@ def measure(args, configs: list[str], mode: str) -> dict:
                   f"{kp['paired_max']:.3f}; ratio of medians {kp['of_medians']:.3f}) -> kdkit overhead "
                   f"{entry['kdkit_overhead_pct']:+.1f} % time per step (target < "
                   f"{OVERHEAD_TARGET_PCT[place.device.type]:g} %)")
+            if "plain+item" in ips:
+                entry["item_per_step_cost_pct"] = 100.0 * (
+                    1.0 / ratio(ips["plain+item"], ips["plain"])["paired_median"] - 1.0)
+                print(f"  plain + .item() per step: {entry['item_per_step_cost_pct']:+.1f} % time per step over plain "
+                      "(what one host synchronisation per step costs)")
             if place.device.type == "cuda":
                 print("  host synchronisations per step: " + ", ".join(f"{k} {v}" for k, v in syncs.items()))
             if "kdkit_vs_torchdistill" in entry:
@@ -624,6 +648,8 @@ def summary(runs: dict) -> str:
     configs = list(next(iter(runs.values()))["configs"])
     for config in configs:
         for name in IMPLS:
+            if name == "plain+item" and not any(name in runs[m]["configs"][config]["images_per_s"] for m in modes):
+                continue
             cells = []
             for m in modes:
                 s = runs[m]["configs"][config]["images_per_s"].get(name)

@@ -1,6 +1,7 @@
 """``benchmarks/train_step.py``'s GPU case (issue 24: resnet32x4 -> resnet8x4, bf16 autocast,
-channels_last) at toy size on the CPU: every implementation is placed alike, computes the same
-losses, and the JSON names what ran; ``--gpu`` without a GPU is a one-line usage error."""
+channels_last) at toy size on the CPU: every implementation (the CUDA-only ``plain+item`` too) is
+placed alike and computes the same losses, and the JSON names what ran; ``--gpu`` without a GPU is
+a one-line usage error."""
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def test_every_implementation_gets_the_same_placement(tmp_path):
     place = train_step.Placement("cpu", "bf16", channels_last=True)
     x, y, source = train_step.load_batch(4, models="cifar-x4")
     assert source == "random" and x.shape == (4, 3, 32, 32) and int(y.max()) < 100
-    impls = train_step.build("kl", x, y, str(tmp_path), td=False, place=place, models="cifar-x4")
+    impls = train_step.build("kl", x, y, str(tmp_path), td=False, place=place, models="cifar-x4", item_baseline=True)
     plain, kdkit = impls["plain"], impls["kdkit"]
     assert plain.x.is_contiguous(memory_format=torch.channels_last)
     assert kdkit.trainer.amp_dtype == torch.bfloat16 and kdkit.trainer.settings.channels_last
@@ -36,6 +37,7 @@ def test_every_implementation_gets_the_same_placement(tmp_path):
     # the same objective from the same weights: the first losses agree within bf16's tolerance
     losses = train_step.check_equal_work(impls, steps=1, rtol=train_step.LOSS_RTOL["bf16"])
     assert math.isfinite(losses["plain"][0])
+    assert losses["plain+item"] == losses["plain"]  # the same loop, only reading its loss every step
     assert train_step.host_syncs_per_step(plain, place) is None  # counted on CUDA only
     kdkit.close()
 
