@@ -166,7 +166,7 @@ class Placement:
             torch.cuda.synchronize(self.device)
 
 
-# --- the three implementations ---------------------------------------------------------------------
+# --- the implementations (three, and plain+item on CUDA) ---------------------------------------------
 
 class Plain:
     """The floor: a hand-written PyTorch KD loop (forward hooks on layer2 for the hint term)."""
@@ -541,7 +541,7 @@ def allocator_env(mode: str) -> dict:
 
 def measure(args, configs: list[str], mode: str) -> dict:
     """One process's measurement (the allocator is fixed at process start): every config, its
-    three implementations interleaved; prints the tables and returns the results."""
+    implementations interleaved; prints the tables and returns the results."""
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     place = Placement(args.device, args.precision, args.channels_last)

@@ -21,7 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-SETUP = ("import torch, kdkit.ops as ops; ops.extension_info(); kd = torch.ops.kdkit; "
+#: the start of every case's process: torch and kdkit._C loaded, as a user's process has them
+LOADED = "import torch, kdkit.ops as ops; ops.extension_info()"
+SETUP = (f"{LOADED}; kd = torch.ops.kdkit; "
          "dev = 'cuda' if torch.cuda.is_available() else 'cpu'; "
          "q = torch.randint(0, 256, (6, 8), dtype=torch.uint8); db = torch.randint(0, 256, (300, 8), dtype=torch.uint8)")
 CASES = {
@@ -81,7 +83,7 @@ def toolchain() -> list[str]:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         version = "not found"
-    maps = _run("import torch, kdkit.ops as ops; ops.extension_info()\n"
+    maps = _run(f"{LOADED}\n"
                 "libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l})\n"
                 "print(', '.join(libs) or 'none')")
     return [f"compiler ({cxx}): {version}",
@@ -117,7 +119,7 @@ def main() -> int:
         print(f"  {said}", flush=True)
         if lib is not None:
             for name, function in PROBES.items():
-                code = ("import ctypes, torch, kdkit.ops as ops; ops.extension_info()\n"
+                code = (f"import ctypes; {LOADED}\n"
                         f"f = ctypes.CDLL({str(lib)!r}, mode=ctypes.RTLD_GLOBAL).{function}\n"
                         "f.restype, f.argtypes = ctypes.c_long, [ctypes.c_long]\n"
                         "r = f(7)\nprint('raised and caught' if r == 0 else f'no exception (length {r})')")
